@@ -1,0 +1,400 @@
+"""Reading radiographs and masks in the formats hospitals produce, and writing outputs atomically.
+
+``read_image`` returns one float32 2-D array (rows, cols) plus an :class:`ImageMeta`. Supported:
+PNG (8/16-bit), JPEG, TIFF (PIL, ITK as fallback), DICOM (pydicom; ITK for transfer syntaxes pydicom
+cannot decode) and NIfTI (nibabel). Every failure raises :class:`ImageReadError` whose message names
+the file and the reason in one line.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".tif": "tiff", ".tiff": "tiff",
+                  ".dcm": "dicom", ".dicom": "dicom", ".nii": "nifti", ".nii.gz": "nifti"}  # fmt: skip
+MAX_SIDE = 8000  # larger images are refused before decoding (a 16-bit 8000^2 film is 128 MB)
+MIN_SIDE = 64
+
+
+class ImageReadError(ValueError):
+    """An image could not be used; ``str(err)`` is "<path>: <reason>"."""
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = str(path)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class ImageMeta:
+    """What is known about a read image besides its pixels."""
+
+    path: str
+    format: str  # png | jpeg | tiff | dicom | nifti
+    shape: tuple[int, int]  # (rows, cols)
+    bit_depth: int  # bits per stored sample (8, 12, 16, 32)
+    dtype: str  # numpy dtype of the stored samples
+    spacing: tuple[float, float] | None = None  # (row, col) mm
+    spacing_source: str | None = None  # e.g. "PixelSpacing", "ImagerPixelSpacing", "NIfTI header"
+    view: str | None = None  # "AP" / "LAT" from DICOM tags, if any
+    photometric: str | None = None
+    converted_from_rgb: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+def image_format(path: str | Path) -> str | None:
+    """Format of ``path`` from its suffix (``.nii.gz`` included), or DICOM by its magic bytes."""
+    name = str(path).lower()
+    if name.endswith(".nii.gz"):
+        return "nifti"
+    fmt = IMAGE_SUFFIXES.get(Path(name).suffix)
+    if fmt is None and Path(path).is_file() and Path(path).stat().st_size > 132:
+        with open(path, "rb") as fh:
+            fh.seek(128)
+            if fh.read(4) == b"DICM":
+                return "dicom"
+    return fmt
+
+
+def _check_size(path: str | Path, rows: int, cols: int, min_side: int, max_side: int) -> None:
+    if rows > max_side or cols > max_side:
+        raise ImageReadError(path, f"image is {cols}x{rows} px, larger than the {max_side} px limit")
+    if rows < min_side or cols < min_side:
+        raise ImageReadError(path, f"image is {cols}x{rows} px, smaller than the {min_side} px minimum")
+
+
+def _rgb_to_grey(path: str | Path, array: np.ndarray) -> np.ndarray:
+    """ITU-R 601 luma of an (H, W, 3|4) array; alpha is dropped."""
+    warnings.warn(f"{path}: colour image converted to grey (luma)", stacklevel=3)
+    logger.warning("%s: colour image converted to grey (luma)", path)
+    rgb = array[..., :3].astype(np.float32)
+    return rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+_PIL_BITS = {
+    "1": 1,
+    "L": 8,
+    "P": 8,
+    "RGB": 8,
+    "RGBA": 8,
+    "LA": 8,
+    "I;16": 16,
+    "I;16B": 16,
+    "I;16L": 16,
+    "I": 32,
+    "F": 32,
+}
+
+
+def _read_pil(path: str | Path, fmt: str, min_side: int, max_side: int) -> tuple[np.ndarray, ImageMeta]:
+    try:
+        with Image.open(path) as img:
+            _check_size(path, img.height, img.width, min_side, max_side)
+            if getattr(img, "n_frames", 1) > 1:
+                raise ImageReadError(path, f"multi-frame {fmt.upper()} ({img.n_frames} frames); expected one image")
+            mode = img.mode
+            dpi = img.info.get("dpi")
+            array = np.asarray(img)
+    except ImageReadError:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        if fmt == "tiff":
+            return _read_itk(path, fmt, min_side, max_side)
+        raise ImageReadError(path, f"cannot decode {fmt.upper()}: {err}") from err
+    bits = _PIL_BITS.get(mode, 8)
+    if mode == "I" and fmt == "png" and array.size and array.max() < 65536:
+        bits = 16
+    rgb = array.ndim == 3
+    if mode == "P":
+        with Image.open(path) as img:
+            array = np.asarray(img.convert("RGB"))
+        rgb = True
+    if rgb:
+        array = _rgb_to_grey(path, array)
+    spacing = None
+    if fmt == "tiff" and dpi and dpi[0] > 1 and dpi[0] != 72:
+        spacing = (25.4 / float(dpi[1]), 25.4 / float(dpi[0]))
+    meta = ImageMeta(str(path), fmt, array.shape[:2], bits, str(np.asarray(array).dtype), spacing,
+                     "TIFF resolution" if spacing else None, converted_from_rgb=rgb)  # fmt: skip
+    return array, meta
+
+
+def _read_itk(path: str | Path, fmt: str, min_side: int, max_side: int) -> tuple[np.ndarray, ImageMeta]:
+    import itk
+
+    try:
+        image = itk.imread(str(path))
+    except Exception as err:  # ITK raises RuntimeError subclasses with long C++ traces
+        reason = str(err).strip().splitlines()[-1][:200] if str(err).strip() else type(err).__name__
+        raise ImageReadError(path, f"cannot decode {fmt.upper()}: {reason}") from err
+    array = itk.array_view_from_image(image).copy()
+    if array.ndim == 3 and array.shape[0] == 1:
+        array = array[0]
+    rgb = array.ndim == 3 and array.shape[-1] in (3, 4)
+    if rgb:
+        array = _rgb_to_grey(path, array)
+    if array.ndim != 2:
+        raise ImageReadError(path, f"expected a 2-D image, got shape {array.shape}")
+    _check_size(path, *array.shape, min_side, max_side)
+    sx, sy = (float(s) for s in list(image.GetSpacing())[:2])
+    spacing = (sy, sx) if (sx, sy) != (1.0, 1.0) else None
+    bits = array.dtype.itemsize * 8
+    return array, ImageMeta(str(path), fmt, array.shape, bits, str(array.dtype), spacing,
+                            "ITK" if spacing else None, converted_from_rgb=rgb)  # fmt: skip
+
+
+_VIEW_POSITIONS = {"AP": "AP", "PA": "AP", "LL": "LAT", "RL": "LAT", "LAT": "LAT", "LATERAL": "LAT",
+                   "LLD": "LAT", "RLD": "LAT"}  # fmt: skip
+
+
+def dicom_view(ds: Any) -> str | None:
+    """ "AP"/"LAT" from ViewPosition, else from the series/protocol description, else None."""
+    position = str(getattr(ds, "ViewPosition", "") or "").strip().upper()
+    if position in _VIEW_POSITIONS:
+        return _VIEW_POSITIONS[position]
+    text = " ".join(str(getattr(ds, tag, "") or "") for tag in ("SeriesDescription", "ProtocolName")).upper()
+    words = set(text.replace("_", " ").replace("-", " ").split())
+    if words & {"LAT", "LATERAL", "LL", "RL"}:
+        return "LAT"
+    if words & {"AP", "PA"}:
+        return "AP"
+    return None
+
+
+def _dicom_stored_range(ds: Any) -> tuple[float, float]:
+    bits = int(getattr(ds, "BitsStored", getattr(ds, "BitsAllocated", 16)))
+    if int(getattr(ds, "PixelRepresentation", 0)) == 1:
+        return -(2.0 ** (bits - 1)), 2.0 ** (bits - 1) - 1
+    return 0.0, 2.0**bits - 1
+
+
+def _read_dicom(path: str | Path, min_side: int, max_side: int) -> tuple[np.ndarray, ImageMeta]:
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+    from pydicom.pixels import apply_modality_lut
+
+    try:
+        ds = pydicom.dcmread(str(path))
+    except InvalidDicomError:
+        try:
+            ds = pydicom.dcmread(str(path), force=True)
+        except Exception as err:
+            raise ImageReadError(path, f"not a readable DICOM file: {err}") from err
+    except Exception as err:
+        raise ImageReadError(path, f"not a readable DICOM file: {err}") from err
+    if "PixelData" not in ds:
+        raise ImageReadError(path, "DICOM has no pixel data (no PixelData element)")
+    rows, cols = int(getattr(ds, "Rows", 0)), int(getattr(ds, "Columns", 0))
+    _check_size(path, rows, cols, min_side, max_side)
+    frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+    if frames > 1:
+        raise ImageReadError(path, f"multi-frame DICOM ({frames} frames); expected a single-frame DX/CR image")
+    try:
+        stored = ds.pixel_array
+    except Exception as err:  # compressed syntaxes without a pydicom plugin: let ITK (GDCM) decode
+        logger.info("%s: pydicom could not decode (%s); trying ITK", path, err)
+        stored, _ = _read_itk(path, "dicom", min_side, max_side)
+    photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")).upper()
+    rgb = stored.ndim == 3
+    if rgb:
+        array = _rgb_to_grey(path, stored)
+    else:
+        array = np.asarray(apply_modality_lut(stored, ds), dtype=np.float64)
+        if photometric == "MONOCHROME1":  # low values are white: flip within the value range
+            lo, hi = _dicom_stored_range(ds)
+            slope, intercept = (
+                float(getattr(ds, "RescaleSlope", 1) or 1),
+                float(getattr(ds, "RescaleIntercept", 0) or 0),
+            )
+            lo, hi = sorted((lo * slope + intercept, hi * slope + intercept))
+            array = (lo + hi) - array
+    spacing, source = None, None
+    for tag in ("PixelSpacing", "ImagerPixelSpacing"):
+        value = getattr(ds, tag, None)
+        if value is not None and len(value) == 2 and float(value[0]) > 0:
+            spacing, source = (float(value[0]), float(value[1])), tag
+            break
+    bits = int(getattr(ds, "BitsStored", stored.dtype.itemsize * 8))
+    meta = ImageMeta(str(path), "dicom", array.shape[:2], bits, str(stored.dtype), spacing, source,
+                     dicom_view(ds), photometric, rgb)  # fmt: skip
+    return array, meta
+
+
+def _read_nifti(path: str | Path, min_side: int, max_side: int) -> tuple[np.ndarray, ImageMeta]:
+    import nibabel as nib
+
+    try:
+        img = nib.load(str(path))
+        shape = tuple(int(s) for s in img.shape)
+    except Exception as err:
+        raise ImageReadError(path, f"cannot decode NIfTI: {err}") from err
+    spatial = [s for s in shape if s != 1]
+    if len(spatial) != 2:
+        raise ImageReadError(path, f"expected a 2-D NIfTI image, got shape {shape}")
+    _check_size(path, spatial[1], spatial[0], min_side, max_side)
+    try:
+        data = np.asarray(img.dataobj)
+    except Exception as err:
+        raise ImageReadError(path, f"cannot decode NIfTI: {err}") from err
+    array = np.squeeze(data).T  # NIfTI stores (x, y); images are (rows=y, cols=x)
+    zooms = [float(z) for z in img.header.get_zooms()[:2]]
+    spacing = (zooms[1], zooms[0]) if len(zooms) == 2 and zooms != [1.0, 1.0] else None
+    bits = data.dtype.itemsize * 8
+    return array, ImageMeta(str(path), "nifti", array.shape, bits, str(data.dtype), spacing,
+                            "NIfTI header" if spacing else None)  # fmt: skip
+
+
+def read_image(
+    path: str | Path, *, min_side: int = MIN_SIDE, max_side: int = MAX_SIDE, allow_nonfinite: bool = False
+) -> tuple[np.ndarray, ImageMeta]:
+    """Read a radiograph as float32 (rows, cols) and its metadata.
+
+    DICOM values have the modality LUT (rescale slope/intercept) applied and MONOCHROME1 is inverted,
+    so a bright pixel is dense tissue in every format. Colour images are converted to grey with a
+    warning.
+
+    Raises:
+        ImageReadError: missing, empty, undecodable, not 2-D, too small/large, or non-finite values.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ImageReadError(path, "file not found")
+    if path.stat().st_size == 0:
+        raise ImageReadError(path, "empty file (0 bytes)")
+    fmt = image_format(path)
+    if fmt is None:
+        raise ImageReadError(path, f"unsupported file type {''.join(path.suffixes) or '(no extension)'!r}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        if fmt in ("png", "jpeg", "tiff"):
+            array, meta = _read_pil(path, fmt, min_side, max_side)
+        elif fmt == "dicom":
+            array, meta = _read_dicom(path, min_side, max_side)
+        else:
+            array, meta = _read_nifti(path, min_side, max_side)
+    array = np.asarray(array, dtype=np.float32)
+    if array.ndim != 2:
+        raise ImageReadError(path, f"expected a 2-D image, got shape {array.shape}")
+    if not allow_nonfinite:
+        bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+        if bad:
+            raise ImageReadError(path, f"{bad} of {array.size} pixels are NaN or infinite")
+    return array, replace(meta, shape=tuple(array.shape))
+
+
+def read_mask(path: str | Path, shape: tuple[int, int] | None = None) -> np.ndarray:
+    """Read a mask as bool (rows, cols): any value > 0 is foreground (colour masks: any channel).
+
+    Raises:
+        ImageReadError: unreadable, or its size differs from ``shape`` (the image it belongs to).
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a colour mask is common and harmless
+        array, meta = read_image(path, min_side=1)
+    if shape is not None and tuple(array.shape) != tuple(shape):
+        raise ImageReadError(
+            path, f"mask is {array.shape[1]}x{array.shape[0]} px but its image is {shape[1]}x{shape[0]} px"
+        )
+    return array > 0
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_atomic(path: str | Path, writer: Callable[[Path], None]) -> Path:
+    """Call ``writer(tmp)`` then rename ``tmp`` onto ``path``: readers never see a half-written file."""
+    with atomic_path(path) as tmp:
+        writer(tmp)
+    return Path(path)
+
+
+Z_RLE = 3  # zlib strategy: faster than the default and smaller for noisy radiographs and binary masks
+
+
+def write_png(path: str | Path, array: np.ndarray, compress_level: int = 1) -> Path:
+    """Write a uint8/uint16 grey image (bool masks become 0/255) as PNG, atomically."""
+    if array.dtype == bool:
+        array = array.astype(np.uint8) * 255
+    if array.dtype not in (np.uint8, np.uint16):
+        raise ValueError(f"{path}: PNG needs uint8 or uint16 pixels, got {array.dtype}")
+    image = Image.fromarray(array)
+    return write_atomic(
+        path, lambda tmp: image.save(tmp, format="PNG", compress_level=compress_level, compress_type=Z_RLE)
+    )
+
+
+def write_dicom(
+    path: str | Path,
+    array: np.ndarray,
+    *,
+    spacing: tuple[float, float] | None = None,
+    view: str | None = None,
+    photometric: str = "MONOCHROME2",
+    rescale: tuple[float, float] = (1.0, 0.0),
+    patient_id: str = "ANON",
+    spacing_tag: str = "PixelSpacing",
+) -> Path:
+    """Write a single-frame DX image (uint8/uint16) with pydicom, atomically.
+
+    ``photometric="MONOCHROME1"`` stores the inverted values, so reading gives back ``array``.
+    """
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    if array.dtype not in (np.uint8, np.uint16) or array.ndim != 2:
+        raise ValueError(f"{path}: DICOM writer needs a 2-D uint8/uint16 array, got {array.dtype} {array.shape}")
+    bits = array.dtype.itemsize * 8
+    stored = ((1 << bits) - 1 - array).astype(array.dtype) if photometric == "MONOCHROME1" else array
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage - For Presentation
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.Modality, ds.PatientID, ds.PatientName = "DX", patient_id, patient_id
+    ds.BodyPartExamined = "SPINE"
+    if view:
+        ds.ViewPosition = {"AP": "AP", "LAT": "LL"}.get(view, view)
+    ds.Rows, ds.Columns = array.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits, bits, bits - 1, 0
+    ds.RescaleSlope, ds.RescaleIntercept = f"{rescale[0]:g}", f"{rescale[1]:g}"
+    if spacing is not None:
+        setattr(ds, spacing_tag, [f"{spacing[0]:.6g}", f"{spacing[1]:.6g}"])
+    ds.PixelData = np.ascontiguousarray(stored).tobytes()
+    return write_atomic(path, lambda tmp: ds.save_as(str(tmp), enforce_file_format=True))

@@ -1,0 +1,309 @@
+"""Synthetic study generation: sample a spine, frame the films, render, expose, write the layout.
+
+``generate_study(cfg, seed, index)`` is a pure function of its arguments (its own random stream
+``SeedSequence([seed, index])``), so a dataset is identical whatever the number of workers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from spine_app import __version__
+from spine_app.channels import MASK_NAMES
+from spine_app.data.io import write_atomic, write_dicom, write_png
+from spine_app.synthetic.anatomy import SpineModel, Vertebra, sample_spine
+from spine_app.synthetic.config import SynthConfig, json_ready, load_preset
+from spine_app.synthetic.imaging import ExposureParams, chord_mask, expose, polygons_mask, polyline_mask, quantize
+from spine_app.synthetic.render import (
+    Film,
+    Projections,
+    add_lungs_and_gas,
+    add_pelvis,
+    add_ribs,
+    add_torso,
+    render_vertebra,
+    sacrum_as_vertebra,
+)
+
+logger = logging.getLogger(__name__)
+
+CLASS_NAMES = ("Normal", "Damaged")
+#: mask file name -> (view, rendered structure); disk height and the two lines are drawn in 2-D
+STRUCTURE_OF_MASK = {
+    "Ap_Vertebra": ("AP", "vertebra"),
+    "Ap_Pedicle": ("AP", "pedicle"),
+    "Ap_Spinous_Process": ("AP", "spinous"),
+    "Lat_Vertebra": ("LAT", "vertebra"),
+    "Lat_Spinous_Process": ("LAT", "spinous"),
+}
+
+
+@dataclass
+class SyntheticStudy:
+    """One generated study held in memory."""
+
+    study_id: str
+    label: int
+    images: dict[str, np.ndarray]  # view -> uint16/uint8 (rows, cols)
+    masks: dict[str, np.ndarray]  # mask name -> bool (rows, cols) of its view
+    truth: dict[str, Any]
+    pixel_spacing: float
+
+    @property
+    def class_name(self) -> str:
+        return CLASS_NAMES[self.label]
+
+
+def label_for_index(index: int, damaged_fraction: float) -> int:
+    """Deterministic, evenly interleaved labels: every prefix of the sequence holds the requested mix."""
+    return int(np.floor((index + 1) * damaged_fraction) - np.floor(index * damaged_fraction))
+
+
+def study_id_for(seed: int, index: int) -> str:
+    return f"syn{seed}_{index:05d}"
+
+
+def frame_film(model: SpineModel, cfg: SynthConfig, rng: np.random.Generator) -> Film:
+    """Choose pixel spacing and film extents so that the region-of-interest levels fill the film."""
+    spacing = float(rng.uniform(*cfg.pixel_spacing_mm))
+    factor = max(1, int(round(cfg.render_voxel_mm / spacing)))
+    step = spacing * factor
+    roi = model.roi_levels()
+    top = roi[0].center[2] + roi[0].height_posterior
+    bottom = roi[-1].center[2] - roi[-1].height_posterior
+    height = float(rng.uniform(*cfg.film_height_mm))
+    center_z = 0.5 * (top + bottom) + rng.uniform(-0.05, 0.05) * height
+    rows = int(round(height / step))
+    ap_cols = int(round(rng.uniform(*cfg.ap_width_mm) / step))
+    lat_cols = int(round(rng.uniform(*cfg.lat_width_mm) / step))
+    scale = roi[-1].half_width / 25.5
+    center_x = float(np.mean([v.center[0] for v in roi])) + rng.uniform(-15.0, 15.0)
+    center_y = float(np.mean([v.center[1] for v in roi])) + 25.0 * scale + rng.uniform(-15.0, 15.0)
+    return Film(
+        step=step,
+        upsample=factor,
+        z_top=center_z + rows * step / 2.0,
+        rows=rows,
+        ap_x0=center_x - ap_cols * step / 2.0,
+        ap_cols=ap_cols,
+        lat_y0=center_y - lat_cols * step / 2.0,
+        lat_cols=lat_cols,
+    )
+
+
+def render_model(model: SpineModel, film: Film, cfg: SynthConfig, rng: np.random.Generator) -> Projections:
+    """All anatomy of ``model`` projected on ``film``'s render grid."""
+    proj = Projections.empty(film)
+    scale = model.vertebrae[-1].half_width / 25.5
+    add_torso(film, proj, model, rng)
+    add_lungs_and_gas(film, proj, model, rng, int(rng.integers(cfg.bowel_gas_pockets[0], cfg.bowel_gas_pockets[1] + 1)))
+    add_pelvis(film, proj, model, scale, rng)
+    add_ribs(film, proj, model, rng)
+    bone = float(rng.uniform(0.008, 0.016))  # cancellous excess attenuation: bone mineral density
+    sacrum = sacrum_as_vertebra(model, scale)
+    render_vertebra(film, proj, sacrum, bone, annotate=False, posterior=False)
+    for vertebra in model.vertebrae:
+        render_vertebra(film, proj, vertebra, bone)
+    return proj
+
+
+def _corner_points(v: Vertebra) -> dict[str, np.ndarray]:
+    """World positions of the body's anterior/middle/posterior superior and inferior points."""
+    ba, bp = v.half_depth_anterior, v.half_depth_posterior
+    ha, hp = v.height_anterior / 2.0, v.height_posterior / 2.0
+    hm = v.height_middle / 2.0
+    local = {
+        "anterior_superior": (0.0, -ba, ha),
+        "anterior_inferior": (0.0, -ba, -ha),
+        "middle_superior": (0.0, 0.0, hm),
+        "middle_inferior": (0.0, 0.0, -hm),
+        "posterior_superior": (0.0, bp, hp),
+        "posterior_inferior": (0.0, bp, -hp),
+    }
+    return {k: v.to_world(np.array(p)) for k, p in local.items()}
+
+
+def _flip_cols(points: np.ndarray, width: int) -> np.ndarray:
+    out = points.copy()
+    out[..., 1] = width - out[..., 1]
+    return out
+
+
+def generate_study(cfg: SynthConfig, seed: int, index: int) -> SyntheticStudy:
+    """Generate study ``index`` of the dataset seeded with ``seed`` (deterministic)."""
+    rng = np.random.default_rng(np.random.SeedSequence([seed, index]))
+    label = label_for_index(index, cfg.damaged_fraction)
+    model = sample_spine(rng, cfg, label)
+    film = frame_film(model, cfg, rng)
+    proj = render_model(model, film, cfg, rng)
+    ps = film.pixel_spacing
+    facing = cfg.lat_facing if cfg.lat_facing != "random" else str(rng.choice(["left", "right"]))
+    flip = {"AP": False, "LAT": facing == "right"}
+
+    images, exposure = {}, {}
+    for view in ("AP", "LAT"):
+        params = ExposureParams.sample(rng, cfg, view)
+        film_img = expose(proj.attenuation[view], proj.bone[view], film.upsample, params, ps, rng)
+        images[view] = quantize(film_img[:, ::-1] if flip[view] else film_img, cfg.bit_depth)
+        exposure[view] = json_ready(asdict(params))
+
+    masks: dict[str, np.ndarray] = {}
+    for name, (view, structure) in STRUCTURE_OF_MASK.items():
+        mask = chord_mask(proj.chords[view][structure], film.upsample)
+        masks[name] = mask[:, ::-1] if flip[view] else mask
+    lat_shape = images["LAT"].shape
+    scale = model.vertebrae[-1].half_width / 25.5
+    column = model.vertebrae + [sacrum_as_vertebra(model, scale)]
+    corners = {v.name: _corner_points(v) for v in column}
+
+    def lat_px(points: np.ndarray) -> np.ndarray:
+        rc = film.to_detector("LAT", np.asarray(points))
+        return _flip_cols(rc, lat_shape[1]) if flip["LAT"] else rc
+
+    # disk height: the space between the upper body's inferior and the lower body's superior endplate
+    disks = [
+        lat_px([corners[up.name]["anterior_inferior"], corners[up.name]["posterior_inferior"],
+                corners[lo.name]["posterior_superior"], corners[lo.name]["anterior_superior"]])
+        for up, lo in zip(column[:-1], column[1:])
+    ]  # fmt: skip
+    masks["Lat_Disk_Height"] = polygons_mask(lat_shape, disks) & ~masks["Lat_Vertebra"]
+    for name, side in (("Lat_Anterior_Vertebral_Line", "anterior"), ("Lat_Posterior_Vertebral_Line", "posterior")):
+        pts = [corners[v.name][f"{side}_{end}"] for v in model.vertebrae for end in ("superior", "inferior")]
+        masks[name] = polyline_mask(lat_shape, lat_px(pts), cfg.line_width_mm / ps)
+    masks = {name: masks[name] for name in MASK_NAMES}
+
+    truth = _truth(model, film, cfg, seed, index, facing, flip, exposure, corners, images)
+    return SyntheticStudy(study_id_for(seed, index), label, images, masks, truth, ps)
+
+
+def _truth(model, film, cfg, seed, index, facing, flip, exposure, corners, images) -> dict[str, Any]:
+    levels = []
+    for v in model.vertebrae:
+        entry: dict[str, Any] = {
+            "name": v.name,
+            "in_roi": v.in_roi,
+            "heights_mm": {"anterior": v.height_anterior, "middle": v.height_middle, "posterior": v.height_posterior},
+            "expected_height_mm": v.expected_height,
+            "ratios": {
+                "anterior_posterior": v.height_anterior / v.height_posterior,
+                "middle_posterior": v.height_middle / v.height_posterior,
+                "posterior_expected": v.height_posterior / v.expected_height,
+            },
+            "wedge_angle_deg": v.wedge_angle,
+            "fracture": asdict(v.fracture) if v.fracture else None,
+        }
+        for view in ("AP", "LAT"):
+            center = film.to_detector(view, v.center)
+            if flip[view]:
+                center = _flip_cols(center, images[view].shape[1])
+            rows, cols = images[view].shape
+            entry[f"center_{view.lower()}_px"] = center
+            entry[f"in_view_{view.lower()}"] = bool(0 <= center[0] < rows and 0 <= center[1] < cols)
+        lat = {k: film.to_detector("LAT", p) for k, p in corners[v.name].items()}
+        if flip["LAT"]:
+            lat = {k: _flip_cols(p, images["LAT"].shape[1]) for k, p in lat.items()}
+        entry["lat_points_px"] = lat
+        levels.append(entry)
+    return json_ready(
+        {
+            "generator": "spine_app.synthetic",
+            "spine_app_version": __version__,
+            "seed": seed,
+            "index": index,
+            "label": model.label,
+            "class_name": CLASS_NAMES[model.label],
+            "pixel_spacing_mm": [film.pixel_spacing, film.pixel_spacing],
+            "lat_facing": facing,
+            "projection": "parallel",
+            "image_shapes": {view: list(img.shape) for view, img in images.items()},
+            "levels": levels,
+            "fractures": [{"level": name, **asdict(f)} for name, f in model.fractures],
+            "listhesis": model.listhesis,
+            "disk_collapse": model.disk_collapse,
+            "disk_heights_mm": model.disk_heights,
+            "sacral_slope_deg": model.sacral_slope,
+            "exposure": exposure,
+        }
+    )
+
+
+def image_suffix(cfg: SynthConfig, index: int) -> str:
+    """File suffix of the study's radiographs ("mixed" alternates PNG and DICOM)."""
+    if cfg.image_format == "mixed":
+        return ".dcm" if index % 2 else ".png"
+    return ".png" if cfg.image_format == "png" else ".dcm"
+
+
+def write_study(study: SyntheticStudy, root: str | Path, suffix: str = ".png") -> Path:
+    """Write ``study`` as ``root/<class>/<study_id>/``; the folder appears complete or not at all."""
+    final = Path(root) / study.class_name / study.study_id
+    staging = final.with_name(f".{study.study_id}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    spacing = (study.pixel_spacing, study.pixel_spacing)
+    for view, image in study.images.items():
+        if suffix == ".dcm":
+            write_dicom(staging / f"{view}.dcm", image, spacing=spacing, view=view, patient_id=study.study_id)
+        else:
+            write_png(staging / f"{view}.png", image)
+    for name, mask in study.masks.items():
+        write_png(staging / f"{name}.png", mask)
+    payload = json.dumps(study.truth, indent=1)
+    write_atomic(staging / "truth.json", lambda tmp: tmp.write_text(payload))
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(staging, final)
+    return final
+
+
+def _generate_and_write(args: tuple[SynthConfig, int, int, str]) -> tuple[str, int]:
+    cfg, seed, index, root = args
+    study = generate_study(cfg, seed, index)
+    write_study(study, root, image_suffix(cfg, index))
+    return study.study_id, study.label
+
+
+def generate_dataset(
+    out: str | Path, n: int, seed: int = 0, preset: str = "default", workers: int | None = None, **overrides: Any
+) -> dict[str, Any]:
+    """Generate ``n`` studies into ``out`` (canonical layout) and write ``out/synth_manifest.json``.
+
+    Returns the manifest: settings, counts per class, wall time and studies per second.
+    """
+    cfg = load_preset(preset, **overrides)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    workers = max(1, min(workers or os.cpu_count() or 1, n))
+    jobs = [(cfg, seed, i, str(out)) for i in range(n)]
+    start = time.perf_counter()
+    if workers == 1:
+        results = [_generate_and_write(job) for job in jobs]
+    else:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            results = list(pool.map(_generate_and_write, jobs, chunksize=max(1, n // (workers * 8))))
+    elapsed = time.perf_counter() - start
+    counts = {name: sum(1 for _, label in results if CLASS_NAMES[label] == name) for name in CLASS_NAMES}
+    manifest = {
+        "generator": "spine_app.synthetic",
+        "spine_app_version": __version__,
+        "preset": str(preset),
+        "seed": seed,
+        "n": n,
+        "class_counts": counts,
+        "settings": cfg.to_dict(),
+        "workers": workers,
+        "seconds": round(elapsed, 2),
+        "studies_per_second": round(n / elapsed, 3) if elapsed > 0 else None,
+    }
+    write_atomic(out / "synth_manifest.json", lambda tmp: tmp.write_text(json.dumps(manifest, indent=2)))
+    return manifest

@@ -1,0 +1,30 @@
+"""Small builders of study folders for tests (real files written with PIL / pydicom / nibabel)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from spine_app.channels import MASK_NAMES
+from spine_app.data.io import write_png
+
+
+def radiograph(shape: tuple[int, int] = (96, 80), seed: int = 0) -> np.ndarray:
+    """A 16-bit test image with a gradient and noise (not constant)."""
+    rng = np.random.default_rng(seed)
+    rows = np.linspace(0, 40000, shape[0])[:, None]
+    return (rows + rng.integers(0, 2000, size=shape)).astype(np.uint16)
+
+
+def write_png_study(folder: Path, shape: tuple[int, int] = (96, 80), masks: bool = True, seed: int = 0) -> Path:
+    """Canonical study folder: AP.png, LAT.png (16-bit) and eight 8-bit masks with a square each."""
+    folder.mkdir(parents=True, exist_ok=True)
+    write_png(folder / "AP.png", radiograph(shape, seed))
+    write_png(folder / "LAT.png", radiograph(shape, seed + 1))
+    if masks:
+        for i, name in enumerate(MASK_NAMES):
+            mask = np.zeros(shape, bool)
+            mask[10 + i : 30 + i, 10:40] = True
+            write_png(folder / f"{name}.png", mask)
+    return folder

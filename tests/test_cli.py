@@ -1,0 +1,50 @@
+"""The spine-app command line, run as a user would (a real subprocess)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.helpers import write_png_study
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "spine_app.cli", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_synth_import_check_and_contact_sheet(tmp_path: Path) -> None:
+    synth = run("synth", "--out", str(tmp_path / "ds"), "--n", "4", "--seed", "2", "--preset", "easy", "--workers", "2")
+    assert synth.returncode == 0, synth.stderr
+    assert "wrote 4 studies (Normal 2, Damaged 2)" in synth.stdout
+    imported = run("import", str(tmp_path / "ds"), "--out", str(tmp_path / "dl.json"), "--seed", "1")
+    assert imported.returncode == 0, imported.stderr
+    assert "imported: 4   skipped: 0" in imported.stdout and "Lat_Disk_Height" in imported.stdout
+    datalist = json.loads((tmp_path / "dl.json").read_text())
+    assert sum(len(datalist[s]) for s in ("training", "validation", "test")) == 4
+    checked = run("check", str(tmp_path / "ds"))
+    assert checked.returncode == 0 and "AP+LAT 4" in checked.stdout
+    sheet = run("contact-sheet", str(tmp_path / "dl.json"), "--out", str(tmp_path / "sheet.png"), "--per_class", "1")
+    assert sheet.returncode == 0, sheet.stderr
+    assert (tmp_path / "sheet.png").stat().st_size > 10_000
+
+
+def test_check_fails_on_a_broken_study(tmp_path: Path) -> None:
+    write_png_study(tmp_path / "Normal" / "ok")
+    (write_png_study(tmp_path / "Damaged" / "broken") / "LAT.png").write_bytes(b"")
+    checked = run("check", str(tmp_path))
+    assert checked.returncode == 1
+    assert "broken/LAT.png: empty file (0 bytes)" in checked.stdout
+
+
+def test_bad_preset_is_a_one_line_error(tmp_path: Path) -> None:
+    result = run("synth", "--out", str(tmp_path / "x"), "--n", "1", "--preset", "nope")
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1].startswith("error: unknown preset 'nope'")
+
+
+def test_bench_synth_prints_studies_per_second() -> None:
+    result = run("bench", "synth", "--n", "2", "--workers", "1", "--preset", "easy")
+    assert result.returncode == 0, result.stderr
+    assert "studies/s:" in result.stdout
