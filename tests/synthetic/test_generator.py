@@ -37,7 +37,7 @@ def test_labels_interleave_to_the_requested_fraction() -> None:
 
 def test_images_are_16bit_films_of_realistic_size(studies) -> None:
     for study in studies.values():
-        for view, image in study.images.items():
+        for image in study.images.values():
             assert image.dtype == np.uint16
             assert 1000 <= max(image.shape) <= 2000 and image.shape[0] > image.shape[1]  # portrait film
             assert np.percentile(image, 99) - np.percentile(image, 1) > 20000  # uses the 16-bit range
