@@ -1,0 +1,111 @@
+"""Deterministic study preprocessing: datalist entry -> tensors at the working resolution.
+
+``LoadStudyd`` reads both views and their masks with :mod:`spine_app.data.io`, normalises each
+radiograph to [0, 1] by its own 0.5-99.5 percentiles (so PNG, 16-bit and DICOM inputs look alike),
+and fits it into a fixed canvas (aspect kept, area-downsampled, centred, zero-padded). Output keys:
+
+- ``ap``, ``lat``: (1, H, W) float32 images (zeros for a missing view)
+- ``seg_ap``, ``seg_lat``: (8, H, W) float32 targets in [0, 1] (only that view's channels): area
+  fractions after downsampling, except the thin lines, which keep every touched pixel (value 1)
+- ``avail_ap``, ``avail_lat``: (8,) 1 where the channel is annotated on that view
+- ``present``: (2,) views present (AP, LAT); ``label``: () float (-1 when unlabelled)
+- ``geom_ap``, ``geom_lat``: (7,) original rows, cols, scale, pad top, pad left, spacing row/col mm
+  (spacing 0 when unknown), to map predictions back to the original image
+- ``study_id``: str
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from monai.transforms import MapTransform
+from torch.nn import functional as F
+
+from spine_app.channels import CHANNEL_VIEW, LINE_CHANNELS, MASK_NAMES, VIEWS
+from spine_app.data.io import read_image, read_mask
+
+LINE_INDICES = [MASK_NAMES.index(name) for name in LINE_CHANNELS]
+
+
+def normalize_intensity(image: np.ndarray, low: float = 0.5, high: float = 99.5) -> np.ndarray:
+    """Scale to [0, 1] by the image's own percentiles (robust to bit depth and markers)."""
+    sample = image[:: max(1, image.shape[0] // 256), :: max(1, image.shape[1] // 256)]
+    lo, hi = np.percentile(sample, [low, high])
+    if hi <= lo:
+        return np.zeros_like(image, dtype=np.float32)
+    return np.clip((image - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+
+
+def fit_geometry(shape: tuple[int, int], canvas: Sequence[int]) -> tuple[float, int, int, int, int]:
+    """(scale, resized rows, resized cols, pad top, pad left) to fit ``shape`` inside ``canvas``."""
+    scale = min(canvas[0] / shape[0], canvas[1] / shape[1])
+    rows, cols = max(1, round(shape[0] * scale)), max(1, round(shape[1] * scale))
+    return scale, rows, cols, (canvas[0] - rows) // 2, (canvas[1] - cols) // 2
+
+
+def fit_to_canvas(stack: np.ndarray, canvas: Sequence[int]) -> torch.Tensor:
+    """(C, h, w) -> (C, H, W): area-resize with the aspect kept, then centre zero-padding."""
+    _, rows, cols, top, left = fit_geometry(stack.shape[1:], canvas)
+    tensor = torch.from_numpy(np.ascontiguousarray(stack, dtype=np.float32))[None]
+    mode = "area" if rows <= stack.shape[1] else "bilinear"
+    resized = F.interpolate(tensor, size=(rows, cols), mode=mode)[0]
+    out = torch.zeros((stack.shape[0], canvas[0], canvas[1]), dtype=torch.float32)
+    out[:, top : top + rows, left : left + cols] = resized
+    return out
+
+
+class LoadStudyd(MapTransform):
+    """Load one study (a datalist entry with absolute paths) into working-resolution tensors.
+
+    Args:
+        canvas: (H, W) working size; both views are fitted into it.
+        keys: unused placeholder for MapTransform compatibility (the entry is read as a whole).
+    """
+
+    def __init__(self, canvas: Sequence[int] = (512, 384), keys: Sequence[Hashable] = ("image_ap",)) -> None:
+        super().__init__(keys, allow_missing_keys=True)
+        self.canvas = tuple(int(c) for c in canvas)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {"study_id": str(data["study_id"])}
+        label = data.get("label")
+        out["label"] = torch.tensor(-1.0 if label is None else float(label))
+        present = []
+        for view in VIEWS:
+            key = view.lower()
+            channels = [c for c, v in enumerate(CHANNEL_VIEW) if v == view]
+            path = data.get(f"image_{key}")
+            seg = torch.zeros((len(MASK_NAMES), *self.canvas))
+            avail = torch.zeros(len(MASK_NAMES))
+            if path is None:
+                out[key] = torch.zeros((1, *self.canvas))
+                out[f"geom_{key}"] = torch.zeros(7)
+                present.append(0.0)
+            else:
+                image, meta = read_image(path)
+                masks = [data["masks"][c] for c in channels]
+                stack = [normalize_intensity(image)]
+                stack += [
+                    read_mask(m, image.shape).astype(np.float32) if m else np.zeros(image.shape, np.float32)
+                    for m in masks
+                ]
+                fitted = fit_to_canvas(np.stack(stack), self.canvas)
+                out[key] = fitted[:1]
+                seg[channels] = fitted[1:]
+                for c in LINE_INDICES:  # a thin line must survive downsampling: any coverage is foreground
+                    seg[c] = (seg[c] > 0.01).float()
+                present_flags = data.get("mask_present", [1 if m else 0 for m in data["masks"]])
+                avail[channels] = torch.tensor(
+                    [float(present_flags[c] and data["masks"][c] is not None) for c in channels]
+                )
+                scale, _, _, top, left = fit_geometry(image.shape, self.canvas)
+                spacing = (data.get(f"meta_{key}") or {}).get("spacing") or meta.spacing or (0.0, 0.0)
+                out[f"geom_{key}"] = torch.tensor([*image.shape, scale, top, left, *spacing], dtype=torch.float32)
+                present.append(1.0)
+            out[f"seg_{key}"] = seg
+            out[f"avail_{key}"] = avail
+        out["present"] = torch.tensor(present)
+        return out

@@ -1,0 +1,30 @@
+"""``prepare_batch`` for MONAI's SupervisedTrainer/Evaluator: a collated study batch -> (inputs, targets)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+INPUT_KEYS = ("ap", "lat", "present")
+TARGET_KEYS = ("seg_ap", "seg_lat", "avail_ap", "avail_lat", "label", "present", "geom_ap", "geom_lat")
+
+
+def prepare_study_batch(
+    batchdata: dict[str, Any], device: str | torch.device | None = None, non_blocking: bool = False, **kwargs: Any
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Inputs {ap, lat, present} and targets {seg_*, avail_*, label, present, geom_*} on ``device``."""
+
+    def move(key: str) -> torch.Tensor:
+        return torch.as_tensor(batchdata[key]).to(device=device, non_blocking=non_blocking, **kwargs)
+
+    inputs = {k: move(k) for k in INPUT_KEYS}
+    targets = {k: move(k) for k in TARGET_KEYS}
+    targets["image_ap"], targets["image_lat"] = inputs["ap"], inputs["lat"]  # for example overlays in reports
+    targets["study_id"] = list(batchdata.get("study_id", []))
+    return inputs, targets
+
+
+def output_loss(output: dict[str, Any]) -> float:
+    """The iteration loss from a (non-decollated) trainer output, for StatsHandler/TensorBoard."""
+    return float(output["loss"].detach())

@@ -1,0 +1,66 @@
+"""Datasets for the bundle: find (or create) the study datalist, and pick a split."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from spine_app.data.importer import import_dataset, load_datalist
+from spine_app.data.layout import find_studies
+
+logger = logging.getLogger(__name__)
+
+
+def ensure_datalist(
+    dataset_dir: str, synthetic_studies: int = 300, seed: int = 0, preset: str = "default", split_seed: int = 0
+) -> str:
+    """Path of ``dataset_dir/datalist.json``, importing the studies there first if needed.
+
+    If ``dataset_dir`` holds no study, the embedded default is generated there first:
+    ``synthetic_studies`` synthetic studies of ``preset`` with ``seed`` (this is logged).
+    """
+    root = Path(dataset_dir)
+    datalist = root / "datalist.json"
+    if datalist.is_file():
+        return str(datalist)
+    has_studies = root.is_dir() and any(study.images for study in find_studies(root))
+    if not has_studies:
+        from spine_app.synthetic.generator import generate_dataset
+
+        logger.warning("no studies in %s: generating the default synthetic dataset (%d studies, preset %s, seed %d)",
+                       root, synthetic_studies, preset, seed)  # fmt: skip
+        generate_dataset(root, synthetic_studies, seed=seed, preset=preset)
+    summary = import_dataset(root, datalist, seed=split_seed)["summary"]
+    logger.warning(
+        "imported %d studies from %s (%d skipped) -> %s", summary["imported"], root, summary["skipped"], datalist
+    )
+    return str(datalist)
+
+
+def datalist_split(datalist: str, split: str, limit: int | None = None) -> list[dict[str, Any]]:
+    """The entries of one split (absolute paths), optionally only the first ``limit``."""
+    entries = load_datalist(datalist)[split]
+    if not entries:
+        raise ValueError(f"{datalist}: the {split!r} split is empty")
+    return entries[:limit] if limit else entries
+
+
+def inference_entries(dataset_dir: str) -> list[dict[str, Any]]:
+    """Datalist-style entries (no masks) for every study under ``dataset_dir``, labelled or not."""
+    entries = []
+    for study in find_studies(dataset_dir):
+        if not study.images:
+            logger.warning("%s: no AP or LAT image found; skipped", study.folder)
+            continue
+        entries.append({
+            "study_id": study.study_id,
+            "label": study.label,
+            "image_ap": str(study.images["AP"]) if "AP" in study.images else None,
+            "image_lat": str(study.images["LAT"]) if "LAT" in study.images else None,
+            "masks": [None] * 8,
+            "mask_present": [0] * 8,
+        })  # fmt: skip
+    if not entries:
+        raise ValueError(f"{dataset_dir}: no study with an AP or LAT image")
+    return entries

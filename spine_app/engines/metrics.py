@@ -1,0 +1,123 @@
+"""Ignite metric of the bundle: per-channel segmentation scores and Normal/Damaged classification
+over a validation run, computed with :mod:`spine_app.metrics` (the definitions used everywhere).
+
+The key value is ``score = (mean Dice over the eight channels + fused AUROC) / 2``. Every detail
+(``dice_<channel>``, ``hd95_<channel>``, ``cldice_<line>``, ``auroc``, ``auroc_ap``, ``auroc_lat``,
+``mean_dice``) is also written to ``engine.state.metrics`` so StatsHandler and TensorBoard show it,
+and the full per-study table stays available as ``self.records`` / ``self.summary``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from ignite.engine import Engine
+from ignite.metrics import Metric
+
+from spine_app.channels import CHANNEL_VIEW, LINE_CHANNELS, MASK_NAMES
+from spine_app.metrics.classification import auroc
+from spine_app.metrics.segmentation import score_masks
+
+
+def _working_spacing(geom: torch.Tensor) -> tuple[float, float] | None:
+    """Pixel spacing (mm) at the working resolution from a ``geom_*`` vector, or None if unknown."""
+    rows_mm, cols_mm, scale = float(geom[5]), float(geom[6]), float(geom[2])
+    return (rows_mm / scale, cols_mm / scale) if rows_mm > 0 and scale > 0 else None
+
+
+class StudyMetrics(Metric):
+    """Accumulates per-study scores; ``compute()`` returns the key score (higher is better)."""
+
+    required_output_keys = ("pred", "label")  # the evaluator's output dict -> (pred, targets)
+
+    def __init__(
+        self, output_transform=lambda x: x, device: str | torch.device = "cpu", keep_examples: int = 0
+    ) -> None:
+        self.records: list[dict[str, Any]] = []
+        self.examples: list[dict[str, Any]] = []
+        self.summary: dict[str, float] = {}
+        self.keep_examples = keep_examples
+        super().__init__(output_transform=output_transform, device=device)
+
+    def reset(self) -> None:
+        self.records = []
+        self.examples = []
+
+    def update(self, output: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]) -> None:
+        pred, target = output
+        batch = target["label"].shape[0]
+        for b in range(batch):
+            ids = target.get("study_id") or []
+            record: dict[str, Any] = {
+                "study_id": ids[b] if b < len(ids) else str(len(self.records)),
+                "label": float(target["label"][b]),
+            }
+            if len(self.examples) < self.keep_examples:
+                self.examples.append(self._example(pred, target, b))
+            for key in ("cls", "cls_ap", "cls_lat"):
+                record[f"prob_{key}"] = float(torch.sigmoid(pred[key][b].float()))
+            record["present"] = [float(x) for x in target["present"][b]]
+            for c, (name, view) in enumerate(zip(MASK_NAMES, CHANNEL_VIEW)):
+                key = view.lower()
+                if float(target[f"avail_{key}"][b, c]) <= 0:
+                    continue
+                p = (torch.sigmoid(pred[f"seg_{key}"][b, c].float()) > 0.5).cpu().numpy()
+                t = (target[f"seg_{key}"][b, c].float() > 0.5).cpu().numpy()
+                scores = score_masks(p, t, _working_spacing(target[f"geom_{key}"][b]), line=name in LINE_CHANNELS)
+                record[name] = scores.to_dict()
+            self.records.append(record)
+
+    @staticmethod
+    def _example(pred: dict[str, torch.Tensor], target: dict[str, torch.Tensor], b: int) -> dict[str, Any]:
+        """Image, predicted and true masks (numpy, working resolution) of study ``b`` for overlays."""
+        example: dict[str, Any] = {}
+        for view in ("ap", "lat"):
+            example[f"image_{view}"] = target[f"image_{view}"][b, 0].float().cpu().numpy()
+            example[f"pred_{view}"] = (torch.sigmoid(pred[f"seg_{view}"][b].float()) > 0.5).cpu().numpy()
+            example[f"truth_{view}"] = (target[f"seg_{view}"][b].float() > 0.5).cpu().numpy()
+            example[f"avail_{view}"] = target[f"avail_{view}"][b].cpu().numpy() > 0
+        return example
+
+    def _gather(self) -> None:
+        """Under torch.distributed, every rank gets every rank's records (each saw a shard)."""
+        if (
+            torch.distributed.is_available()
+            and torch.distributed.is_initialized()
+            and torch.distributed.get_world_size() > 1
+        ):
+            gathered: list[Any] = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(gathered, self.records)
+            self.records = [r for part in gathered for r in part]
+
+    def compute(self) -> float:
+        self._gather()
+        summary: dict[str, float] = {}
+        dices = []
+        for name in MASK_NAMES:
+            rows = [r[name] for r in self.records if name in r]
+            if not rows:
+                continue
+            summary[f"dice_{name}"] = float(np.mean([s["dice"] for s in rows]))
+            summary[f"hd95_{name}"] = float(np.mean([s["hd95_px"] for s in rows]))
+            dices.append(summary[f"dice_{name}"])
+            if name in LINE_CHANNELS:
+                summary[f"cldice_{name}"] = float(np.mean([s["cldice"] for s in rows]))
+        summary["mean_dice"] = float(np.mean(dices)) if dices else 0.0
+        labelled = [r for r in self.records if r["label"] >= 0]
+        labels = [int(r["label"]) for r in labelled]
+        for key, suffix, view in (("prob_cls", "", None), ("prob_cls_ap", "_ap", 0), ("prob_cls_lat", "_lat", 1)):
+            rows = [r for r in labelled if view is None or r["present"][view] > 0]
+            summary[f"auroc{suffix}"] = (
+                auroc([int(r["label"]) for r in rows], [r[key] for r in rows]) if rows else float("nan")
+            )
+        fused = summary["auroc"] if labels and not np.isnan(summary["auroc"]) else 0.5
+        summary["score"] = 0.5 * (summary["mean_dice"] + fused)
+        self.summary = summary
+        return summary["score"]
+
+    def completed(self, engine: Engine, name: str) -> None:
+        engine.state.metrics[name] = self.compute()  # gathers once; the summary below reuses it
+        for key, value in self.summary.items():
+            engine.state.metrics[f"{name}_{key}" if key != "score" else name] = value

@@ -1,0 +1,234 @@
+"""Evaluation report: thresholds chosen on validation, scores on test, files a reader can check.
+
+Writes into ``output_dir``: ``metrics.json`` (everything), ``per_study.csv``, ``results.md`` (one row
+per mask, in the seed reports' shape, plus the classification table) and plots: per-mask Dice bars,
+ROC curves (fused, AP-only, LAT-only), training curves (from the TensorBoard logs, if any) and
+example overlays.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from spine_app import __version__  # noqa: E402
+from spine_app.channels import CHANNEL_VIEW, LINE_CHANNELS, MASK_NAMES  # noqa: E402
+from spine_app.data.io import write_atomic  # noqa: E402
+from spine_app.engines.metrics import StudyMetrics  # noqa: E402
+from spine_app.metrics.classification import auroc, auroc_ci, threshold_scores, youden_threshold  # noqa: E402
+
+logger = logging.getLogger(__name__)
+HEADS = {"fused": ("prob_cls", None), "AP only": ("prob_cls_ap", 0), "LAT only": ("prob_cls_lat", 1)}
+
+
+def run_on(evaluator: Any, loader: Any) -> None:
+    """Run an evaluator over another data loader (resets Ignite's epoch length)."""
+    evaluator.data_loader = loader
+    evaluator.state.epoch_length = len(loader)
+    evaluator.run()
+
+
+def _head_rows(records: list[dict[str, Any]], view: int | None) -> list[dict[str, Any]]:
+    return [r for r in records if r["label"] >= 0 and (view is None or r["present"][view] > 0)]
+
+
+def segmentation_table(records: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Mean scores per mask over the studies where it is annotated (empty-truth cases counted apart)."""
+    table: dict[str, dict[str, float]] = {}
+    for name in MASK_NAMES:
+        rows = [r[name] for r in records if name in r]
+        if not rows:
+            continue
+        entry = {k: float(np.mean([s[k] for s in rows])) for k in ("dice", "iou", "tpr", "precision", "hd95_px")}
+        mm = [s["hd95_mm"] for s in rows if s["hd95_mm"] is not None]
+        entry["hd95_mm"] = float(np.mean(mm)) if mm else None
+        entry["n"] = len(rows)
+        entry["empty_truth"] = sum(1 for s in rows if s["empty_truth"])
+        if name in LINE_CHANNELS:
+            entry["cldice"] = float(np.mean([s["cldice"] for s in rows]))
+            entry["nsd"] = float(np.mean([s["nsd"] for s in rows]))
+        table[name] = entry
+    return table
+
+
+def classification_table(val: list[dict[str, Any]], test: list[dict[str, Any]], seed: int = 0) -> dict[str, Any]:
+    """Per head: AUROC with a bootstrap 95 % CI on test, and threshold scores at the validation threshold."""
+    out: dict[str, Any] = {}
+    for head, (key, view) in HEADS.items():
+        val_rows, test_rows = _head_rows(val, view), _head_rows(test, view)
+        if not test_rows:
+            continue
+        threshold = youden_threshold([r["label"] for r in val_rows], [r[key] for r in val_rows]) if val_rows else 0.5
+        labels, probs = [int(r["label"]) for r in test_rows], [r[key] for r in test_rows]
+        lo, hi = auroc_ci(labels, probs, seed=seed)
+        out[head] = {"n": len(test_rows), "auroc": auroc(labels, probs), "auroc_ci95": [lo, hi],
+                     **threshold_scores(labels, probs, threshold)}  # fmt: skip
+    return out
+
+
+def markdown(seg: dict[str, dict[str, float]], cls: dict[str, Any]) -> str:
+    """The results as Markdown tables (one row per mask, then one row per classification head)."""
+    lines = [
+        "| Mask | Dice | IoU | TPR | Precision | HD95 (px) | HD95 (mm) | clDice | NSD | n |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, e in seg.items():
+        mm = f"{e['hd95_mm']:.2f}" if e["hd95_mm"] is not None else "-"
+        line_scores = f"{e['cldice']:.4f} | {e['nsd']:.4f}" if "cldice" in e else "- | -"
+        lines.append(
+            f"| {name} | {e['dice']:.4f} | {e['iou']:.4f} | {e['tpr']:.4f} | {e['precision']:.4f} | {e['hd95_px']:.2f} | {mm} | {line_scores} | {e['n']} |"
+        )
+    lines += ["", "| Classifier | AUROC (95 % CI) | Accuracy | Sensitivity | Specificity | F1 | Threshold | Confusion [[TN, FP], [FN, TP]] |",
+              "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for head, e in cls.items():
+        ci = f"{e['auroc']:.3f} ({e['auroc_ci95'][0]:.3f}-{e['auroc_ci95'][1]:.3f})"
+        lines.append(
+            f"| {head} | {ci} | {e['accuracy']:.3f} | {e['sensitivity']:.3f} | {e['specificity']:.3f} | {e['f1']:.3f} | {e['threshold']:.3f} | {e['confusion_matrix']} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _save_figure(fig: plt.Figure, path: Path) -> None:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    write_atomic(path, lambda tmp: tmp.write_bytes(buffer.getvalue()))
+
+
+def plot_dice_bars(seg: dict[str, dict[str, float]], path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    names = list(seg)
+    ax.bar(
+        range(len(names)),
+        [seg[n]["dice"] for n in names],
+        color=["#d55" if CHANNEL_VIEW[MASK_NAMES.index(n)] == "AP" else "#58c" for n in names],
+    )
+    ax.set_xticks(range(len(names)), [n.replace("_", " ") for n in names], rotation=35, ha="right", fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("Dice (test)")
+    ax.set_title("Per-mask Dice (red: AP, blue: LAT)")
+    _save_figure(fig, path)
+
+
+def _roc_points(labels: list[int], probs: list[float]) -> tuple[np.ndarray, np.ndarray]:
+    y, p = np.asarray(labels, bool), np.asarray(probs)
+    thresholds = np.r_[np.inf, np.sort(np.unique(p))[::-1]]
+    tpr = [((p >= t) & y).sum() / max(y.sum(), 1) for t in thresholds]
+    fpr = [((p >= t) & ~y).sum() / max((~y).sum(), 1) for t in thresholds]
+    return np.asarray(fpr), np.asarray(tpr)
+
+
+def plot_roc(test: list[dict[str, Any]], cls: dict[str, Any], path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    for head, (key, view) in HEADS.items():
+        rows = _head_rows(test, view)
+        if head in cls and rows:
+            fpr, tpr = _roc_points([int(r["label"]) for r in rows], [r[key] for r in rows])
+            ax.plot(fpr, tpr, label=f"{head} (AUROC {cls[head]['auroc']:.3f})")
+    ax.plot([0, 1], [0, 1], "k:", lw=0.8)
+    ax.set_xlabel("1 - specificity")
+    ax.set_ylabel("sensitivity")
+    ax.legend(loc="lower right", fontsize=8)
+    ax.set_title("Normal vs Damaged (test)")
+    _save_figure(fig, path)
+
+
+def plot_training_curves(log_dir: Path, path: Path) -> bool:
+    """Training loss and validation score from the TensorBoard logs in ``log_dir``; False if none."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    series: dict[str, list[tuple[int, float]]] = {}
+    for event_file in sorted(log_dir.glob("events.out.tfevents.*")):
+        acc = EventAccumulator(str(event_file))
+        acc.Reload()
+        for tag in acc.Tags().get("scalars", []):
+            series.setdefault(tag, []).extend((e.step, e.value) for e in acc.Scalars(tag))
+    wanted = [t for t in ("train_loss", "val_score", "val_score_mean_dice", "val_score_auroc") if t in series]
+    if not wanted:
+        return False
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    steps, values = zip(*sorted(series["train_loss"])) if "train_loss" in series else ((), ())
+    axes[0].plot(steps, values, lw=0.8)
+    axes[0].set_title("training loss")
+    axes[0].set_xlabel("iteration")
+    for tag in wanted[1:] if "train_loss" in wanted else wanted:
+        s, v = zip(*sorted(series[tag]))
+        axes[1].plot(s, v, marker="o", ms=3, label=tag.replace("val_score_", "").replace("val_score", "score"))
+    axes[1].set_title("validation")
+    axes[1].set_xlabel("epoch")
+    axes[1].legend(fontsize=8)
+    _save_figure(fig, path)
+    return True
+
+
+def plot_examples(examples: list[dict[str, Any]], path: Path) -> None:
+    """Working-resolution overlays: prediction (colour) over the image, truth contour in white."""
+    from scipy import ndimage
+
+    from spine_app.viz.contact_sheet import CHANNEL_COLORS
+
+    fig, axes = plt.subplots(len(examples), 2, figsize=(6, 4 * len(examples)), squeeze=False)
+    for row, ex in enumerate(examples):
+        for col, view in enumerate(("ap", "lat")):
+            rgb = np.repeat(ex[f"image_{view}"][..., None], 3, axis=2)
+            for c in np.nonzero(ex[f"avail_{view}"])[0]:
+                pred, truth = ex[f"pred_{view}"][c], ex[f"truth_{view}"][c]
+                rgb[pred] = 0.5 * rgb[pred] + 0.5 * np.asarray(CHANNEL_COLORS[c]) / 255
+                rgb[truth & ~ndimage.binary_erosion(truth)] = 1.0
+            axes[row, col].imshow(np.clip(rgb, 0, 1))
+            axes[row, col].set_axis_off()
+            axes[row, col].set_title(f"{view.upper()}: prediction (colour), truth (white)", fontsize=8)
+    _save_figure(fig, path)
+
+
+def write_report(val: list[dict[str, Any]], test: list[dict[str, Any]], examples: list[dict[str, Any]], output_dir: str,
+                 log_dir: str | None = None, extra: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+    """Write every report file; returns the metrics dictionary."""
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    seg = segmentation_table(test)
+    cls = classification_table(val, test)
+    metrics = {"spine_app_version": __version__, "n_validation": len(val), "n_test": len(test),
+               "segmentation": seg, "classification": cls, **(extra or {})}  # fmt: skip
+    write_atomic(out / "metrics.json", lambda tmp: tmp.write_text(json.dumps(metrics, indent=2)))
+    write_atomic(out / "results.md", lambda tmp: tmp.write_text(markdown(seg, cls)))
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(
+        ["study_id", "label", "prob_fused", "prob_ap", "prob_lat"]
+        + [f"dice_{n}" for n in MASK_NAMES]
+        + [f"hd95_px_{n}" for n in MASK_NAMES]
+    )
+    for r in test:
+        writer.writerow([r["study_id"], int(r["label"]), r["prob_cls"], r["prob_cls_ap"], r["prob_cls_lat"]]
+                        + [r[n]["dice"] if n in r else "" for n in MASK_NAMES] + [r[n]["hd95_px"] if n in r else "" for n in MASK_NAMES])  # fmt: skip
+    write_atomic(out / "per_study.csv", lambda tmp: tmp.write_text(buffer.getvalue()))
+    plot_dice_bars(seg, out / "per_mask_dice.png")
+    plot_roc(test, cls, out / "roc.png")
+    if examples:
+        plot_examples(examples, out / "examples.png")
+    if log_dir is not None:
+        plot_training_curves(Path(log_dir), out / "training_curves.png")
+    return metrics
+
+
+def evaluate_and_report(evaluator: Any, val_loader: Any, test_loader: Any, metric: StudyMetrics, output_dir: str,
+                        log_dir: str | None = None) -> dict[str, Any]:  # fmt: skip
+    """Run ``evaluator`` on validation (thresholds) then test (scores) and write the report."""
+    run_on(evaluator, val_loader)
+    val = list(metric.records)
+    run_on(evaluator, test_loader)
+    metrics = write_report(val, list(metric.records), list(metric.examples), output_dir, log_dir)
+    logger.warning("evaluation report written to %s", output_dir)
+    print(markdown(metrics["segmentation"], metrics["classification"]))
+    return metrics

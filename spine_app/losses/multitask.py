@@ -1,0 +1,88 @@
+"""Multi-task loss: masked per-channel Dice + BCE for the eight masks, BCE for Normal/Damaged.
+
+A channel that is not annotated for an image (the other view's channels, a missing mask, a missing
+view) is *unknown*: it is left out of the average, so it contributes exactly zero gradient.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from spine_app.channels import LINE_CHANNELS, MASK_NAMES
+
+
+def masked_dice_bce(
+    logits: torch.Tensor, target: torch.Tensor, available: torch.Tensor, smooth: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(soft Dice loss, BCE) averaged over the available (image, channel) pairs only.
+
+    Args:
+        logits: (B, C, H, W) mask logits.
+        target: (B, C, H, W) targets in [0, 1] (soft after resizing is fine).
+        available: (B, C) 1 where the channel is annotated for that image, else 0.
+
+    Returns:
+        two scalars; both are 0 (still attached to the graph) when nothing is available.
+    """
+    weight = available.to(logits.dtype)
+    prob = torch.sigmoid(logits)
+    dims = (2, 3)
+    intersection = (prob * target).sum(dims)
+    dice = 1.0 - (2.0 * intersection + smooth) / (prob.sum(dims) + target.sum(dims) + smooth)
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none").mean(dims)
+    count = weight.sum().clamp(min=1.0)
+    return (dice * weight).sum() / count, (bce * weight).sum() / count
+
+
+class MultiTaskLoss(nn.Module):
+    """Weighted sum of the segmentation loss of both views and the classification loss.
+
+    ``forward(pred, target)`` takes the network's study output (``seg_ap``, ``seg_lat``, ``cls``,
+    ``cls_ap``, ``cls_lat``) and the batch targets (``seg_ap``, ``seg_lat`` (B, 8, H, W), ``avail_ap``,
+    ``avail_lat`` (B, 8), ``label`` (B,), ``present`` (B, 2)).
+
+    Args:
+        seg_weight, cls_weight: task weights.
+        dice_weight, bce_weight: weights inside the segmentation loss.
+        line_weight: extra weight on the two thin line channels (their Dice is harder to move).
+        view_cls_weight: weight of the single-view logits' BCE relative to the fused one.
+    """
+
+    def __init__(
+        self,
+        seg_weight: float = 1.0,
+        cls_weight: float = 0.5,
+        dice_weight: float = 1.0,
+        bce_weight: float = 1.0,
+        line_weight: float = 1.0,
+        view_cls_weight: float = 0.5,
+    ) -> None:
+        super().__init__()
+        self.seg_weight, self.cls_weight = seg_weight, cls_weight
+        self.dice_weight, self.bce_weight = dice_weight, bce_weight
+        self.view_cls_weight = view_cls_weight
+        channel_weight = torch.ones(len(MASK_NAMES))
+        for name in LINE_CHANNELS:
+            channel_weight[MASK_NAMES.index(name)] = line_weight
+        self.register_buffer("channel_weight", channel_weight)
+        self.last: dict[str, float] = {}
+
+    def forward(self, pred: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -> torch.Tensor:
+        seg = pred["seg_ap"].new_zeros(())
+        for view in ("ap", "lat"):
+            available = target[f"avail_{view}"] * self.channel_weight
+            dice, bce = masked_dice_bce(
+                pred[f"seg_{view}"], target[f"seg_{view}"].to(pred[f"seg_{view}"].dtype), available
+            )
+            seg = seg + self.dice_weight * dice + self.bce_weight * bce
+        label = target["label"].to(pred["cls"].dtype)
+        cls = F.binary_cross_entropy_with_logits(pred["cls"], label)
+        present = target["present"].to(label.dtype)
+        for i, view in enumerate(("ap", "lat")):
+            per_study = F.binary_cross_entropy_with_logits(pred[f"cls_{view}"], label, reduction="none")
+            cls = cls + self.view_cls_weight * (per_study * present[:, i]).sum() / present[:, i].sum().clamp(min=1.0)
+        total = self.seg_weight * seg + self.cls_weight * cls
+        self.last = {"seg": float(seg.detach()), "cls": float(cls.detach())}
+        return total

@@ -1,0 +1,75 @@
+"""Classification metrics for Normal (0) vs Damaged (1): AUROC with a bootstrap CI, a threshold
+chosen on validation (Youden's J), and the threshold-dependent scores."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from scipy.stats import rankdata
+
+
+def auroc(labels: Sequence[int], scores: Sequence[float]) -> float:
+    """Area under the ROC curve (Mann-Whitney, ties count one half); NaN if a class is absent."""
+    y = np.asarray(labels, dtype=bool)
+    s = np.asarray(scores, dtype=float)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = rankdata(s)
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def auroc_ci(
+    labels: Sequence[int], scores: Sequence[float], n_boot: int = 1000, alpha: float = 0.05, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile bootstrap CI of the AUROC, resampling within each class (seeded)."""
+    y = np.asarray(labels, dtype=bool)
+    s = np.asarray(scores, dtype=float)
+    pos, neg = np.nonzero(y)[0], np.nonzero(~y)[0]
+    if len(pos) == 0 or len(neg) == 0:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(n_boot):
+        idx = np.concatenate([rng.choice(pos, len(pos)), rng.choice(neg, len(neg))])
+        values.append(auroc(y[idx], s[idx]))
+    lo, hi = np.percentile(values, [100 * alpha / 2, 100 * (1 - alpha / 2)])
+    return float(lo), float(hi)
+
+
+def youden_threshold(labels: Sequence[int], probabilities: Sequence[float]) -> float:
+    """Probability threshold maximising sensitivity + specificity - 1 (0.5 if undefined)."""
+    y = np.asarray(labels, dtype=bool)
+    p = np.asarray(probabilities, dtype=float)
+    if y.all() or not y.any():
+        return 0.5
+    best, best_j = 0.5, -1.0
+    for t in np.unique(p):
+        pred = p >= t
+        j = (pred & y).sum() / y.sum() + (~pred & ~y).sum() / (~y).sum() - 1
+        if j > best_j:
+            best, best_j = float(t), j
+    return best
+
+
+def threshold_scores(
+    labels: Sequence[int], probabilities: Sequence[float], threshold: float
+) -> dict[str, float | list]:
+    """Accuracy, sensitivity, specificity, F1 and confusion matrix [[TN, FP], [FN, TP]] at ``threshold``."""
+    y = np.asarray(labels, dtype=bool)
+    pred = np.asarray(probabilities, dtype=float) >= threshold
+    tp, tn = int((pred & y).sum()), int((~pred & ~y).sum())
+    fp, fn = int((pred & ~y).sum()), int((~pred & y).sum())
+    sens = tp / (tp + fn) if tp + fn else float("nan")
+    spec = tn / (tn + fp) if tn + fp else float("nan")
+    prec = tp / (tp + fp) if tp + fp else 0.0
+    f1 = 2 * prec * sens / (prec + sens) if prec + sens and not np.isnan(sens) else 0.0
+    return {
+        "threshold": float(threshold),
+        "accuracy": (tp + tn) / max(len(y), 1),
+        "sensitivity": sens,
+        "specificity": spec,
+        "f1": f1,
+        "confusion_matrix": [[tn, fp], [fn, tp]],
+    }

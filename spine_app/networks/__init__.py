@@ -1,0 +1,5 @@
+"""Networks: the shared-encoder multi-task model."""
+
+from spine_app.networks.multitask import SUPPORTED_BACKBONES, SpineMultiTaskNet, StudyModel
+
+__all__ = ["SUPPORTED_BACKBONES", "SpineMultiTaskNet", "StudyModel"]

@@ -1,0 +1,112 @@
+"""The shared-encoder multi-task network: eight mask logits per radiograph and a study-level
+Normal/Damaged logit from the deepest encoder features of both views.
+
+Shapes (B = batch, H x W = working resolution, any size; multiples of 32 avoid padding):
+
+- ``forward(image)``: (B, 1, H, W) -> (B, 8, H, W) mask logits, channel order of
+  :data:`spine_app.channels.MASK_NAMES`. This is what the bundle's ``network_def`` exposes to
+  sliding-window inference, ``verify_net_in_out`` and TorchScript export.
+- ``forward_study(ap, lat, present)``: ap (B, 1, Ha, Wa), lat (B, 1, Hl, Wl), present (B, 2) float
+  (1 = view exists, AP then LAT) -> dict with ``seg_ap`` (B, 8, Ha, Wa), ``seg_lat`` (B, 8, Hl, Wl),
+  ``cls`` (B,) fused logit, ``cls_ap`` and ``cls_lat`` (B,) single-view logits. A missing view's
+  image may be anything (zeros); it is excluded from the fused logit.
+"""
+
+from __future__ import annotations
+
+import torch
+from monai.networks.nets import FlexibleUNet
+from monai.networks.nets.flexible_unet import FLEXUNET_BACKBONE
+from torch import nn
+
+from spine_app.channels import MASK_NAMES
+
+SUPPORTED_BACKBONES = (
+    "resnet18",
+    "resnet34",
+    "efficientnet-b0",
+    "efficientnet-b1",
+    "efficientnet-b2",
+    "efficientnet-b3",
+)
+
+
+class SpineMultiTaskNet(nn.Module):
+    """FlexibleUNet (shared encoder + U-Net decoder, 8 sigmoid channels) with a study classifier.
+
+    Args:
+        backbone: encoder name, one of SUPPORTED_BACKBONES (MONAI's FlexibleUNet registry).
+        in_channels: image channels (1 for radiographs).
+        num_masks: segmentation channels (8).
+        embed_dim: width of the per-view embedding fed to the classifier heads.
+        dropout: dropout before the classifier heads.
+        decoder_channels: FlexibleUNet decoder widths.
+    """
+
+    def __init__(
+        self,
+        backbone: str = "resnet18",
+        in_channels: int = 1,
+        num_masks: int = len(MASK_NAMES),
+        embed_dim: int = 128,
+        dropout: float = 0.2,
+        decoder_channels: tuple[int, ...] = (256, 128, 64, 32, 16),
+    ) -> None:
+        super().__init__()
+        if backbone not in SUPPORTED_BACKBONES:
+            raise ValueError(f"backbone {backbone!r} is not supported; choose from {', '.join(SUPPORTED_BACKBONES)}")
+        self.unet = FlexibleUNet(
+            in_channels=in_channels,
+            out_channels=num_masks,
+            backbone=backbone,
+            pretrained=False,
+            decoder_channels=tuple(decoder_channels),
+            spatial_dims=2,
+        )
+        deepest = int(FLEXUNET_BACKBONE.register_dict[backbone]["feature_channel"][-1])
+        self.embed = nn.Sequential(nn.Linear(deepest, embed_dim), nn.ReLU(inplace=True), nn.Dropout(dropout))
+        self.view_heads = nn.Linear(embed_dim, 2)  # column 0: AP-only logit, column 1: LAT-only logit
+        self.fusion_head = nn.Linear(2 * embed_dim + 2, 1)
+
+    def encode(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mask logits (B, 8, H, W), view embedding (B, embed_dim)) of one batch of radiographs."""
+        features = self.unet.encoder(image)
+        decoded = self.unet.decoder(features, self.unet.skip_connect)
+        seg = self.unet.segmentation_head(decoded)
+        pooled = torch.flatten(nn.functional.adaptive_avg_pool2d(features[-1], 1), 1)
+        return seg, self.embed(pooled)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """Mask logits (B, 8, H, W) of radiographs (B, 1, H, W)."""
+        return self.unet(image)
+
+    def forward_study(self, ap: torch.Tensor, lat: torch.Tensor, present: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Masks of both views and the study's Normal/Damaged logits (see the module docstring)."""
+        seg_ap, emb_ap = self.encode(ap)
+        seg_lat, emb_lat = self.encode(lat)
+        present = present.to(emb_ap.dtype)
+        emb_ap = emb_ap * present[:, 0:1]
+        emb_lat = emb_lat * present[:, 1:2]
+        fused = self.fusion_head(torch.cat([emb_ap, emb_lat, present], dim=1)).squeeze(1)
+        return {
+            "seg_ap": seg_ap,
+            "seg_lat": seg_lat,
+            "cls": fused,
+            "cls_ap": self.view_heads(emb_ap)[:, 0],
+            "cls_lat": self.view_heads(emb_lat)[:, 1],
+        }
+
+
+class StudyModel(nn.Module):
+    """Calls ``net.forward_study`` from ``forward``: the module the trainer (and DDP) wraps.
+
+    The checkpoint saves ``net`` itself, so the weights load into the plain network (``network_def``)
+    used for inference and export.
+    """
+
+    def __init__(self, net: SpineMultiTaskNet) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return self.net.forward_study(batch["ap"], batch["lat"], batch["present"])

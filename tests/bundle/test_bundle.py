@@ -1,0 +1,142 @@
+"""The MONAI bundle run for real through ConfigWorkflow on tiny synthetic studies: properties,
+2-epoch training, resume, evaluation report, inference, network I/O, TorchScript export, DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from ignite.engine import Events
+from monai.bundle import ConfigWorkflow, verify_net_in_out
+from PIL import Image
+
+from spine_app.synthetic.generator import generate_dataset
+
+CONFIGS = Path(__file__).resolve().parents[2] / "bundle" / "configs"
+TRAIN, EVALUATE, INFER = (str(CONFIGS / f"{n}.yaml") for n in ("train", "evaluate", "inference"))
+MULTI_GPU = str(CONFIGS / "multi_gpu_train.yaml")
+META, LOGGING = str(CONFIGS / "metadata.json"), str(CONFIGS / "logging.conf")
+SMALL = {"patch_size": [128, 96], "num_workers": 0, "batch_size": 2, "cache_rate": 1.0}
+
+
+@pytest.fixture(scope="module")
+def bundle_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Six easy synthetic studies and a 2-epoch training run of the real train.yaml."""
+    tmp = tmp_path_factory.mktemp("bundle")
+    generate_dataset(tmp / "data", 6, seed=3, preset="easy", workers=2)
+    paths = {"data": tmp / "data", "root": tmp / "bundle"}
+    workflow = ConfigWorkflow(TRAIN, META, LOGGING, workflow_type="train", run_id="training",
+                              dataset_dir=str(paths["data"]), bundle_root=str(paths["root"]), epochs=2, **SMALL)  # fmt: skip
+    workflow.initialize()
+    assert workflow.check_properties() == []
+    workflow.run()
+    workflow.finalize()
+    return paths
+
+
+def test_training_writes_best_model_and_epoch_checkpoint(bundle_run) -> None:
+    models = bundle_run["root"] / "models"
+    assert (models / "model.pt").is_file() and (models / "checkpoint_epoch=2.pt").is_file()
+    state = torch.load(models / "model.pt", map_location="cpu", weights_only=True)
+    assert "unet.segmentation_head.0.weight" in state  # a plain state dict of network_def
+    assert (bundle_run["data"] / "datalist.json").is_file()
+
+
+def test_resume_continues_from_the_saved_epoch(bundle_run) -> None:
+    workflow = ConfigWorkflow(TRAIN, META, LOGGING, workflow_type="train", dataset_dir=str(bundle_run["data"]),
+                              bundle_root=str(bundle_run["root"]), epochs=3, **SMALL)  # fmt: skip
+    workflow.initialize()
+    trainer = workflow.parser.get_parsed_content("train#trainer")
+    started: list[int] = []
+    trainer.add_event_handler(Events.EPOCH_STARTED, lambda engine: started.append(engine.state.epoch))
+    workflow.run()
+    workflow.finalize()
+    assert started == [3]  # epochs 1-2 came from the checkpoint
+    assert (bundle_run["root"] / "models" / "checkpoint_epoch=3.pt").is_file()
+
+
+def test_evaluate_writes_the_report(bundle_run, tmp_path: Path) -> None:
+    workflow = ConfigWorkflow([TRAIN, EVALUATE], META, LOGGING, workflow_type="train", run_id="evaluate",
+                              dataset_dir=str(bundle_run["data"]), bundle_root=str(bundle_run["root"]),
+                              output_dir=str(tmp_path), **SMALL)  # fmt: skip
+    workflow.initialize()
+    workflow.run()
+    workflow.finalize()
+    for name in ("metrics.json", "per_study.csv", "results.md", "per_mask_dice.png", "roc.png", "examples.png"):
+        assert (tmp_path / name).is_file(), name
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert set(metrics["segmentation"]) == {
+        "Ap_Vertebra", "Ap_Pedicle", "Ap_Spinous_Process", "Lat_Vertebra", "Lat_Spinous_Process",
+        "Lat_Disk_Height", "Lat_Anterior_Vertebral_Line", "Lat_Posterior_Vertebral_Line"}  # fmt: skip
+    assert set(metrics["classification"]) == {"fused", "AP only", "LAT only"}
+    assert "| Ap_Vertebra |" in (tmp_path / "results.md").read_text()
+
+
+def test_inference_writes_masks_at_original_size(bundle_run, tmp_path: Path) -> None:
+    workflow = ConfigWorkflow(INFER, META, LOGGING, workflow_type="infer", dataset_dir=str(bundle_run["data"]),
+                              bundle_root=str(bundle_run["root"]), output_dir=str(tmp_path), patch_size=[128, 96])  # fmt: skip
+    workflow.initialize()
+    assert workflow.check_properties() == []
+    workflow.run()
+    workflow.finalize()
+    study = next(p for p in (bundle_run["data"] / "Normal").iterdir())
+    out = tmp_path / study.name
+    for view, name in (("AP", "Ap_Vertebra"), ("LAT", "Lat_Disk_Height")):
+        assert Image.open(out / f"{name}.png").size == Image.open(study / f"{view}.png").size
+    result = json.loads((out / "result.json").read_text())
+    assert 0.0 <= result["damaged_probability"] <= 1.0 and set(result["view_probabilities"]) == {"AP", "LAT"}
+
+
+def test_verify_net_in_out() -> None:
+    verify_net_in_out(net_id="network_def", meta_file=META, config_file=INFER, bundle_root=str(CONFIGS.parent))
+
+
+def test_torchscript_export_matches_eager(bundle_run, tmp_path: Path) -> None:
+    from monai.bundle import ckpt_export
+
+    from spine_app.networks import SpineMultiTaskNet
+
+    ckpt = bundle_run["root"] / "models" / "model.pt"
+    ckpt_export(net_id="network_def", filepath=str(tmp_path / "model.ts"), ckpt_file=str(ckpt), meta_file=META,
+                config_file=INFER, bundle_root=str(CONFIGS.parent), use_trace=True)  # fmt: skip
+    scripted = torch.jit.load(str(tmp_path / "model.ts"))
+    eager = SpineMultiTaskNet()
+    eager.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True))
+    eager.eval()
+    x = torch.rand(1, 1, 512, 384)
+    with torch.no_grad():
+        traced_out, eager_out = scripted(x), eager(x)
+    torch.testing.assert_close(traced_out, eager_out, atol=1e-3, rtol=1e-3)  # kernel-order float noise only
+    agree = ((traced_out > 0) == (eager_out > 0)).float().mean()
+    assert agree > 0.9999  # the same masks
+
+
+def test_metadata_json_is_formatted_like_the_zoo_hook() -> None:
+    text = (CONFIGS / "metadata.json").read_text()
+    assert text == json.dumps(json.loads(text), indent=4) + "\n"
+    meta = json.loads(text)
+    assert meta["version"] in meta["changelog"]
+    assert list(meta["network_data_format"]["outputs"]["pred"]["channel_def"].values())[6] == "Lat_Anterior_Vertebral_Line"
+
+
+def test_multi_process_training_with_gloo(bundle_run, tmp_path: Path) -> None:
+    """torchrun with 2 CPU processes (DDP over gloo) through multi_gpu_train.yaml."""
+    root = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2",
+           "-m", "monai.bundle", "run", "training", "--config_file", f"['{TRAIN}','{MULTI_GPU}']",
+           "--meta_file", META, "--logging_file", LOGGING, "--dataset_dir", str(bundle_run["data"]),
+           "--bundle_root", str(root), "--epochs", "1", "--patch_size", "[128, 96]", "--num_workers", "0",
+           "--batch_size", "1"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert (root / "models" / "checkpoint_epoch=1.pt").is_file() and (root / "models" / "model.pt").is_file()
+    state = torch.load(root / "models" / "model.pt", map_location="cpu", weights_only=True)
+    assert not any(k.startswith("module.") for k in state)
+    assert np.isfinite(np.array([float(v.float().sum()) for v in state.values()])).all()

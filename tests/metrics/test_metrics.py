@@ -1,0 +1,77 @@
+"""Metrics against hand-computed cases, including empty prediction and empty truth."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from spine_app.metrics.classification import auroc, auroc_ci, threshold_scores, youden_threshold
+from spine_app.metrics.segmentation import cldice, hd95, nsd, score_masks
+
+
+def square(shape=(20, 20), top=5, left=5, size=6) -> np.ndarray:
+    mask = np.zeros(shape, bool)
+    mask[top : top + size, left : left + size] = True
+    return mask
+
+
+def test_overlap_scores_by_hand() -> None:
+    truth = square()  # 36 px
+    pred = square(left=8)  # 36 px, 18 overlap
+    s = score_masks(pred, truth)
+    assert s.dice == pytest.approx(0.5) and s.iou == pytest.approx(18 / 54)
+    assert s.tpr == pytest.approx(0.5) and s.precision == pytest.approx(0.5)
+    assert s.hd95_px == pytest.approx(3.0) and not s.empty_truth
+
+
+def test_identical_masks_and_spacing() -> None:
+    s = score_masks(square(), square(), spacing_mm=(0.5, 0.5))
+    assert s.dice == 1.0 and s.hd95_px == 0.0 and s.hd95_mm == 0.0
+    shifted = score_masks(square(left=7), square(), spacing_mm=(0.5, 0.5))
+    assert shifted.hd95_mm == pytest.approx(shifted.hd95_px * 0.5)
+
+
+def test_empty_prediction_gets_the_worst_case_distance() -> None:
+    s = score_masks(np.zeros((30, 40), bool), square((30, 40)))
+    assert s.dice == 0.0 and s.tpr == 0.0 and s.empty_pred
+    assert s.hd95_px == pytest.approx(50.0)  # the image diagonal, not NaN
+    assert not math.isnan(hd95(square((30, 40)), np.zeros((30, 40), bool)))
+
+
+def test_empty_truth_and_empty_prediction_is_perfect_and_flagged() -> None:
+    s = score_masks(np.zeros((10, 10), bool), np.zeros((10, 10), bool), line=True)
+    assert s.dice == s.iou == s.cldice == s.nsd == 1.0 and s.hd95_px == 0.0
+    assert s.empty_truth and s.empty_pred
+
+
+def test_cldice_and_nsd_on_lines() -> None:
+    line = np.zeros((40, 40), bool)
+    line[5:35, 20] = True
+    assert cldice(line, line) == pytest.approx(1.0)
+    broken = line.copy()
+    broken[15:25, 20] = False
+    assert 0.6 < cldice(broken, line) < 0.9
+    shifted = np.zeros_like(line)
+    shifted[5:35, 23] = True
+    assert nsd(shifted, line, tolerance=2.0) == 0.0 and nsd(shifted, line, tolerance=3.0) == 1.0
+
+
+def test_auroc_by_hand_and_ties() -> None:
+    assert auroc([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8]) == pytest.approx(0.75)
+    assert auroc([0, 1], [0.5, 0.5]) == pytest.approx(0.5)
+    assert math.isnan(auroc([1, 1], [0.2, 0.3]))
+    lo, hi = auroc_ci([0] * 20 + [1] * 20, list(np.linspace(0, 1, 40)), n_boot=200)
+    assert lo == hi == 1.0
+
+
+def test_threshold_choice_and_scores() -> None:
+    labels = [0, 0, 0, 1, 1, 1]
+    probs = [0.1, 0.2, 0.6, 0.55, 0.7, 0.9]
+    t = youden_threshold(labels, probs)
+    assert t == pytest.approx(0.55)  # ties (J = 2/3 at 0.55 and 0.7) keep the lower threshold
+    scores = threshold_scores(labels, probs, 0.65)
+    assert scores["confusion_matrix"] == [[3, 0], [1, 2]]
+    assert scores["sensitivity"] == pytest.approx(2 / 3) and scores["specificity"] == 1.0
+    assert scores["accuracy"] == pytest.approx(5 / 6) and scores["f1"] == pytest.approx(0.8)
