@@ -72,7 +72,7 @@ class MultiTaskLoss(nn.Module):
     def forward(self, pred: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -> torch.Tensor:
         seg = pred["seg_ap"].new_zeros(())
         for view in ("ap", "lat"):
-            available = target[f"avail_{view}"] * self.channel_weight
+            available = target[f"avail_{view}"] * self.channel_weight.to(target[f"avail_{view}"].device)
             dice, bce = masked_dice_bce(
                 pred[f"seg_{view}"], target[f"seg_{view}"].to(pred[f"seg_{view}"].dtype), available
             )

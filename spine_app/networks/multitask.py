@@ -64,7 +64,10 @@ class SpineMultiTaskNet(nn.Module):
             spatial_dims=2,
         )
         deepest = int(FLEXUNET_BACKBONE.register_dict[backbone]["feature_channel"][-1])
-        self.embed = nn.Sequential(nn.Linear(deepest, embed_dim), nn.ReLU(inplace=True), nn.Dropout(dropout))
+        # average + max pooling: a fracture is one local finding among ten vertebrae, which an average dilutes
+        self.embed = nn.Sequential(
+            nn.LayerNorm(2 * deepest), nn.Linear(2 * deepest, embed_dim), nn.GELU(), nn.Dropout(dropout)
+        )
         self.view_heads = nn.Linear(embed_dim, 2)  # column 0: AP-only logit, column 1: LAT-only logit
         self.fusion_head = nn.Linear(2 * embed_dim + 2, 1)
 
@@ -73,7 +76,8 @@ class SpineMultiTaskNet(nn.Module):
         features = self.unet.encoder(image)
         decoded = self.unet.decoder(features, self.unet.skip_connect)
         seg = self.unet.segmentation_head(decoded)
-        pooled = torch.flatten(nn.functional.adaptive_avg_pool2d(features[-1], 1), 1)
+        deepest = features[-1]
+        pooled = torch.cat([deepest.mean(dim=(2, 3)), deepest.amax(dim=(2, 3))], dim=1)
         return seg, self.embed(pooled)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
