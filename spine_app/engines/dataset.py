@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from spine_app.channels import MASK_NAMES
 from spine_app.data.importer import import_dataset, load_datalist
 from spine_app.data.layout import find_studies
 
@@ -58,8 +59,8 @@ def inference_entries(dataset_dir: str) -> list[dict[str, Any]]:
             "label": study.label,
             "image_ap": str(study.images["AP"]) if "AP" in study.images else None,
             "image_lat": str(study.images["LAT"]) if "LAT" in study.images else None,
-            "masks": [None] * 8,
-            "mask_present": [0] * 8,
+            "masks": [None] * len(MASK_NAMES),
+            "mask_present": [0] * len(MASK_NAMES),
         })  # fmt: skip
     if not entries:
         raise ValueError(f"{dataset_dir}: no study with an AP or LAT image")

@@ -36,7 +36,7 @@ class StudyInferer(Inferer):
         self, inputs: dict[str, torch.Tensor], network: nn.Module, *args: Any, **kwargs: Any
     ) -> dict[str, torch.Tensor]:
         net = unwrap_network(network)
-        out = net.forward_study(inputs["ap"], inputs["lat"], inputs["present"])
+        out = net.classify(inputs["ap"], inputs["lat"], inputs["present"])
         for view in ("ap", "lat"):
             out[f"seg_{view}"] = self.window(inputs[view], net)
         return out

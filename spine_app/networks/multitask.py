@@ -71,14 +71,33 @@ class SpineMultiTaskNet(nn.Module):
         self.view_heads = nn.Linear(embed_dim, 2)  # column 0: AP-only logit, column 1: LAT-only logit
         self.fusion_head = nn.Linear(2 * embed_dim + 2, 1)
 
+    def _embedding(self, deepest: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) deepest encoder features -> (B, embed_dim) view embedding."""
+        return self.embed(torch.cat([deepest.mean(dim=(2, 3)), deepest.amax(dim=(2, 3))], dim=1))
+
     def encode(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(mask logits (B, 8, H, W), view embedding (B, embed_dim)) of one batch of radiographs."""
         features = self.unet.encoder(image)
         decoded = self.unet.decoder(features, self.unet.skip_connect)
-        seg = self.unet.segmentation_head(decoded)
-        deepest = features[-1]
-        pooled = torch.cat([deepest.mean(dim=(2, 3)), deepest.amax(dim=(2, 3))], dim=1)
-        return seg, self.embed(pooled)
+        return self.unet.segmentation_head(decoded), self._embedding(features[-1])
+
+    def _study_logits(
+        self, emb_ap: torch.Tensor, emb_lat: torch.Tensor, present: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        present = present.to(emb_ap.dtype)
+        emb_ap = emb_ap * present[:, 0:1]
+        emb_lat = emb_lat * present[:, 1:2]
+        return {
+            "cls": self.fusion_head(torch.cat([emb_ap, emb_lat, present], dim=1)).squeeze(1),
+            "cls_ap": self.view_heads(emb_ap)[:, 0],
+            "cls_lat": self.view_heads(emb_lat)[:, 1],
+        }
+
+    def classify(self, ap: torch.Tensor, lat: torch.Tensor, present: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Only the study logits ``cls``, ``cls_ap``, ``cls_lat`` (B,): the encoder runs, the decoder does not."""
+        return self._study_logits(
+            self._embedding(self.unet.encoder(ap)[-1]), self._embedding(self.unet.encoder(lat)[-1]), present
+        )
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """Mask logits (B, 8, H, W) of radiographs (B, 1, H, W)."""
@@ -88,17 +107,7 @@ class SpineMultiTaskNet(nn.Module):
         """Masks of both views and the study's Normal/Damaged logits (see the module docstring)."""
         seg_ap, emb_ap = self.encode(ap)
         seg_lat, emb_lat = self.encode(lat)
-        present = present.to(emb_ap.dtype)
-        emb_ap = emb_ap * present[:, 0:1]
-        emb_lat = emb_lat * present[:, 1:2]
-        fused = self.fusion_head(torch.cat([emb_ap, emb_lat, present], dim=1)).squeeze(1)
-        return {
-            "seg_ap": seg_ap,
-            "seg_lat": seg_lat,
-            "cls": fused,
-            "cls_ap": self.view_heads(emb_ap)[:, 0],
-            "cls_lat": self.view_heads(emb_lat)[:, 1],
-        }
+        return {"seg_ap": seg_ap, "seg_lat": seg_lat, **self._study_logits(emb_ap, emb_lat, present)}
 
 
 class StudyModel(nn.Module):

@@ -52,3 +52,11 @@ def test_backbones_build(backbone: str) -> None:
 def test_unknown_backbone() -> None:
     with pytest.raises(ValueError, match="backbone 'vgg' is not supported"):
         SpineMultiTaskNet("vgg")
+
+
+def test_classify_equals_the_study_forward_logits(net) -> None:
+    ap, lat, present = torch.rand(2, 1, 64, 64), torch.rand(2, 1, 64, 64), torch.tensor([[1.0, 1.0], [1.0, 0.0]])
+    with torch.no_grad():
+        full, only = net.forward_study(ap, lat, present), net.classify(ap, lat, present)
+    for key in ("cls", "cls_ap", "cls_lat"):
+        torch.testing.assert_close(only[key], full[key])
