@@ -50,3 +50,19 @@ def test_multitask_loss_uses_both_views_and_the_label() -> None:
     total.backward()
     assert pred["seg_ap"].grad[:, 3:].abs().sum() == 0 and pred["seg_lat"].grad[:, :3].abs().sum() == 0
     assert pred["cls"].grad.abs().sum() > 0 and set(loss.last) == {"seg", "cls"}
+
+
+def test_line_cldice_term_respects_availability() -> None:
+    loss = MultiTaskLoss(line_cldice_weight=1.0)
+    seg_lat = torch.zeros(2, 8, 16, 16, requires_grad=True)
+    pred = {"seg_ap": torch.zeros(2, 8, 16, 16), "seg_lat": seg_lat, "cls": torch.zeros(2), "cls_ap": torch.zeros(2),
+            "cls_lat": torch.zeros(2)}  # fmt: skip
+    line = torch.zeros(2, 8, 16, 16)
+    line[:, 6:, 2:14, 8] = 1.0
+    avail_lat = torch.zeros(2, 8)
+    avail_lat[0, 6:] = 1  # only study 0 has annotated lines
+    target = {"seg_ap": torch.zeros(2, 8, 16, 16), "seg_lat": line, "avail_ap": torch.zeros(2, 8), "avail_lat": avail_lat,
+              "label": torch.zeros(2), "present": torch.ones(2, 2)}  # fmt: skip
+    loss(pred, target).backward()
+    assert seg_lat.grad[1].abs().sum() == 0 and seg_lat.grad[0, 6:].abs().sum() > 0
+    assert float(MultiTaskLoss(line_cldice_weight=1.0)._line_cldice(pred, target)) > 0
