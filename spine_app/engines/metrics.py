@@ -27,6 +27,15 @@ def _working_spacing(geom: torch.Tensor) -> tuple[float, float] | None:
     return (rows_mm / scale, cols_mm / scale) if rows_mm > 0 and scale > 0 else None
 
 
+def binary_masks(
+    pred: dict[str, torch.Tensor], target: dict[str, torch.Tensor], view: str, b: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(predicted, true) bool masks (8, H, W) of study ``b`` on ``view`` ("ap"/"lat"): sigmoid > 0.5, target > 0.5."""
+    predicted = (torch.sigmoid(pred[f"seg_{view}"][b].float()) > 0.5).cpu().numpy()
+    truth = (target[f"seg_{view}"][b].float() > 0.5).cpu().numpy()
+    return predicted, truth
+
+
 class StudyMetrics(Metric):
     """Accumulates per-study scores; ``compute()`` returns the key score (higher is better)."""
 
@@ -47,36 +56,36 @@ class StudyMetrics(Metric):
 
     def update(self, output: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]) -> None:
         pred, target = output
-        batch = target["label"].shape[0]
-        for b in range(batch):
-            ids = target.get("study_id") or []
+        ids = target.get("study_id") or []
+        for b in range(target["label"].shape[0]):
+            masks = {view: binary_masks(pred, target, view, b) for view in ("ap", "lat")}
             record: dict[str, Any] = {
                 "study_id": ids[b] if b < len(ids) else str(len(self.records)),
                 "label": float(target["label"][b]),
+                "present": [float(x) for x in target["present"][b]],
             }
-            if len(self.examples) < self.keep_examples:
-                self.examples.append(self._example(pred, target, b))
             for key in ("cls", "cls_ap", "cls_lat"):
                 record[f"prob_{key}"] = float(torch.sigmoid(pred[key][b].float()))
-            record["present"] = [float(x) for x in target["present"][b]]
             for c, (name, view) in enumerate(zip(MASK_NAMES, CHANNEL_VIEW)):
                 key = view.lower()
                 if float(target[f"avail_{key}"][b, c]) <= 0:
                     continue
-                p = (torch.sigmoid(pred[f"seg_{key}"][b, c].float()) > 0.5).cpu().numpy()
-                t = (target[f"seg_{key}"][b, c].float() > 0.5).cpu().numpy()
-                scores = score_masks(p, t, _working_spacing(target[f"geom_{key}"][b]), line=name in LINE_CHANNELS)
-                record[name] = scores.to_dict()
+                predicted, truth = masks[key]
+                spacing = _working_spacing(target[f"geom_{key}"][b])
+                record[name] = score_masks(predicted[c], truth[c], spacing, line=name in LINE_CHANNELS).to_dict()
             self.records.append(record)
+            if len(self.examples) < self.keep_examples:
+                self.examples.append(self._example(target, masks, b))
 
     @staticmethod
-    def _example(pred: dict[str, torch.Tensor], target: dict[str, torch.Tensor], b: int) -> dict[str, Any]:
+    def _example(
+        target: dict[str, torch.Tensor], masks: dict[str, tuple[np.ndarray, np.ndarray]], b: int
+    ) -> dict[str, Any]:
         """Image, predicted and true masks (numpy, working resolution) of study ``b`` for overlays."""
         example: dict[str, Any] = {}
-        for view in ("ap", "lat"):
+        for view, (predicted, truth) in masks.items():
             example[f"image_{view}"] = target[f"image_{view}"][b, 0].float().cpu().numpy()
-            example[f"pred_{view}"] = (torch.sigmoid(pred[f"seg_{view}"][b].float()) > 0.5).cpu().numpy()
-            example[f"truth_{view}"] = (target[f"seg_{view}"][b].float() > 0.5).cpu().numpy()
+            example[f"pred_{view}"], example[f"truth_{view}"] = predicted, truth
             example[f"avail_{view}"] = target[f"avail_{view}"][b].cpu().numpy() > 0
         return example
 
