@@ -172,20 +172,20 @@ def plot_training_curves(log_dir: Path, path: Path) -> bool:
 
 
 def plot_examples(examples: list[dict[str, Any]], path: Path) -> None:
-    """Working-resolution overlays: prediction (colour) over the image, truth contour in white."""
+    """Working-resolution overlays: prediction (channel colours) over the image, truth contour in white."""
     from scipy import ndimage
 
-    from spine_app.viz.contact_sheet import CHANNEL_COLORS
+    from spine_app.viz.contact_sheet import overlay
 
     fig, axes = plt.subplots(len(examples), 2, figsize=(6, 4 * len(examples)), squeeze=False)
     for row, ex in enumerate(examples):
         for col, view in enumerate(("ap", "lat")):
-            rgb = np.repeat(ex[f"image_{view}"][..., None], 3, axis=2)
-            for c in np.nonzero(ex[f"avail_{view}"])[0]:
-                pred, truth = ex[f"pred_{view}"][c], ex[f"truth_{view}"][c]
-                rgb[pred] = 0.5 * rgb[pred] + 0.5 * np.asarray(CHANNEL_COLORS[c]) / 255
-                rgb[truth & ~ndimage.binary_erosion(truth)] = 1.0
-            axes[row, col].imshow(np.clip(rgb, 0, 1))
+            channels = np.nonzero(ex[f"avail_{view}"])[0]
+            rgb = overlay(ex[f"image_{view}"], {int(c): ex[f"pred_{view}"][c] for c in channels})
+            for c in channels:
+                truth = ex[f"truth_{view}"][c]
+                rgb[truth & ~ndimage.binary_erosion(truth)] = 255
+            axes[row, col].imshow(rgb)
             axes[row, col].set_axis_off()
             axes[row, col].set_title(f"{view.upper()}: prediction (colour), truth (white)", fontsize=8)
     _save_figure(fig, path)

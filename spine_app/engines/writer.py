@@ -19,16 +19,20 @@ from torch.nn import functional as F
 from spine_app import __version__
 from spine_app.channels import CHANNEL_VIEW, MASK_NAMES
 from spine_app.data.io import write_atomic, write_png
+from spine_app.data.study_transforms import fit_geometry
 
 logger = logging.getLogger(__name__)
 
 
 def to_original(logits: torch.Tensor, geom: torch.Tensor) -> torch.Tensor:
-    """Working-canvas logits (C, H, W) -> probabilities (C, rows, cols) of the original image."""
-    rows, cols, scale, top, left = (float(g) for g in geom[:5])
-    height, width = max(1, round(rows * scale)), max(1, round(cols * scale))
-    crop = logits[:, int(top) : int(top) + height, int(left) : int(left) + width]
-    resized = F.interpolate(crop[None].float(), size=(int(rows), int(cols)), mode="bilinear", align_corners=False)[0]
+    """Working-canvas logits (C, H, W) -> probabilities (C, rows, cols) of the original image.
+
+    The crop is recomputed with the same ``fit_geometry`` that placed the image on the canvas.
+    """
+    rows, cols = int(geom[0]), int(geom[1])
+    _, height, width, top, left = fit_geometry((rows, cols), logits.shape[-2:])
+    crop = logits[:, top : top + height, left : left + width]
+    resized = F.interpolate(crop[None].float(), size=(rows, cols), mode="bilinear", align_corners=False)[0]
     return torch.sigmoid(resized)
 
 

@@ -11,6 +11,7 @@ from PIL import Image, ImageDraw, ImageFont
 from spine_app.channels import CHANNEL_VIEW, MASK_NAMES
 from spine_app.data.importer import load_datalist
 from spine_app.data.io import atomic_path, read_image, read_mask
+from spine_app.data.study_transforms import normalize_intensity
 
 #: one colour per channel (RGB 0..255), used by every overlay the project draws
 CHANNEL_COLORS: tuple[tuple[int, int, int], ...] = (
@@ -26,9 +27,8 @@ CHANNEL_COLORS: tuple[tuple[int, int, int], ...] = (
 
 
 def to_display(image: np.ndarray) -> np.ndarray:
-    """Float image to uint8 with a 0.5-99.5 percentile window."""
-    lo, hi = np.percentile(image[:: max(1, image.size // 100_000)], [0.5, 99.5])
-    return (np.clip((image - lo) / max(hi - lo, 1e-6), 0, 1) * 255).astype(np.uint8)
+    """Float image to uint8 with the 0.5-99.5 percentile window the network input uses."""
+    return (normalize_intensity(image) * 255).astype(np.uint8)
 
 
 def overlay(image: np.ndarray, masks: dict[int, np.ndarray], alpha: float = 0.45) -> np.ndarray:
