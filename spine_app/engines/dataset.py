@@ -6,6 +6,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import torch.distributed as dist
+
 from spine_app.channels import MASK_NAMES
 from spine_app.data.importer import import_dataset, load_datalist
 from spine_app.data.layout import find_studies
@@ -19,12 +21,25 @@ def ensure_datalist(
     """Path of ``dataset_dir/datalist.json``, importing the studies there first if needed.
 
     If ``dataset_dir`` holds no study, the embedded default is generated there first:
-    ``synthetic_studies`` synthetic studies of ``preset`` with ``seed`` (this is logged).
+    ``synthetic_studies`` synthetic studies of ``preset`` with ``seed`` (this is logged). An existing
+    datalist is reused as it is: after adding studies, delete it or run ``spine-app import`` again.
     """
     root = Path(dataset_dir)
     datalist = root / "datalist.json"
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        # under DDP, rank 0 generates/imports while the other ranks wait at the barrier
+        if dist.get_rank() == 0:
+            _prepare(root, datalist, synthetic_studies, seed, preset, split_seed)
+        dist.barrier()
+    else:
+        _prepare(root, datalist, synthetic_studies, seed, preset, split_seed)
+    return str(datalist)
+
+
+def _prepare(root: Path, datalist: Path, synthetic_studies: int, seed: int, preset: str, split_seed: int) -> None:
+    """Generate the synthetic default if ``root`` holds no study, then import it, unless a datalist exists."""
     if datalist.is_file():
-        return str(datalist)
+        return
     has_studies = root.is_dir() and any(study.images for study in find_studies(root))
     if not has_studies:
         from spine_app.synthetic.generator import generate_dataset
@@ -36,7 +51,6 @@ def ensure_datalist(
     logger.warning(
         "imported %d studies from %s (%d skipped) -> %s", summary["imported"], root, summary["skipped"], datalist
     )
-    return str(datalist)
 
 
 def datalist_split(datalist: str, split: str, limit: int | None = None) -> list[dict[str, Any]]:
