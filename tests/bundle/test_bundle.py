@@ -125,18 +125,20 @@ def test_metadata_json_is_formatted_like_the_zoo_hook() -> None:
     assert list(meta["network_data_format"]["outputs"]["pred"]["channel_def"].values())[6] == "Lat_Anterior_Vertebral_Line"
 
 
-def test_multi_process_training_with_gloo(bundle_run, tmp_path: Path) -> None:
-    """torchrun with 2 CPU processes (DDP over gloo) through multi_gpu_train.yaml."""
-    root = tmp_path / "ddp"
+def test_multi_process_training_with_gloo(tmp_path: Path) -> None:
+    """torchrun with 2 CPU processes (DDP over gloo) through multi_gpu_train.yaml, starting from an empty
+    dataset_dir: rank 0 generates the synthetic default (the main job's fallback) while rank 1 waits."""
+    root, data = tmp_path / "ddp", tmp_path / "empty"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2",
            "-m", "monai.bundle", "run", "training", "--config_file", f"['{TRAIN}','{MULTI_GPU}']",
-           "--meta_file", META, "--logging_file", LOGGING, "--dataset_dir", str(bundle_run["data"]),
+           "--meta_file", META, "--logging_file", LOGGING, "--dataset_dir", str(data), "--synthetic_studies", "6",
            "--bundle_root", str(root), "--epochs", "1", "--patch_size", "[128, 96]", "--num_workers", "0",
            "--batch_size", "1"]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert (root / "models" / "checkpoint_epoch=1.pt").is_file() and (root / "models" / "model.pt").is_file()
+    assert json.loads((data / "synth_manifest.json").read_text())["n"] == 6 and (data / "datalist.json").is_file()
     state = torch.load(root / "models" / "model.pt", map_location="cpu", weights_only=True)
     assert not any(k.startswith("module.") for k in state)
     assert np.isfinite(np.array([float(v.float().sum()) for v in state.values()])).all()
