@@ -27,8 +27,10 @@ class EpochCheckpoint:
         resume: load the newest checkpoint before training starts.
     """
 
-    def __init__(self, ckpt_dir: str, objects: dict[str, Any], resume: bool = True) -> None:
-        self.ckpt_dir, self.objects, self.resume = Path(ckpt_dir), dict(objects), resume
+    def __init__(self, ckpt_dir: str, objects: dict[str, Any], resume: bool | str = True) -> None:
+        self.ckpt_dir, self.objects = Path(ckpt_dir), dict(objects)
+        # a command-line "--resume false" arrives as the string "false" (fire only parses False)
+        self.resume = resume if isinstance(resume, bool) else str(resume).strip().lower() in ("1", "true", "yes")
 
     def latest(self) -> Path | None:
         found = []
