@@ -22,12 +22,3 @@ def test_masks_survive_the_round_trip(shape: tuple[int, int]) -> None:
     back = to_original(logits, torch.tensor([*shape, scale, top, left, 0.0, 0.0]))
     assert back.shape == (1, *shape)
     assert ((back[0] > 0.5).numpy() == (image[0] > 0.5)).mean() > 0.995
-
-
-@pytest.mark.parametrize(
-    ("value", "expected"), [(True, True), (False, False), ("false", False), ("True", True), ("0", False)]
-)
-def test_epoch_checkpoint_resume_flag_parses_command_line_strings(value, expected) -> None:
-    from spine_app.engines.handlers import EpochCheckpoint
-
-    assert EpochCheckpoint("/nonexistent", {}, resume=value).resume is expected
