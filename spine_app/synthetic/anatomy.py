@@ -110,6 +110,11 @@ class SpineModel:
     def roi_levels(self) -> list[Vertebra]:
         return [v for v in self.vertebrae if v.in_roi]
 
+    @property
+    def size_scale(self) -> float:
+        """Patient size factor: the L5 body's half width relative to the table's typical adult."""
+        return self.vertebrae[-1].half_width / _LEVEL_DIMS["L5"][0]
+
 
 def _uniform(rng: np.random.Generator, bounds: tuple[float, float]) -> float:
     return float(rng.uniform(bounds[0], bounds[1]))

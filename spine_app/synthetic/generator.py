@@ -11,6 +11,7 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -86,7 +87,7 @@ def frame_film(model: SpineModel, cfg: SynthConfig, rng: np.random.Generator) ->
     rows = int(round(height / step))
     ap_cols = int(round(rng.uniform(*cfg.ap_width_mm) / step))
     lat_cols = int(round(rng.uniform(*cfg.lat_width_mm) / step))
-    scale = roi[-1].half_width / 25.5
+    scale = model.size_scale
     center_x = float(np.mean([v.center[0] for v in roi])) + rng.uniform(-15.0, 15.0)
     center_y = float(np.mean([v.center[1] for v in roi])) + 25.0 * scale + rng.uniform(-15.0, 15.0)
     return Film(
@@ -104,13 +105,12 @@ def frame_film(model: SpineModel, cfg: SynthConfig, rng: np.random.Generator) ->
 def render_model(model: SpineModel, film: Film, cfg: SynthConfig, rng: np.random.Generator) -> Projections:
     """All anatomy of ``model`` projected on ``film``'s render grid."""
     proj = Projections.empty(film)
-    scale = model.vertebrae[-1].half_width / 25.5
     add_torso(film, proj, model, rng)
     add_lungs_and_gas(film, proj, model, rng, int(rng.integers(cfg.bowel_gas_pockets[0], cfg.bowel_gas_pockets[1] + 1)))
-    add_pelvis(film, proj, model, scale, rng)
+    add_pelvis(film, proj, model, rng)
     add_ribs(film, proj, model, rng)
     bone = float(rng.uniform(0.008, 0.016))  # cancellous excess attenuation: bone mineral density
-    sacrum = sacrum_as_vertebra(model, scale)
+    sacrum = sacrum_as_vertebra(model)
     render_vertebra(film, proj, sacrum, bone, annotate=False, posterior=False)
     for vertebra in model.vertebrae:
         render_vertebra(film, proj, vertebra, bone)
@@ -162,31 +162,37 @@ def generate_study(cfg: SynthConfig, seed: int, index: int) -> SyntheticStudy:
         mask = chord_mask(proj.chords[view][structure], film.upsample)
         masks[name] = mask[:, ::-1] if flip[view] else mask
     lat_shape = images["LAT"].shape
-    scale = model.vertebrae[-1].half_width / 25.5
-    column = model.vertebrae + [sacrum_as_vertebra(model, scale)]
+    column = model.vertebrae + [sacrum_as_vertebra(model)]
     corners = {v.name: _corner_points(v) for v in column}
-
-    def lat_px(points: np.ndarray) -> np.ndarray:
-        rc = film.to_detector("LAT", np.asarray(points))
-        return _flip_cols(rc, lat_shape[1]) if flip["LAT"] else rc
+    to_px = _pixel_mapper(film, flip, {view: img.shape[1] for view, img in images.items()})
 
     # disk height: the space between the upper body's inferior and the lower body's superior endplate
     disks = [
-        lat_px([corners[up.name]["anterior_inferior"], corners[up.name]["posterior_inferior"],
+        to_px("LAT", [corners[up.name]["anterior_inferior"], corners[up.name]["posterior_inferior"],
                 corners[lo.name]["posterior_superior"], corners[lo.name]["anterior_superior"]])
         for up, lo in zip(column[:-1], column[1:])
     ]  # fmt: skip
     masks["Lat_Disk_Height"] = polygons_mask(lat_shape, disks) & ~masks["Lat_Vertebra"]
     for name, side in (("Lat_Anterior_Vertebral_Line", "anterior"), ("Lat_Posterior_Vertebral_Line", "posterior")):
         pts = [corners[v.name][f"{side}_{end}"] for v in model.vertebrae for end in ("superior", "inferior")]
-        masks[name] = polyline_mask(lat_shape, lat_px(pts), cfg.line_width_mm / ps)
+        masks[name] = polyline_mask(lat_shape, to_px("LAT", pts), cfg.line_width_mm / ps)
     masks = {name: masks[name] for name in MASK_NAMES}
 
-    truth = _truth(model, film, cfg, seed, index, facing, flip, exposure, corners, images)
+    truth = _truth(model, film, seed, index, facing, to_px, exposure, corners, images)
     return SyntheticStudy(study_id_for(seed, index), label, images, masks, truth, ps)
 
 
-def _truth(model, film, cfg, seed, index, facing, flip, exposure, corners, images) -> dict[str, Any]:
+def _pixel_mapper(film: Film, flip: dict[str, bool], widths: dict[str, int]) -> Callable[[str, Any], np.ndarray]:
+    """``to_px(view, world_points)`` -> detector (row, col), mirrored when that view's film is flipped."""
+
+    def to_px(view: str, points: Any) -> np.ndarray:
+        rc = film.to_detector(view, np.asarray(points))
+        return _flip_cols(rc, widths[view]) if flip[view] else rc
+
+    return to_px
+
+
+def _truth(model, film, seed, index, facing, to_px, exposure, corners, images) -> dict[str, Any]:
     levels = []
     for v in model.vertebrae:
         entry: dict[str, Any] = {
@@ -203,16 +209,11 @@ def _truth(model, film, cfg, seed, index, facing, flip, exposure, corners, image
             "fracture": asdict(v.fracture) if v.fracture else None,
         }
         for view in ("AP", "LAT"):
-            center = film.to_detector(view, v.center)
-            if flip[view]:
-                center = _flip_cols(center, images[view].shape[1])
+            center = to_px(view, v.center)
             rows, cols = images[view].shape
             entry[f"center_{view.lower()}_px"] = center
             entry[f"in_view_{view.lower()}"] = bool(0 <= center[0] < rows and 0 <= center[1] < cols)
-        lat = {k: film.to_detector("LAT", p) for k, p in corners[v.name].items()}
-        if flip["LAT"]:
-            lat = {k: _flip_cols(p, images["LAT"].shape[1]) for k, p in lat.items()}
-        entry["lat_points_px"] = lat
+        entry["lat_points_px"] = {k: to_px("LAT", p) for k, p in corners[v.name].items()}
         levels.append(entry)
     return json_ready(
         {

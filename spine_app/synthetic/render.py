@@ -260,9 +260,9 @@ def render_vertebra(
         project_block(film, proj, lo, hi, evaluator)
 
 
-def sacrum_as_vertebra(model: SpineModel, scale: float) -> Vertebra:
+def sacrum_as_vertebra(model: SpineModel) -> Vertebra:
     """The S1 segment, modelled as a large unannotated body below L5."""
-    rot = model.sacrum_rotation
+    rot, scale = model.sacrum_rotation, model.size_scale
     height = 30.0 * scale
     return Vertebra(
         name="S1",
@@ -349,8 +349,9 @@ def add_lungs_and_gas(film: Film, proj: Projections, model: SpineModel, rng: np.
         add_ellipsoid(film, proj, center, rot, radii, MU_AIR * rng.uniform(0.6, 1.0))
 
 
-def add_pelvis(film: Film, proj: Projections, model: SpineModel, scale: float, rng: np.random.Generator) -> None:
+def add_pelvis(film: Film, proj: Projections, model: SpineModel, rng: np.random.Generator) -> None:
     """Iliac wings (shelled plates whose crests reach the L4-L5 level) and the sacral ala."""
+    scale = model.size_scale
     by_name = {v.name: v for v in model.vertebrae}
     crest = by_name["L5"].center[2] + by_name["L5"].height_posterior * rng.uniform(0.2, 1.2)
     spread = rng.uniform(0.95, 1.1) * scale
