@@ -66,12 +66,11 @@ def check(root: str, workers: int | None = None, json_out: str | None = None) ->
 
     Exits with status 1 when any study has a problem. ``--json_out`` also writes the report as JSON.
     """
-    from spine_app.data.importer import check_dataset, format_report, summarize
+    from spine_app.data.importer import all_warnings, check_dataset, format_report, skipped_studies, summarize
 
     checks = check_dataset(root, workers)
     summary = summarize(checks)
-    errors = [{"study_id": c.study_id, "kind": c.error_kind, "error": c.error} for c in checks if c.entry is None]
-    warnings_ = [w for c in checks for w in c.warnings]
+    errors, warnings_ = skipped_studies(checks), all_warnings(checks)
     print(format_report(summary, errors, warnings_))
     if json_out:
         Path(json_out).write_text(json.dumps({"summary": summary, "errors": errors, "warnings": warnings_}, indent=1))

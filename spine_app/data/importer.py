@@ -186,6 +186,20 @@ def summarize(checks: list[StudyCheck]) -> dict[str, Any]:
     }
 
 
+def skipped_studies(checks: list[StudyCheck]) -> list[dict[str, Any]]:
+    """One record (study, folder, kind, one-line error) per skipped study."""
+    return [
+        {"study_id": c.study_id, "folder": c.folder, "kind": c.error_kind, "error": c.error}
+        for c in checks
+        if c.entry is None
+    ]
+
+
+def all_warnings(checks: list[StudyCheck]) -> list[str]:
+    """Every study's one-line warnings, in study order."""
+    return [w for c in checks for w in c.warnings]
+
+
 def build_datalist(
     root: str | Path, checks: list[StudyCheck], seed: int = 0, fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
 ) -> dict[str, Any]:
@@ -206,12 +220,8 @@ def build_datalist(
         "class_names": list(CLASS_NAMES),
         "split_settings": {"seed": seed, "fractions": dict(zip(SPLITS, fractions)), "stratified_by": "label"},
         "summary": summary,
-        "errors": [
-            {"study_id": c.study_id, "folder": c.folder, "kind": c.error_kind, "error": c.error}
-            for c in checks
-            if c.entry is None
-        ],  # fmt: skip
-        "warnings": [w for c in checks for w in c.warnings],
+        "errors": skipped_studies(checks),
+        "warnings": all_warnings(checks),
     }
     for name, ids in split.items():
         datalist[name] = [by_id[i] for i in ids]

@@ -20,6 +20,33 @@ from spine_app.channels import CHANNEL_VIEW, LINE_CHANNELS, MASK_NAMES
 from spine_app.metrics.classification import auroc
 from spine_app.metrics.segmentation import score_masks
 
+#: classifier heads: report name -> (record key of the probability, view that must be present, metric suffix)
+HEADS = {"fused": ("prob_cls", None, ""), "AP only": ("prob_cls_ap", 0, "_ap"), "LAT only": ("prob_cls_lat", 1, "_lat")}
+
+
+def head_rows(records: list[dict[str, Any]], view: int | None) -> list[dict[str, Any]]:
+    """The labelled studies a classifier head is scored on (those with its view, for single-view heads)."""
+    return [r for r in records if r["label"] >= 0 and (view is None or r["present"][view] > 0)]
+
+
+def segmentation_table(records: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Mean scores per mask over the studies where it is annotated (empty-truth cases counted apart)."""
+    table: dict[str, dict[str, float]] = {}
+    for name in MASK_NAMES:
+        rows = [r[name] for r in records if name in r]
+        if not rows:
+            continue
+        entry = {k: float(np.mean([s[k] for s in rows])) for k in ("dice", "iou", "tpr", "precision", "hd95_px")}
+        mm = [s["hd95_mm"] for s in rows if s["hd95_mm"] is not None]
+        entry["hd95_mm"] = float(np.mean(mm)) if mm else None
+        entry["n"] = len(rows)
+        entry["empty_truth"] = sum(1 for s in rows if s["empty_truth"])
+        if name in LINE_CHANNELS:
+            entry["cldice"] = float(np.mean([s["cldice"] for s in rows]))
+            entry["nsd"] = float(np.mean([s["nsd"] for s in rows]))
+        table[name] = entry
+    return table
+
 
 def _working_spacing(geom: torch.Tensor) -> tuple[float, float] | None:
     """Pixel spacing (mm) at the working resolution from a ``geom_*`` vector, or None if unknown."""
@@ -103,25 +130,17 @@ class StudyMetrics(Metric):
     def compute(self) -> float:
         self._gather()
         summary: dict[str, float] = {}
-        dices = []
-        for name in MASK_NAMES:
-            rows = [r[name] for r in self.records if name in r]
-            if not rows:
-                continue
-            summary[f"dice_{name}"] = float(np.mean([s["dice"] for s in rows]))
-            summary[f"hd95_{name}"] = float(np.mean([s["hd95_px"] for s in rows]))
-            dices.append(summary[f"dice_{name}"])
-            if name in LINE_CHANNELS:
-                summary[f"cldice_{name}"] = float(np.mean([s["cldice"] for s in rows]))
+        for name, entry in segmentation_table(self.records).items():
+            summary[f"dice_{name}"], summary[f"hd95_{name}"] = entry["dice"], entry["hd95_px"]
+            if "cldice" in entry:
+                summary[f"cldice_{name}"] = entry["cldice"]
+        dices = [v for k, v in summary.items() if k.startswith("dice_")]
         summary["mean_dice"] = float(np.mean(dices)) if dices else 0.0
-        labelled = [r for r in self.records if r["label"] >= 0]
-        labels = [int(r["label"]) for r in labelled]
-        for key, suffix, view in (("prob_cls", "", None), ("prob_cls_ap", "_ap", 0), ("prob_cls_lat", "_lat", 1)):
-            rows = [r for r in labelled if view is None or r["present"][view] > 0]
-            summary[f"auroc{suffix}"] = (
-                auroc([int(r["label"]) for r in rows], [r[key] for r in rows]) if rows else float("nan")
-            )
-        fused = summary["auroc"] if labels and not np.isnan(summary["auroc"]) else 0.5
+        for key, view, suffix in HEADS.values():
+            rows = head_rows(self.records, view)
+            labels, probs = [int(r["label"]) for r in rows], [r[key] for r in rows]
+            summary[f"auroc{suffix}"] = auroc(labels, probs) if rows else float("nan")
+        fused = summary["auroc"] if not np.isnan(summary["auroc"]) else 0.5
         summary["score"] = 0.5 * (summary["mean_dice"] + fused)
         self.summary = summary
         return summary["score"]

@@ -22,13 +22,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from spine_app import __version__  # noqa: E402
-from spine_app.channels import CHANNEL_VIEW, LINE_CHANNELS, MASK_NAMES  # noqa: E402
+from spine_app.channels import CHANNEL_VIEW, MASK_NAMES  # noqa: E402
 from spine_app.data.io import write_atomic  # noqa: E402
-from spine_app.engines.metrics import StudyMetrics  # noqa: E402
+from spine_app.engines.metrics import HEADS, StudyMetrics, head_rows, segmentation_table  # noqa: E402
 from spine_app.metrics.classification import auroc, auroc_ci, threshold_scores, youden_threshold  # noqa: E402
 
 logger = logging.getLogger(__name__)
-HEADS = {"fused": ("prob_cls", None), "AP only": ("prob_cls_ap", 0), "LAT only": ("prob_cls_lat", 1)}
 
 
 def run_on(evaluator: Any, loader: Any) -> None:
@@ -38,34 +37,11 @@ def run_on(evaluator: Any, loader: Any) -> None:
     evaluator.run()
 
 
-def _head_rows(records: list[dict[str, Any]], view: int | None) -> list[dict[str, Any]]:
-    return [r for r in records if r["label"] >= 0 and (view is None or r["present"][view] > 0)]
-
-
-def segmentation_table(records: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """Mean scores per mask over the studies where it is annotated (empty-truth cases counted apart)."""
-    table: dict[str, dict[str, float]] = {}
-    for name in MASK_NAMES:
-        rows = [r[name] for r in records if name in r]
-        if not rows:
-            continue
-        entry = {k: float(np.mean([s[k] for s in rows])) for k in ("dice", "iou", "tpr", "precision", "hd95_px")}
-        mm = [s["hd95_mm"] for s in rows if s["hd95_mm"] is not None]
-        entry["hd95_mm"] = float(np.mean(mm)) if mm else None
-        entry["n"] = len(rows)
-        entry["empty_truth"] = sum(1 for s in rows if s["empty_truth"])
-        if name in LINE_CHANNELS:
-            entry["cldice"] = float(np.mean([s["cldice"] for s in rows]))
-            entry["nsd"] = float(np.mean([s["nsd"] for s in rows]))
-        table[name] = entry
-    return table
-
-
 def classification_table(val: list[dict[str, Any]], test: list[dict[str, Any]], seed: int = 0) -> dict[str, Any]:
     """Per head: AUROC with a bootstrap 95 % CI on test, and threshold scores at the validation threshold."""
     out: dict[str, Any] = {}
-    for head, (key, view) in HEADS.items():
-        val_rows, test_rows = _head_rows(val, view), _head_rows(test, view)
+    for head, (key, view, _) in HEADS.items():
+        val_rows, test_rows = head_rows(val, view), head_rows(test, view)
         if not test_rows:
             continue
         threshold = youden_threshold([r["label"] for r in val_rows], [r[key] for r in val_rows]) if val_rows else 0.5
@@ -130,8 +106,8 @@ def _roc_points(labels: list[int], probs: list[float]) -> tuple[np.ndarray, np.n
 
 def plot_roc(test: list[dict[str, Any]], cls: dict[str, Any], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
-    for head, (key, view) in HEADS.items():
-        rows = _head_rows(test, view)
+    for head, (key, view, _) in HEADS.items():
+        rows = head_rows(test, view)
         if head in cls and rows:
             fpr, tpr = _roc_points([int(r["label"]) for r in rows], [r[key] for r in rows])
             ax.plot(fpr, tpr, label=f"{head} (AUROC {cls[head]['auroc']:.3f})")
