@@ -109,7 +109,7 @@ def _read_pil(path: str | Path, fmt: str, min_side: int, max_side: int) -> tuple
                 raise ImageReadError(path, f"multi-frame {fmt.upper()} ({img.n_frames} frames); expected one image")
             mode = img.mode
             dpi = img.info.get("dpi")
-            array = np.asarray(img)
+            array = np.asarray(img.convert("RGB") if mode == "P" else img)  # a palette image is a colour image
     except ImageReadError:
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
@@ -120,10 +120,6 @@ def _read_pil(path: str | Path, fmt: str, min_side: int, max_side: int) -> tuple
     if mode == "I" and fmt == "png" and array.size and array.max() < 65536:
         bits = 16
     rgb = array.ndim == 3
-    if mode == "P":
-        with Image.open(path) as img:
-            array = np.asarray(img.convert("RGB"))
-        rgb = True
     if rgb:
         array = _rgb_to_grey(path, array)
     spacing = None

@@ -181,3 +181,16 @@ def test_atomic_write_gives_normal_permissions(tmp_path: Path) -> None:
     finally:
         os.umask(old)
     assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o644
+
+
+def test_palette_png_is_read_as_grey(tmp_path: Path) -> None:
+    levels = np.array([0, 60, 120, 250], np.uint8)
+    grey = levels[(np.arange(96 * 80).reshape(96, 80) // 7) % 4]
+    Image.fromarray(np.stack([grey] * 3, -1)).quantize(colors=4, method=Image.Quantize.MEDIANCUT).save(
+        tmp_path / "p.png"
+    )
+    assert Image.open(tmp_path / "p.png").mode == "P"
+    with pytest.warns(UserWarning, match="converted to grey"):
+        array, meta = read_image(tmp_path / "p.png")
+    assert meta.converted_from_rgb and meta.bit_depth == 8
+    np.testing.assert_allclose(array, grey, atol=1)
