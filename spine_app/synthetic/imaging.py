@@ -158,7 +158,8 @@ def expose(
     scatter *= params.scatter_to_primary / max(ratio, 1e-6)
     body = (field > 0.99) & (line_integral > 0.5)  # the patient, not air or collimator
 
-    signal = upsample(primary + scatter, f)
+    noiseless = primary + scatter
+    signal = upsample(noiseless, f)
     # quantum (variance = signal) and electronic noise drawn together, then blurred by the detector
     noise_sd = np.sqrt(signal + params.electronic_noise**2)
     signal += noise_sd * rng.standard_normal(signal.shape, dtype=np.float32)
@@ -167,7 +168,7 @@ def expose(
 
     # film processing: compress the large-scale range (torso thickness) to show local bone contrast;
     # the local mean is taken over the patient only (normalised convolution) so skin edges get no halo
-    smooth_density = -np.log(np.maximum(primary + scatter, 0.5) / n0)
+    smooth_density = -np.log(np.maximum(noiseless, 0.5) / n0)
     weight = body.astype(np.float32)
     sigma = 40.0 / render_spacing
     coverage = _blur_large(weight, sigma, reduce=4)
