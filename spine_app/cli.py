@@ -107,6 +107,50 @@ def contact_sheet(
     print(f"wrote {draw(datalist, out, per_class=per_class, height=height)}")
 
 
+def infer(
+    *inputs: str,
+    out: str = "predictions",
+    model: str | None = None,
+    device: str = "auto",
+    view: str | None = None,
+    nifti: bool = False,
+    damaged_threshold: float | None = None,
+    bundle: str | None = None,
+) -> None:
+    """Run the model on new studies: masks, overlays, result.json per study; summary.csv, errors.json.
+
+    INPUTS: study folders, folders of studies, DICOM folders, single images or datalist JSON files.
+    Exits with status 1 when any study failed (listed in OUT/errors.json), 2 when nothing could run.
+
+    Args:
+        out: output folder (created).
+        model: weights (default: the bundle's models/model.pt).
+        device: "auto" (CUDA when present), "cpu" or "cuda:N".
+        view: AP or LAT, for single images whose name and tags do not say.
+        nifti: also write each mask as NIfTI with the pixel spacing.
+        damaged_threshold: override the bundle's Damaged threshold.
+        bundle: bundle folder (default: the repository's bundle/).
+    """
+    from spine_app.infer import BUNDLE_DIR, resolve_inputs, run_inference, summary_line
+
+    if not inputs:
+        sys.exit("error: give at least one study folder, image, DICOM folder or datalist (spine-app infer --help)")
+    entries, errors = resolve_inputs(list(inputs), view)
+    overrides = {"write_nifti": bool(nifti)}
+    if damaged_threshold is not None:
+        overrides["damaged_threshold"] = float(damaged_threshold)
+    try:
+        result = run_inference(entries, out, model, device, bundle or BUNDLE_DIR, errors, **overrides)
+    except (PermissionError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    for error in result["errors"]:
+        print(f"failed: {error['error']}", file=sys.stderr)
+    print(summary_line(result, out))
+    if result["errors"]:
+        sys.exit(1)
+
+
 def version() -> None:
     """Print the spine-app version."""
     print(__version__)
@@ -118,6 +162,7 @@ COMMANDS = {
     "check": check,
     "bench": {"synth": bench_synth},
     "contact-sheet": contact_sheet,
+    "infer": infer,
     "version": version,
 }
 

@@ -394,3 +394,22 @@ def write_dicom(
         setattr(ds, spacing_tag, [f"{spacing[0]:.6g}", f"{spacing[1]:.6g}"])
     ds.PixelData = np.ascontiguousarray(stored).tobytes()
     return write_atomic(path, lambda tmp: ds.save_as(str(tmp), enforce_file_format=True))
+
+
+def write_nifti(path: str | Path, array: np.ndarray, spacing: tuple[float, float] | None = None) -> Path:
+    """Write a (rows, cols) array as a 2-D NIfTI (x = cols, y = rows; spacing in mm), atomically.
+
+    ``read_image`` gives back the same array and spacing. Bool masks are stored as uint8 0/1.
+    """
+    import nibabel as nib
+
+    data = np.asarray(array, dtype=np.uint8) if array.dtype == bool else np.asarray(array)
+    row_mm, col_mm = spacing if spacing else (1.0, 1.0)
+    image = nib.Nifti1Image(np.ascontiguousarray(data.T), np.diag([col_mm, row_mm, 1.0, 1.0]))
+    image.header.set_zooms((col_mm, row_mm))
+    payload = image.to_bytes()
+    if str(path).endswith(".gz"):
+        import gzip
+
+        payload = gzip.compress(payload, compresslevel=1)
+    return write_atomic(path, lambda tmp: tmp.write_bytes(payload))

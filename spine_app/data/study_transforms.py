@@ -11,7 +11,9 @@ and fits it into a fixed canvas (aspect kept, area-downsampled, centred, zero-pa
 - ``present``: (2,) views present (AP, LAT); ``label``: () float (-1 when unlabelled)
 - ``geom_ap``, ``geom_lat``: (7,) original rows, cols, scale, pad top, pad left, spacing row/col mm
   (spacing 0 when unknown), to map predictions back to the original image
-- ``study_id``: str
+- ``study_id``: str; ``path_ap``, ``path_lat``: the image files ("" when absent)
+- ``error``: "" or, with ``on_error="record"``, the one-line reason the study could not be read
+  (then both views are blank and ``present`` is zero: the writer reports the study as failed)
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from monai.transforms import MapTransform
 from torch.nn import functional as F
 
 from spine_app.channels import CHANNEL_VIEW, LINE_CHANNELS, MASK_NAMES, VIEWS
-from spine_app.data.io import read_image, read_mask
+from spine_app.data.io import ImageReadError, read_image, read_mask
 
 LINE_INDICES = [MASK_NAMES.index(name) for name in LINE_CHANNELS]
 
@@ -63,14 +65,34 @@ class LoadStudyd(MapTransform):
     Args:
         canvas: (H, W) working size; both views are fitted into it.
         keys: unused placeholder for MapTransform compatibility (the entry is read as a whole).
+        on_error: "raise" (training: a broken file stops the run) or "record" (inference: the study
+            comes out blank with its ``error``, so the rest of a batch still runs).
     """
 
-    def __init__(self, canvas: Sequence[int] = (512, 384), keys: Sequence[Hashable] = ("image_ap",)) -> None:
+    def __init__(
+        self, canvas: Sequence[int] = (512, 384), keys: Sequence[Hashable] = ("image_ap",), on_error: str = "raise"
+    ) -> None:
         super().__init__(keys, allow_missing_keys=True)
+        if on_error not in ("raise", "record"):
+            raise ValueError(f"on_error must be 'raise' or 'record', got {on_error!r}")
         self.canvas = tuple(int(c) for c in canvas)
+        self.on_error = on_error
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[str, Any]:
-        out: dict[str, Any] = {"study_id": str(data["study_id"])}
+        try:
+            return self._load(data)
+        except Exception as err:  # noqa: BLE001 - any unreadable input becomes that study's error
+            if self.on_error == "raise":
+                raise
+            blank = self._load(
+                {"study_id": data["study_id"], "label": data.get("label"), "masks": [None] * len(MASK_NAMES)}
+            )
+            blank.update(path_ap=str(data.get("image_ap") or ""), path_lat=str(data.get("image_lat") or ""))
+            blank["error"] = str(err).splitlines()[0] if str(err) else type(err).__name__
+            return blank
+
+    def _load(self, data: Mapping[Hashable, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {"study_id": str(data["study_id"]), "error": ""}
         label = data.get("label")
         out["label"] = torch.tensor(-1.0 if label is None else float(label))
         present = []
@@ -78,6 +100,7 @@ class LoadStudyd(MapTransform):
             key = view.lower()
             channels = [c for c, v in enumerate(CHANNEL_VIEW) if v == view]
             path = data.get(f"image_{key}")
+            out[f"path_{key}"] = str(path or "")
             seg = torch.zeros((len(MASK_NAMES), *self.canvas))
             avail = torch.zeros(len(MASK_NAMES))
             if path is None:
@@ -86,6 +109,8 @@ class LoadStudyd(MapTransform):
                 present.append(0.0)
             else:
                 image, meta = read_image(path)
+                if float(image.max()) <= float(image.min()):
+                    raise ImageReadError(path, "constant image (every pixel is the same value)")
                 masks = [data["masks"][c] for c in channels]
                 stack = [normalize_intensity(image)]
                 stack += [

@@ -79,3 +79,11 @@ def inference_entries(dataset_dir: str) -> list[dict[str, Any]]:
     if not entries:
         raise ValueError(f"{dataset_dir}: no study with an AP or LAT image")
     return entries
+
+
+def bundle_version(bundle_root: str) -> str:
+    """The ``version`` of ``bundle_root/configs/metadata.json`` ("unknown" without one)."""
+    import json
+
+    meta = Path(bundle_root) / "configs" / "metadata.json"
+    return str(json.loads(meta.read_text()).get("version", "unknown")) if meta.is_file() else "unknown"

@@ -1,13 +1,27 @@
-"""Inference output: each study's masks at the original resolution and a result.json.
+"""Inference output: each study's masks at the original resolution, overlays, morphometry and a
+result.json; a run-level summary.csv and errors.json.
 
-For a study ``S`` the handler writes ``OUT/S/<MaskName>.png`` (0/255, the names of the input layout,
-so predictions can be re-imported as labels and corrected) for the channels of each present view,
-and ``OUT/S/result.json`` (Damaged probability fused / AP-only / LAT-only, per-mask area in px and
-mm², versions). Files are written to a temporary name and renamed.
+For a study ``S`` the handler writes into ``OUT/S/``:
+
+- ``<MaskName>.png`` (0/255, the names of the input layout, so predictions can be re-imported as
+  labels and corrected) for the channels of each present view, and ``<MaskName>.nii.gz`` with the
+  pixel spacing when ``nifti`` is on;
+- ``overlay_AP.png`` / ``overlay_LAT.png``: masks on the radiograph with a legend; the LAT overlay
+  labels each vertebra with its level and Genant grade;
+- ``result.json``: Damaged probability (fused, AP-only, LAT-only), label and the threshold used,
+  per-mask area (px, mm²), per-vertebra morphometry (:mod:`spine_app.morphometry`), model file and
+  versions, and the SHA-256 of each input file.
+
+At the end of the run ``OUT/summary.csv`` has one row per study (failed ones too) and
+``OUT/errors.json`` lists each failed study with its reason. Every file is written to a temporary
+name and renamed, so an interrupted run never leaves a half-written file.
 """
 
 from __future__ import annotations
 
+import csv
+import hashlib
+import io
 import json
 import logging
 from pathlib import Path
@@ -18,10 +32,15 @@ from torch.nn import functional as F
 
 from spine_app import __version__
 from spine_app.channels import CHANNEL_VIEW, MASK_NAMES
-from spine_app.data.io import write_atomic, write_png
+from spine_app.data.io import read_image, write_atomic, write_nifti, write_png
 from spine_app.data.study_transforms import fit_geometry
 
 logger = logging.getLogger(__name__)
+
+SUMMARY_COLUMNS = (
+    "study_id", "status", "damaged_probability", "label", "threshold", "probability_ap", "probability_lat",
+    "vertebrae", "max_genant_grade", "graded_levels", "output", "error",
+)  # fmt: skip
 
 
 def to_original(logits: torch.Tensor, geom: torch.Tensor) -> torch.Tensor:
@@ -36,51 +55,182 @@ def to_original(logits: torch.Tensor, geom: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid(resized)
 
 
+def sha256_of(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_json(path: str | Path, payload: Any) -> Path:
+    """Pretty JSON, atomically."""
+    text = json.dumps(payload, indent=2)
+    return write_atomic(path, lambda tmp: tmp.write_text(text))
+
+
+def write_run_files(output_dir: str | Path, rows: list[dict[str, Any]], errors: list[dict[str, str]]) -> None:
+    """``summary.csv`` (one row per study, SUMMARY_COLUMNS) and ``errors.json`` of a run, atomically."""
+    buffer = io.StringIO()
+    table = csv.DictWriter(buffer, fieldnames=SUMMARY_COLUMNS, extrasaction="ignore")
+    table.writeheader()
+    table.writerows(rows)
+    text = buffer.getvalue()
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    write_atomic(Path(output_dir) / "summary.csv", lambda tmp: tmp.write_text(text))
+    write_json(Path(output_dir) / "errors.json", errors)
+
+
 class StudyPredictionWriter:
-    """Ignite handler (evaluator, ITERATION_COMPLETED) that writes every study of the batch.
+    """Ignite handler for the inference evaluator: writes every study of each batch (see module doc).
 
     Args:
         output_dir: OUT folder.
         threshold: mask probability threshold.
+        damaged_threshold: fused probability at or above which a study is labelled Damaged (the
+            evaluation report's validation-chosen threshold for the shipped model).
         model_version: bundle version recorded in result.json.
+        model_path: weights file, recorded with its SHA-256.
+        nifti: also write each mask as NIfTI with the pixel spacing.
+        overlays: write the overlay PNGs.
+        lowest_level: level name of the lowest vertebra on the LAT film (morphometry labels).
     """
 
-    def __init__(self, output_dir: str, threshold: float = 0.5, model_version: str = "unknown") -> None:
-        self.output_dir, self.threshold, self.model_version = Path(output_dir), threshold, model_version
+    def __init__(
+        self,
+        output_dir: str,
+        threshold: float = 0.5,
+        damaged_threshold: float = 0.5,
+        model_version: str = "unknown",
+        model_path: str | None = None,
+        nifti: bool = False,
+        overlays: bool = True,
+        lowest_level: str | None = "L5",
+    ) -> None:
+        self.output_dir = Path(output_dir)
+        self.threshold, self.damaged_threshold = float(threshold), float(damaged_threshold)
+        self.model_version, self.nifti, self.overlays, self.lowest_level = model_version, nifti, overlays, lowest_level
+        self.model = (
+            {"path": str(model_path), "sha256": sha256_of(model_path)}
+            if model_path and Path(model_path).is_file()
+            else None
+        )
+        self.rows: list[dict[str, Any]] = []
+        self.errors: list[dict[str, str]] = []
 
     def attach(self, engine: Any) -> None:
         from ignite.engine import Events
 
+        engine.add_event_handler(Events.STARTED, self.reset)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+        engine.add_event_handler(Events.COMPLETED, self.finish)
+
+    def reset(self, engine: Any = None) -> None:
+        self.rows, self.errors = [], []
 
     def __call__(self, engine: Any) -> None:
         pred, target = engine.state.output["pred"], engine.state.output["label"]
         for b, study_id in enumerate(target["study_id"]):
-            folder = self.output_dir / study_id
-            folder.mkdir(parents=True, exist_ok=True)
-            result: dict[str, Any] = {
-                "study_id": study_id,
-                "damaged_probability": float(torch.sigmoid(pred["cls"][b].float())),
-                "view_probabilities": {},
-                "mask_area_px": {},
-                "mask_area_mm2": {},
-                "spine_app_version": __version__,
-                "bundle_version": self.model_version,
-            }
-            for i, view in enumerate(("AP", "LAT")):
-                if float(target["present"][b, i]) <= 0:
+            error = (target.get("error") or [""] * len(target["study_id"]))[b]
+            if not error:
+                try:
+                    self.rows.append(self.write_study(study_id, pred, target, b))
                     continue
-                key = view.lower()
-                result["view_probabilities"][view] = float(torch.sigmoid(pred[f"cls_{key}"][b].float()))
-                geom = target[f"geom_{key}"][b]
-                probs = to_original(pred[f"seg_{key}"][b], geom)
-                pixel_mm2 = float(geom[5] * geom[6])
-                for c, (name, channel_view) in enumerate(zip(MASK_NAMES, CHANNEL_VIEW)):
-                    if channel_view != view:
-                        continue
-                    mask = (probs[c] > self.threshold).cpu().numpy()
-                    write_png(folder / f"{name}.png", mask)
-                    result["mask_area_px"][name] = int(mask.sum())
-                    result["mask_area_mm2"][name] = float(mask.sum() * pixel_mm2) if pixel_mm2 > 0 else None
-            text = json.dumps(result, indent=2)
-            write_atomic(folder / "result.json", lambda tmp, text=text: tmp.write_text(text))
+                except Exception as err:  # noqa: BLE001 - one study's failure must not stop the batch
+                    error = f"{self.output_dir / study_id}: {err}".splitlines()[0]
+            logger.error("study %s failed: %s", study_id, error)
+            self.errors.append({"study_id": study_id, "error": error})
+            self.rows.append({"study_id": study_id, "status": "failed", "error": error})
+
+    def finish(self, engine: Any = None) -> None:
+        """Write summary.csv and errors.json for the run."""
+        write_run_files(self.output_dir, self.rows, self.errors)
+        done = sum(row.get("status") == "ok" for row in self.rows)
+        logger.warning("inference: %d studies written, %d failed -> %s", done, len(self.errors), self.output_dir)
+
+    def write_study(self, study_id: str, pred: dict, target: dict, b: int) -> dict[str, Any]:
+        """Write one study's files; returns its summary row."""
+        from spine_app.morphometry import measure_vertebrae
+
+        folder = self.output_dir / study_id
+        folder.mkdir(parents=True, exist_ok=True)
+        probability = float(torch.sigmoid(pred["cls"][b].float()))
+        result: dict[str, Any] = {
+            "study_id": study_id,
+            "damaged_probability": round(probability, 4),
+            "label": "Damaged" if probability >= self.damaged_threshold else "Normal",
+            "threshold": self.damaged_threshold,
+            "view_probabilities": {},
+            "mask_threshold": self.threshold,
+            "mask_area_px": {},
+            "mask_area_mm2": {},
+            "morphometry": None,
+            "warnings": [],
+            "inputs": {},
+            "model": self.model,
+            "bundle_version": self.model_version,
+            "spine_app_version": __version__,
+        }
+        row: dict[str, Any] = {"study_id": study_id, "status": "ok", "output": str(folder)}
+        spacing = None
+        for i, view in enumerate(("AP", "LAT")):
+            key = view.lower()
+            if float(target["present"][b, i]) <= 0:
+                result["warnings"].append(
+                    f"no {view} view: its masks" + (" and morphometry" if view == "LAT" else "") + " are missing"
+                )
+                continue
+            source = target[f"path_{key}"][b]
+            result["inputs"][view] = {"path": source, "sha256": sha256_of(source)}
+            result["view_probabilities"][view] = round(float(torch.sigmoid(pred[f"cls_{key}"][b].float())), 4)
+            geom = target[f"geom_{key}"][b]
+            spacing = (float(geom[5]), float(geom[6])) if float(geom[5]) > 0 else None
+            probs = to_original(pred[f"seg_{key}"][b], geom)
+            masks = {c: (probs[c] > self.threshold).cpu().numpy() for c, v in enumerate(CHANNEL_VIEW) if v == view}
+            for c, mask in masks.items():
+                name = MASK_NAMES[c]
+                write_png(folder / f"{name}.png", mask)
+                if self.nifti:
+                    write_nifti(folder / f"{name}.nii.gz", mask, spacing)
+                result["mask_area_px"][name] = int(mask.sum())
+                result["mask_area_mm2"][name] = (
+                    round(float(mask.sum() * spacing[0] * spacing[1]), 1) if spacing else None
+                )
+            bodies = []
+            if view == "LAT":
+                posterior = (
+                    masks[MASK_NAMES.index("Lat_Spinous_Process")]
+                    | masks[MASK_NAMES.index("Lat_Posterior_Vertebral_Line")]
+                )
+                bodies = measure_vertebrae(
+                    masks[MASK_NAMES.index("Lat_Vertebra")], spacing or (1.0, 1.0), posterior, self.lowest_level
+                )
+                result["morphometry"] = _morphometry_summary(bodies, spacing)
+                row.update(vertebrae=len(bodies), max_genant_grade=result["morphometry"]["max_grade"],
+                           graded_levels="; ".join(result["morphometry"]["fractured_levels"]))  # fmt: skip
+            if self.overlays:
+                from spine_app.viz.overlay import write_overlay
+
+                image, _ = read_image(source)
+                title = f"{study_id} {view}: Damaged p={probability:.2f} ({result['label']})"
+                write_overlay(folder / f"overlay_{view}.png", image, masks, title, bodies)
+        if spacing is None and result["inputs"]:
+            result["warnings"].append("pixel spacing unknown: areas and heights are in pixels")
+        write_json(folder / "result.json", result)
+        row.update(damaged_probability=result["damaged_probability"], label=result["label"], threshold=self.damaged_threshold,
+                   probability_ap=result["view_probabilities"].get("AP"), probability_lat=result["view_probabilities"].get("LAT"))  # fmt: skip
+        return row
+
+
+def _morphometry_summary(bodies: list, spacing: tuple[float, float] | None) -> dict[str, Any]:
+    """The result.json ``morphometry`` block of one LAT image."""
+    graded = [b for b in bodies if b.grade > 0]
+    return {
+        "units": "mm" if spacing else "px",
+        "method": "quantitative morphometry, Genant thresholds 20/25/40 % (spine_app.morphometry)",
+        "vertebrae": [b.to_json() for b in bodies],
+        "max_grade": max((b.grade for b in bodies), default=0),
+        "fractured_levels": [f"{b.level or '#' + str(b.index + 1)}: grade {b.grade} {b.deformity}" for b in graded],
+        "max_height_reduction": round(float(max((b.reduction for b in bodies if b.grade >= 0), default=0.0)), 3),
+    }

@@ -89,7 +89,7 @@ def contact_sheet(datalist: str | Path, out: str | Path, per_class: int = 2, hei
         caption = f"{entry['study_id']}  {entry['class_name']}" + (f"  ({fractures})" if fractures else "")
         ImageDraw.Draw(row).text((4, 4), caption + "    AP | AP masks | LAT | LAT masks", fill=(0, 0, 0), font=font)
         rows.append(row)
-    legend = _legend(max(r.width for r in rows), font)
+    legend = legend_strip(max(r.width for r in rows), font)
     sheet = Image.new("RGB", (max(r.width for r in rows), sum(r.height + 8 for r in rows) + legend.height), "white")
     y = 0
     for row in rows:
@@ -101,23 +101,26 @@ def contact_sheet(datalist: str | Path, out: str | Path, per_class: int = 2, hei
     return Path(out)
 
 
-def _legend(width: int, font: ImageFont.ImageFont) -> Image.Image:
-    """Colour key of the eight channels, wrapped to ``width``."""
+def legend_strip(
+    width: int, font: ImageFont.ImageFont, items: list[tuple[str, tuple[int, int, int]]] | None = None
+) -> Image.Image:
+    """Colour key of (name, colour) items (default: the eight channels), wrapped to ``width``."""
+    items = list(zip(MASK_NAMES, CHANNEL_COLORS)) if items is None else items
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    items = [
-        (name, colour, 34 + int(probe.textlength(name, font=font))) for name, colour in zip(MASK_NAMES, CHANNEL_COLORS)
-    ]
+    size = int(getattr(font, "size", 18))
+    line = size + 12
+    sized = [(name, colour, 2 * size + int(probe.textlength(name, font=font))) for name, colour in items]
     rows: list[list[tuple]] = [[]]
-    for item in items:
+    for item in sized:
         if rows[-1] and sum(i[2] for i in rows[-1]) + item[2] > width:
             rows.append([])
         rows[-1].append(item)
-    legend = Image.new("RGB", (width, 30 * len(rows) + 6), "white")
+    legend = Image.new("RGB", (width, line * len(rows) + 6), "white")
     draw = ImageDraw.Draw(legend)
     for r, row in enumerate(rows):
-        x, y = 4, 6 + 30 * r
+        x, y = 4, 6 + line * r
         for name, colour, item_width in row:
-            draw.rectangle([x, y, x + 18, y + 18], fill=colour)
-            draw.text((x + 24, y), name, fill=(0, 0, 0), font=font)
+            draw.rectangle([x, y, x + size, y + size], fill=colour)
+            draw.text((x + size + 6, y), name, fill=(0, 0, 0), font=font)
             x += item_width
     return legend

@@ -1,0 +1,214 @@
+"""``spine-app infer``: resolve what the user points at into studies, then run the bundle's
+inference config on them (the same code path as ``python -m monai.bundle run --config_file
+bundle/configs/inference.yaml``).
+
+Accepted inputs (any mix, one or more):
+
+- a study folder (canonical layout, or ``AP/`` and ``LAT/`` sub-folders), or a folder of study folders
+  (with or without ``Normal``/``Damaged`` class folders);
+- a DICOM folder whose files are not named by view: files are grouped into studies by
+  StudyInstanceUID and assigned to AP/LAT by ViewPosition (then ImageLaterality / SeriesDescription);
+  a file whose view no tag gives is reported, not guessed;
+- a single image (PNG, 16-bit PNG, DICOM, TIFF, NIfTI): its view from ``--view``, its file name or its
+  DICOM tags;
+- a datalist JSON written by ``spine-app import`` (every split).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from spine_app.channels import MASK_NAMES, VIEWS, view_for_image_stem
+from spine_app.data.importer import load_datalist
+from spine_app.data.io import dicom_view, image_format
+from spine_app.data.layout import find_studies, looks_like_study
+from spine_app.engines.writer import write_run_files
+
+logger = logging.getLogger(__name__)
+
+BUNDLE_DIR = Path(__file__).resolve().parents[1] / "bundle"
+
+
+def _entry(study_id: str, images: dict[str, Path], label: int | None = None) -> dict[str, Any]:
+    """An inference datalist entry (no masks) for ``images`` ("AP"/"LAT" -> path)."""
+    return {
+        "study_id": study_id,
+        "label": label,
+        "image_ap": str(images["AP"]) if "AP" in images else None,
+        "image_lat": str(images["LAT"]) if "LAT" in images else None,
+        "masks": [None] * len(MASK_NAMES),
+        "mask_present": [0] * len(MASK_NAMES),
+    }
+
+
+def _dicom_groups(folder: Path) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+    """Studies from the loose DICOM files of ``folder``, grouped by StudyInstanceUID, views from tags."""
+    import pydicom
+
+    groups: dict[str, dict[str, Path]] = defaultdict(dict)
+    errors: list[dict[str, str]] = []
+    names: dict[str, str] = {}
+    for path in sorted(p for p in folder.iterdir() if p.is_file() and image_format(p) == "dicom"):
+        try:
+            ds = pydicom.dcmread(str(path), stop_before_pixels=True, force=True)
+        except Exception as err:  # noqa: BLE001
+            errors.append({"study_id": path.stem, "error": f"{path}: unreadable DICOM header ({err})"})
+            continue
+        uid = str(getattr(ds, "StudyInstanceUID", "") or folder.name)
+        view = view_for_image_stem(path.stem) or dicom_view(ds)
+        if view is None:
+            errors.append({"study_id": path.stem, "error": f"{path}: no ViewPosition, ImageLaterality or description "
+                           "names the view; pass the file with --view AP|LAT or name it AP/LAT"})  # fmt: skip
+            continue
+        if view in groups[uid]:
+            errors.append({"study_id": path.stem, "error": f"{path}: second {view} image of study {uid} "
+                           f"(keeping {groups[uid][view].name})"})  # fmt: skip
+            continue
+        groups[uid][view] = path
+        names.setdefault(uid, str(getattr(ds, "PatientID", "") or folder.name) + "_" + uid[-8:])
+    return [_entry(names[uid], images) for uid, images in groups.items()], errors
+
+
+def resolve_inputs(inputs: list[str], view: str | None = None) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+    """(entries, errors): inference datalist entries for every study found in ``inputs``.
+
+    ``errors`` has one {"study_id", "error"} per input that cannot become a study (missing path,
+    unknown view, a folder with no image); the others are still returned.
+    """
+    if view is not None and view.upper() not in VIEWS:
+        raise ValueError(f"--view must be AP or LAT, got {view!r}")
+    entries: list[dict[str, Any]] = []
+    errors: list[dict[str, str]] = []
+    for raw in inputs:
+        path = Path(raw)
+        if not path.exists():
+            errors.append({"study_id": path.name, "error": f"{path}: no such file or folder"})
+        elif path.is_file() and path.suffix.lower() == ".json":
+            data = load_datalist(path)
+            for split in ("training", "validation", "test", "unlabelled"):
+                entries += [_entry(e["study_id"], _entry_images(e), e.get("label")) for e in data.get(split, [])]
+        elif path.is_file():
+            chosen = view.upper() if view else _view_of_file(path)
+            if chosen is None:
+                errors.append({"study_id": path.stem, "error": f"{path}: cannot tell the view (AP or LAT) from the file "
+                               "name or DICOM tags; pass --view AP or --view LAT"})  # fmt: skip
+            else:
+                entries.append(_entry(path.stem, {chosen: path}))
+        elif looks_like_study(path) or any(p.is_dir() for p in path.iterdir()):
+            for study in find_studies(path):
+                if study.images:
+                    entries.append(_entry(study.study_id, study.images, study.label))
+                else:
+                    found = _dicom_groups(study.folder)
+                    if found[0] or found[1]:
+                        entries += found[0]
+                        errors += found[1]
+                    else:
+                        errors.append(
+                            {"study_id": study.study_id, "error": f"{study.folder}: no AP or LAT image found"}
+                        )
+        else:
+            found = _dicom_groups(path)
+            entries += found[0]
+            errors += found[1]
+            if not found[0] and not found[1]:
+                errors.append({"study_id": path.name, "error": f"{path}: no AP or LAT image found"})
+    return _unique_ids(entries), errors
+
+
+def _entry_images(entry: dict[str, Any]) -> dict[str, Path]:
+    return {v: Path(entry[f"image_{v.lower()}"]) for v in VIEWS if entry.get(f"image_{v.lower()}")}
+
+
+def _view_of_file(path: Path) -> str | None:
+    """View of a single image from its name, else its DICOM tags."""
+    name = path.name[: -len(".nii.gz")] if path.name.lower().endswith(".nii.gz") else path.stem
+    found = view_for_image_stem(name)
+    if found is None and image_format(path) == "dicom":
+        import pydicom
+
+        try:
+            found = dicom_view(pydicom.dcmread(str(path), stop_before_pixels=True, force=True))
+        except Exception:  # noqa: BLE001 - unreadable files are reported when they are read
+            found = None
+    return found
+
+
+def _unique_ids(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Suffix repeated study ids (_2, _3, ...) so no two studies write into one output folder."""
+    seen: dict[str, int] = defaultdict(int)
+    for entry in entries:
+        seen[entry["study_id"]] += 1
+        if seen[entry["study_id"]] > 1:
+            entry["study_id"] = f"{entry['study_id']}_{seen[entry['study_id']]}"
+    return entries
+
+
+def check_writable(out: Path) -> None:
+    """Create ``out`` and prove a file can be written there; ``PermissionError`` naming it if not."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".spine-app-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise PermissionError(f"{out}: output folder is not writable ({err.strerror or err})") from err
+
+
+def run_inference(
+    entries: list[dict[str, Any]],
+    out: str | Path,
+    model: str | Path | None = None,
+    device: str = "auto",
+    bundle_dir: str | Path = BUNDLE_DIR,
+    errors: list[dict[str, str]] | None = None,
+    **overrides: Any,
+) -> dict[str, Any]:
+    """Run the bundle's inference config on ``entries`` into ``out``; returns {"written", "errors"}.
+
+    ``errors`` from input resolution are merged into ``out/errors.json`` and ``out/summary.csv``.
+    ``overrides`` are config ids of inference.yaml (``write_nifti``, ``damaged_threshold``, ...).
+    """
+    import torch
+    from monai.bundle import ConfigWorkflow
+
+    out, bundle_dir = Path(out), Path(bundle_dir)
+    check_writable(out)
+    model_path = Path(model) if model else bundle_dir / "models" / "model.pt"
+    if not model_path.is_file():
+        raise FileNotFoundError(f"{model_path}: no model weights (train one, see README, or pass --model)")
+    if device == "auto":
+        device = "cuda:0" if torch.cuda.is_available() else "cpu"
+    written: list[dict[str, Any]] = []
+    run_errors: list[dict[str, str]] = []
+    if entries:
+        workflow = ConfigWorkflow(
+            str(bundle_dir / "configs" / "inference.yaml"),
+            meta_file=str(bundle_dir / "configs" / "metadata.json"),
+            logging_file=str(bundle_dir / "configs" / "logging.conf"),
+            workflow_type="infer",
+            **{"bundle_root": str(bundle_dir), "output_dir": str(out), "ckpt_path": str(model_path),
+               "device": torch.device(device), "dataset#data": entries, **overrides},
+        )  # fmt: skip
+        workflow.initialize()
+        workflow.run()
+        workflow.finalize()
+        writer = next(h for h in workflow.parser.get_parsed_content("handlers") if hasattr(h, "rows"))
+        written, run_errors = list(writer.rows), list(writer.errors)
+    all_errors = list(errors or []) + run_errors
+    rows = written + [{"study_id": e["study_id"], "status": "failed", "error": e["error"]} for e in errors or []]
+    write_run_files(out, rows, all_errors)
+    return {"written": [r for r in rows if r.get("status") == "ok"], "errors": all_errors}
+
+
+def summary_line(result: dict[str, Any], out: str | Path) -> str:
+    """One line for the console: how many studies were written and failed, and where."""
+    return (
+        f"{len(result['written'])} studies written, {len(result['errors'])} failed -> {out} (summary.csv, errors.json)"
+    )
+
+
+__all__ = ["BUNDLE_DIR", "check_writable", "resolve_inputs", "run_inference", "summary_line"]

@@ -1,0 +1,309 @@
+"""Vertebral morphometry on a lateral radiograph: body heights, height ratios and Genant grades.
+
+Input is the binary ``Lat_Vertebra`` mask of one LAT image (rows x cols, at any resolution) with its
+pixel spacing in mm, plus an optional mask of posterior structures (``Lat_Spinous_Process`` or the
+posterior vertebral line) that tells which side of the column is posterior.
+
+The steps:
+
+1. a smooth centre line through the column (a cubic of column position against row);
+2. every mask pixel is projected onto that line; the cross-section profile along the line drops at
+   each disk, and bodies that touch on the film (oblique endplates in scoliosis) are split at the
+   deepest dip where a segment is longer than the typical body;
+3. each body is measured in its own rigid frame (axis = the centre line's tangent at the body): the
+   anterior, middle and posterior heights are the body's extent along the axis in narrow bands at
+   4 %, 50 % and 96 % of its depth from the anterior wall;
+4. quantitative morphometry in the sense of Genant (1993): the reduction is the largest of
+   1 - Ha/Hp (wedge), 1 - Hm/Hp (biconcave) and 1 - Hp/Hp_expected (crush; Hp_expected from a
+   robust line through the neighbours' posterior heights); grade 0 below 20 %, 1 for 20-25 %,
+   2 for 25-40 %, 3 from 40 %.
+
+Bodies that touch the image border are measured but not graded (``truncated``). Level names count
+up from ``lowest_level`` (L5 by default), an assumption that holds when the mask ends at L5.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+from scipy import ndimage
+
+#: Genant semiquantitative thresholds on the height reduction: grade = number of thresholds reached
+GENANT_THRESHOLDS: tuple[float, float, float] = (0.20, 0.25, 0.40)
+#: positions of the anterior, middle and posterior height measurements, as fractions of body depth
+HEIGHT_POSITIONS: dict[str, float] = {"anterior": 0.04, "middle": 0.5, "posterior": 0.96}
+_LEVELS: tuple[str, ...] = tuple(
+    [f"C{i}" for i in range(1, 8)] + [f"T{i}" for i in range(1, 13)] + [f"L{i}" for i in range(1, 6)]
+)
+
+
+@dataclass
+class VertebralBody:
+    """Measurements of one vertebral body (heights in mm, positions in image pixels, row then col)."""
+
+    index: int  # 0 = top-most body on the film
+    level: str | None
+    centroid_px: tuple[float, float]
+    area_px: int
+    heights_mm: dict[str, float]
+    ratios: dict[str, float]
+    expected_posterior_mm: float | None
+    reduction: float  # largest relative height loss (0 when not graded)
+    grade: int  # Genant 0-3; -1 when not graded (truncated body)
+    deformity: str  # "none", "wedge", "biconcave" or "crush"
+    truncated: bool = False
+    flags: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        """JSON-ready dict (rounded)."""
+        out = asdict(self)
+        out["centroid_px"] = [round(float(v), 1) for v in self.centroid_px]
+        out["heights_mm"] = {k: round(float(v), 2) for k, v in self.heights_mm.items()}
+        out["ratios"] = {k: round(float(v), 3) for k, v in self.ratios.items()}
+        out["reduction"] = round(float(self.reduction), 3)
+        if self.expected_posterior_mm is not None:
+            out["expected_posterior_mm"] = round(float(self.expected_posterior_mm), 2)
+        return out
+
+
+def genant_grade(reduction: float) -> int:
+    """Genant grade (0-3) of a relative height reduction (0.23 -> 1)."""
+    return int(sum(reduction >= t for t in GENANT_THRESHOLDS))
+
+
+def _centre_line(rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """(N, 2) points (row, col) every half pixel of row along a cubic col(row) through the column."""
+    degree = 3 if np.ptp(rows) > 50 else 1
+    poly = np.polynomial.Polynomial.fit(rows, cols, degree)
+    grid = np.arange(rows.min() - 2, rows.max() + 2.5, 0.5)
+    return np.stack([grid, poly(grid)], axis=1)
+
+
+def _split_segments(profile: np.ndarray, typical: float, min_len: float) -> list[tuple[int, int]]:
+    """Runs of ``profile`` above a fraction of its high level, long runs split at their deepest dip.
+
+    profile: cross-section (px) per centre-line step; typical: expected body length in steps.
+    Returns [start, stop) index pairs, top to bottom.
+    """
+    smooth = ndimage.gaussian_filter1d(profile.astype(float), 2.0)
+    high = np.percentile(smooth[smooth > 0], 90) if np.any(smooth > 0) else 0.0
+    above = smooth > 0.3 * high
+    runs: list[tuple[int, int]] = []
+    start = None
+    for i, flag in enumerate(np.append(above, False)):
+        if flag and start is None:
+            start = i
+        elif not flag and start is not None:
+            if i - start >= min_len:
+                runs.append((start, i))
+            start = None
+    if typical <= 0:
+        return runs
+    out: list[tuple[int, int]] = []
+    pending = list(runs)
+    while pending:
+        a, b = pending.pop(0)
+        if b - a <= 1.45 * typical:
+            out.append((a, b))
+            continue
+        margin = int(0.35 * typical)
+        inner = smooth[a + margin : b - margin]
+        if inner.size < 3:
+            out.append((a, b))
+            continue
+        minima = [i for i in range(1, inner.size - 1) if inner[i] <= inner[i - 1] and inner[i] <= inner[i + 1]]
+        cut = a + margin + (min(minima, key=lambda i: inner[i]) if minima else inner.size // 2)
+        pending[:0] = [(a, cut), (cut, b)]
+    return sorted(out)
+
+
+def _heights(u: np.ndarray, v: np.ndarray, pixel_mm: float) -> dict[str, float]:
+    """Anterior/middle/posterior extent along u (mm) of body points; v grows towards anterior."""
+    v_ant, v_post = np.percentile(v, 99.0), np.percentile(v, 1.0)
+    depth = v_ant - v_post
+    band = max(0.04 * depth, pixel_mm)
+    out = {}
+    for name, position in HEIGHT_POSITIONS.items():
+        centre = v_ant - position * depth
+        sel = np.abs(v - centre) <= band
+        if sel.sum() < 3:
+            out[name] = float("nan")
+            continue
+        bins = np.round((v[sel] - centre) / pixel_mm).astype(int)
+        extents = []
+        for b in np.unique(bins):
+            ub = u[sel][bins == b]
+            extents.append(ub.max() - ub.min() + pixel_mm)
+        out[name] = float(np.median(extents))
+    out["depth"] = float(depth)
+    return out
+
+
+def _expected_posterior(posterior: np.ndarray, index: int, reach: int = 3) -> float | None:
+    """Theil-Sen line through the neighbours' posterior heights (within ``reach`` levels), at ``index``."""
+    idx = [j for j in range(max(0, index - reach), min(len(posterior), index + reach + 1)) if j != index]
+    idx = [j for j in idx if np.isfinite(posterior[j])]
+    if len(idx) < 2:
+        return None
+    x, y = np.asarray(idx, float), posterior[idx]
+    slopes = [(y[b] - y[a]) / (x[b] - x[a]) for a in range(len(x)) for b in range(a + 1, len(x))]
+    slope = float(np.median(slopes))
+    intercept = float(np.median(y - slope * x))
+    return intercept + slope * index
+
+
+def measure_vertebrae(
+    vertebra_mask: np.ndarray,
+    spacing_mm: tuple[float, float] = (1.0, 1.0),
+    posterior_mask: np.ndarray | None = None,
+    lowest_level: str | None = "L5",
+) -> list[VertebralBody]:
+    """Separate, order and measure the vertebral bodies of one LAT vertebra mask.
+
+    Args:
+        vertebra_mask: (H, W) binary ``Lat_Vertebra`` mask.
+        spacing_mm: pixel spacing (row, col) in mm; (1, 1) gives heights in pixels.
+        posterior_mask: (H, W) mask of posterior structures (spinous processes or the posterior
+            vertebral line); without it the side with more mask mass beyond the bodies' mid-depth
+            is taken as posterior.
+        lowest_level: name of the lowest body for level labels (None: no names).
+
+    Returns:
+        bodies top to bottom; an empty list when the mask holds no body.
+    """
+    mask = np.asarray(vertebra_mask) > 0
+    if mask.ndim != 2:
+        raise ValueError(f"vertebra mask must be 2-D, got shape {mask.shape}")
+    rows, cols = np.nonzero(mask)
+    if rows.size < 50:
+        return []
+    sr, sc = float(spacing_mm[0]), float(spacing_mm[1])
+    pixel_mm = float(np.sqrt(sr * sc))
+    line = _centre_line(rows, cols, mask.shape)
+    line_mm = line * [sr, sc]
+    tangent = np.gradient(line_mm, axis=0)
+    tangent /= np.linalg.norm(tangent, axis=1, keepdims=True)
+    points_mm = np.stack([rows * sr, cols * sc], axis=1)
+
+    # project every pixel to the nearest centre-line sample (rows are monotone: a search on a KD-tree)
+    from scipy.spatial import cKDTree
+
+    _, nearest = cKDTree(line_mm).query(points_mm)
+    step_mm = float(np.median(np.linalg.norm(np.diff(line_mm, axis=0), axis=1)))
+    profile = np.bincount(nearest, minlength=len(line)).astype(float)
+    # typical body length along the line: 0.72 x the column's depth (bodies are wider than tall)
+    depth_mm = np.percentile(profile[profile > 0], 75) * pixel_mm * pixel_mm / step_mm if profile.any() else 0
+    first = _split_segments(profile, 0.0, min_len=3.0 / step_mm)
+    lengths = np.array([b - a for a, b in first], float)
+    if lengths.size >= 3:
+        typical = float(np.median(lengths))
+    else:
+        typical = 0.72 * depth_mm / step_mm
+    segments = _split_segments(profile, typical, min_len=3.0 / step_mm)
+
+    # anterior direction: away from the posterior structures
+    normal = np.stack([-tangent[:, 1], tangent[:, 0]], axis=1)  # tangent rotated by 90 degrees
+    centre_mm = points_mm.mean(axis=0)
+    if posterior_mask is not None and np.any(np.asarray(posterior_mask) > 0):
+        pr, pc = np.nonzero(np.asarray(posterior_mask) > 0)
+        posterior_dir = np.array([pr.mean() * sr, pc.mean() * sc]) - centre_mm
+    else:
+        offsets = np.einsum("ij,ij->i", points_mm - line_mm[nearest], normal[nearest])
+        posterior_dir = normal.mean(axis=0) * (1.0 if np.mean(offsets > 0) < 0.5 else -1.0)
+    anterior_sign = -1.0 if float(np.mean(normal @ posterior_dir)) > 0 else 1.0
+
+    bodies: list[VertebralBody] = []
+    min_area = 0.0
+    for a, b in segments:
+        sel = (nearest >= a) & (nearest < b)
+        if sel.sum() < 20:
+            continue
+        pts = points_mm[sel]
+        k = int(np.clip((a + b) // 2, 0, len(line) - 1))
+        t, n = tangent[k], normal[k] * anterior_sign
+        rel = pts - pts.mean(axis=0)
+        heights = _heights(rel @ t, rel @ n, pixel_mm)
+        r, c = rows[sel], cols[sel]
+        truncated = bool(r.min() == 0 or c.min() == 0 or r.max() == mask.shape[0] - 1 or c.max() == mask.shape[1] - 1)
+        bodies.append(
+            VertebralBody(
+                index=len(bodies),
+                level=None,
+                centroid_px=(float(r.mean()), float(c.mean())),
+                area_px=int(sel.sum()),
+                heights_mm={k2: heights[k2] for k2 in HEIGHT_POSITIONS},
+                ratios={},
+                expected_posterior_mm=None,
+                reduction=0.0,
+                grade=0,
+                deformity="none",
+                truncated=truncated,
+            )
+        )
+    if bodies:
+        min_area = 0.25 * float(np.median([body.area_px for body in bodies]))
+        bodies = [body for body in bodies if body.area_px >= min_area]
+        for i, body in enumerate(bodies):
+            body.index = i
+    _grade(bodies)
+    if lowest_level is not None and lowest_level in _LEVELS:
+        last = _LEVELS.index(lowest_level)
+        for body in bodies:
+            position = last - (len(bodies) - 1 - body.index)
+            body.level = _LEVELS[position] if position >= 0 else None
+    return bodies
+
+
+def _grade(bodies: list[VertebralBody]) -> None:
+    """Fill ratios, expected posterior height, reduction, Genant grade and deformity type in place."""
+    posterior = np.array([b.heights_mm["posterior"] if not b.truncated else np.nan for b in bodies])
+    for i, body in enumerate(bodies):
+        ha, hm, hp = (body.heights_mm[k] for k in ("anterior", "middle", "posterior"))
+        body.ratios = {"anterior_posterior": ha / hp, "middle_posterior": hm / hp}
+        expected = _expected_posterior(posterior, i)
+        body.expected_posterior_mm = expected
+        if expected:
+            body.ratios["posterior_expected"] = hp / expected
+        if body.truncated or not np.isfinite([ha, hm, hp]).all():
+            body.grade, body.reduction = -1, 0.0
+            body.flags.append("truncated" if body.truncated else "unmeasurable")
+            continue
+        losses = {
+            "wedge": 1.0 - ha / hp,
+            "biconcave": 1.0 - hm / hp,
+            "crush": 1.0 - hp / expected if expected else 0.0,
+        }
+        kind = max(losses, key=losses.get)
+        body.reduction = max(0.0, float(losses[kind]))
+        body.grade = genant_grade(body.reduction)
+        body.deformity = kind if body.grade > 0 else "none"
+        if losses["crush"] >= GENANT_THRESHOLDS[0]:
+            body.flags.append("lower than neighbours")
+
+
+def study_fracture_score(bodies: list[VertebralBody]) -> float:
+    """Largest graded height reduction of a study (0 when nothing is graded): a Damaged score."""
+    graded = [b.reduction for b in bodies if b.grade >= 0]
+    return float(max(graded)) if graded else 0.0
+
+
+def match_truth(bodies: list[VertebralBody], truth: dict) -> list[tuple[VertebralBody, dict]]:
+    """Pairs (measured body, truth level) matched by the nearest LAT centre (synthetic ``truth.json``).
+
+    A truth level is matched at most once and only within half a body height of the centroid.
+    """
+    spacing = float(np.mean(truth["pixel_spacing_mm"]))
+    levels = [lv for lv in truth["levels"] if lv.get("in_view_lat")]
+    used: set[int] = set()
+    pairs = []
+    for body in bodies:
+        best, best_d = None, np.inf
+        for j, lv in enumerate(levels):
+            d = float(np.hypot(*(np.asarray(body.centroid_px) - lv["center_lat_px"])))
+            if j not in used and d < best_d:
+                best, best_d = j, d
+        if best is not None and best_d * spacing < 0.5 * levels[best]["heights_mm"]["posterior"]:
+            used.add(best)
+            pairs.append((body, levels[best]))
+    return pairs

@@ -1,0 +1,62 @@
+"""Per-view overlay PNG for inference outputs: the radiograph, its predicted masks, a legend and,
+on the lateral view, each vertebra's level and Genant grade."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from spine_app.channels import MASK_NAMES
+from spine_app.data.io import atomic_path
+from spine_app.morphometry import VertebralBody
+from spine_app.viz.contact_sheet import CHANNEL_COLORS, legend_strip, overlay
+
+GRADE_COLORS = {0: (255, 255, 255), 1: (255, 220, 60), 2: (255, 150, 40), 3: (255, 60, 60), -1: (170, 170, 170)}
+
+
+def write_overlay(
+    path: str | Path,
+    image: np.ndarray,
+    masks: dict[int, np.ndarray],
+    title: str,
+    bodies: Sequence[VertebralBody] = (),
+    max_height: int = 1024,
+) -> Path:
+    """Draw ``masks`` (channel index -> (H, W) bool) on ``image`` (H, W) and save a PNG atomically.
+
+    The picture is scaled to at most ``max_height`` rows; a title line and the legend of the drawn
+    channels frame it; ``bodies`` (LAT morphometry) are labelled "level G<grade> <type> <loss %>".
+    """
+    picture = Image.fromarray(overlay(image, masks))
+    scale = min(1.0, max_height / picture.height)
+    if scale < 1.0:
+        picture = picture.resize(
+            (round(picture.width * scale), round(picture.height * scale)), Image.Resampling.BILINEAR
+        )
+    font = ImageFont.load_default(size=max(12, picture.height // 60))
+    draw = ImageDraw.Draw(picture)
+    for body in bodies:
+        row, col = (v * scale for v in body.centroid_px)
+        name = body.level or f"#{body.index + 1}"
+        if body.grade < 0:
+            text = f"{name} not graded"
+        elif body.grade == 0:
+            text = f"{name} G0"
+        else:
+            text = f"{name} G{body.grade} {body.deformity} {100 * body.reduction:.0f}%"
+        draw.text(
+            (col + 4, row - 6), text, fill=GRADE_COLORS[body.grade], font=font, stroke_width=2, stroke_fill=(0, 0, 0)
+        )
+    names = [(MASK_NAMES[c], CHANNEL_COLORS[c]) for c in sorted(masks)]
+    legend = legend_strip(picture.width, font, names)
+    header = 8 + font.size + 8
+    sheet = Image.new("RGB", (picture.width, header + picture.height + legend.height), "white")
+    ImageDraw.Draw(sheet).text((6, 6), title, fill=(0, 0, 0), font=font)
+    sheet.paste(picture, (0, header))
+    sheet.paste(legend, (0, header + picture.height))
+    with atomic_path(path) as tmp:
+        sheet.save(tmp, format="PNG")
+    return Path(path)
