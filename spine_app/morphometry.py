@@ -73,10 +73,10 @@ def genant_grade(reduction: float) -> int:
 
 
 def _centre_line(rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """(N, 2) points (row, col) every half pixel of row along a cubic col(row) through the column."""
+    """(N, 2) points (row, col), one per image row, along a cubic col(row) through the column."""
     degree = 3 if np.ptp(rows) > 50 else 1
     poly = np.polynomial.Polynomial.fit(rows, cols, degree)
-    grid = np.arange(rows.min() - 2, rows.max() + 2.5, 0.5)
+    grid = np.arange(rows.min() - 2, rows.max() + 3, 1.0)
     return np.stack([grid, poly(grid)], axis=1)
 
 
@@ -193,7 +193,8 @@ def measure_vertebrae(
     step_mm = float(np.median(np.linalg.norm(np.diff(line_mm, axis=0), axis=1)))
     profile = np.bincount(nearest, minlength=len(line)).astype(float)
     # typical body length along the line: 0.72 x the column's depth (bodies are wider than tall)
-    depth_mm = np.percentile(profile[profile > 0], 75) * pixel_mm * pixel_mm / step_mm if profile.any() else 0
+    smooth = ndimage.gaussian_filter1d(profile, 2.0)
+    depth_mm = np.percentile(smooth[smooth > 0], 75) * sr * sc / step_mm if profile.any() else 0.0
     first = _split_segments(profile, 0.0, min_len=3.0 / step_mm)
     lengths = np.array([b - a for a, b in first], float)
     if lengths.size >= 3:
@@ -213,22 +214,31 @@ def measure_vertebrae(
         posterior_dir = normal.mean(axis=0) * (1.0 if np.mean(offsets > 0) < 0.5 else -1.0)
     anterior_sign = -1.0 if float(np.mean(normal @ posterior_dir)) > 0 else 1.0
 
+    # each body owns the pixels up to the middle of the gaps around it (the runs stop short of a
+    # wedge's sloping endplate, whose thin tip falls below the run threshold)
+    cuts = [0] + [(segments[i][1] + segments[i + 1][0]) // 2 for i in range(len(segments) - 1)] + [len(line)]
+    selections = [(nearest >= cuts[i]) & (nearest < cuts[i + 1]) for i in range(len(segments))]
+    selections = [sel for sel in selections if sel.sum() >= 20]
+    if selections:
+        min_area = 0.25 * float(np.median([sel.sum() for sel in selections]))
+        selections = [sel for sel in selections if sel.sum() >= min_area]
+    centres = np.array([points_mm[sel].mean(axis=0) for sel in selections]).reshape(-1, 2)
     bodies: list[VertebralBody] = []
-    min_area = 0.0
-    for a, b in segments:
-        sel = (nearest >= a) & (nearest < b)
-        if sel.sum() < 20:
-            continue
-        pts = points_mm[sel]
-        k = int(np.clip((a + b) // 2, 0, len(line) - 1))
-        t, n = tangent[k], normal[k] * anterior_sign
-        rel = pts - pts.mean(axis=0)
+    for i, sel in enumerate(selections):
+        # body axis: the chord between the neighbouring bodies' centres (exact on a straight column,
+        # unaffected by the body's own shape); one-sided at the ends of the column
+        chord = centres[min(i + 1, len(centres) - 1)] - centres[max(i - 1, 0)]
+        k = int(np.median(nearest[sel]))
+        t = chord / np.linalg.norm(chord) if np.linalg.norm(chord) > 0 else tangent[k]
+        n = np.array([-t[1], t[0]])
+        n *= anterior_sign * np.sign(np.dot(n, normal[k]))
+        rel = points_mm[sel] - centres[i]
         heights = _heights(rel @ t, rel @ n, pixel_mm)
         r, c = rows[sel], cols[sel]
         truncated = bool(r.min() == 0 or c.min() == 0 or r.max() == mask.shape[0] - 1 or c.max() == mask.shape[1] - 1)
         bodies.append(
             VertebralBody(
-                index=len(bodies),
+                index=i,
                 level=None,
                 centroid_px=(float(r.mean()), float(c.mean())),
                 area_px=int(sel.sum()),
@@ -241,11 +251,6 @@ def measure_vertebrae(
                 truncated=truncated,
             )
         )
-    if bodies:
-        min_area = 0.25 * float(np.median([body.area_px for body in bodies]))
-        bodies = [body for body in bodies if body.area_px >= min_area]
-        for i, body in enumerate(bodies):
-            body.index = i
     _grade(bodies)
     if lowest_level is not None and lowest_level in _LEVELS:
         last = _LEVELS.index(lowest_level)
