@@ -151,6 +151,60 @@ def infer(
         sys.exit(1)
 
 
+def export(out: str = "export", model: str | None = None, bundle: str | None = None) -> None:
+    """Export the network to TorchScript: OUT/model.ts (masks), OUT/study.ts (masks + Damaged logits).
+
+    Args:
+        out: output folder.
+        model: weights (default: the bundle's models/model.pt).
+        bundle: bundle folder (default: the repository's bundle/).
+    """
+    from spine_app.export import export_torchscript
+    from spine_app.infer import BUNDLE_DIR
+
+    info = export_torchscript(out, bundle or BUNDLE_DIR, model)
+    print(
+        f"wrote {out}/model.ts and {out}/study.ts (canvas {info['canvas']}, weights {info['weights']['sha256'][:12]})"
+    )
+
+
+def bench_infer(
+    n: int = 50, seed: int = 0, model: str | None = None, device: str = "cpu", json_out: str | None = None,
+    keep: str | None = None,
+) -> None:  # fmt: skip
+    """Inference speed: per-study latency (median, p95) and throughput over N studies of ~1500 px.
+
+    Args:
+        n: studies generated and run (batch size 1, the bundle's inference config).
+        device: "cpu", "cuda:0", ...
+        json_out: also write the figures as JSON.
+        keep: keep the generated studies and outputs in this folder.
+    """
+    from spine_app.bench_infer import bench_inference, format_inference_bench
+
+    report = bench_inference(n=n, seed=seed, model=model, device=device, keep=keep)
+    print(format_inference_bench(report))
+    if json_out:
+        Path(json_out).write_text(json.dumps(report, indent=2))
+
+
+def bench_morphometry(datalist: str, split: str = "test", pred: str | None = None, json_out: str | None = None) -> None:
+    """Morphometry vs truth.json on a synthetic datalist: height error, grade agreement, detection.
+
+    Args:
+        datalist: a datalist of synthetic studies (with truth.json).
+        split: training, validation or test.
+        pred: an inference output folder (masks of `spine-app infer`); default: the reference masks.
+        json_out: also write the figures as JSON.
+    """
+    from spine_app.morphometry_eval import evaluate_morphometry, format_morphometry
+
+    report = evaluate_morphometry(datalist, split, pred)
+    print(format_morphometry(report))
+    if json_out:
+        Path(json_out).write_text(json.dumps(report, indent=2))
+
+
 def version() -> None:
     """Print the spine-app version."""
     print(__version__)
@@ -160,9 +214,10 @@ COMMANDS = {
     "synth": synth,
     "import": import_,
     "check": check,
-    "bench": {"synth": bench_synth},
+    "bench": {"synth": bench_synth, "infer": bench_infer, "morphometry": bench_morphometry},
     "contact-sheet": contact_sheet,
     "infer": infer,
+    "export": export,
     "version": version,
 }
 

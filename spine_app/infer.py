@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -165,12 +166,14 @@ def run_inference(
     device: str = "auto",
     bundle_dir: str | Path = BUNDLE_DIR,
     errors: list[dict[str, str]] | None = None,
+    on_evaluator: Callable[[Any], None] | None = None,
     **overrides: Any,
 ) -> dict[str, Any]:
     """Run the bundle's inference config on ``entries`` into ``out``; returns {"written", "errors"}.
 
     ``errors`` from input resolution are merged into ``out/errors.json`` and ``out/summary.csv``.
-    ``overrides`` are config ids of inference.yaml (``write_nifti``, ``damaged_threshold``, ...).
+    ``overrides`` are config ids of inference.yaml (``write_nifti``, ``damaged_threshold``, ...);
+    ``on_evaluator(evaluator)`` is called before the run (benchmarks attach timers there).
     """
     import torch
     from monai.bundle import ConfigWorkflow
@@ -194,6 +197,8 @@ def run_inference(
                "device": torch.device(device), "dataset#data": entries, **overrides},
         )  # fmt: skip
         workflow.initialize()
+        if on_evaluator is not None:
+            on_evaluator(workflow.parser.get_parsed_content("evaluator"))
         workflow.run()
         workflow.finalize()
         writer = next(h for h in workflow.parser.get_parsed_content("handlers") if hasattr(h, "rows"))

@@ -27,14 +27,13 @@ from spine_app.networks import SpineMultiTaskNet
 from tests.helpers import radiograph
 
 SMALL = {"patch_size": [128, 96]}
-DECODER = (128, 64, 32, 16, 16)
 
 
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Seeded untrained weights in the bundle's architecture, stored in fp16 like the shipped model."""
     torch.manual_seed(0)
-    net = SpineMultiTaskNet(decoder_channels=DECODER)
+    net = SpineMultiTaskNet()
     path = tmp_path_factory.mktemp("model") / "model.pt"
     torch.save({k: v.half() for k, v in net.state_dict().items()}, path)
     return path

@@ -106,3 +106,22 @@ def test_generator_masks_agree_with_truth(synth_root: Path) -> None:
         errors += [body.heights_mm["posterior"] - level["heights_mm"]["posterior"] for body, level in pairs]
     assert found >= 40  # ~10 bodies per study
     assert np.median(np.abs(errors)) < 3.0  # mm
+
+
+def test_evaluation_reads_reference_and_predicted_masks_alike(synth_root: Path, tmp_path: Path) -> None:
+    from spine_app.data.importer import import_dataset
+    from spine_app.morphometry_eval import evaluate_morphometry, format_morphometry
+
+    datalist = tmp_path / "datalist.json"
+    import_dataset(synth_root, datalist, seed=0, fractions=(0.0, 0.0, 1.0), workers=1)
+    pred = tmp_path / "pred"
+    for folder in synth_root.glob("*/*"):
+        (pred / folder.name).mkdir(parents=True)
+        for name in ("Lat_Vertebra.png", "Lat_Spinous_Process.png"):
+            (pred / folder.name / name).write_bytes((folder / name).read_bytes())
+    reference = evaluate_morphometry(datalist, "test")
+    predicted = evaluate_morphometry(datalist, "test", pred)
+    assert reference["studies"] == predicted["studies"] == 6
+    assert reference["levels"] == predicted["levels"] and reference["heights"] == predicted["heights"]
+    assert reference["fractures"]["total"] >= 3  # three Damaged studies with 1-3 fractures each
+    assert "study AUROC of the largest height reduction" in format_morphometry(reference)

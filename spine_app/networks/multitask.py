@@ -14,10 +14,13 @@ Shapes (B = batch, H x W = working resolution, any size; multiples of 32 avoid p
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from monai.networks.nets import FlexibleUNet
 from monai.networks.nets.flexible_unet import FLEXUNET_BACKBONE
 from torch import nn
+from torch.nn import functional as F
 
 from spine_app.channels import MASK_NAMES
 
@@ -29,6 +32,32 @@ SUPPORTED_BACKBONES = (
     "efficientnet-b2",
     "efficientnet-b3",
 )
+
+
+class ZeroPadShortcut(nn.Module):
+    """ResNet "A" shortcut (strided identity, zero channels appended) that traces correctly.
+
+    MONAI's version concatenates ``out.data``, which ``torch.jit.trace`` records as a constant of the
+    example input (the exported model then ignores its input on that path) and which stops the
+    gradient through the shortcut. Same forward values, no parameters. (B, C, H, W) ->
+    (B, planes, ceil(H / stride), ceil(W / stride)).
+    """
+
+    def __init__(self, planes: int, stride: int) -> None:
+        super().__init__()
+        self.planes, self.stride = planes, stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = x[:, :, :: self.stride, :: self.stride]
+        return F.pad(out, (0, 0, 0, 0, 0, self.planes - x.shape[1]))
+
+
+def _traceable_shortcuts(module: nn.Module) -> None:
+    """Replace every MONAI zero-padding shortcut (a ``functools.partial``) by :class:`ZeroPadShortcut`."""
+    for block in module.modules():
+        shortcut = getattr(block, "downsample", None)
+        if isinstance(shortcut, partial) and getattr(shortcut.func, "__name__", "") == "_downsample_basic_block":
+            block.downsample = ZeroPadShortcut(shortcut.keywords["planes"], shortcut.keywords["stride"])
 
 
 class SpineMultiTaskNet(nn.Module):
@@ -50,7 +79,7 @@ class SpineMultiTaskNet(nn.Module):
         num_masks: int = len(MASK_NAMES),
         embed_dim: int = 128,
         dropout: float = 0.2,
-        decoder_channels: tuple[int, ...] = (256, 128, 64, 32, 16),
+        decoder_channels: tuple[int, ...] = (128, 64, 32, 16, 16),
     ) -> None:
         super().__init__()
         if backbone not in SUPPORTED_BACKBONES:
@@ -63,6 +92,7 @@ class SpineMultiTaskNet(nn.Module):
             decoder_channels=tuple(decoder_channels),
             spatial_dims=2,
         )
+        _traceable_shortcuts(self.unet)
         deepest = int(FLEXUNET_BACKBONE.register_dict[backbone]["feature_channel"][-1])
         # average + max pooling: a fracture is one local finding among ten vertebrae, which an average dilutes
         self.embed = nn.Sequential(

@@ -132,7 +132,7 @@ def test_multi_process_training_with_gloo(tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2",
            "-m", "monai.bundle", "run", "training", "--config_file", f"['{TRAIN}','{MULTI_GPU}']",
            "--meta_file", META, "--logging_file", LOGGING, "--dataset_dir", str(data), "--synthetic_studies", "6",
-           "--bundle_root", str(root), "--epochs", "1", "--patch_size", "[128, 96]", "--num_workers", "0",
+           "--bundle_root", str(root), "--epochs", "1", "--val_interval", "1", "--patch_size", "[128, 96]", "--num_workers", "0",
            "--batch_size", "1"]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)

@@ -1,0 +1,151 @@
+"""Morphometry against the generator's ``truth.json``: height error, Genant grade agreement,
+fractured-level detection and the study-level Damaged AUROC of the largest height reduction.
+
+Masks come either from the dataset itself (the reference masks: the error of the measurement
+method alone) or from an inference output folder (``OUT/<study>/Lat_Vertebra.png``: the whole
+pipeline). Only levels of the region of interest (``in_roi``) that are graded count.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from spine_app.channels import MASK_NAMES
+from spine_app.data.importer import load_datalist
+from spine_app.data.io import read_image, read_mask
+from spine_app.metrics.classification import auroc, auroc_ci
+from spine_app.morphometry import match_truth, measure_vertebrae, study_fracture_score
+
+HEIGHTS = ("anterior", "middle", "posterior")
+
+
+def _masks(entry: dict[str, Any], predictions: Path | None) -> tuple[np.ndarray, np.ndarray] | None:
+    """(vertebra, posterior hint) LAT masks of one study: predicted if ``predictions`` else reference."""
+    if predictions is not None:
+        folder = predictions / entry["study_id"]
+        if not (folder / "Lat_Vertebra.png").is_file():
+            return None
+        return read_mask(folder / "Lat_Vertebra.png"), read_mask(folder / "Lat_Spinous_Process.png")
+    paths = dict(zip(MASK_NAMES, entry["masks"]))
+    if not paths.get("Lat_Vertebra"):
+        return None
+    spinous = paths.get("Lat_Spinous_Process")
+    vertebra = read_mask(paths["Lat_Vertebra"])
+    return vertebra, read_mask(spinous) if spinous else np.zeros_like(vertebra)
+
+
+def evaluate_morphometry(
+    datalist: str | Path, split: str = "test", predictions: str | Path | None = None
+) -> dict[str, Any]:
+    """Compare measured morphometry with truth.json over one split of a synthetic datalist.
+
+    Returns a dict with ``heights`` (bias, MAE, p95 in mm per position), ``levels`` (graded levels,
+    exact grade agreement, within-one agreement, confusion matrix truth x measured), ``fractures``
+    (detected / total, by deformity type), ``normal_levels_flagged`` and ``study`` (AUROC of the
+    largest reduction with its 95 % CI, sensitivity and specificity of "any level graded >= 1").
+    """
+    entries = load_datalist(datalist)[split]
+    pred_dir = Path(predictions) if predictions else None
+    errors: dict[str, list[float]] = {h: [] for h in HEIGHTS}
+    confusion = np.zeros((4, 4), int)
+    detected: dict[str, list[bool]] = {}
+    normal_flags: list[bool] = []
+    labels, scores, any_grade = [], [], []
+    skipped = 0
+    for entry in entries:
+        truth_path, masks = entry.get("truth"), _masks(entry, pred_dir)
+        if not truth_path or masks is None or not entry.get("image_lat"):
+            skipped += 1
+            continue
+        truth = json.loads(Path(truth_path).read_text())
+        _, meta = read_image(entry["image_lat"])
+        spacing = meta.spacing or tuple(truth["pixel_spacing_mm"])
+        bodies = measure_vertebrae(masks[0], spacing, masks[1])
+        pairs = [(b, lv) for b, lv in match_truth(bodies, truth) if lv["in_roi"]]
+        for body, level in pairs:
+            for h in HEIGHTS:
+                errors[h].append(body.heights_mm[h] - level["heights_mm"][h])
+            if body.grade < 0:
+                continue
+            true_grade = level["fracture"]["grade"] if level["fracture"] else 0
+            confusion[true_grade, body.grade] += 1
+            if level["fracture"]:
+                detected.setdefault(level["fracture"]["kind"], []).append(body.grade > 0)
+            else:
+                normal_flags.append(body.grade > 0)
+        roi = [b for b, _ in pairs]
+        labels.append(int(truth["label"]))
+        scores.append(study_fracture_score(roi))
+        any_grade.append(any(b.grade > 0 for b in roi))
+    graded = int(confusion.sum())
+    within_one = sum(confusion[i, j] for i in range(4) for j in range(4) if abs(i - j) <= 1)
+    labels_arr, flagged = np.array(labels, bool), np.array(any_grade, bool)
+    all_detected = [d for v in detected.values() for d in v]
+    return {
+        "split": split,
+        "masks": "predicted" if pred_dir else "reference",
+        "studies": len(labels),
+        "skipped_studies": skipped,
+        "heights": {
+            h: {
+                "bias_mm": float(np.mean(v)),
+                "mae_mm": float(np.mean(np.abs(v))),
+                "p95_mm": float(np.percentile(np.abs(v), 95)),
+            }
+            if v
+            else None
+            for h, v in errors.items()
+        },  # fmt: skip
+        "levels": {
+            "graded": graded,
+            "grade_agreement": float(np.trace(confusion) / graded) if graded else float("nan"),
+            "within_one_grade": float(within_one / graded) if graded else float("nan"),
+            "confusion_truth_by_measured": confusion.tolist(),
+        },
+        "fractures": {
+            "detected": int(sum(all_detected)),
+            "total": len(all_detected),
+            "rate": float(np.mean(all_detected)) if all_detected else float("nan"),
+            "by_type": {k: {"detected": int(sum(v)), "total": len(v)} for k, v in sorted(detected.items())},
+        },
+        "normal_levels_flagged": float(np.mean(normal_flags)) if normal_flags else float("nan"),
+        "study": {
+            "auroc_max_reduction": auroc(labels, scores),
+            "auroc_ci": list(auroc_ci(labels, scores)) if len(set(labels)) == 2 else None,
+            "sensitivity_any_grade": float(flagged[labels_arr].mean()) if labels_arr.any() else float("nan"),
+            "specificity_any_grade": float((~flagged[~labels_arr]).mean()) if (~labels_arr).any() else float("nan"),
+        },
+    }
+
+
+def format_morphometry(report: dict[str, Any]) -> str:
+    """Markdown summary of :func:`evaluate_morphometry`."""
+    lines = [
+        f"Morphometry vs truth.json ({report['masks']} masks, {report['split']} split, {report['studies']} studies)",
+        "",
+        "| height | bias (mm) | MAE (mm) | p95 abs error (mm) |",
+        "|---|---|---|---|",
+    ]
+    for h, row in report["heights"].items():
+        if row:
+            lines.append(f"| {h} | {row['bias_mm']:+.2f} | {row['mae_mm']:.2f} | {row['p95_mm']:.2f} |")
+    lv, fx, st = report["levels"], report["fractures"], report["study"]
+    by_type = ", ".join(f"{k} {v['detected']}/{v['total']}" for k, v in fx["by_type"].items())
+    ci = st["auroc_ci"]
+    lines += [
+        "",
+        f"- graded levels: {lv['graded']}; exact Genant grade agreement {lv['grade_agreement']:.3f}, "
+        f"within one grade {lv['within_one_grade']:.3f}",
+        f"- fractured levels found (grade >= 1 at the fractured level): {fx['detected']}/{fx['total']} "
+        f"({fx['rate']:.2f}; {by_type})",
+        f"- normal levels flagged: {report['normal_levels_flagged']:.3f}",
+        f"- study AUROC of the largest height reduction: {st['auroc_max_reduction']:.3f}"
+        + (f" (95 % CI {ci[0]:.3f}-{ci[1]:.3f})" if ci else "")
+        + f"; any level graded: sensitivity {st['sensitivity_any_grade']:.3f}, "
+        f"specificity {st['specificity_any_grade']:.3f}",
+    ]
+    return "\n".join(lines)
