@@ -312,3 +312,15 @@ def match_truth(bodies: list[VertebralBody], truth: dict) -> list[tuple[Vertebra
             used.add(best)
             pairs.append((body, levels[best]))
     return pairs
+
+
+def morphometry_probability(reduction: float, scale: float = 0.03) -> float:
+    """A Damaged probability from the largest height reduction: 0.5 at the Genant grade-1 threshold
+    (20 %), rising over about ``scale`` (fixed a priori, not fitted)."""
+    return float(1.0 / (1.0 + np.exp(-(reduction - GENANT_THRESHOLDS[0]) / scale)))
+
+
+def combine_probabilities(network: float, morphometry: float | None) -> float:
+    """Noisy-OR of the network's fused probability and the morphometry probability (either finding
+    makes the study Damaged); the network's alone when there is no LAT morphometry."""
+    return network if morphometry is None else 1.0 - (1.0 - network) * (1.0 - morphometry)

@@ -125,3 +125,13 @@ def test_evaluation_reads_reference_and_predicted_masks_alike(synth_root: Path, 
     assert reference["levels"] == predicted["levels"] and reference["heights"] == predicted["heights"]
     assert reference["fractures"]["total"] >= 3  # three Damaged studies with 1-3 fractures each
     assert "study AUROC of the largest height reduction" in format_morphometry(reference)
+
+
+def test_morphometry_probability_and_noisy_or() -> None:
+    from spine_app.morphometry import combine_probabilities, morphometry_probability
+
+    probs = [morphometry_probability(r) for r in (0.0, 0.15, 0.2, 0.25, 0.4)]
+    assert probs == sorted(probs) and probs[2] == pytest.approx(0.5) and probs[0] < 0.01 and probs[-1] > 0.99
+    assert combine_probabilities(0.3, None) == 0.3
+    assert combine_probabilities(0.5, 0.5) == pytest.approx(0.75)
+    assert combine_probabilities(0.2, 0.0) == pytest.approx(0.2)

@@ -19,9 +19,23 @@ from ignite.metrics import Metric
 from spine_app.channels import CHANNEL_VIEW, LINE_CHANNELS, MASK_NAMES
 from spine_app.metrics.classification import auroc
 from spine_app.metrics.segmentation import score_masks
+from spine_app.morphometry import (
+    combine_probabilities,
+    measure_vertebrae,
+    morphometry_probability,
+    study_fracture_score,
+)
 
-#: classifier heads: report name -> (record key of the probability, view that must be present, metric suffix)
-HEADS = {"fused": ("prob_cls", None, ""), "AP only": ("prob_cls_ap", 0, "_ap"), "LAT only": ("prob_cls_lat", 1, "_lat")}
+#: classifier heads: report name -> (record key of the probability, view that must be present, metric suffix).
+#: "fused", "AP only", "LAT only" are the network's heads; "morphometry" is the Genant height reduction
+#: measured on the predicted LAT vertebra mask; "combined" is their noisy-OR (spine_app.morphometry).
+HEADS = {
+    "fused": ("prob_cls", None, ""),
+    "AP only": ("prob_cls_ap", 0, "_ap"),
+    "LAT only": ("prob_cls_lat", 1, "_lat"),
+    "morphometry": ("prob_morphometry", 1, "_morphometry"),
+    "combined": ("prob_combined", None, "_combined"),
+}
 
 
 def head_rows(records: list[dict[str, Any]], view: int | None) -> list[dict[str, Any]]:
@@ -63,6 +77,22 @@ def binary_masks(
     return predicted, truth
 
 
+def study_probabilities(
+    network: float, lat_masks: np.ndarray, geom_lat: torch.Tensor, has_lat: bool
+) -> dict[str, float | None]:
+    """``prob_morphometry`` (None without LAT) and ``prob_combined`` of one study.
+
+    lat_masks: (8, H, W) predicted bool masks of the LAT view at the working resolution.
+    """
+    if not has_lat:
+        return {"prob_morphometry": None, "prob_combined": network}
+    spacing = _working_spacing(geom_lat) or (1.0, 1.0)
+    posterior = lat_masks[MASK_NAMES.index("Lat_Spinous_Process")]
+    bodies = measure_vertebrae(lat_masks[MASK_NAMES.index("Lat_Vertebra")], spacing, posterior)
+    morph = morphometry_probability(study_fracture_score(bodies))
+    return {"prob_morphometry": morph, "prob_combined": combine_probabilities(network, morph)}
+
+
 class StudyMetrics(Metric):
     """Accumulates per-study scores; ``compute()`` returns the key score (higher is better)."""
 
@@ -93,6 +123,11 @@ class StudyMetrics(Metric):
             }
             for key in ("cls", "cls_ap", "cls_lat"):
                 record[f"prob_{key}"] = float(torch.sigmoid(pred[key][b].float()))
+            record.update(
+                study_probabilities(
+                    record["prob_cls"], masks["lat"][0], target["geom_lat"][b], record["present"][1] > 0
+                )
+            )
             for c, (name, view) in enumerate(zip(MASK_NAMES, CHANNEL_VIEW)):
                 key = view.lower()
                 if float(target[f"avail_{key}"][b, c]) <= 0:

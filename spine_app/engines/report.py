@@ -181,12 +181,12 @@ def write_report(val: list[dict[str, Any]], test: list[dict[str, Any]], examples
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(
-        ["study_id", "label", "prob_fused", "prob_ap", "prob_lat"]
+        ["study_id", "label", "prob_fused", "prob_ap", "prob_lat", "prob_morphometry", "prob_combined"]
         + [f"dice_{n}" for n in MASK_NAMES]
         + [f"hd95_px_{n}" for n in MASK_NAMES]
     )
     for r in test:
-        writer.writerow([r["study_id"], int(r["label"]), r["prob_cls"], r["prob_cls_ap"], r["prob_cls_lat"]]
+        writer.writerow([r["study_id"], int(r["label"]), r["prob_cls"], r["prob_cls_ap"], r["prob_cls_lat"], r.get("prob_morphometry"), r.get("prob_combined")]
                         + [r[n]["dice"] if n in r else "" for n in MASK_NAMES] + [r[n]["hd95_px"] if n in r else "" for n in MASK_NAMES])  # fmt: skip
     write_atomic(out / "per_study.csv", lambda tmp: tmp.write_text(buffer.getvalue()))
     plot_dice_bars(seg, out / "per_mask_dice.png")

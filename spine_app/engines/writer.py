@@ -8,7 +8,9 @@ For a study ``S`` the handler writes into ``OUT/S/``:
   pixel spacing when ``nifti`` is on;
 - ``overlay_AP.png`` / ``overlay_LAT.png``: masks on the radiograph with a legend; the LAT overlay
   labels each vertebra with its level and Genant grade;
-- ``result.json``: Damaged probability (fused, AP-only, LAT-only), label and the threshold used,
+- ``result.json``: Damaged probability (the network's fused probability combined by noisy-OR with
+  the morphometry's, see :func:`spine_app.morphometry.combine_probabilities`; each also on its own,
+  and the AP-only / LAT-only network probabilities), label and the threshold used,
   per-mask area (px, mm²), per-vertebra morphometry (:mod:`spine_app.morphometry`), model file and
   versions, and the SHA-256 of each input file.
 
@@ -38,7 +40,8 @@ from spine_app.data.study_transforms import fit_geometry
 logger = logging.getLogger(__name__)
 
 SUMMARY_COLUMNS = (
-    "study_id", "status", "damaged_probability", "label", "threshold", "probability_ap", "probability_lat",
+    "study_id", "status", "damaged_probability", "label", "threshold", "network_probability",
+    "morphometry_probability", "probability_ap", "probability_lat",
     "vertebrae", "max_genant_grade", "graded_levels", "output", "error",
 )  # fmt: skip
 
@@ -88,7 +91,7 @@ class StudyPredictionWriter:
     Args:
         output_dir: OUT folder.
         threshold: mask probability threshold.
-        damaged_threshold: fused probability at or above which a study is labelled Damaged (the
+        damaged_threshold: combined probability at or above which a study is labelled Damaged (the
             evaluation report's validation-chosen threshold for the shipped model).
         model_version: bundle version recorded in result.json.
         model_path: weights file, recorded with its SHA-256.
@@ -151,16 +154,23 @@ class StudyPredictionWriter:
 
     def write_study(self, study_id: str, pred: dict, target: dict, b: int) -> dict[str, Any]:
         """Write one study's files; returns its summary row."""
-        from spine_app.morphometry import measure_vertebrae
+        from spine_app.morphometry import (
+            combine_probabilities,
+            measure_vertebrae,
+            morphometry_probability,
+            study_fracture_score,
+        )
 
         folder = self.output_dir / study_id
         folder.mkdir(parents=True, exist_ok=True)
-        probability = float(torch.sigmoid(pred["cls"][b].float()))
+        network = float(torch.sigmoid(pred["cls"][b].float()))
         result: dict[str, Any] = {
             "study_id": study_id,
-            "damaged_probability": round(probability, 4),
-            "label": "Damaged" if probability >= self.damaged_threshold else "Normal",
+            "damaged_probability": None,  # network and morphometry combined (filled below)
+            "label": None,
             "threshold": self.damaged_threshold,
+            "network_probability": round(network, 4),
+            "morphometry_probability": None,
             "view_probabilities": {},
             "mask_threshold": self.threshold,
             "mask_area_px": {},
@@ -174,6 +184,7 @@ class StudyPredictionWriter:
         }
         row: dict[str, Any] = {"study_id": study_id, "status": "ok", "output": str(folder)}
         spacing = None
+        overlays: list[tuple[str, str, dict, list]] = []
         for i, view in enumerate(("AP", "LAT")):
             key = view.lower()
             if float(target["present"][b, i]) <= 0:
@@ -207,11 +218,17 @@ class StudyPredictionWriter:
                     masks[MASK_NAMES.index("Lat_Vertebra")], spacing or (1.0, 1.0), posterior, self.lowest_level
                 )
                 result["morphometry"] = _morphometry_summary(bodies, spacing)
+                result["morphometry_probability"] = round(morphometry_probability(study_fracture_score(bodies)), 4)
                 row.update(vertebrae=len(bodies), max_genant_grade=result["morphometry"]["max_grade"],
                            graded_levels="; ".join(result["morphometry"]["fractured_levels"]))  # fmt: skip
-            if self.overlays:
-                from spine_app.viz.overlay import write_overlay
+            overlays.append((view, source, masks, bodies))
+        probability = combine_probabilities(network, result["morphometry_probability"])
+        result["damaged_probability"] = round(probability, 4)
+        result["label"] = "Damaged" if probability >= self.damaged_threshold else "Normal"
+        if self.overlays:
+            from spine_app.viz.overlay import write_overlay
 
+            for view, source, masks, bodies in overlays:
                 image, _ = read_image(source)
                 title = f"{study_id} {view}: Damaged p={probability:.2f} ({result['label']})"
                 write_overlay(folder / f"overlay_{view}.png", image, masks, title, bodies)
@@ -219,6 +236,7 @@ class StudyPredictionWriter:
             result["warnings"].append("pixel spacing unknown: areas and heights are in pixels")
         write_json(folder / "result.json", result)
         row.update(damaged_probability=result["damaged_probability"], label=result["label"], threshold=self.damaged_threshold,
+                   network_probability=result["network_probability"], morphometry_probability=result["morphometry_probability"],
                    probability_ap=result["view_probabilities"].get("AP"), probability_lat=result["view_probabilities"].get("LAT"))  # fmt: skip
         return row
 

@@ -74,7 +74,7 @@ def test_evaluate_writes_the_report(bundle_run, tmp_path: Path) -> None:
     assert set(metrics["segmentation"]) == {
         "Ap_Vertebra", "Ap_Pedicle", "Ap_Spinous_Process", "Lat_Vertebra", "Lat_Spinous_Process",
         "Lat_Disk_Height", "Lat_Anterior_Vertebral_Line", "Lat_Posterior_Vertebral_Line"}  # fmt: skip
-    assert set(metrics["classification"]) == {"fused", "AP only", "LAT only"}
+    assert set(metrics["classification"]) == {"fused", "AP only", "LAT only", "morphometry", "combined"}
     assert "| Ap_Vertebra |" in (tmp_path / "results.md").read_text()
 
 
