@@ -210,3 +210,22 @@ def test_bundle_config_and_cli_write_the_same_masks(tmp_path: Path, synth_root: 
         a, b = (np.array(Image.open(tmp_path / d / "s1" / f"{name}.png")) for d in ("b", "c"))
         assert np.array_equal(a, b), name
     assert json.loads((tmp_path / "b" / "errors.json").read_text()) == []
+
+
+def test_loose_dicom_folder_is_grouped_by_study_and_view_tags(tmp_path: Path) -> None:
+    folder = tmp_path / "export"
+    folder.mkdir()
+    for study, uid in (("A", "1.2.3.1"), ("B", "1.2.3.2")):
+        for n, view in enumerate(("AP", "LAT")):
+            path = folder / f"IM{study}{n}.dcm"
+            write_dicom(path, radiograph((160, 120), seed=n), view=view, patient_id=f"P{study}")
+            ds = pydicom.dcmread(path)
+            ds.StudyInstanceUID = uid
+            ds.save_as(path)
+    untagged = folder / "IMX.dcm"
+    write_dicom(untagged, radiograph((160, 120)))
+    entries, errors = resolve_inputs([str(folder)])
+    assert sorted(e["study_id"] for e in entries) == ["PA_1.2.3.1", "PB_1.2.3.2"]
+    for entry in entries:
+        assert Path(entry["image_ap"]).name.endswith("0.dcm") and Path(entry["image_lat"]).name.endswith("1.dcm")
+    assert len(errors) == 1 and "IMX.dcm" in errors[0]["error"] and "--view" in errors[0]["error"]
