@@ -7,7 +7,7 @@ from types import ModuleType
 
 __version__ = "0.1.0"
 
-_SUBPACKAGES = {"channels", "cli", "data", "engines", "losses", "metrics", "networks", "synthetic", "viz"}
+_SUBPACKAGES = {"channels", "cli", "data", "engines", "losses", "metrics", "networks", "robustness", "synthetic", "viz"}
 
 
 def __getattr__(name: str) -> ModuleType:

@@ -1,0 +1,1 @@
+"""Robustness evaluation: corruptions at graded severity (:mod:`spine_app.robustness.corruptions`)."""
