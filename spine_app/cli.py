@@ -205,6 +205,38 @@ def bench_morphometry(datalist: str, split: str = "test", pred: str | None = Non
         Path(json_out).write_text(json.dumps(report, indent=2))
 
 
+def robustness_evaluate(
+    data: str, out: str = "robustness", suite: str = "configs/robustness/default.yaml", model: str | None = None,
+    split: str = "test", device: str = "cpu", seed: int = 0, limit: int | None = None, only: str | None = None,
+    bundle: str | None = None,
+) -> None:  # fmt: skip
+    """Run the model on DATA's test split under every corruption of SUITE at five severities.
+
+    Writes OUT/results.json, results.csv, results.md, dice_vs_severity.png, auroc_vs_severity.png,
+    dice_drop_heatmap.png and examples.png.
+
+    Args:
+        data: datalist JSON (spine-app import).
+        out: output folder.
+        suite: corruption suite YAML (configs/robustness/default.yaml documents the format).
+        model: weights (default: the bundle's models/model.pt).
+        split: datalist split to evaluate.
+        device: "cpu" or "cuda:0".
+        seed: corruption seed.
+        limit: only the first N studies of the split.
+        only: comma-separated corruption names to run (default: the whole suite).
+    """
+    from spine_app.robustness.evaluate import evaluate_robustness
+    from spine_app.robustness.report import markdown
+
+    names = [n.strip() for n in only.split(",")] if isinstance(only, str) else (list(only) if only else None)
+    results = evaluate_robustness(data, suite, out, model, bundle, split, device, seed, limit, names)
+    print(markdown(results))
+    print(
+        f"{results['studies']} studies x {1 + 5 * len(results['corruptions'])} conditions in {results['seconds']:.0f} s -> {out}"
+    )
+
+
 def version() -> None:
     """Print the spine-app version."""
     print(__version__)
@@ -218,6 +250,7 @@ COMMANDS = {
     "contact-sheet": contact_sheet,
     "infer": infer,
     "export": export,
+    "robustness": {"evaluate": robustness_evaluate},
     "version": version,
 }
 

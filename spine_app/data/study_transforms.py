@@ -18,7 +18,7 @@ and fits it into a fixed canvas (aspect kept, area-downsampled, centred, zero-pa
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -67,16 +67,27 @@ class LoadStudyd(MapTransform):
         keys: unused placeholder for MapTransform compatibility (the entry is read as a whole).
         on_error: "raise" (training: a broken file stops the run) or "record" (inference: the study
             comes out blank with its ``error``, so the rest of a batch still runs).
+        view_hook: ``hook(view, image, masks, meta) -> (image, masks)`` applied to each view right
+            after reading (image (H, W) in its grey levels, masks (n, H, W) float of the view's
+            channels); robustness evaluation corrupts images here.
+        reader: ``(read_image, read_mask)`` replacements (e.g. caching ones).
     """
 
     def __init__(
-        self, canvas: Sequence[int] = (512, 384), keys: Sequence[Hashable] = ("image_ap",), on_error: str = "raise"
+        self,
+        canvas: Sequence[int] = (512, 384),
+        keys: Sequence[Hashable] = ("image_ap",),
+        on_error: str = "raise",
+        view_hook: Callable[[str, np.ndarray, np.ndarray, Any], tuple[np.ndarray, np.ndarray]] | None = None,
+        reader: tuple[Callable, Callable] | None = None,
     ) -> None:
         super().__init__(keys, allow_missing_keys=True)
         if on_error not in ("raise", "record"):
             raise ValueError(f"on_error must be 'raise' or 'record', got {on_error!r}")
         self.canvas = tuple(int(c) for c in canvas)
         self.on_error = on_error
+        self.view_hook = view_hook
+        self.read_image, self.read_mask = reader or (read_image, read_mask)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[str, Any]:
         try:
@@ -108,16 +119,16 @@ class LoadStudyd(MapTransform):
                 out[f"geom_{key}"] = torch.zeros(7)
                 present.append(0.0)
             else:
-                image, meta = read_image(path)
+                image, meta = self.read_image(path)
                 if float(image.max()) <= float(image.min()):
                     raise ImageReadError(path, "constant image (every pixel is the same value)")
-                masks = [data["masks"][c] for c in channels]
-                stack = [normalize_intensity(image)]
-                stack += [
-                    read_mask(m, image.shape).astype(np.float32) if m else np.zeros(image.shape, np.float32)
-                    for m in masks
-                ]
-                fitted = fit_to_canvas(np.stack(stack), self.canvas)
+                masks = np.stack([
+                    self.read_mask(m, image.shape).astype(np.float32) if m else np.zeros(image.shape, np.float32)
+                    for m in (data["masks"][c] for c in channels)
+                ])  # fmt: skip
+                if self.view_hook is not None:
+                    image, masks = self.view_hook(view, image, masks, meta)
+                fitted = fit_to_canvas(np.concatenate([normalize_intensity(image)[None], masks]), self.canvas)
                 out[key] = fitted[:1]
                 seg[channels] = fitted[1:]
                 for c in LINE_INDICES:  # a thin line must survive downsampling: any coverage is foreground

@@ -31,6 +31,14 @@ Masks = np.ndarray | None
 Corruption = Callable[[np.ndarray, Masks, float, np.random.Generator, float], tuple[np.ndarray, Masks]]
 
 
+def full_scale(image: np.ndarray, meta: Any = None) -> float:
+    """Grey-level range of a decoded film: 2**bit_depth - 1 for integer files (at least the image's
+    maximum, for rescaled DICOM), else the image's maximum."""
+    bits = getattr(meta, "bit_depth", None)
+    top = float(image.max())
+    return max(float(2**bits - 1), top) if bits and "float" not in str(getattr(meta, "dtype", "")) else top
+
+
 def _clip(image: np.ndarray, full_scale: float) -> np.ndarray:
     return np.clip(image, 0.0, full_scale).astype(np.float32)
 
