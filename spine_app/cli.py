@@ -237,6 +237,41 @@ def robustness_evaluate(
     )
 
 
+def robustness_train_size(data: str, out: str = "train_size", sizes: str | list | None = None, **overrides) -> None:
+    """Learning curve: train the bundle with the first N training studies for each N, score on test.
+
+    Args:
+        data: datalist JSON (fixed split).
+        out: output folder (one training run per size, train_size.json/.md/.png).
+        sizes: list of N (default 5,10,15,20,25,45,65,85,105; capped at all training studies).
+        overrides: any train.yaml id, e.g. --epochs 6 --patch_size "[256, 192]" --val_interval 2.
+    """
+    from spine_app.robustness.experiments import TRAIN_SIZES, train_size
+
+    chosen = [int(n) for n in (sizes.split(",") if isinstance(sizes, str) else sizes)] if sizes else list(TRAIN_SIZES)
+    result = train_size(data, out, chosen, **overrides)
+    print((Path(out) / "train_size.md").read_text())
+    print(f"{len(result['runs'])} trainings -> {out}/train_size.png")
+
+
+def robustness_noise_train(
+    data: str, out: str = "noise_train", corruption: str = "gaussian_noise", severity: int = 5, **overrides
+) -> None:
+    """Noise in training vs noise only at test time (the seed study's experiment), one table.
+
+    Args:
+        data: datalist JSON.
+        out: output folder.
+        corruption: suite corruption used both as test corruption and training augmentation.
+        severity: test severity (default 5: sigma 5000 grey levels for gaussian_noise).
+        overrides: any train.yaml id (--epochs, --patch_size, ...).
+    """
+    from spine_app.robustness.experiments import noise_train
+
+    noise_train(data, out, corruption, severity, **overrides)
+    print((Path(out) / "noise_train.md").read_text())
+
+
 def version() -> None:
     """Print the spine-app version."""
     print(__version__)
@@ -250,7 +285,11 @@ COMMANDS = {
     "contact-sheet": contact_sheet,
     "infer": infer,
     "export": export,
-    "robustness": {"evaluate": robustness_evaluate},
+    "robustness": {
+        "evaluate": robustness_evaluate,
+        "train-size": robustness_train_size,
+        "noise-train": robustness_noise_train,
+    },
     "version": version,
 }
 

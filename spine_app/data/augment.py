@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 
+import torch
 from monai.transforms import (
     Compose,
     Rand2DElasticd,
@@ -20,6 +21,7 @@ from monai.transforms import (
     RandGaussianNoised,
     RandGaussianSmoothd,
     RandHistogramShiftd,
+    RandomizableTransform,
     RandScaleIntensityd,
     RandShiftIntensityd,
 )
@@ -82,3 +84,52 @@ def study_augmentation(
             RandGaussianNoised(keys=view, prob=prob, std=noise_std),
         ]
     return Compose(transforms)
+
+
+class RandCorruptiond(RandomizableTransform):
+    """Training-time corruption from a robustness suite, on the working-canvas images ``ap``/``lat``.
+
+    With probability ``prob`` per view, one of the suite's five severities (uniformly) of each named
+    intensity corruption is applied; the canvas image in [0, 1] counts as the full grey-level range,
+    so noise sigmas keep their 16-bit meaning. ``corruptions`` empty or None: the identity (the
+    bundle's default). Geometric corruptions are refused (the masks are not moved here).
+
+    Args:
+        corruptions: names from the suite (e.g. ["gaussian_noise"]), or None.
+        suite: the suite YAML with the severity values.
+        prob: probability per view and corruption.
+    """
+
+    def __init__(
+        self,
+        corruptions: list[str] | str | None = None,
+        suite: str = "configs/robustness/default.yaml",
+        prob: float = 0.5,
+    ) -> None:
+        RandomizableTransform.__init__(self, prob=prob)
+        from spine_app.robustness.corruptions import load_suite
+
+        names = [corruptions] if isinstance(corruptions, str) else list(corruptions or [])
+        specs = {s.name: s for s in load_suite(suite)} if names else {}
+        unknown = [n for n in names if n not in specs]
+        if unknown:
+            raise ValueError(f"{suite}: training corruption(s) {unknown} not in the suite")
+        geometric = [n for n in names if n in ("rotate", "flip_lat", "collimation")]
+        if geometric:
+            raise ValueError(f"training corruptions must be intensity corruptions, not {geometric}")
+        self.specs = [specs[n] for n in names]
+
+    def __call__(self, data: dict) -> dict:
+        if not self.specs:
+            return data
+        out = dict(data)
+        for view in ("ap", "lat"):
+            for spec in self.specs:
+                self.randomize(None)
+                if not self._do_transform:
+                    continue
+                severity = int(self.R.randint(1, 6))
+                image = out[view][0].numpy() if hasattr(out[view], "numpy") else out[view][0]
+                corrupted, _ = spec.apply(image, None, severity, int(self.R.randint(1 << 30)), view.upper(), 1.0)
+                out[view] = torch.as_tensor(corrupted)[None]
+        return out

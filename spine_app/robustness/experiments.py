@@ -1,0 +1,140 @@
+"""The seed study's experiments with the bundle's own training: learning curves over the number of
+training studies (``train-size``) and noise in training vs noise only at test time (``noise-train``).
+
+Every run trains ``bundle/configs/train.yaml`` through ``ConfigWorkflow`` (same split, same seed,
+the schedule given by ``epochs`` and the other overrides) into ``out/<run>/``, then scores the best
+model on the test split with the robustness runner (the bundle's metric).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from spine_app.data.importer import load_datalist  # noqa: E402
+from spine_app.data.io import atomic_path, write_atomic  # noqa: E402
+from spine_app.engines.writer import write_json  # noqa: E402
+from spine_app.robustness.corruptions import load_suite  # noqa: E402
+from spine_app.robustness.evaluate import RobustnessRunner, condition_scores  # noqa: E402
+
+logger = logging.getLogger(__name__)
+TRAIN_SIZES = (5, 10, 15, 20, 25, 45, 65, 85, 105)
+
+
+def train_bundle(datalist: str | Path, run_dir: Path, bundle: Path, **overrides: Any) -> Path:
+    """Train the bundle on ``datalist`` into ``run_dir`` (fresh, no resume); returns the best model path."""
+    from monai.bundle import ConfigWorkflow
+
+    configs = bundle / "configs"
+    workflow = ConfigWorkflow(
+        str(configs / "train.yaml"), meta_file=str(configs / "metadata.json"), logging_file=str(configs / "logging.conf"),
+        workflow_type="train", **{"datalist": str(Path(datalist).resolve()), "bundle_root": str(run_dir),
+                                  "resume": False, **overrides},
+    )  # fmt: skip
+    workflow.initialize()
+    workflow.run()
+    workflow.finalize()
+    return run_dir / "models" / "model.pt"
+
+
+def _test_scores(
+    model: Path, datalist: str | Path, bundle: Path, conditions: dict[str, tuple], canvas: list[int] | None = None
+) -> dict[str, Any]:
+    """Scores of ``model`` on the test split for each named condition (spec, severity) or (None, 0),
+    at the training canvas (``canvas``, default the inference config's)."""
+    from spine_app.export import load_bundle_network
+
+    network, default_canvas = load_bundle_network(bundle, model)
+    runner = RobustnessRunner(network, load_datalist(datalist)["test"], list(canvas or default_canvas))
+    return {name: condition_scores(runner.run(spec, severity)) for name, (spec, severity) in conditions.items()}
+
+
+def _plot(x: list[int], runs: list[dict[str, Any]], path: Path) -> None:
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for name in runs[0]["clean"]["dice"]:
+        axes[0].plot(x, [r["clean"]["dice"][name] for r in runs], marker="o", label=name)
+    axes[0].set(xlabel="training studies", ylabel="test Dice", ylim=(0, 1), title="Dice per mask")
+    axes[0].legend(fontsize=7)
+    for head in ("fused", "combined"):
+        axes[1].plot(x, [r["clean"]["auroc"][head] for r in runs], marker="o", label=head)
+    axes[1].set(xlabel="training studies", ylabel="test AUROC", ylim=(0.3, 1), title="Normal/Damaged AUROC")
+    axes[1].legend()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def train_size(
+    datalist: str | Path, out: str | Path, sizes: list[int] | tuple[int, ...] = TRAIN_SIZES, bundle: str | Path | None = None,
+    **overrides: Any,
+) -> dict[str, Any]:  # fmt: skip
+    """Train with the first N training studies for each N in ``sizes`` (up to all) and score each."""
+    from spine_app.infer import BUNDLE_DIR
+
+    bundle, out = Path(bundle or BUNDLE_DIR), Path(out)
+    available = len(load_datalist(datalist)["training"])
+    chosen = sorted({min(int(n), available) for n in sizes})
+    runs = []
+    for n in chosen:
+        model = train_bundle(datalist, out / f"n{n:04d}", bundle, train_limit=n, **overrides)
+        runs.append(
+            {
+                "train_studies": n,
+                **_test_scores(model, datalist, bundle, {"clean": (None, 0)}, overrides.get("patch_size")),
+            }
+        )
+        logger.warning("train-size %d: mean Dice %.3f", n, runs[-1]["clean"]["mean_dice"])
+    result = {"sizes": chosen, "runs": runs, "overrides": overrides}
+    write_json(out / "train_size.json", result)
+    lines = [
+        "| training studies | mean Dice | " + " | ".join(runs[0]["clean"]["dice"]) + " | fused AUROC | combined AUROC |"
+    ]
+    lines.append("|" + "---|" * (len(runs[0]["clean"]["dice"]) + 4))
+    for r in runs:
+        c = r["clean"]
+        lines.append(f"| {r['train_studies']} | {c['mean_dice']:.3f} | " + " | ".join(f"{v:.3f}" for v in c["dice"].values())
+                     + f" | {c['auroc']['fused']:.3f} | {c['auroc']['combined']:.3f} |")  # fmt: skip
+    text = "\n".join(lines) + "\n"
+    write_atomic(out / "train_size.md", lambda tmp: tmp.write_text(text))
+    _plot(chosen, runs, out / "train_size.png")
+    return result
+
+
+def noise_train(
+    datalist: str | Path, out: str | Path, corruption: str = "gaussian_noise", severity: int = 5,
+    suite: str = "configs/robustness/default.yaml", bundle: str | Path | None = None, **overrides: Any,
+) -> dict[str, Any]:  # fmt: skip
+    """The seed study's noise experiment: a model trained clean and one trained with ``corruption``
+    as training-time augmentation, each tested on clean and on corrupted (``severity``) test films."""
+    from spine_app.infer import BUNDLE_DIR
+
+    bundle, out = Path(bundle or BUNDLE_DIR), Path(out)
+    spec = next((s for s in load_suite(suite) if s.name == corruption), None)
+    if spec is None:
+        raise ValueError(f"{suite}: no corruption named {corruption!r}")
+    conditions = {"clean": (None, 0), f"{corruption} s{severity}": (spec, severity)}
+    runs = {}
+    for name, extra in (("noise only at test", {}), ("noise in training", {"training_corruptions": [corruption]})):
+        model = train_bundle(datalist, out / name.replace(" ", "_"), bundle, **{**overrides, **extra})
+        runs[name] = _test_scores(model, datalist, bundle, conditions, overrides.get("patch_size"))
+    result = {"corruption": corruption, "severity": severity, "value": spec.values[severity - 1], "runs": runs,
+              "overrides": overrides}  # fmt: skip
+    write_json(out / "noise_train.json", result)
+    lines = ["| training | test films | mean Dice | fused AUROC | combined AUROC |", "|---|---|---|---|---|"]
+    for name, scores in runs.items():
+        for condition, c in scores.items():
+            lines.append(
+                f"| {name} | {condition} | {c['mean_dice']:.3f} | {c['auroc']['fused']:.3f} | {c['auroc']['combined']:.3f} |"
+            )
+    text = "\n".join(lines) + "\n"
+    write_atomic(out / "noise_train.md", lambda tmp: tmp.write_text(text))
+    return result
+
+
+__all__ = ["TRAIN_SIZES", "noise_train", "train_bundle", "train_size"]
