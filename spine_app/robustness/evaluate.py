@@ -27,6 +27,7 @@ from spine_app.channels import MASK_NAMES
 from spine_app.data.importer import load_datalist
 from spine_app.data.io import read_image, read_mask
 from spine_app.data.study_transforms import LoadStudyd
+from spine_app.engines.batch import prepare_study_batch
 from spine_app.engines.metrics import HEADS, StudyMetrics, head_rows, segmentation_table
 from spine_app.metrics.classification import auroc
 from spine_app.robustness.corruptions import CorruptionSpec, full_scale, load_suite
@@ -65,13 +66,14 @@ class RobustnessRunner:
         canvas: working size (H, W) of the bundle.
         device: torch device.
         batch_size: studies per forward pass.
+        workers: loader processes that corrupt and preprocess while the network runs.
     """
 
     def __init__(self, network: torch.nn.Module, entries: list[dict[str, Any]], canvas: list[int],
-                 device: str = "cpu", batch_size: int = 4) -> None:  # fmt: skip
+                 device: str = "cpu", batch_size: int = 4, workers: int = 1) -> None:  # fmt: skip
         self.network, self.entries, self.canvas = network.to(device).eval(), entries, canvas
         self.device, self.batch_size = torch.device(device), batch_size
-        self.reader = _cached_reader()
+        self.reader, self.workers, self.cache_warm = _cached_reader(), workers, False
 
     def run(self, spec: CorruptionSpec | None = None, severity: int = 0, seed: int = 0) -> list[dict[str, Any]]:
         """Study records (StudyMetrics format) of the split under ``spec`` at ``severity`` (None: clean)."""
@@ -82,16 +84,20 @@ class RobustnessRunner:
             out, out_masks = spec.apply(image, masks > 0.5, severity, seed, view, full_scale(image, meta))
             return out, out_masks.astype(np.float32)
 
-        load = LoadStudyd(self.canvas, view_hook=hook, reader=self.reader)
+        from monai.data import DataLoader, Dataset
+
+        dataset = Dataset(self.entries, transform=LoadStudyd(self.canvas, view_hook=hook, reader=self.reader))
+        # the first run decodes every file in this process; later runs fork workers that inherit the
+        # decoded files and corrupt/preprocess the next batch while the network runs
+        workers = self.workers if self.cache_warm else 0
+        loader = DataLoader(dataset, batch_size=self.batch_size, num_workers=workers)
         metric = StudyMetrics()
-        for start in range(0, len(self.entries), self.batch_size):
-            items = [load(entry) for entry in self.entries[start : start + self.batch_size]]
-            batch = {k: torch.stack([it[k] for it in items]) for k in items[0] if isinstance(items[0][k], torch.Tensor)}
-            batch = {k: v.to(self.device) for k, v in batch.items()}
-            batch["study_id"] = [it["study_id"] for it in items]
+        for batch in loader:
+            inputs, targets = prepare_study_batch(batch, self.device)
             with torch.no_grad():
-                pred = self.network.forward_study(batch["ap"], batch["lat"], batch["present"])
-            metric.update((pred, batch))
+                pred = self.network.forward_study(inputs["ap"], inputs["lat"], inputs["present"])
+            metric.update((pred, targets))
+        self.cache_warm = True
         return metric.records
 
 
