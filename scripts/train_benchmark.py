@@ -2,7 +2,7 @@
 
 Generates the synthetic default (if DATA is empty), trains with the given overrides, evaluates the
 best model on the test split and prints the phase timings and the results table. ``--speed`` first
-times training steps (fp32 / channels-last / AMP on CUDA). The figures in docs/results.md were made
+times training steps (fp32 / channels-last / AMP on CUDA; ``spine-app bench speed``). The figures in docs/results.md were made
 with it, e.g. on a GPU:
 
     python scripts/train_benchmark.py --data /tmp/data --root /tmp/bundle --epochs 30 --speed
@@ -17,43 +17,7 @@ import json
 import time
 from pathlib import Path
 
-import torch
-
 CONFIGS = Path(__file__).resolve().parents[1] / "bundle" / "configs"
-
-
-def step_times(device: torch.device, batch: int = 8, size: tuple[int, int] = (512, 384), steps: int = 10) -> None:
-    """Print ms per training step of ``batch`` studies for each precision / memory-format option."""
-    from spine_app.losses import MultiTaskLoss
-    from spine_app.networks import SpineMultiTaskNet
-
-    for amp in (False, True) if device.type == "cuda" else (False,):
-        for channels_last in (False, True):
-            fmt = torch.channels_last if channels_last else torch.contiguous_format
-            net = SpineMultiTaskNet().to(device).to(memory_format=fmt)
-            loss_fn, opt = MultiTaskLoss(), torch.optim.AdamW(net.parameters(), 1e-3)
-            scaler = torch.amp.GradScaler(device.type, enabled=amp)
-            images = {
-                k: torch.rand(batch, 1, *size, device=device).contiguous(memory_format=fmt) for k in ("ap", "lat")
-            }
-            target = {f"seg_{v}": torch.rand(batch, 8, *size, device=device).round() for v in ("ap", "lat")}
-            target |= {f"avail_{v}": torch.ones(batch, 8, device=device) for v in ("ap", "lat")}
-            target |= {"label": torch.ones(batch, device=device), "present": torch.ones(batch, 2, device=device)}
-            for i in range(steps + 3):
-                if i == 3:
-                    torch.cuda.synchronize() if device.type == "cuda" else None
-                    start = time.perf_counter()
-                with torch.autocast(device.type, enabled=amp):
-                    loss = loss_fn(net.forward_study(images["ap"], images["lat"], target["present"]), target)
-                opt.zero_grad()
-                scaler.scale(loss).backward()
-                scaler.step(opt)
-                scaler.update()
-            torch.cuda.synchronize() if device.type == "cuda" else None
-            ms = (time.perf_counter() - start) / steps * 1000
-            print(
-                f"step of {batch} studies {size}: amp={amp} channels_last={channels_last}: {ms:.1f} ms, {2 * batch * 1000 / ms:.0f} images/s"
-            )
 
 
 def main() -> None:
@@ -70,7 +34,9 @@ def main() -> None:
     from monai.bundle import ConfigWorkflow
 
     if args.speed:
-        step_times(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+        from spine_app.bench_speed import bench_speed, format_speed
+
+        print(format_speed(bench_speed(batch=8, canvas=(512, 384))))
     common = {
         "dataset_dir": args.data,
         "bundle_root": args.root,

@@ -188,6 +188,31 @@ def bench_infer(
         Path(json_out).write_text(json.dumps(report, indent=2))
 
 
+def bench_speed(
+    device: str = "auto", batch: int = 4, canvas: tuple = (384, 288), steps: int = 10, n: int = 20,
+    data: str | None = None, workers: int = 1, json_out: str | None = None,
+) -> None:  # fmt: skip
+    """Training throughput (images/s, loader wait per step) and per-study network latency, per option.
+
+    Args:
+        device: "auto" (CUDA when present), "cpu", "cuda:0".
+        batch: studies per training step (2 images each).
+        canvas: working size (rows, cols).
+        steps: timed training steps (after 3 warm-up steps).
+        n: timed inference passes.
+        data: a datalist: train batches from the real pipeline (loader wait measured); default random.
+        workers: loader processes with --data.
+        json_out: also write the rows as JSON.
+    """
+    from spine_app.bench_speed import bench_speed as run_bench
+    from spine_app.bench_speed import format_speed
+
+    rows = run_bench(device, batch, tuple(int(c) for c in canvas), steps, n, data, workers)
+    print(format_speed(rows))
+    if json_out:
+        Path(json_out).write_text(json.dumps(rows, indent=2))
+
+
 def bench_morphometry(datalist: str, split: str = "test", pred: str | None = None, json_out: str | None = None) -> None:
     """Morphometry vs truth.json on a synthetic datalist: height error, grade agreement, detection.
 
@@ -281,7 +306,7 @@ COMMANDS = {
     "synth": synth,
     "import": import_,
     "check": check,
-    "bench": {"synth": bench_synth, "infer": bench_infer, "morphometry": bench_morphometry},
+    "bench": {"synth": bench_synth, "infer": bench_infer, "speed": bench_speed, "morphometry": bench_morphometry},
     "contact-sheet": contact_sheet,
     "infer": infer,
     "export": export,

@@ -1,0 +1,136 @@
+"""``spine-app bench speed``: training throughput and per-study inference latency of the network,
+for each precision / memory-format option the device supports (fp32 and channels-last everywhere;
+AMP and AMP + channels-last on CUDA).
+
+With ``data`` (a datalist), training batches come from the bundle's real pipeline (``LoadStudyd`` +
+the augmentation block, in ``workers`` loader processes) and the time each step waits for its batch
+is reported, so a data-bound configuration shows as loader wait, not as a slow network. Without
+``data`` the batches are random tensors (the network alone).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from spine_app.losses import MultiTaskLoss
+from spine_app.networks import SpineMultiTaskNet
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _random_batches(batch: int, canvas: tuple[int, int]):
+    """Endless random study batches in the training batch format."""
+    while True:
+        out = {k: torch.rand(batch, 1, *canvas) for k in ("ap", "lat")}
+        out |= {f"seg_{v}": torch.rand(batch, 8, *canvas).round() for v in ("ap", "lat")}
+        out |= {f"avail_{v}": torch.ones(batch, 8) for v in ("ap", "lat")}
+        out |= {"label": torch.ones(batch), "present": torch.ones(batch, 2)}
+        yield out
+
+
+def _real_batches(datalist: str, batch: int, canvas: tuple[int, int], workers: int):
+    """Endless augmented training batches from the bundle's pipeline."""
+    from monai.data import DataLoader, Dataset
+    from monai.transforms import Compose
+
+    from spine_app.data.augment import study_augmentation
+    from spine_app.data.importer import load_datalist
+    from spine_app.data.study_transforms import LoadStudyd
+
+    transform = Compose([LoadStudyd(canvas), study_augmentation(canvas=canvas)])
+    loader = DataLoader(Dataset(load_datalist(datalist)["training"], transform), batch_size=batch, shuffle=True,
+                        num_workers=workers, persistent_workers=workers > 0, drop_last=True)  # fmt: skip
+    while True:
+        yield from loader
+
+
+def training_speed(
+    device: torch.device, amp: bool, channels_last: bool, batch: int = 4, canvas: tuple[int, int] = (384, 288),
+    steps: int = 10, warmup: int = 3, data: str | None = None, workers: int = 1,
+) -> dict[str, float]:  # fmt: skip
+    """Seconds per training step (forward, masked multi-task loss, backward, AdamW) and loader wait."""
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    net = SpineMultiTaskNet().to(device).to(memory_format=fmt)
+    loss_fn, opt = MultiTaskLoss().to(device), torch.optim.AdamW(net.parameters(), 1e-3)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp)
+    batches = _real_batches(data, batch, canvas, workers) if data else _random_batches(batch, canvas)
+    waits, totals = [], []
+    for i in range(warmup + steps):
+        _sync(device)
+        start = time.perf_counter()
+        raw = next(batches)
+        fetched = time.perf_counter()
+        b = {k: torch.as_tensor(v).to(device) for k, v in raw.items() if k in (
+            "ap", "lat", "seg_ap", "seg_lat", "avail_ap", "avail_lat", "label", "present")}  # fmt: skip
+        with torch.autocast(device.type, enabled=amp):
+            ap, lat = (b[k].contiguous(memory_format=fmt) for k in ("ap", "lat"))
+            loss = loss_fn(net.forward_study(ap, lat, b["present"]), b)
+        opt.zero_grad()
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        _sync(device)
+        if i >= warmup:
+            waits.append(fetched - start)
+            totals.append(time.perf_counter() - start)
+    step = float(np.mean(totals))
+    return {"step_s": step, "loader_wait_s": float(np.mean(waits)), "images_per_s": 2 * batch / step}
+
+
+def inference_latency(
+    device: torch.device, amp: bool, channels_last: bool, canvas: tuple[int, int] = (384, 288), n: int = 20,
+    warmup: int = 3,
+) -> dict[str, float]:  # fmt: skip
+    """Network latency of one study (AP + LAT masks and the Damaged logits), median and p95 seconds."""
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    net = SpineMultiTaskNet().to(device).to(memory_format=fmt).eval()
+    times = []
+    for i in range(warmup + n):
+        ap, lat = (torch.rand(1, 1, *canvas, device=device).contiguous(memory_format=fmt) for _ in range(2))
+        _sync(device)
+        start = time.perf_counter()
+        with torch.no_grad(), torch.autocast(device.type, enabled=amp):
+            net.forward_study(ap, lat, torch.ones(1, 2, device=device))
+        _sync(device)
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    return {"median_s": float(np.median(times)), "p95_s": float(np.percentile(times, 95))}
+
+
+def bench_speed(
+    device: str = "auto", batch: int = 4, canvas: tuple[int, int] = (384, 288), steps: int = 10, n: int = 20,
+    data: str | None = None, workers: int = 1,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """One row per option: training step, images/s, loader wait, inference median/p95."""
+    dev = torch.device(
+        "cuda:0" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
+    )
+    options = [(False, False), (False, True)] + ([(True, False), (True, True)] if dev.type == "cuda" else [])
+    rows = []
+    for amp, channels_last in options:
+        train = training_speed(dev, amp, channels_last, batch, tuple(canvas), steps, data=data, workers=workers)
+        infer = inference_latency(dev, amp, channels_last, tuple(canvas), n)
+        rows.append({"device": str(dev), "amp": amp, "channels_last": channels_last, "batch": batch,
+                     "canvas": list(canvas), "threads": torch.get_num_threads(), "data": "real" if data else "random",
+                     **train, **{f"infer_{k}": v for k, v in infer.items()}})  # fmt: skip
+    return rows
+
+
+def format_speed(rows: list[dict[str, Any]]) -> str:
+    """Markdown table of :func:`bench_speed` rows."""
+    lines = [
+        "| device | AMP | channels-last | batch (studies) | canvas | train step (s) | images/s | loader wait (s/step) | inference median (s) | p95 (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(f"| {r['device']} ({r['threads']} threads) | {r['amp']} | {r['channels_last']} | {r['batch']} | "
+                     f"{r['canvas'][0]}x{r['canvas'][1]} | {r['step_s']:.3f} | {r['images_per_s']:.1f} | "
+                     f"{r['loader_wait_s']:.3f} ({r['data']} data) | {r['infer_median_s']:.3f} | {r['infer_p95_s']:.3f} |")  # fmt: skip
+    return "\n".join(lines)
