@@ -213,6 +213,27 @@ def bench_speed(
         Path(json_out).write_text(json.dumps(rows, indent=2))
 
 
+def bench_compare(
+    data: str, out: str = "compare", steps: int = 300, batch: int = 4, canvas: tuple = (384, 288), seed: int = 0,
+    workers: int = 1, device: str = "cpu", variants: str | None = None,
+) -> None:  # fmt: skip
+    """Ours vs eight single-task models + a two-view classifier, and two ablations, at equal steps.
+
+    Args:
+        data: datalist JSON (its split is used as is).
+        out: output folder (compare.json, compare.md, compare.png).
+        steps: optimisation steps for every variant (the budget).
+        batch: studies per step.
+        canvas: working size (rows, cols).
+        variants: comma-separated subset of the variant names (default: all).
+    """
+    from spine_app.bench_compare import compare
+
+    chosen = [v.strip() for v in variants.split(",")] if isinstance(variants, str) else variants
+    compare(data, out, steps, batch, tuple(int(c) for c in canvas), seed, workers, device, chosen)
+    print((Path(out) / "compare.md").read_text())
+
+
 def bench_morphometry(datalist: str, split: str = "test", pred: str | None = None, json_out: str | None = None) -> None:
     """Morphometry vs truth.json on a synthetic datalist: height error, grade agreement, detection.
 
@@ -306,7 +327,13 @@ COMMANDS = {
     "synth": synth,
     "import": import_,
     "check": check,
-    "bench": {"synth": bench_synth, "infer": bench_infer, "speed": bench_speed, "morphometry": bench_morphometry},
+    "bench": {
+        "synth": bench_synth,
+        "infer": bench_infer,
+        "speed": bench_speed,
+        "compare": bench_compare,
+        "morphometry": bench_morphometry,
+    },
     "contact-sheet": contact_sheet,
     "infer": infer,
     "export": export,

@@ -1,0 +1,173 @@
+"""``spine-app bench compare``: the shared-encoder multi-task network against the seed projects'
+approach (one segmentation network per mask plus a two-view classifier) and two ablations, on the
+same split, the same batches and the same number of optimisation steps.
+
+Variants (each exposes ``forward_study`` like :class:`SpineMultiTaskNet`, so one loss, one training
+loop and one metric serve all):
+
+- ``ours``: the bundle's network (masks + Damaged head, one encoder);
+- ``seed-style``: eight single-channel FlexibleUNets of the same encoder family, each trained only
+  on its view's channel, and a two-view classifier (one encoder per view, fused pooled features);
+- ``ours, no classification head``: ours trained with the classification weight 0;
+- ``ours, classification only``: ours trained with the segmentation weight 0.
+
+Every score comes from :class:`spine_app.engines.StudyMetrics` (the bundle's metric); MACs per study
+from ``torch.utils.flop_counter``; latency is the median network time per study.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monai.networks.nets import FlexibleUNet
+from torch import nn
+
+from spine_app.channels import CHANNEL_VIEW, MASK_NAMES
+from spine_app.losses import MultiTaskLoss
+from spine_app.networks import SpineMultiTaskNet
+from spine_app.networks.multitask import _traceable_shortcuts
+
+
+class SeedStyleModels(nn.Module):
+    """Eight one-mask segmentation networks and a two-view classifier, behind ``forward_study``.
+
+    Args:
+        backbone: encoder of every network (the same family as ours).
+        decoder_channels: decoder widths of the segmentation networks.
+    """
+
+    def __init__(self, backbone: str = "resnet18", decoder_channels: tuple[int, ...] = (128, 64, 32, 16, 16)) -> None:
+        super().__init__()
+        self.segmenters = nn.ModuleList(
+            FlexibleUNet(1, 1, backbone, pretrained=False, decoder_channels=decoder_channels, spatial_dims=2)
+            for _ in MASK_NAMES
+        )
+        self.classifier = SpineMultiTaskNet(backbone, decoder_channels=decoder_channels)  # AP encoder + heads
+        self.classifier.unet.decoder = nn.Identity()  # the classifier has no decoder
+        self.classifier.unet.segmentation_head = nn.Identity()
+        self.lat_encoder = SpineMultiTaskNet(backbone, decoder_channels=decoder_channels).unet.encoder
+        for module in (self.segmenters, self.lat_encoder):
+            _traceable_shortcuts(module)
+
+    def forward_study(self, ap: torch.Tensor, lat: torch.Tensor, present: torch.Tensor) -> dict[str, torch.Tensor]:
+        seg = {"ap": torch.zeros(ap.shape[0], len(MASK_NAMES), *ap.shape[2:], device=ap.device),
+               "lat": torch.zeros(lat.shape[0], len(MASK_NAMES), *lat.shape[2:], device=lat.device)}  # fmt: skip
+        for c, view in enumerate(CHANNEL_VIEW):
+            image = ap if view == "AP" else lat
+            seg[view.lower()][:, c : c + 1] = self.segmenters[c](image)
+        cls = self.classifier
+        emb_ap = cls._embedding(cls.unet.encoder(ap)[-1])
+        emb_lat = cls._embedding(self.lat_encoder(lat)[-1])
+        return {"seg_ap": seg["ap"], "seg_lat": seg["lat"], **cls._study_logits(emb_ap, emb_lat, present)}
+
+
+#: variant -> (builder, loss weights)
+VARIANTS: dict[str, tuple[Any, dict[str, float]]] = {
+    "ours": (lambda: SpineMultiTaskNet(), {}),
+    "seed-style (8 nets + classifier)": (lambda: SeedStyleModels(), {}),
+    "ours, no classification head": (lambda: SpineMultiTaskNet(), {"cls_weight": 0.0}),
+    "ours, classification only": (lambda: SpineMultiTaskNet(), {"seg_weight": 0.0}),
+}
+
+
+def macs_per_study(model: nn.Module, canvas: tuple[int, int]) -> float:
+    """Multiply-accumulates of one study's forward pass (both views), from torch's FLOP counter."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    ap, lat = torch.rand(1, 1, *canvas), torch.rand(1, 1, *canvas)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model.forward_study(ap, lat, torch.ones(1, 2))
+    return counter.get_total_flops() / 2
+
+
+def _batches(datalist: str, batch: int, canvas: tuple[int, int], seed: int, workers: int):
+    """Endless augmented training batches, the same sequence for every variant (seeded)."""
+    from monai.data import DataLoader, Dataset
+    from monai.transforms import Compose
+    from monai.utils import set_determinism
+
+    from spine_app.data.augment import study_augmentation
+    from spine_app.data.importer import load_datalist
+    from spine_app.data.study_transforms import LoadStudyd
+
+    set_determinism(seed)
+    transform = Compose([LoadStudyd(canvas), study_augmentation(canvas=canvas)])
+    generator = torch.Generator().manual_seed(seed)
+    loader = DataLoader(Dataset(load_datalist(datalist)["training"], transform), batch_size=batch, shuffle=True,
+                        num_workers=workers, generator=generator)  # fmt: skip
+    while True:
+        yield from loader
+
+
+def train_variant(
+    model: nn.Module, loss_weights: dict[str, float], datalist: str, steps: int, batch: int,
+    canvas: tuple[int, int], seed: int, workers: int, device: torch.device,
+) -> float:  # fmt: skip
+    """Train ``model`` for ``steps`` AdamW steps; returns the wall time in seconds."""
+    torch.manual_seed(seed)
+    model.to(device).train()
+    loss_fn = MultiTaskLoss(**loss_weights).to(device)
+    opt = torch.optim.AdamW(model.parameters(), 1e-3, weight_decay=1e-4)
+    batches = _batches(datalist, batch, canvas, seed, workers)
+    keys = ("ap", "lat", "seg_ap", "seg_lat", "avail_ap", "avail_lat", "label", "present")
+    start = time.perf_counter()
+    for _ in range(steps):
+        b = {k: torch.as_tensor(v).to(device) for k, v in next(batches).items() if k in keys}
+        loss = loss_fn(model.forward_study(b["ap"], b["lat"], b["present"]), b)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return time.perf_counter() - start
+
+
+def evaluate_variant(model: nn.Module, datalist: str, canvas: tuple[int, int], device: torch.device) -> dict[str, Any]:
+    """Bundle metric records on the test split plus the median network latency per study."""
+    from spine_app.data.importer import load_datalist
+    from spine_app.data.study_transforms import LoadStudyd
+    from spine_app.engines.batch import prepare_study_batch
+    from spine_app.engines.metrics import StudyMetrics
+
+    load, metric, latencies = LoadStudyd(canvas), StudyMetrics(), []
+    model.to(device).eval()
+    for entry in load_datalist(datalist)["test"]:
+        item = load(entry)
+        batch = {k: (v[None] if isinstance(v, torch.Tensor) else [v]) for k, v in item.items()}
+        inputs, targets = prepare_study_batch(batch, device)
+        start = time.perf_counter()
+        with torch.no_grad():
+            pred = model.forward_study(inputs["ap"], inputs["lat"], inputs["present"])
+        latencies.append(time.perf_counter() - start)
+        metric.update((pred, targets))
+    return {"records": metric.records, "latency_s": float(np.median(latencies))}
+
+
+def compare(
+    datalist: str, out: str | Path, steps: int = 300, batch: int = 4, canvas: tuple[int, int] = (384, 288),
+    seed: int = 0, workers: int = 1, device: str = "cpu", variants: list[str] | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """Train and evaluate every variant with the same budget; write compare.json/.md/.png into ``out``."""
+    from spine_app.bench_compare_report import write_compare_report
+
+    dev = torch.device(device)
+    results: dict[str, Any] = {"steps": steps, "batch": batch, "canvas": list(canvas), "seed": seed, "variants": {}}
+    for name in variants or list(VARIANTS):
+        if name not in VARIANTS:
+            raise ValueError(f"unknown variant {name!r}; choose from {', '.join(VARIANTS)}")
+        build, weights = VARIANTS[name]
+        torch.manual_seed(seed)
+        model = build()
+        params = sum(p.numel() for p in model.parameters())
+        macs = macs_per_study(model, canvas)
+        if dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        seconds = train_variant(model, weights, datalist, steps, batch, canvas, seed, workers, dev)
+        peak = torch.cuda.max_memory_allocated() / 2**20 if dev.type == "cuda" else None
+        evaluation = evaluate_variant(model, datalist, canvas, dev)
+        results["variants"][name] = {"params": params, "macs_per_study": macs, "train_s": seconds,
+                                     "peak_train_mib": peak, "loss_weights": weights, **evaluation}  # fmt: skip
+    write_compare_report(results, out)
+    return results
