@@ -143,26 +143,26 @@ def invert(image, masks, value, rng, full_scale):
     return _clip(full_scale - image, full_scale), masks
 
 
-#: name -> (function, parameter name, views it applies to or None for both)
-CORRUPTIONS: dict[str, tuple[Callable, str, str | None]] = {
-    "gaussian_noise": (gaussian_noise, "sigma", None),
-    "poisson_noise": (poisson_noise, "quanta", None),
-    "speckle_noise": (speckle_noise, "sigma", None),
-    "salt_pepper": (salt_pepper, "amount", None),
-    "gaussian_blur": (gaussian_blur, "sigma", None),
-    "motion_blur": (motion_blur, "length", None),
-    "contrast_down": (contrast, "factor", None),
-    "contrast_up": (contrast, "factor", None),
-    "brightness_down": (brightness, "shift", None),
-    "brightness_up": (brightness, "shift", None),
-    "gamma_down": (gamma, "gamma", None),
-    "gamma_up": (gamma, "gamma", None),
-    "jpeg": (jpeg, "quality", None),
-    "pixelate": (pixelate, "factor", None),
-    "rotate": (rotate, "degrees", None),
-    "flip_lat": (flip, "flip", "LAT"),
-    "collimation": (collimation, "fraction", None),
-    "invert": (invert, "invert", None),
+#: name -> (function, view it applies to (None: both), valid parameter range (inclusive))
+CORRUPTIONS: dict[str, tuple[Callable, str | None, tuple[float, float]]] = {
+    "gaussian_noise": (gaussian_noise, None, (0.0, 65535.0)),
+    "poisson_noise": (poisson_noise, None, (1.0, 1e7)),
+    "speckle_noise": (speckle_noise, None, (0.0, 2.0)),
+    "salt_pepper": (salt_pepper, None, (0.0, 1.0)),
+    "gaussian_blur": (gaussian_blur, None, (0.0, 50.0)),
+    "motion_blur": (motion_blur, None, (1.0, 200.0)),
+    "contrast_down": (contrast, None, (0.0, 1.0)),
+    "contrast_up": (contrast, None, (1.0, 10.0)),
+    "brightness_down": (brightness, None, (-1.0, 0.0)),
+    "brightness_up": (brightness, None, (0.0, 1.0)),
+    "gamma_down": (gamma, None, (0.05, 1.0)),
+    "gamma_up": (gamma, None, (1.0, 20.0)),
+    "jpeg": (jpeg, None, (1.0, 100.0)),
+    "pixelate": (pixelate, None, (1.0, 64.0)),
+    "rotate": (rotate, None, (0.0, 90.0)),
+    "flip_lat": (flip, "LAT", (0.0, 1.0)),
+    "collimation": (collimation, None, (0.0, 0.8)),
+    "invert": (invert, None, (0.0, 1.0)),
 }
 
 
@@ -179,7 +179,7 @@ class CorruptionSpec:
         """Corrupt one view at ``severity`` (1-based); views the corruption does not touch pass through."""
         if not 1 <= severity <= len(self.values):
             raise ValueError(f"{self.name}: severity {severity} outside 1..{len(self.values)}")
-        fn, _, only_view = CORRUPTIONS[self.name]
+        fn, only_view, _ = CORRUPTIONS[self.name]
         if only_view is not None and view != only_view:
             return image, masks
         rng = np.random.default_rng([seed, severity, sum(map(ord, self.name)), sum(map(ord, view))])
@@ -202,32 +202,9 @@ def load_suite(path: str | Path) -> list[CorruptionSpec]:
             raise ValueError(f"{path}: unknown corruption {name!r}; known: {', '.join(CORRUPTIONS)}")
         if not isinstance(values, list) or len(values) != 5 or not all(isinstance(v, (int, float)) for v in values):
             raise ValueError(f"{path}: {name} needs a list of five numbers (severities 1-5), got {values!r}")
-        low, high = VALID_RANGES[name]
+        low, high = CORRUPTIONS[name][2]
         bad = [v for v in values if not low <= v <= high]
         if bad:
             raise ValueError(f"{path}: {name} value(s) {bad} outside the valid range [{low}, {high}]")
         specs.append(CorruptionSpec(name, tuple(float(v) for v in values)))
     return specs
-
-
-#: the values a suite may give each corruption (inclusive)
-VALID_RANGES: dict[str, tuple[float, float]] = {
-    "gaussian_noise": (0.0, 65535.0),
-    "poisson_noise": (1.0, 1e7),
-    "speckle_noise": (0.0, 2.0),
-    "salt_pepper": (0.0, 1.0),
-    "gaussian_blur": (0.0, 50.0),
-    "motion_blur": (1.0, 200.0),
-    "contrast_down": (0.0, 1.0),
-    "contrast_up": (1.0, 10.0),
-    "brightness_down": (-1.0, 0.0),
-    "brightness_up": (0.0, 1.0),
-    "gamma_down": (0.05, 1.0),
-    "gamma_up": (1.0, 20.0),
-    "jpeg": (1.0, 100.0),
-    "pixelate": (1.0, 64.0),
-    "rotate": (0.0, 90.0),
-    "flip_lat": (0.0, 1.0),
-    "collimation": (0.0, 0.8),
-    "invert": (0.0, 1.0),
-}
