@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import yaml
 from PIL import Image
-from scipy import ndimage
+from scipy import ndimage, signal
 
 Masks = np.ndarray | None
 Corruption = Callable[[np.ndarray, Masks, float, np.random.Generator, float], tuple[np.ndarray, Masks]]
@@ -80,7 +80,9 @@ def motion_blur(image, masks, length, rng, full_scale):
     kernel[size // 2, :] = 1.0
     kernel = ndimage.rotate(kernel, rng.uniform(0, 180), reshape=False, order=1)
     kernel /= max(kernel.sum(), 1e-6)
-    return _clip(ndimage.convolve(image, kernel, mode="nearest"), full_scale), masks
+    half = size // 2
+    padded = np.pad(image, ((half, size - 1 - half), (half, size - 1 - half)), mode="edge")
+    return _clip(signal.fftconvolve(padded, kernel[::-1, ::-1], mode="valid"), full_scale), masks
 
 
 def contrast(image, masks, factor, rng, full_scale):
