@@ -18,7 +18,9 @@ The steps:
    robust line through the neighbours' posterior heights); grade 0 below 20 %, 1 for 20-25 %,
    2 for 25-40 %, 3 from 40 %.
 
-Bodies that touch the image border are measured but not graded (``truncated``). Level names count
+Bodies that touch the image border (``truncated``), or that were split from a neighbour where the
+mask shows no dip (``unseparated``: a segmentation that merged the column), are measured but not
+graded. Level names count
 up from ``lowest_level`` (L5 by default), an assumption that holds when the mask ends at L5.
 """
 
@@ -31,6 +33,9 @@ from scipy import ndimage
 
 #: Genant semiquantitative thresholds on the height reduction: grade = number of thresholds reached
 GENANT_THRESHOLDS: tuple[float, float, float] = (0.20, 0.25, 0.40)
+#: a split inside a run of the mask is trusted where the cross-section dips below this fraction of
+#: the run's median (touching bodies leave a notch; a mask that merges the column leaves none)
+MIN_DIP = 0.9
 #: positions of the anterior, middle and posterior height measurements, as fractions of body depth
 HEIGHT_POSITIONS: dict[str, float] = {"anterior": 0.04, "middle": 0.5, "posterior": 0.96}
 _LEVELS: tuple[str, ...] = tuple(
@@ -53,6 +58,7 @@ class VertebralBody:
     grade: int  # Genant 0-3; -1 when not graded (truncated body)
     deformity: str  # "none", "wedge", "biconcave" or "crush"
     truncated: bool = False
+    unseparated: bool = False  # split from a neighbour without a visible disk: not graded
     flags: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict:
@@ -217,11 +223,18 @@ def measure_vertebrae(
     # each body owns the pixels up to the middle of the gaps around it (the runs stop short of a
     # wedge's sloping endplate, whose thin tip falls below the run threshold)
     cuts = [0] + [(segments[i][1] + segments[i + 1][0]) // 2 for i in range(len(segments) - 1)] + [len(line)]
-    selections = [(nearest >= cuts[i]) & (nearest < cuts[i + 1]) for i in range(len(segments))]
-    selections = [sel for sel in selections if sel.sum() >= 20]
-    if selections:
-        min_area = 0.25 * float(np.median([sel.sum() for sel in selections]))
-        selections = [sel for sel in selections if sel.sum() >= min_area]
+    # a split inside a run (no gap) is trusted only at a real dip of the cross-section
+    unsure = [
+        segments[i][1] == segments[i + 1][0]
+        and smooth[segments[i][1]] > MIN_DIP * np.median(smooth[segments[i][0] : segments[i + 1][1]])
+        for i in range(len(segments) - 1)
+    ]
+    kept = [i for i in range(len(segments)) if ((nearest >= cuts[i]) & (nearest < cuts[i + 1])).sum() >= 20]
+    if kept:
+        areas = {i: int(((nearest >= cuts[i]) & (nearest < cuts[i + 1])).sum()) for i in kept}
+        kept = [i for i in kept if areas[i] >= 0.25 * float(np.median(list(areas.values())))]
+    selections = [(nearest >= cuts[i]) & (nearest < cuts[i + 1]) for i in kept]
+    unseparated = [(i > 0 and unsure[i - 1]) or (i < len(unsure) and unsure[i]) for i in kept]
     centres = np.array([points_mm[sel].mean(axis=0) for sel in selections]).reshape(-1, 2)
     bodies: list[VertebralBody] = []
     for i, sel in enumerate(selections):
@@ -249,6 +262,7 @@ def measure_vertebrae(
                 grade=0,
                 deformity="none",
                 truncated=truncated,
+                unseparated=unseparated[i],
             )
         )
     _grade(bodies)
@@ -262,7 +276,7 @@ def measure_vertebrae(
 
 def _grade(bodies: list[VertebralBody]) -> None:
     """Fill ratios, expected posterior height, reduction, Genant grade and deformity type in place."""
-    posterior = np.array([b.heights_mm["posterior"] if not b.truncated else np.nan for b in bodies])
+    posterior = np.array([np.nan if b.truncated or b.unseparated else b.heights_mm["posterior"] for b in bodies])
     for i, body in enumerate(bodies):
         ha, hm, hp = (body.heights_mm[k] for k in ("anterior", "middle", "posterior"))
         body.ratios = {"anterior_posterior": ha / hp, "middle_posterior": hm / hp}
@@ -270,9 +284,10 @@ def _grade(bodies: list[VertebralBody]) -> None:
         body.expected_posterior_mm = expected
         if expected:
             body.ratios["posterior_expected"] = hp / expected
-        if body.truncated or not np.isfinite([ha, hm, hp]).all():
+        if body.truncated or body.unseparated or not np.isfinite([ha, hm, hp]).all():
             body.grade, body.reduction = -1, 0.0
-            body.flags.append("truncated" if body.truncated else "unmeasurable")
+            body.flags.append("truncated" if body.truncated else
+                              "not separated from a neighbour on the mask" if body.unseparated else "unmeasurable")  # fmt: skip
             continue
         losses = {
             "wedge": 1.0 - ha / hp,

@@ -135,3 +135,11 @@ def test_morphometry_probability_and_noisy_or() -> None:
     assert combine_probabilities(0.3, None) == 0.3
     assert combine_probabilities(0.5, 0.5) == pytest.approx(0.75)
     assert combine_probabilities(0.2, 0.0) == pytest.approx(0.2)
+
+
+def test_a_merged_column_without_dips_is_not_graded() -> None:
+    vert, spin = column([(50, 50), (52, 52), (54, 54), (56, 56)], gap=0.0)  # one smooth slab: no disk visible
+    bodies = measure_vertebrae(vert, SPACING, spin)
+    assert bodies and all(b.unseparated and b.grade == -1 for b in bodies)
+    assert study_fracture_score(bodies) == 0.0
+    assert "not separated from a neighbour on the mask" in bodies[0].flags

@@ -8,9 +8,10 @@ For a study ``S`` the handler writes into ``OUT/S/``:
   pixel spacing when ``nifti`` is on;
 - ``overlay_AP.png`` / ``overlay_LAT.png``: masks on the radiograph with a legend; the LAT overlay
   labels each vertebra with its level and Genant grade;
-- ``result.json``: Damaged probability (the network's fused probability combined by noisy-OR with
-  the morphometry's, see :func:`spine_app.morphometry.combine_probabilities`; each also on its own,
-  and the AP-only / LAT-only network probabilities), label and the threshold used,
+- ``result.json``: Damaged probability (by default the network's fused probability; with
+  ``decision="combined"`` its noisy-OR with the morphometry's, see
+  :func:`spine_app.morphometry.combine_probabilities`; all three are recorded, with the AP-only /
+  LAT-only network probabilities), label and the threshold used,
   per-mask area (px, mm²), per-vertebra morphometry (:mod:`spine_app.morphometry`), model file and
   versions, and the SHA-256 of each input file.
 
@@ -91,13 +92,15 @@ class StudyPredictionWriter:
     Args:
         output_dir: OUT folder.
         threshold: mask probability threshold.
-        damaged_threshold: combined probability at or above which a study is labelled Damaged (the
+        damaged_threshold: probability at or above which a study is labelled Damaged (the
             evaluation report's validation-chosen threshold for the shipped model).
         model_version: bundle version recorded in result.json.
         model_path: weights file, recorded with its SHA-256.
         nifti: also write each mask as NIfTI with the pixel spacing.
         overlays: write the overlay PNGs.
         lowest_level: level name of the lowest vertebra on the LAT film (morphometry labels).
+        decision: "network" (the fused network probability decides) or "combined" (its noisy-OR
+            with the morphometry probability).
     """
 
     def __init__(
@@ -110,7 +113,11 @@ class StudyPredictionWriter:
         nifti: bool = False,
         overlays: bool = True,
         lowest_level: str | None = "L5",
+        decision: str = "network",
     ) -> None:
+        if decision not in ("network", "combined"):
+            raise ValueError(f"decision must be 'network' or 'combined', got {decision!r}")
+        self.decision = decision
         self.output_dir = Path(output_dir)
         self.threshold, self.damaged_threshold = float(threshold), float(damaged_threshold)
         self.model_version, self.nifti, self.overlays, self.lowest_level = model_version, nifti, overlays, lowest_level
@@ -166,7 +173,7 @@ class StudyPredictionWriter:
         network = float(torch.sigmoid(pred["cls"][b].float()))
         result: dict[str, Any] = {
             "study_id": study_id,
-            "damaged_probability": None,  # network and morphometry combined (filled below)
+            "damaged_probability": None,  # the decision's probability (filled below)
             "label": None,
             "threshold": self.damaged_threshold,
             "network_probability": round(network, 4),
@@ -222,7 +229,10 @@ class StudyPredictionWriter:
                 row.update(vertebrae=len(bodies), max_genant_grade=result["morphometry"]["max_grade"],
                            graded_levels="; ".join(result["morphometry"]["fractured_levels"]))  # fmt: skip
             overlays.append((view, source, masks, bodies))
-        probability = combine_probabilities(network, result["morphometry_probability"])
+        combined = combine_probabilities(network, result["morphometry_probability"])
+        probability = combined if self.decision == "combined" else network
+        result["decision"] = self.decision
+        result["combined_probability"] = round(combined, 4)
         result["damaged_probability"] = round(probability, 4)
         result["label"] = "Damaged" if probability >= self.damaged_threshold else "Normal"
         if self.overlays:
