@@ -262,7 +262,7 @@ def measure_vertebrae(
                 grade=0,
                 deformity="none",
                 truncated=truncated,
-                unseparated=unseparated[i],
+                unseparated=bool(unseparated[i]),
             )
         )
     _grade(bodies)

@@ -140,6 +140,7 @@ def test_morphometry_probability_and_noisy_or() -> None:
 def test_a_merged_column_without_dips_is_not_graded() -> None:
     vert, spin = column([(50, 50), (52, 52), (54, 54), (56, 56)], gap=0.0)  # one smooth slab: no disk visible
     bodies = measure_vertebrae(vert, SPACING, spin)
-    assert bodies and all(b.unseparated and b.grade == -1 for b in bodies)
+    assert bodies and all(b.unseparated is True and b.grade == -1 for b in bodies)
+    json.dumps([b.to_json() for b in bodies])  # result.json must be able to hold them
     assert study_fracture_score(bodies) == 0.0
     assert "not separated from a neighbour on the mask" in bodies[0].flags
