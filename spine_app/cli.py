@@ -116,6 +116,7 @@ def infer(
     nifti: bool = False,
     damaged_threshold: float | None = None,
     bundle: str | None = None,
+    split: str | None = None,
 ) -> None:
     """Run the model on new studies: masks, overlays, result.json per study; summary.csv, errors.json.
 
@@ -130,12 +131,13 @@ def infer(
         nifti: also write each mask as NIfTI with the pixel spacing.
         damaged_threshold: override the bundle's Damaged threshold.
         bundle: bundle folder (default: the repository's bundle/).
+        split: for datalist inputs, only this split (e.g. test).
     """
     from spine_app.infer import BUNDLE_DIR, resolve_inputs, run_inference, summary_line
 
     if not inputs:
         sys.exit("error: give at least one study folder, image, DICOM folder or datalist (spine-app infer --help)")
-    entries, errors = resolve_inputs(list(inputs), view)
+    entries, errors = resolve_inputs(list(inputs), view, split)
     overrides = {"write_nifti": bool(nifti)}
     if damaged_threshold is not None:
         overrides["damaged_threshold"] = float(damaged_threshold)

@@ -73,8 +73,12 @@ def _dicom_groups(folder: Path) -> tuple[list[dict[str, Any]], list[dict[str, st
     return [_entry(names[uid], images) for uid, images in groups.items()], errors
 
 
-def resolve_inputs(inputs: list[str], view: str | None = None) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+def resolve_inputs(
+    inputs: list[str], view: str | None = None, split: str | None = None
+) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
     """(entries, errors): inference datalist entries for every study found in ``inputs``.
+
+    ``split`` limits datalist inputs to one split (training, validation, test, unlabelled).
 
     ``errors`` has one {"study_id", "error"} per input that cannot become a study (missing path,
     unknown view, a folder with no image); the others are still returned.
@@ -89,8 +93,8 @@ def resolve_inputs(inputs: list[str], view: str | None = None) -> tuple[list[dic
             errors.append({"study_id": path.name, "error": f"{path}: no such file or folder"})
         elif path.is_file() and path.suffix.lower() == ".json":
             data = load_datalist(path)
-            for split in ("training", "validation", "test", "unlabelled"):
-                entries += [_entry(e["study_id"], _entry_images(e), e.get("label")) for e in data.get(split, [])]
+            for name in (split,) if split else ("training", "validation", "test", "unlabelled"):
+                entries += [_entry(e["study_id"], _entry_images(e), e.get("label")) for e in data.get(name, [])]
         elif path.is_file():
             chosen = view.upper() if view else _view_of_file(path)
             if chosen is None:

@@ -229,3 +229,14 @@ def test_loose_dicom_folder_is_grouped_by_study_and_view_tags(tmp_path: Path) ->
     for entry in entries:
         assert Path(entry["image_ap"]).name.endswith("0.dcm") and Path(entry["image_lat"]).name.endswith("1.dcm")
     assert len(errors) == 1 and "IMX.dcm" in errors[0]["error"] and "--view" in errors[0]["error"]
+
+
+def test_datalist_input_with_a_split(tmp_path: Path, synth_root: Path) -> None:
+    from spine_app.data.importer import import_dataset
+
+    datalist = tmp_path / "datalist.json"
+    split = import_dataset(synth_root, datalist, seed=0, fractions=(0.5, 0.0, 0.5), workers=1)
+    everything, _ = resolve_inputs([str(datalist)])
+    test_only, _ = resolve_inputs([str(datalist)], split="test")
+    assert len(everything) == 6 and len(test_only) == len(split["test"]) < 6
+    assert {e["study_id"] for e in test_only} == {e["study_id"] for e in split["test"]}
