@@ -240,3 +240,18 @@ def test_datalist_input_with_a_split(tmp_path: Path, synth_root: Path) -> None:
     test_only, _ = resolve_inputs([str(datalist)], split="test")
     assert len(everything) == 6 and len(test_only) == len(split["test"]) < 6
     assert {e["study_id"] for e in test_only} == {e["study_id"] for e in split["test"]}
+
+
+def test_shipped_model_runs_without_training(tmp_path: Path, synth_root: Path) -> None:
+    from spine_app.engines.writer import sha256_of
+    from spine_app.infer import BUNDLE_DIR
+
+    shipped = BUNDLE_DIR / "models" / "model.pt"
+    assert shipped.stat().st_size <= 25 * 1024 * 1024  # the limit for committed weights
+    study = sorted((synth_root / "Damaged").iterdir())[0]
+    result = run_cli(str(study), "--out", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    saved = json.loads((tmp_path / "out" / study.name / "result.json").read_text())
+    version = json.loads((BUNDLE_DIR / "configs" / "metadata.json").read_text())["version"]
+    assert saved["model"]["sha256"] == sha256_of(shipped) and saved["bundle_version"] == version
+    assert saved["decision"] == "network" and saved["threshold"] == pytest.approx(0.513)
