@@ -26,6 +26,7 @@ up from ``lowest_level`` (L5 by default), an assumption that holds when the mask
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -81,7 +82,9 @@ def genant_grade(reduction: float) -> int:
 def _centre_line(rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """(N, 2) points (row, col), one per image row, along a cubic col(row) through the column."""
     degree = 3 if np.ptp(rows) > 50 else 1
-    poly = np.polynomial.Polynomial.fit(rows, cols, degree)
+    with warnings.catch_warnings():  # a short or ragged mask fits a cubic poorly; the line is still usable
+        warnings.simplefilter("ignore", np.exceptions.RankWarning)
+        poly = np.polynomial.Polynomial.fit(rows, cols, degree)
     grid = np.arange(rows.min() - 2, rows.max() + 3, 1.0)
     return np.stack([grid, poly(grid)], axis=1)
 
