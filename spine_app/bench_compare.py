@@ -26,6 +26,7 @@ import torch
 from monai.networks.nets import FlexibleUNet
 from torch import nn
 
+from spine_app.bench_speed import to_device, training_batches
 from spine_app.channels import CHANNEL_VIEW, MASK_NAMES
 from spine_app.losses import MultiTaskLoss
 from spine_app.networks import SpineMultiTaskNet
@@ -84,25 +85,6 @@ def macs_per_study(model: nn.Module, canvas: tuple[int, int]) -> float:
     return counter.get_total_flops() / 2
 
 
-def _batches(datalist: str, batch: int, canvas: tuple[int, int], seed: int, workers: int):
-    """Endless augmented training batches, the same sequence for every variant (seeded)."""
-    from monai.data import DataLoader, Dataset
-    from monai.transforms import Compose
-    from monai.utils import set_determinism
-
-    from spine_app.data.augment import study_augmentation
-    from spine_app.data.importer import load_datalist
-    from spine_app.data.study_transforms import LoadStudyd
-
-    set_determinism(seed)
-    transform = Compose([LoadStudyd(canvas), study_augmentation(canvas=canvas)])
-    generator = torch.Generator().manual_seed(seed)
-    loader = DataLoader(Dataset(load_datalist(datalist)["training"], transform), batch_size=batch, shuffle=True,
-                        num_workers=workers, generator=generator)  # fmt: skip
-    while True:
-        yield from loader
-
-
 def train_variant(
     model: nn.Module, loss_weights: dict[str, float], datalist: str, steps: int, batch: int,
     canvas: tuple[int, int], seed: int, workers: int, device: torch.device,
@@ -112,11 +94,10 @@ def train_variant(
     model.to(device).train()
     loss_fn = MultiTaskLoss(**loss_weights).to(device)
     opt = torch.optim.AdamW(model.parameters(), 1e-3, weight_decay=1e-4)
-    batches = _batches(datalist, batch, canvas, seed, workers)
-    keys = ("ap", "lat", "seg_ap", "seg_lat", "avail_ap", "avail_lat", "label", "present")
+    batches = training_batches(datalist, batch, canvas, workers, seed)
     start = time.perf_counter()
     for _ in range(steps):
-        b = {k: torch.as_tensor(v).to(device) for k, v in next(batches).items() if k in keys}
+        b = to_device(next(batches), device)
         loss = loss_fn(model.forward_study(b["ap"], b["lat"], b["present"]), b)
         opt.zero_grad()
         loss.backward()

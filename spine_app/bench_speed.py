@@ -35,20 +35,35 @@ def _random_batches(batch: int, canvas: tuple[int, int]):
         yield out
 
 
-def _real_batches(datalist: str, batch: int, canvas: tuple[int, int], workers: int):
-    """Endless augmented training batches from the bundle's pipeline."""
+def training_batches(datalist: str, batch: int, canvas: tuple[int, int], workers: int, seed: int | None = None):
+    """Endless augmented training batches from the bundle's pipeline (LoadStudyd + augmentation);
+    with ``seed`` the order and the augmentation are reproducible."""
     from monai.data import DataLoader, Dataset
     from monai.transforms import Compose
+    from monai.utils import set_determinism
 
     from spine_app.data.augment import study_augmentation
     from spine_app.data.importer import load_datalist
     from spine_app.data.study_transforms import LoadStudyd
 
+    if seed is not None:
+        set_determinism(seed)
     transform = Compose([LoadStudyd(canvas), study_augmentation(canvas=canvas)])
+    generator = torch.Generator().manual_seed(seed) if seed is not None else None
     loader = DataLoader(Dataset(load_datalist(datalist)["training"], transform), batch_size=batch, shuffle=True,
-                        num_workers=workers, persistent_workers=workers > 0, drop_last=True)  # fmt: skip
+                        num_workers=workers, persistent_workers=workers > 0, drop_last=True,
+                        generator=generator)  # fmt: skip
     while True:
         yield from loader
+
+
+def to_device(raw: dict[str, Any], device: torch.device) -> dict[str, torch.Tensor]:
+    """The tensors a training step needs (inputs and targets of ``prepare_study_batch``) on ``device``."""
+    from spine_app.engines.batch import INPUT_KEYS, TARGET_KEYS
+
+    return {
+        k: torch.as_tensor(raw[k]).to(device) for k in {*INPUT_KEYS, *TARGET_KEYS} - {"geom_ap", "geom_lat"} if k in raw
+    }
 
 
 def training_speed(
@@ -60,15 +75,14 @@ def training_speed(
     net = SpineMultiTaskNet().to(device).to(memory_format=fmt)
     loss_fn, opt = MultiTaskLoss().to(device), torch.optim.AdamW(net.parameters(), 1e-3)
     scaler = torch.amp.GradScaler(device.type, enabled=amp)
-    batches = _real_batches(data, batch, canvas, workers) if data else _random_batches(batch, canvas)
+    batches = training_batches(data, batch, canvas, workers) if data else _random_batches(batch, canvas)
     waits, totals = [], []
     for i in range(warmup + steps):
         _sync(device)
         start = time.perf_counter()
         raw = next(batches)
         fetched = time.perf_counter()
-        b = {k: torch.as_tensor(v).to(device) for k, v in raw.items() if k in (
-            "ap", "lat", "seg_ap", "seg_lat", "avail_ap", "avail_lat", "label", "present")}  # fmt: skip
+        b = to_device(raw, device)
         with torch.autocast(device.type, enabled=amp):
             ap, lat = (b[k].contiguous(memory_format=fmt) for k in ("ap", "lat"))
             loss = loss_fn(net.forward_study(ap, lat, b["present"]), b)
