@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 
-import torch
 from monai.transforms import (
     Compose,
     Rand2DElasticd,
@@ -25,6 +24,7 @@ from monai.transforms import (
     RandScaleIntensityd,
     RandShiftIntensityd,
 )
+from monai.utils import convert_to_dst_type
 
 
 def study_augmentation(
@@ -131,5 +131,7 @@ class RandCorruptiond(RandomizableTransform):
                 severity = int(self.R.randint(1, 6))
                 image = out[view][0].numpy() if hasattr(out[view], "numpy") else out[view][0]
                 corrupted, _ = spec.apply(image, None, severity, int(self.R.randint(1 << 30)), view.upper(), 1.0)
-                out[view] = torch.as_tensor(corrupted)[None]
+                # keep the input's type (MetaTensor in the pipeline) so a batch mixing corrupted and
+                # clean studies still collates
+                out[view] = convert_to_dst_type(corrupted[None], out[view])[0]
         return out

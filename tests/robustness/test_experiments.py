@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import torch
+from monai.data import MetaTensor
 
 from spine_app.data.augment import RandCorruptiond
 from spine_app.data.importer import import_dataset, load_datalist
@@ -41,8 +42,9 @@ def test_train_size_and_noise_train(synth_root: Path, tmp_path: Path) -> None:
 def test_training_corruption_changes_only_the_images() -> None:
     transform = RandCorruptiond(["gaussian_noise", "jpeg"], prob=1.0)
     transform.set_random_state(0)
-    data = {"ap": torch.rand(1, 64, 48), "lat": torch.rand(1, 64, 48), "seg_ap": torch.ones(8, 64, 48)}
+    data = {"ap": MetaTensor(torch.rand(1, 64, 48)), "lat": torch.rand(1, 64, 48), "seg_ap": torch.ones(8, 64, 48)}
     out = transform(data)
+    assert isinstance(out["ap"], MetaTensor) and type(out["lat"]) is torch.Tensor  # types kept: batches collate
     assert not torch.equal(out["ap"], data["ap"]) and out["seg_ap"] is data["seg_ap"]
     assert out["ap"].shape == (1, 64, 48) and float(out["ap"].min()) >= 0 and float(out["ap"].max()) <= 1
     assert RandCorruptiond(None)(data) is data
