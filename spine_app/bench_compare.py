@@ -51,8 +51,7 @@ class SeedStyleModels(nn.Module):
         self.classifier.unet.decoder = nn.Identity()  # the classifier has no decoder
         self.classifier.unet.segmentation_head = nn.Identity()
         self.lat_encoder = SpineMultiTaskNet(backbone, decoder_channels=decoder_channels).unet.encoder
-        for module in (self.segmenters, self.lat_encoder):
-            _traceable_shortcuts(module)
+        _traceable_shortcuts(self.segmenters)  # the SpineMultiTaskNet encoders already have them
 
     def forward_study(self, ap: torch.Tensor, lat: torch.Tensor, present: torch.Tensor) -> dict[str, torch.Tensor]:
         seg = {"ap": torch.zeros(ap.shape[0], len(MASK_NAMES), *ap.shape[2:], device=ap.device),
@@ -108,22 +107,11 @@ def train_variant(
 def evaluate_variant(model: nn.Module, datalist: str, canvas: tuple[int, int], device: torch.device) -> dict[str, Any]:
     """Bundle metric records on the test split plus the median network latency per study."""
     from spine_app.data.importer import load_datalist
-    from spine_app.data.study_transforms import LoadStudyd
-    from spine_app.engines.batch import prepare_study_batch
-    from spine_app.engines.metrics import StudyMetrics
+    from spine_app.robustness.evaluate import RobustnessRunner
 
-    load, metric, latencies = LoadStudyd(canvas), StudyMetrics(), []
-    model.to(device).eval()
-    for entry in load_datalist(datalist)["test"]:
-        item = load(entry)
-        batch = {k: (v[None] if isinstance(v, torch.Tensor) else [v]) for k, v in item.items()}
-        inputs, targets = prepare_study_batch(batch, device)
-        start = time.perf_counter()
-        with torch.no_grad():
-            pred = model.forward_study(inputs["ap"], inputs["lat"], inputs["present"])
-        latencies.append(time.perf_counter() - start)
-        metric.update((pred, targets))
-    return {"records": metric.records, "latency_s": float(np.median(latencies))}
+    runner = RobustnessRunner(model, load_datalist(datalist)["test"], list(canvas), device, batch_size=1, workers=0)
+    records = runner.run()
+    return {"records": records, "latency_s": float(np.median(runner.forward_seconds))}
 
 
 def compare(

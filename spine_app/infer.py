@@ -22,27 +22,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from spine_app.channels import MASK_NAMES, VIEWS, view_for_image_stem
+from spine_app.channels import VIEWS, view_for_image_stem
 from spine_app.data.importer import load_datalist
 from spine_app.data.io import dicom_view, image_format
 from spine_app.data.layout import find_studies, looks_like_study
+from spine_app.engines.dataset import study_entry
 from spine_app.engines.writer import write_run_files
 
 logger = logging.getLogger(__name__)
 
 BUNDLE_DIR = Path(__file__).resolve().parents[1] / "bundle"
-
-
-def _entry(study_id: str, images: dict[str, Path], label: int | None = None) -> dict[str, Any]:
-    """An inference datalist entry (no masks) for ``images`` ("AP"/"LAT" -> path)."""
-    return {
-        "study_id": study_id,
-        "label": label,
-        "image_ap": str(images["AP"]) if "AP" in images else None,
-        "image_lat": str(images["LAT"]) if "LAT" in images else None,
-        "masks": [None] * len(MASK_NAMES),
-        "mask_present": [0] * len(MASK_NAMES),
-    }
 
 
 def _dicom_groups(folder: Path) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
@@ -70,7 +59,7 @@ def _dicom_groups(folder: Path) -> tuple[list[dict[str, Any]], list[dict[str, st
             continue
         groups[uid][view] = path
         names.setdefault(uid, str(getattr(ds, "PatientID", "") or folder.name) + "_" + uid[-8:])
-    return [_entry(names[uid], images) for uid, images in groups.items()], errors
+    return [study_entry(names[uid], images) for uid, images in groups.items()], errors
 
 
 def resolve_inputs(
@@ -94,18 +83,18 @@ def resolve_inputs(
         elif path.is_file() and path.suffix.lower() == ".json":
             data = load_datalist(path)
             for name in (split,) if split else ("training", "validation", "test", "unlabelled"):
-                entries += [_entry(e["study_id"], _entry_images(e), e.get("label")) for e in data.get(name, [])]
+                entries += [study_entry(e["study_id"], _entry_images(e), e.get("label")) for e in data.get(name, [])]
         elif path.is_file():
             chosen = view.upper() if view else _view_of_file(path)
             if chosen is None:
                 errors.append({"study_id": path.stem, "error": f"{path}: cannot tell the view (AP or LAT) from the file "
                                "name or DICOM tags; pass --view AP or --view LAT"})  # fmt: skip
             else:
-                entries.append(_entry(path.stem, {chosen: path}))
+                entries.append(study_entry(path.stem, {chosen: path}))
         elif looks_like_study(path) or any(p.is_dir() for p in path.iterdir()):
             for study in find_studies(path):
                 if study.images:
-                    entries.append(_entry(study.study_id, study.images, study.label))
+                    entries.append(study_entry(study.study_id, study.images, study.label))
                 else:
                     found = _dicom_groups(study.folder)
                     if found[0] or found[1]:

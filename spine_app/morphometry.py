@@ -232,11 +232,12 @@ def measure_vertebrae(
         and smooth[segments[i][1]] > MIN_DIP * np.median(smooth[segments[i][0] : segments[i + 1][1]])
         for i in range(len(segments) - 1)
     ]
-    kept = [i for i in range(len(segments)) if ((nearest >= cuts[i]) & (nearest < cuts[i + 1])).sum() >= 20]
+    pieces = [(nearest >= cuts[i]) & (nearest < cuts[i + 1]) for i in range(len(segments))]
+    kept = [i for i, sel in enumerate(pieces) if sel.sum() >= 20]
     if kept:
-        areas = {i: int(((nearest >= cuts[i]) & (nearest < cuts[i + 1])).sum()) for i in kept}
+        areas = {i: int(pieces[i].sum()) for i in kept}
         kept = [i for i in kept if areas[i] >= 0.25 * float(np.median(list(areas.values())))]
-    selections = [(nearest >= cuts[i]) & (nearest < cuts[i + 1]) for i in kept]
+    selections = [pieces[i] for i in kept]
     unseparated = [(i > 0 and unsure[i - 1]) or (i < len(unsure) and unsure[i]) for i in kept]
     centres = np.array([points_mm[sel].mean(axis=0) for sel in selections]).reshape(-1, 2)
     bodies: list[VertebralBody] = []

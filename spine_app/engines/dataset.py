@@ -61,6 +61,18 @@ def datalist_split(datalist: str, split: str, limit: int | None = None) -> list[
     return entries[:limit] if limit else entries
 
 
+def study_entry(study_id: str, images: dict[str, Any], label: int | None = None) -> dict[str, Any]:
+    """A datalist-style entry without masks for ``images`` ("AP"/"LAT" -> path): what inference reads."""
+    return {
+        "study_id": study_id,
+        "label": label,
+        "image_ap": str(images["AP"]) if "AP" in images else None,
+        "image_lat": str(images["LAT"]) if "LAT" in images else None,
+        "masks": [None] * len(MASK_NAMES),
+        "mask_present": [0] * len(MASK_NAMES),
+    }
+
+
 def inference_entries(dataset_dir: str) -> list[dict[str, Any]]:
     """Datalist-style entries (no masks) for every study under ``dataset_dir``, labelled or not."""
     entries = []
@@ -68,14 +80,7 @@ def inference_entries(dataset_dir: str) -> list[dict[str, Any]]:
         if not study.images:
             logger.warning("%s: no AP or LAT image found; skipped", study.folder)
             continue
-        entries.append({
-            "study_id": study.study_id,
-            "label": study.label,
-            "image_ap": str(study.images["AP"]) if "AP" in study.images else None,
-            "image_lat": str(study.images["LAT"]) if "LAT" in study.images else None,
-            "masks": [None] * len(MASK_NAMES),
-            "mask_present": [0] * len(MASK_NAMES),
-        })  # fmt: skip
+        entries.append(study_entry(study.study_id, study.images, study.label))
     if not entries:
         raise ValueError(f"{dataset_dir}: no study with an AP or LAT image")
     return entries

@@ -204,8 +204,9 @@ class StudyPredictionWriter:
             result["view_probabilities"][view] = round(float(torch.sigmoid(pred[f"cls_{key}"][b].float())), 4)
             geom = target[f"geom_{key}"][b]
             spacing = (float(geom[5]), float(geom[6])) if float(geom[5]) > 0 else None
-            probs = to_original(pred[f"seg_{key}"][b], geom)
-            masks = {c: (probs[c] > self.threshold).cpu().numpy() for c, v in enumerate(CHANNEL_VIEW) if v == view}
+            channels = [c for c, v in enumerate(CHANNEL_VIEW) if v == view]
+            probs = to_original(pred[f"seg_{key}"][b][channels], geom)  # only this view's channels are resized
+            masks = {c: (probs[i] > self.threshold).cpu().numpy() for i, c in enumerate(channels)}
             for c, mask in masks.items():
                 name = MASK_NAMES[c]
                 write_png(folder / f"{name}.png", mask)

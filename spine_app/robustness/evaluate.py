@@ -74,6 +74,7 @@ class RobustnessRunner:
         self.network, self.entries, self.canvas = network.to(device).eval(), entries, canvas
         self.device, self.batch_size = torch.device(device), batch_size
         self.reader, self.workers, self.cache_warm = _cached_reader(), workers, False
+        self.forward_seconds: list[float] = []  # network time per batch of the last run
 
     def run(self, spec: CorruptionSpec | None = None, severity: int = 0, seed: int = 0) -> list[dict[str, Any]]:
         """Study records (StudyMetrics format) of the split under ``spec`` at ``severity`` (None: clean)."""
@@ -92,10 +93,13 @@ class RobustnessRunner:
         workers = self.workers if self.cache_warm else 0
         loader = DataLoader(dataset, batch_size=self.batch_size, num_workers=workers)
         metric = StudyMetrics()
+        self.forward_seconds = []
         for batch in loader:
             inputs, targets = prepare_study_batch(batch, self.device)
+            start = time.perf_counter()
             with torch.no_grad():
                 pred = self.network.forward_study(inputs["ap"], inputs["lat"], inputs["present"])
+            self.forward_seconds.append(time.perf_counter() - start)
             metric.update((pred, targets))
         self.cache_warm = True
         return metric.records
