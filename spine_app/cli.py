@@ -285,19 +285,23 @@ def robustness_evaluate(
     )
 
 
-def robustness_train_size(data: str, out: str = "train_size", sizes: str | list | None = None, **overrides) -> None:
+def robustness_train_size(
+    data: str, out: str = "train_size", sizes: str | list | None = None, steps: int | None = None, **overrides
+) -> None:
     """Learning curve: train the bundle with the first N training studies for each N, score on test.
 
     Args:
         data: datalist JSON (fixed split).
         out: output folder (one training run per size, train_size.json/.md/.png).
         sizes: list of N (default 5,10,15,20,25,45,65,85,105; capped at all training studies).
+        steps: equal budget: about this many optimisation steps per size (epochs scaled to N);
+            without it every size trains for --epochs.
         overrides: any train.yaml id, e.g. --epochs 6 --patch_size "[256, 192]" --val_interval 2.
     """
     from spine_app.robustness.experiments import TRAIN_SIZES, train_size
 
     chosen = [int(n) for n in (sizes.split(",") if isinstance(sizes, str) else sizes)] if sizes else list(TRAIN_SIZES)
-    result = train_size(data, out, chosen, **overrides)
+    result = train_size(data, out, chosen, steps=steps, **overrides)
     print((Path(out) / "train_size.md").read_text())
     print(f"{len(result['runs'])} trainings -> {out}/train_size.png")
 

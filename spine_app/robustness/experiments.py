@@ -70,27 +70,43 @@ def _plot(x: list[int], runs: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def epochs_for_steps(steps: int, studies: int, batch_size: int) -> int:
+    """Epochs that give about ``steps`` optimisation steps on ``studies`` studies in batches of ``batch_size``
+    (at least one): every training-set size then gets the same budget, not the same number of epochs."""
+    steps_per_epoch = -(-studies // batch_size)
+    return max(1, round(steps / steps_per_epoch))
+
+
 def train_size(
     datalist: str | Path, out: str | Path, sizes: list[int] | tuple[int, ...] = TRAIN_SIZES, bundle: str | Path | None = None,
-    **overrides: Any,
+    steps: int | None = None, **overrides: Any,
 ) -> dict[str, Any]:  # fmt: skip
-    """Train with the first N training studies for each N in ``sizes`` (up to all) and score each."""
+    """Train with the first N training studies for each N in ``sizes`` (up to all) and score each.
+
+    With ``steps``, each size trains for about that many optimisation steps (epochs scaled to N,
+    validated once at the end); otherwise every size uses the ``epochs`` override."""
     from spine_app.infer import BUNDLE_DIR
 
     bundle, out = Path(bundle or BUNDLE_DIR), Path(out)
     available = len(load_datalist(datalist)["training"])
     chosen = sorted({min(int(n), available) for n in sizes})
+    batch_size = int(overrides.get("batch_size", 4))
     runs = []
     for n in chosen:
-        model = train_bundle(datalist, out / f"n{n:04d}", bundle, train_limit=n, **overrides)
+        schedule = {}
+        if steps:
+            epochs = epochs_for_steps(int(steps), n, batch_size)
+            schedule = {"epochs": epochs, "val_interval": epochs, "early_stop_patience": epochs + 1}
+        model = train_bundle(datalist, out / f"n{n:04d}", bundle, train_limit=n, **{**overrides, **schedule})
         runs.append(
             {
                 "train_studies": n,
+                "epochs": schedule.get("epochs", overrides.get("epochs")),
                 **_test_scores(model, datalist, bundle, {"clean": (None, 0)}, overrides.get("patch_size")),
             }
         )
         logger.warning("train-size %d: mean Dice %.3f", n, runs[-1]["clean"]["mean_dice"])
-    result = {"sizes": chosen, "runs": runs, "overrides": overrides}
+    result = {"sizes": chosen, "steps": steps, "runs": runs, "overrides": overrides}
     write_json(out / "train_size.json", result)
     lines = [
         "| training studies | mean Dice | " + " | ".join(runs[0]["clean"]["dice"]) + " | fused AUROC | combined AUROC |"
@@ -137,4 +153,4 @@ def noise_train(
     return result
 
 
-__all__ = ["TRAIN_SIZES", "noise_train", "train_bundle", "train_size"]
+__all__ = ["TRAIN_SIZES", "epochs_for_steps", "noise_train", "train_bundle", "train_size"]
