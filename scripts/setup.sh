@@ -2,6 +2,7 @@
 # One-command set-up: a virtual environment in .venv with the CPU build of PyTorch and spine-app (+ dev tools).
 #   bash scripts/setup.sh            # CPU machine (default)
 #   TORCH_SPEC="torch" bash scripts/setup.sh   # let pip choose (a CUDA build on Linux x86_64)
+#   bash scripts/setup.sh --monailabel   # also the MONAI Label server (docs/monailabel.md)
 # Elsewhere than this project's machines, a CPU-only wheel comes from PyTorch's own index:
 #   TORCH_INDEX=https://download.pytorch.org/whl/cpu bash scripts/setup.sh
 set -euo pipefail
@@ -17,6 +18,12 @@ if [ -n "${TORCH_INDEX:-}" ]; then
 else
   "$VENV/bin/python" -m pip install --quiet "$TORCH_SPEC"
 fi
-"$VENV/bin/python" -m pip install --quiet -e ".[dev]"
+if [ "${1:-}" = "--monailabel" ]; then
+  # monailabel's declared dependencies pull torchvision and sam2 (a CUDA torch); its server needs neither
+  "$VENV/bin/python" -m pip install --quiet -e ".[dev,monailabel]"
+  "$VENV/bin/python" -m pip install --quiet --no-deps monailabel==0.8.5 pydicom-seg==0.4.1
+else
+  "$VENV/bin/python" -m pip install --quiet -e ".[dev]"
+fi
 "$VENV/bin/python" -c "import torch, monai, spine_app; print('spine-app', spine_app.__version__, '| torch', torch.__version__, '| monai', monai.__version__)"
 echo "ready: source $VENV/bin/activate"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import sys
 import tempfile
@@ -324,6 +325,62 @@ def robustness_noise_train(
     print((Path(out) / "noise_train.md").read_text())
 
 
+def monailabel_app(out: str | None = None, model: str | None = None, force: bool = False) -> None:
+    """Write the MONAI Label app folder and print its path (for ``monailabel start_server --app``).
+
+    Args:
+        out: app folder (default ~/.local/share/spine-app/monailabel-app).
+        model: weights to serve (default the bundle's shipped model.pt); kept if the app already
+            serves (possibly fine-tuned) weights, unless --force.
+        force: replace the served weights with --model (or the shipped model).
+    """
+    from spine_app.monailabel.appdir import write_app
+
+    print(write_app(out, model, force))
+
+
+def monailabel_prepare(dataset: str, out: str, link: bool = False) -> None:
+    """Flatten a dataset (canonical layout) into a MONAI Label studies folder: <study>_AP/_LAT files
+    and study_classes.json from the Normal/Damaged folders.
+
+    Args:
+        dataset: dataset root (e.g. data/synthetic).
+        out: studies folder to fill.
+        link: symlink the films instead of copying them.
+    """
+    from spine_app.monailabel.studies import prepare_studies
+
+    done = prepare_studies(dataset, out, copy=not link)
+    print(f"{done['images']} films of {done['studies']} studies -> {out} ({done['classes']} with a class)")
+
+
+def monailabel_serve(studies: str, app: str | None = None, host: str = "127.0.0.1", port: int = 8000,
+                     model: str | None = None, **conf: str) -> None:  # fmt: skip
+    """Start the MONAI Label server on a studies folder (writes the app folder first if needed).
+
+    Args:
+        studies: folder of films (<study>_AP.png, <study>_LAT.dcm, ...).
+        app: app folder (default as `spine-app monailabel app`).
+        host: interface to bind; 127.0.0.1 (this machine only) by default. The server has no
+            authentication unless configured (docs/monailabel.md); bind another address only on a
+            trusted network.
+        port: TCP port.
+        model: weights to serve when the app folder is new.
+        conf: extra --conf key value pairs for the app (e.g. --bundle PATH).
+    """
+    from spine_app.monailabel.appdir import LOOPBACK, server_command, write_app
+
+    folder = write_app(app, model)
+    if not Path(studies).is_dir():
+        raise FileNotFoundError(f"{studies}: no such studies folder")
+    if host not in LOOPBACK:
+        print(f"warning: binding {host}: anyone who can reach this port can read the films and change the model "
+              "(no authentication configured)", file=sys.stderr)  # fmt: skip
+    print(f"app {folder}; serving {studies} on http://{host}:{port}", file=sys.stderr, flush=True)
+    cmd = server_command(folder, Path(studies), host, port, conf)
+    os.execv(cmd[0], cmd)  # the server takes this process (and its id): stop it with that id
+
+
 def version() -> None:
     """Print the spine-app version."""
     print(__version__)
@@ -348,6 +405,7 @@ COMMANDS = {
         "train-size": robustness_train_size,
         "noise-train": robustness_noise_train,
     },
+    "monailabel": {"app": monailabel_app, "prepare": monailabel_prepare, "serve": monailabel_serve},
     "version": version,
 }
 

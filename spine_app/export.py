@@ -25,7 +25,7 @@ from spine_app import __version__
 from spine_app.data.io import write_atomic
 from spine_app.engines.dataset import bundle_version
 from spine_app.engines.writer import sha256_of, write_json
-from spine_app.networks.multitask import SpineMultiTaskNet
+from spine_app.networks.multitask import SpineMultiTaskNet, load_weights
 
 STUDY_OUTPUTS = ("seg_ap", "seg_lat", "cls", "cls_ap", "cls_lat")
 
@@ -53,8 +53,7 @@ def load_bundle_network(bundle_dir: str | Path, model: str | Path | None = None)
     model_path = Path(model) if model else bundle_dir / "models" / "model.pt"
     if not model_path.is_file():
         raise FileNotFoundError(f"{model_path}: no model weights (train one, see README, or pass --model)")
-    net = parser.get_parsed_content("network_def")
-    net.load_state_dict(torch.load(model_path, map_location="cpu", weights_only=True))  # fp16 weights are cast
+    net = load_weights(parser.get_parsed_content("network_def"), str(model_path))
     return net.eval(), [int(v) for v in parser.get_parsed_content("patch_size")]
 
 

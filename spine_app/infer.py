@@ -85,7 +85,7 @@ def resolve_inputs(
             for name in (split,) if split else ("training", "validation", "test", "unlabelled"):
                 entries += [study_entry(e["study_id"], _entry_images(e), e.get("label")) for e in data.get(name, [])]
         elif path.is_file():
-            chosen = view.upper() if view else _view_of_file(path)
+            chosen = view.upper() if view else view_of_file(path)
             if chosen is None:
                 errors.append({"study_id": path.stem, "error": f"{path}: cannot tell the view (AP or LAT) from the file "
                                "name or DICOM tags; pass --view AP or --view LAT"})  # fmt: skip
@@ -117,7 +117,7 @@ def _entry_images(entry: dict[str, Any]) -> dict[str, Path]:
     return {v: Path(entry[f"image_{v.lower()}"]) for v in VIEWS if entry.get(f"image_{v.lower()}")}
 
 
-def _view_of_file(path: Path) -> str | None:
+def view_of_file(path: Path) -> str | None:
     """View of a single image from its name, else its DICOM tags."""
     name = path.name[: -len(".nii.gz")] if path.name.lower().endswith(".nii.gz") else path.stem
     found = view_for_image_stem(name)
@@ -209,4 +209,4 @@ def summary_line(result: dict[str, Any], out: str | Path) -> str:
     )
 
 
-__all__ = ["BUNDLE_DIR", "check_writable", "resolve_inputs", "run_inference", "summary_line"]
+__all__ = ["BUNDLE_DIR", "check_writable", "resolve_inputs", "run_inference", "summary_line", "view_of_file"]

@@ -182,7 +182,11 @@ def _dicom_stored_range(ds: Any) -> tuple[float, float]:
 def _read_dicom(path: str | Path, min_side: int, max_side: int) -> tuple[np.ndarray, ImageMeta]:
     import pydicom
     from pydicom.errors import InvalidDicomError
-    from pydicom.pixels import apply_modality_lut
+
+    try:  # pydicom 3; pydicom 2.4 (pinned beside MONAI Label 0.8.5) keeps it in pixel_data_handlers
+        from pydicom.pixels import apply_modality_lut
+    except ImportError:
+        from pydicom.pixel_data_handlers.util import apply_modality_lut
 
     try:
         ds = pydicom.dcmread(str(path))
@@ -393,7 +397,18 @@ def write_dicom(
     if spacing is not None:
         setattr(ds, spacing_tag, [f"{spacing[0]:.6g}", f"{spacing[1]:.6g}"])
     ds.PixelData = np.ascontiguousarray(stored).tobytes()
-    return write_atomic(path, lambda tmp: ds.save_as(str(tmp), enforce_file_format=True))
+    return write_atomic(path, lambda tmp: _save_dicom_file(ds, tmp))
+
+
+def _save_dicom_file(ds: Any, path: Path) -> None:
+    """Save ``ds`` as a DICOM Part 10 file (preamble + file meta) with pydicom 3 or 2.4."""
+    import pydicom
+
+    if int(pydicom.__version__.split(".")[0]) >= 3:
+        ds.save_as(str(path), enforce_file_format=True)
+    else:
+        ds.is_little_endian, ds.is_implicit_VR = True, False  # explicit VR little endian, as in the file meta
+        ds.save_as(str(path), write_like_original=False)
 
 
 def write_nifti(path: str | Path, array: np.ndarray, spacing: tuple[float, float] | None = None) -> Path:

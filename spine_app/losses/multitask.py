@@ -86,11 +86,15 @@ class MultiTaskLoss(nn.Module):
         if self.cldice is not None:
             seg = seg + self.line_cldice_weight * self._line_cldice(pred, target)
         label = target["label"].to(pred["cls"].dtype)
-        cls = F.binary_cross_entropy_with_logits(pred["cls"], label)
+        known = (label >= 0).to(label.dtype)  # label -1: class unknown (masks only), no classification term
+        label = label.clamp(min=0.0)
+        per_study = F.binary_cross_entropy_with_logits(pred["cls"], label, reduction="none")
+        cls = (per_study * known).sum() / known.sum().clamp(min=1.0)
         present = target["present"].to(label.dtype)
         for i, view in enumerate(("ap", "lat")):
             per_study = F.binary_cross_entropy_with_logits(pred[f"cls_{view}"], label, reduction="none")
-            cls = cls + self.view_cls_weight * (per_study * present[:, i]).sum() / present[:, i].sum().clamp(min=1.0)
+            weight = present[:, i] * known
+            cls = cls + self.view_cls_weight * (per_study * weight).sum() / weight.sum().clamp(min=1.0)
         total = self.seg_weight * seg + self.cls_weight * cls
         self.last = {"seg": float(seg.detach()), "cls": float(cls.detach())}
         return total

@@ -1,5 +1,5 @@
 """Networks: the shared-encoder multi-task model."""
 
-from spine_app.networks.multitask import SUPPORTED_BACKBONES, SpineMultiTaskNet, StudyModel
+from spine_app.networks.multitask import SUPPORTED_BACKBONES, SpineMultiTaskNet, StudyModel, load_weights
 
-__all__ = ["SUPPORTED_BACKBONES", "SpineMultiTaskNet", "StudyModel"]
+__all__ = ["SUPPORTED_BACKBONES", "SpineMultiTaskNet", "StudyModel", "load_weights"]

@@ -153,3 +153,11 @@ class StudyModel(nn.Module):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return self.net.forward_study(batch["ap"], batch["lat"], batch["present"])
+
+
+def load_weights(net: nn.Module, path: str | None) -> nn.Module:
+    """``net`` with the plain state dict at ``path`` loaded (fp16 files are cast to the net's dtype);
+    ``net`` unchanged when ``path`` is None or empty (training from scratch)."""
+    if path:
+        net.load_state_dict(torch.load(str(path), map_location="cpu", weights_only=True))
+    return net

@@ -66,3 +66,18 @@ def test_line_cldice_term_respects_availability() -> None:
     loss(pred, target).backward()
     assert seg_lat.grad[1].abs().sum() == 0 and seg_lat.grad[0, 6:].abs().sum() > 0
     assert float(MultiTaskLoss(line_cldice_weight=1.0)._line_cldice(pred, target)) > 0
+
+
+def test_unknown_class_gets_no_classification_gradient() -> None:
+    """A study labelled -1 (class unknown: masks only, e.g. from MONAI Label) trains no classifier term."""
+    loss = MultiTaskLoss()
+    pred = {"seg_ap": torch.zeros(2, 8, 8, 8), "seg_lat": torch.zeros(2, 8, 8, 8),
+            "cls": torch.zeros(2, requires_grad=True), "cls_ap": torch.zeros(2, requires_grad=True),
+            "cls_lat": torch.zeros(2, requires_grad=True)}  # fmt: skip
+    target = {"seg_ap": torch.zeros(2, 8, 8, 8), "seg_lat": torch.zeros(2, 8, 8, 8), "avail_ap": torch.ones(2, 8),
+              "avail_lat": torch.ones(2, 8), "label": torch.tensor([-1.0, 1.0]), "present": torch.ones(2, 2)}  # fmt: skip
+    loss(pred, target).backward()
+    for key in ("cls", "cls_ap", "cls_lat"):
+        assert pred[key].grad[0] == 0 and pred[key].grad[1] < 0  # only the Damaged study pulls its logit up
+    loss(pred, {**target, "label": torch.tensor([-1.0, -1.0])})
+    assert loss.last["cls"] == 0.0

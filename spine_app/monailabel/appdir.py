@@ -1,0 +1,62 @@
+"""The MONAI Label app folder (``main.py`` + the served weights) and the server command line, without
+importing MONAI Label: ``spine-app monailabel app`` writes the folder, ``spine-app monailabel serve``
+starts ``monailabel start_server`` on it (127.0.0.1 unless told otherwise)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from spine_app.data.io import write_atomic
+
+SERVED_MODEL = Path("model") / "model.pt"
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+MAIN_PY = '''"""MONAI Label app of spine-app, written by `spine-app monailabel app` (all logic lives in
+spine_app.monailabel; MONAI Label needs a class here that names MONAILabelApp as a direct base)."""
+
+from monailabel.interfaces.app import MONAILabelApp
+
+from spine_app.monailabel.app import SpineXrayAppBase
+
+
+class SpineXrayApp(SpineXrayAppBase, MONAILabelApp):
+    """Pre-segments spine radiographs, classifies studies and fine-tunes the bundle from saved labels."""
+'''
+
+
+def default_app_dir() -> Path:
+    """``$XDG_DATA_HOME/spine-app/monailabel-app`` (``~/.local/share/...``): writable, outside the package."""
+    base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+    return base / "spine-app" / "monailabel-app"
+
+
+def write_app(out: str | Path | None = None, model: str | Path | None = None, force: bool = False) -> Path:
+    """Write ``main.py`` into the app folder and copy the weights to serve (default: the bundle's shipped
+    model) to ``model/model.pt``; existing served weights (perhaps fine-tuned) are kept unless ``force``."""
+    from spine_app.infer import BUNDLE_DIR
+
+    app = Path(out) if out else default_app_dir()
+    write_atomic(app / "main.py", lambda tmp: tmp.write_text(MAIN_PY))
+    served = app / SERVED_MODEL
+    source = Path(model) if model else BUNDLE_DIR / "models" / "model.pt"
+    if force or not served.is_file():
+        if not source.is_file():
+            raise FileNotFoundError(f"{source}: no model weights to serve (train one, see README, or pass --model)")
+        write_atomic(served, lambda tmp: shutil.copyfile(source, tmp))
+    return app
+
+
+def server_command(app: Path, studies: Path, host: str = "127.0.0.1", port: int = 8000,
+                   conf: dict[str, str] | None = None) -> list[str]:  # fmt: skip
+    """``python -m monailabel.main start_server ...`` with this interpreter (so its packages are used)."""
+    cmd = [sys.executable, "-m", "monailabel.main", "start_server", "--app", str(app), "--studies", str(studies),
+           "--host", host, "--port", str(port)]  # fmt: skip
+    for key, value in (conf or {}).items():
+        cmd += ["--conf", str(key), str(value)]
+    return cmd
+
+
+__all__ = ["LOOPBACK", "MAIN_PY", "SERVED_MODEL", "default_app_dir", "server_command", "write_app"]

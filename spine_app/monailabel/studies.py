@@ -1,0 +1,111 @@
+"""A MONAI Label studies folder is flat (one file per radiograph); this module maps its image ids
+back to studies, views and classes.
+
+Naming: ``<study>_<VIEW>.<ext>`` (``_AP`` / ``_LAT``, any case; ``-`` or ``.`` also separate), so the
+two films of a study pair up by name. A file whose name names no view gets it from its DICOM tags
+(ViewPosition, then descriptions) and is a study of its own; a request may name the view itself
+(``{"view": "LAT"}``). The Normal/Damaged class of a study comes from the label's info
+(``{"study_class": "Damaged"}`` sent with the label), else from ``study_classes.json`` in the studies
+folder (written by ``spine-app monailabel prepare`` from a dataset's class folders), else it is
+unknown (the study then trains the masks only).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+from spine_app.channels import VIEWS, view_for_image_stem
+from spine_app.data.io import write_atomic
+from spine_app.data.layout import CLASS_NAMES, find_studies
+
+CLASSES_FILE = "study_classes.json"
+_SUFFIX = re.compile(r"^(?P<study>.+?)[_\-. ](?P<view>[A-Za-z]+)$")
+
+
+def split_image_id(image_id: str) -> tuple[str, str | None]:
+    """``"case7_LAT"`` -> ``("case7", "LAT")``; an id that ends in no view name -> ``(image_id, None)``."""
+    match = _SUFFIX.match(image_id)
+    if match:
+        view = view_for_image_stem(match["view"])
+        if view is not None:
+            return match["study"], view
+    return image_id, None
+
+
+def resolve_view(path: str | Path, image_id: str, requested: str | None = None) -> str:
+    """The view of one radiograph: the request's, else its name's, else its DICOM tags'.
+
+    Raises:
+        ValueError: none of them names AP or LAT (one line naming the file).
+    """
+    from spine_app.infer import view_of_file
+
+    if requested:
+        if str(requested).upper() not in VIEWS:
+            raise ValueError(f"{path}: view must be AP or LAT, got {requested!r}")
+        return str(requested).upper()
+    view = split_image_id(image_id)[1] or view_of_file(Path(path))
+    if view is None:
+        raise ValueError(
+            f"{path}: cannot tell the view (AP or LAT): name it <study>_AP / <study>_LAT, give it a DICOM "
+            'ViewPosition, or send params {"view": "AP"}'
+        )
+    return view
+
+
+def class_index(value: Any) -> int | None:
+    """0 (Normal) / 1 (Damaged) from a class name or number; None for missing or unknown values."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, (int, float)) and int(value) in (0, 1):
+        return int(value)
+    names = {c.lower(): i for i, c in enumerate(CLASS_NAMES)}
+    return names.get(str(value).strip().lower())
+
+
+def known_classes(studies: str | Path) -> dict[str, int]:
+    """study -> class index from ``studies/study_classes.json`` (empty without the file)."""
+    path = Path(studies) / CLASSES_FILE
+    if not path.is_file():
+        return {}
+    data = json.loads(path.read_text())
+    return {study: idx for study, value in data.items() if (idx := class_index(value)) is not None}
+
+
+def prepare_studies(dataset: str | Path, out: str | Path, copy: bool = True) -> dict[str, Any]:
+    """Flatten a dataset in the canonical layout into a MONAI Label studies folder.
+
+    Every film becomes ``out/<study>_<VIEW><ext>`` (copied, or symlinked with ``copy=False``); the
+    classes of the class folders go to ``out/study_classes.json``. Returns {"images", "studies", "classes"}.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    classes: dict[str, str] = {}
+    images = studies = 0
+    for study in find_studies(dataset):
+        studies += bool(study.images)
+        for view, source in study.images.items():
+            suffix = ".nii.gz" if source.name.lower().endswith(".nii.gz") else source.suffix.lower()
+            target = out / f"{study.study_id}_{view}{suffix}"
+            if target.exists() or target.is_symlink():
+                target.unlink()
+            if copy:
+                write_atomic(target, lambda tmp, src=source: shutil.copyfile(src, tmp))
+            else:
+                target.symlink_to(source.resolve())
+            images += 1
+        if study.class_name:
+            classes[study.study_id] = study.class_name
+    previous = {}
+    if (out / CLASSES_FILE).is_file():
+        previous = json.loads((out / CLASSES_FILE).read_text())
+    merged = {**previous, **classes}
+    write_atomic(out / CLASSES_FILE, lambda tmp: tmp.write_text(json.dumps(merged, indent=1, sort_keys=True) + "\n"))
+    return {"images": images, "studies": studies, "classes": len(merged)}
+
+
+__all__ = ["CLASSES_FILE", "class_index", "known_classes", "prepare_studies", "resolve_view", "split_image_id"]

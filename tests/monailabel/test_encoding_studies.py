@@ -1,0 +1,65 @@
+"""The label encoding and the studies-folder helpers (no server needed)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from spine_app.channels import MASK_NAMES, channels_of_view
+from spine_app.data.io import write_png
+from spine_app.monailabel.encoding import LABEL_VALUES, decode_masks, encode_masks
+from spine_app.monailabel.studies import (
+    CLASSES_FILE,
+    class_index,
+    known_classes,
+    prepare_studies,
+    resolve_view,
+    split_image_id,
+)
+from tests.helpers import write_png_study
+
+
+def test_bitmask_keeps_overlapping_structures() -> None:
+    rng = np.random.default_rng(0)
+    masks = {c: rng.random((40, 30)) > 0.5 for c in channels_of_view("LAT")}  # heavy overlap
+    label = encode_masks(masks)
+    assert label.dtype == np.uint8 and label.shape == (40, 30)
+    decoded = decode_masks(label, "LAT")
+    assert set(decoded) == set(masks) and all(np.array_equal(decoded[c], masks[c]) for c in masks)
+    both = masks[3] & masks[4]
+    assert np.all(label[both] & (LABEL_VALUES["Lat_Vertebra"] | LABEL_VALUES["Lat_Spinous_Process"]) == 24)
+
+
+def test_decoding_refuses_a_label_of_the_other_view() -> None:
+    label = encode_masks({0: np.ones((8, 8), bool)})  # an AP structure
+    with pytest.raises(ValueError, match="Ap_Vertebra"):
+        decode_masks(label, "LAT")
+    with pytest.raises(ValueError, match="different sizes"):
+        encode_masks({0: np.ones((8, 8), bool), 1: np.ones((8, 9), bool)})
+
+
+def test_image_ids_name_study_and_view() -> None:
+    assert split_image_id("case7_LAT") == ("case7", "LAT")
+    assert split_image_id("p-01.ap") == ("p-01", "AP")
+    assert split_image_id("syn7_00003_Lateral") == ("syn7_00003", "LAT")
+    assert split_image_id("chest") == ("chest", None)
+    assert resolve_view("x/chest.png", "chest", "lat") == "LAT"
+    with pytest.raises(ValueError, match=r"x/chest.png: cannot tell the view"):
+        resolve_view("x/chest.png", "chest")
+    assert [class_index(v) for v in ("Damaged", "normal", 1, "", None, "broken")] == [1, 0, 1, None, None, None]
+
+
+def test_prepare_flattens_a_dataset_with_its_classes(tmp_path: Path) -> None:
+    write_png_study(tmp_path / "ds" / "Damaged" / "s1", masks=False)
+    write_png_study(tmp_path / "ds" / "Normal" / "s2", masks=False)
+    write_png(tmp_path / "ds" / "Normal" / "s3" / "LAT.png", np.full((96, 80), 7, np.uint16))
+    done = prepare_studies(tmp_path / "ds", tmp_path / "studies")
+    names = sorted(p.name for p in (tmp_path / "studies").iterdir())
+    assert names == sorted([CLASSES_FILE, "s1_AP.png", "s1_LAT.png", "s2_AP.png", "s2_LAT.png", "s3_LAT.png"])
+    assert done == {"images": 5, "studies": 3, "classes": 3}
+    assert known_classes(tmp_path / "studies") == {"s1": 1, "s2": 0, "s3": 0}
+    assert json.loads((tmp_path / "studies" / CLASSES_FILE).read_text())["s1"] == "Damaged"
+    assert len(MASK_NAMES) == len(LABEL_VALUES) == 8
