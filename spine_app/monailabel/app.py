@@ -32,7 +32,9 @@ class SpineXrayAppBase:
         self.spine_bundle = Path(conf.get("bundle") or BUNDLE_DIR)
         self.served_model = Path(app_dir) / SERVED_MODEL
         if not self.served_model.is_file():
-            raise FileNotFoundError(f"{self.served_model}: no served weights; make the app with `spine-app monailabel app`")
+            raise FileNotFoundError(
+                f"{self.served_model}: no served weights; make the app with `spine-app monailabel app`"
+            )
         super().__init__(  # type: ignore[call-arg]
             app_dir=app_dir, studies=studies, conf=conf, name="spine-xray",
             description="Spine X-ray (AP/LAT) structures and Normal/Damaged, from the spine-app MONAI bundle",
@@ -53,7 +55,9 @@ class SpineXrayAppBase:
         }
 
     def init_trainers(self) -> dict[str, Any]:
-        return {"spine_bundle": SpineFineTune(self.served_model, self.spine_bundle, Path(self.app_dir), Path(self.studies))}  # type: ignore[attr-defined]
+        return {
+            "spine_bundle": SpineFineTune(self.served_model, self.spine_bundle, Path(self.app_dir), Path(self.studies))
+        }  # type: ignore[attr-defined]
 
     def init_strategies(self) -> dict[str, Any]:
         from monailabel.tasks.activelearning.first import First

@@ -6,8 +6,14 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
+import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
+from typing import IO
 
 from spine_app.data.io import write_atomic
 
@@ -59,4 +65,57 @@ def server_command(app: Path, studies: Path, host: str = "127.0.0.1", port: int 
     return cmd
 
 
-__all__ = ["LOOPBACK", "MAIN_PY", "SERVED_MODEL", "default_app_dir", "server_command", "write_app"]
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_server(app: Path, studies: Path, port: int, log: IO) -> subprocess.Popen:
+    """``spine-app monailabel serve`` on 127.0.0.1:``port`` as a child process (its id is the server's)."""
+    cmd = [sys.executable, "-m", "spine_app.cli", "monailabel", "serve", str(studies), "--app", str(app),
+           "--port", str(port)]  # fmt: skip
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def wait_ready(url: str, process: subprocess.Popen, timeout: float = 120.0) -> None:
+    """Poll ``url/info/`` until it answers 200; RuntimeError if the server exits or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"MONAI Label server exited with code {process.returncode} before answering")
+        try:
+            with urllib.request.urlopen(f"{url}/info/", timeout=5) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{url}/info/ did not answer within {timeout:.0f} s")
+        time.sleep(1)
+
+
+def stop_server(process: subprocess.Popen, timeout: float = 20.0) -> None:
+    """SIGTERM the server by its process id, SIGKILL if it is still there after ``timeout``."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+__all__ = [
+    "LOOPBACK",
+    "MAIN_PY",
+    "SERVED_MODEL",
+    "default_app_dir",
+    "free_port",
+    "server_command",
+    "start_server",
+    "stop_server",
+    "wait_ready",
+    "write_app",
+]

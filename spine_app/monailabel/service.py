@@ -48,9 +48,7 @@ def predict_study(
             raise StudyFailed(outcome["errors"][0]["error"])
         folder = Path(tmp) / study_id
         result = json.loads((folder / "result.json").read_text())
-        masks = {
-            c: read_mask(folder / f"{MASK_NAMES[c]}.png") for view in images for c in channels_of_view(view)
-        }
+        masks = {c: read_mask(folder / f"{MASK_NAMES[c]}.png") for view in images for c in channels_of_view(view)}
     return StudyPrediction(result, masks)
 
 

@@ -34,7 +34,9 @@ def test_worse_weights_are_not_served(synth_root: Path, tmp_path: Path) -> None:
     report = finetune(items, served, BUNDLE_DIR, tmp_path / "work", epochs=1, learning_rate=1.0, batch_size=2)
     assert not report["replaced"] and report["after"]["score"] < report["before"]["score"]
     assert sha256_of(served) == before == report["served_sha256"]
-    assert [s["image"] for s in report["skipped"]] == ["extra_LAT"] and "label is 64x64" in report["skipped"][0]["error"]
+    assert [s["image"] for s in report["skipped"]] == ["extra_LAT"] and "label is 64x64" in report["skipped"][0][
+        "error"
+    ]
     datalist = json.loads((tmp_path / "work" / "datalist.json").read_text())
     assert len(datalist["training"]) == 2 and len(datalist["validation"]) == 1
     assert all(e["label"] in (0, 1) for e in datalist["training"] + datalist["validation"])

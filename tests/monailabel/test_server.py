@@ -7,10 +7,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import signal
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +21,7 @@ from spine_app.data.io import read_image, read_mask, write_png
 from spine_app.engines.dataset import study_entry
 from spine_app.engines.writer import sha256_of
 from spine_app.infer import run_inference
-from spine_app.monailabel.appdir import SERVED_MODEL
+from spine_app.monailabel.appdir import SERVED_MODEL, free_port, start_server, stop_server, wait_ready
 from spine_app.monailabel.encoding import LABEL_VALUES, decode_masks, encode_masks
 from spine_app.monailabel.studies import prepare_studies
 from spine_app.synthetic.generator import generate_dataset
@@ -38,12 +34,6 @@ pytestmark = pytest.mark.slow
 STUDIES = ("syn7_00000", "syn7_00001", "syn7_00002")  # labelled by the "annotators"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     root = tmp_path_factory.mktemp("monailabel")
@@ -54,32 +44,17 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     write_png(studies / "eightbit_AP.png", (255 * (film - film.min()) / np.ptp(film)).astype(np.uint8))
     (studies / "broken_AP.png").write_bytes(b"not a png at all")
     port = free_port()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "spine_app.cli", "monailabel", "serve", str(studies), "--app", str(root / "app"),
-           "--port", str(port)]  # fmt: skip
     log = open(root / "server.log", "w")  # noqa: SIM115 - closed in finally
-    process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
+    process = start_server(root / "app", studies, port, log)
     try:
-        client = httpx.Client(base_url=url, timeout=120)
-        deadline = time.monotonic() + 120
-        while True:
-            assert process.poll() is None, (root / "server.log").read_text()[-3000:]
-            try:
-                if client.get("/info/").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "server did not answer /info/ within 120 s"
-            time.sleep(1)
+        try:
+            wait_ready(f"http://127.0.0.1:{port}", process, timeout=120)
+        except RuntimeError as err:
+            pytest.fail(f"{err}\n{(root / 'server.log').read_text()[-3000:]}")
+        client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120)
         yield {"client": client, "root": root, "studies": studies, "app": root / "app", "log": root / "server.log"}
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_server(process)
         log.close()
 
 
@@ -131,7 +106,10 @@ def test_corrupt_film_is_one_error_and_the_server_goes_on(server: dict) -> None:
     response = server["client"].post("/infer/spine_seg?image=broken_AP&output=image")
     assert response.status_code == 422
     assert "broken_AP.png" in response.json()["detail"] and "decode" in response.json()["detail"]
-    assert infer_label(server["client"], "syn7_00002_AP").shape == read_image(server["studies"] / "syn7_00002_AP.png")[0].shape
+    assert (
+        infer_label(server["client"], "syn7_00002_AP").shape
+        == read_image(server["studies"] / "syn7_00002_AP.png")[0].shape
+    )
 
 
 def test_saved_labels_fine_tune_and_replace_the_served_model(server: dict) -> None:
