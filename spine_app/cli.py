@@ -128,7 +128,7 @@ def infer(
         out: output folder (created).
         model: weights (default: the bundle's models/model.pt).
         device: "auto" (CUDA when present), "cpu" or "cuda:N".
-        view: AP or LAT, for single images whose name and tags do not say.
+        view: AP or LAT, for single images whose name and tags do not say (else guessed from the image).
         nifti: also write each mask as NIfTI with the pixel spacing.
         damaged_threshold: override the bundle's Damaged threshold.
         bundle: bundle folder (default: the repository's bundle/).
@@ -138,7 +138,7 @@ def infer(
 
     if not inputs:
         sys.exit("error: give at least one study folder, image, DICOM folder or datalist (spine-app infer --help)")
-    entries, errors = resolve_inputs(list(inputs), view, split)
+    entries, errors = resolve_inputs(list(inputs), view, split, model)
     overrides = {"write_nifti": bool(nifti)}
     if damaged_threshold is not None:
         overrides["damaged_threshold"] = float(damaged_threshold)
@@ -325,6 +325,22 @@ def robustness_noise_train(
     print((Path(out) / "noise_train.md").read_text())
 
 
+def bench_view(data: str, split: str = "test", model: str | None = None) -> None:
+    """Accuracy of telling AP from LAT by the pixels (for films no name or DICOM tag names).
+
+    Args:
+        data: datalist JSON.
+        split: split whose films are guessed.
+        model: weights (default the shipped model).
+    """
+    from spine_app.view_guess import MIN_MARGIN, bench_views
+
+    r = bench_views(data, split, model)
+    print(f"{r['films']} films: {r['correct']} correct, {r['wrong']} wrong, {r['refused']} refused (|score| < {MIN_MARGIN} or no column)")
+    print(f"lowest AP score {r['ap_score_min']:+.3f}, highest LAT score {r['lat_score_max']:+.3f}; "
+          f"{r['median_seconds']:.2f} s per film")  # fmt: skip
+
+
 def monailabel_app(out: str | None = None, model: str | None = None, force: bool = False) -> None:
     """Write the MONAI Label app folder and print its path (for ``monailabel start_server --app``).
 
@@ -396,6 +412,7 @@ COMMANDS = {
         "speed": bench_speed,
         "compare": bench_compare,
         "morphometry": bench_morphometry,
+        "view": bench_view,
     },
     "contact-sheet": contact_sheet,
     "infer": infer,

@@ -34,13 +34,32 @@ logger = logging.getLogger(__name__)
 BUNDLE_DIR = Path(__file__).resolve().parents[1] / "bundle"
 
 
-def _dicom_groups(folder: Path) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
-    """Studies from the loose DICOM files of ``folder``, grouped by StudyInstanceUID, views from tags."""
+def pixel_view(path: Path, model: str | Path | None, notes: list[str]) -> str | None:
+    """The view of ``path`` guessed from its pixels (:mod:`spine_app.view_guess`), with a note saying so;
+    None when the guess is not confident or the file cannot be read (it is reported when read)."""
+    from spine_app.view_guess import guess_view
+
+    try:
+        guess = guess_view(path, model=model)
+    except Exception as err:  # noqa: BLE001 - unreadable files are reported by the loader
+        logger.info("%s: no view guess (%s)", path, err)
+        return None
+    if not guess.confident:
+        return None
+    notes.append(guess.note(path))
+    logger.warning("%s", notes[-1])
+    return guess.view
+
+
+def _dicom_groups(folder: Path, model: str | Path | None = None) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+    """Studies from the loose DICOM files of ``folder``, grouped by StudyInstanceUID; views from names or
+    tags, else guessed from the pixels (noted in the study's ``notes``)."""
     import pydicom
 
     groups: dict[str, dict[str, Path]] = defaultdict(dict)
     errors: list[dict[str, str]] = []
     names: dict[str, str] = {}
+    notes: dict[str, list[str]] = defaultdict(list)
     for path in sorted(p for p in folder.iterdir() if p.is_file() and image_format(p) == "dicom"):
         try:
             ds = pydicom.dcmread(str(path), stop_before_pixels=True, force=True)
@@ -48,10 +67,11 @@ def _dicom_groups(folder: Path) -> tuple[list[dict[str, Any]], list[dict[str, st
             errors.append({"study_id": path.stem, "error": f"{path}: unreadable DICOM header ({err})"})
             continue
         uid = str(getattr(ds, "StudyInstanceUID", "") or folder.name)
-        view = view_for_image_stem(path.stem) or dicom_view(ds)
+        view = view_for_image_stem(path.stem) or dicom_view(ds) or pixel_view(path, model, notes[uid])
         if view is None:
             errors.append({"study_id": path.stem, "error": f"{path}: no ViewPosition, ImageLaterality or description "
-                           "names the view; pass the file with --view AP|LAT or name it AP/LAT"})  # fmt: skip
+                           "names the view and the image does not show it clearly; pass the file with --view AP|LAT "
+                           "or name it AP/LAT"})  # fmt: skip
             continue
         if view in groups[uid]:
             errors.append({"study_id": path.stem, "error": f"{path}: second {view} image of study {uid} "
@@ -59,15 +79,24 @@ def _dicom_groups(folder: Path) -> tuple[list[dict[str, Any]], list[dict[str, st
             continue
         groups[uid][view] = path
         names.setdefault(uid, str(getattr(ds, "PatientID", "") or folder.name) + "_" + uid[-8:])
-    return [study_entry(names[uid], images) for uid, images in groups.items()], errors
+    return [_with_notes(study_entry(names[uid], images), notes[uid]) for uid, images in groups.items()], errors
+
+
+def _with_notes(entry: dict[str, Any], notes: list[str]) -> dict[str, Any]:
+    """``entry`` with ``notes`` (how its views were told, ...) that the writer copies into result.json."""
+    if notes:
+        entry["notes"] = " | ".join(notes)
+    return entry
 
 
 def resolve_inputs(
-    inputs: list[str], view: str | None = None, split: str | None = None
+    inputs: list[str], view: str | None = None, split: str | None = None, model: str | Path | None = None
 ) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
     """(entries, errors): inference datalist entries for every study found in ``inputs``.
 
-    ``split`` limits datalist inputs to one split (training, validation, test, unlabelled).
+    ``split`` limits datalist inputs to one split (training, validation, test, unlabelled). A film
+    whose view neither ``view``, its name nor its DICOM tags give is guessed from its pixels with
+    ``model`` (default the shipped weights); the guess is noted in the study's result.json.
 
     ``errors`` has one {"study_id", "error"} per input that cannot become a study (missing path,
     unknown view, a folder with no image); the others are still returned.
@@ -85,18 +114,19 @@ def resolve_inputs(
             for name in (split,) if split else ("training", "validation", "test", "unlabelled"):
                 entries += [study_entry(e["study_id"], _entry_images(e), e.get("label")) for e in data.get(name, [])]
         elif path.is_file():
-            chosen = view.upper() if view else view_of_file(path)
+            notes: list[str] = []
+            chosen = view.upper() if view else view_of_file(path) or pixel_view(path, model, notes)
             if chosen is None:
                 errors.append({"study_id": path.stem, "error": f"{path}: cannot tell the view (AP or LAT) from the file "
-                               "name or DICOM tags; pass --view AP or --view LAT"})  # fmt: skip
+                               "name, DICOM tags or the image; pass --view AP or --view LAT"})  # fmt: skip
             else:
-                entries.append(study_entry(path.stem, {chosen: path}))
+                entries.append(_with_notes(study_entry(path.stem, {chosen: path}), notes))
         elif looks_like_study(path) or any(p.is_dir() for p in path.iterdir()):
             for study in find_studies(path):
                 if study.images:
                     entries.append(study_entry(study.study_id, study.images, study.label))
                 else:
-                    found = _dicom_groups(study.folder)
+                    found = _dicom_groups(study.folder, model)
                     if found[0] or found[1]:
                         entries += found[0]
                         errors += found[1]
@@ -105,7 +135,7 @@ def resolve_inputs(
                             {"study_id": study.study_id, "error": f"{study.folder}: no AP or LAT image found"}
                         )
         else:
-            found = _dicom_groups(path)
+            found = _dicom_groups(path, model)
             entries += found[0]
             errors += found[1]
             if not found[0] and not found[1]:
@@ -209,4 +239,4 @@ def summary_line(result: dict[str, Any], out: str | Path) -> str:
     )
 
 
-__all__ = ["BUNDLE_DIR", "check_writable", "resolve_inputs", "run_inference", "summary_line", "view_of_file"]
+__all__ = ["BUNDLE_DIR", "check_writable", "pixel_view", "resolve_inputs", "run_inference", "summary_line", "view_of_file"]

@@ -103,8 +103,8 @@ def _bad_batch(root: Path, synth_root: Path) -> dict[str, Path]:
 def batch(tmp_path_factory: pytest.TempPathFactory, synth_root: Path, model_file: Path) -> dict:
     root = tmp_path_factory.mktemp("batch")
     studies = _bad_batch(root / "in", synth_root)
-    unknown = root / "scan.png"  # a single image whose view nothing tells
-    write_png(unknown, radiograph((160, 120)))
+    unknown = root / "scan.png"  # a single image whose view nothing tells, not even its pixels (no spine in it)
+    write_png(unknown, radiograph((1200, 900)))
     entries, errors = resolve_inputs([str(root / "in"), str(unknown)])
     out = root / "out"
     result = run_inference(entries, out, model_file, "cpu", errors=errors, **SMALL)
@@ -222,13 +222,30 @@ def test_loose_dicom_folder_is_grouped_by_study_and_view_tags(tmp_path: Path) ->
             ds = pydicom.dcmread(path)
             ds.StudyInstanceUID = uid
             ds.save_as(path)
-    untagged = folder / "IMX.dcm"
-    write_dicom(untagged, radiograph((160, 120)))
+    untagged = folder / "IMX.dcm"  # no view tag and no spine to guess it from
+    write_dicom(untagged, radiograph((1200, 900)))
     entries, errors = resolve_inputs([str(folder)])
     assert sorted(e["study_id"] for e in entries) == ["PA_1.2.3.1", "PB_1.2.3.2"]
     for entry in entries:
         assert Path(entry["image_ap"]).name.endswith("0.dcm") and Path(entry["image_lat"]).name.endswith("1.dcm")
     assert len(errors) == 1 and "IMX.dcm" in errors[0]["error"] and "--view" in errors[0]["error"]
+
+
+def test_views_no_name_or_tag_gives_are_guessed_from_the_image_and_noted(tmp_path: Path, synth_root: Path) -> None:
+    study = next(synth_root.glob("*/*/AP.png")).parent
+    film = tmp_path / "film.png"  # an AP film under a name that says nothing
+    shutil.copyfile(study / "AP.png", film)
+    folder = tmp_path / "dicom"
+    folder.mkdir()
+    write_dicom(folder / "IM1.dcm", read_image(study / "LAT.png")[0].astype(np.uint16))  # LAT, no ViewPosition
+    entries, errors = resolve_inputs([str(film), str(folder)])
+    assert errors == []
+    by_view = {("AP" if e["image_ap"] else "LAT"): e for e in entries}
+    assert set(by_view) == {"AP", "LAT"} and by_view["AP"]["image_ap"] == str(film)
+    assert "view AP guessed from the image" in by_view["AP"]["notes"]
+    run_inference(entries, tmp_path / "out", **SMALL)  # the shipped model
+    result = json.loads((tmp_path / "out" / by_view["LAT"]["study_id"] / "result.json").read_text())
+    assert any("view LAT guessed from the image" in w and "IM1.dcm" in w for w in result["warnings"])
 
 
 def test_datalist_input_with_a_split(tmp_path: Path, synth_root: Path) -> None:

@@ -103,7 +103,7 @@ class LoadStudyd(MapTransform):
             return blank
 
     def _load(self, data: Mapping[Hashable, Any]) -> dict[str, Any]:
-        out: dict[str, Any] = {"study_id": str(data["study_id"]), "error": ""}
+        out: dict[str, Any] = {"study_id": str(data["study_id"]), "error": "", "notes": str(data.get("notes") or "")}
         label = data.get("label")
         out["label"] = torch.tensor(-1.0 if label is None else float(label))
         present = []

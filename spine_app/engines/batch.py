@@ -22,7 +22,7 @@ def prepare_study_batch(
     targets = {k: move(k) for k in TARGET_KEYS}
     targets["image_ap"], targets["image_lat"] = inputs["ap"], inputs["lat"]  # for example overlays in reports
     targets["study_id"] = list(batchdata.get("study_id", []))
-    for key in ("path_ap", "path_lat", "error"):  # source files and load errors, for the inference writer
+    for key in ("path_ap", "path_lat", "error", "notes"):  # source files, load errors and notes, for the writer
         targets[key] = list(batchdata.get(key, [""] * len(targets["study_id"])))
     return inputs, targets
 

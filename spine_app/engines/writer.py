@@ -183,7 +183,7 @@ class StudyPredictionWriter:
             "mask_area_px": {},
             "mask_area_mm2": {},
             "morphometry": None,
-            "warnings": [],
+            "warnings": [n for n in ((target.get("notes") or [""] * (b + 1))[b] or "").split(" | ") if n],
             "inputs": {},
             "model": self.model,
             "bundle_version": self.model_version,

@@ -3,8 +3,8 @@ back to studies, views and classes.
 
 Naming: ``<study>_<VIEW>.<ext>`` (``_AP`` / ``_LAT``, any case; ``-`` or ``.`` also separate), so the
 two films of a study pair up by name. A file whose name names no view gets it from its DICOM tags
-(ViewPosition, then descriptions) and is a study of its own; a request may name the view itself
-(``{"view": "LAT"}``). The Normal/Damaged class of a study comes from the label's info
+(ViewPosition, then descriptions), else from its pixels (:mod:`spine_app.view_guess`), and is a
+study of its own; a request may name the view itself (``{"view": "LAT"}``). The Normal/Damaged class of a study comes from the label's info
 (``{"study_class": "Damaged"}`` sent with the label), else from ``study_classes.json`` in the studies
 folder (written by ``spine-app monailabel prepare`` from a dataset's class folders), else it is
 unknown (the study then trains the masks only).
@@ -36,25 +36,35 @@ def split_image_id(image_id: str) -> tuple[str, str | None]:
     return image_id, None
 
 
-def resolve_view(path: str | Path, image_id: str, requested: str | None = None) -> str:
-    """The view of one radiograph: the request's, else its name's, else its DICOM tags'.
+def resolve_view(
+    path: str | Path, image_id: str, requested: str | None = None, model: str | Path | None = None
+) -> tuple[str, str]:
+    """(view, how it was told) of one radiograph: the request's, else its name's, else its DICOM tags',
+    else guessed from its pixels with ``model`` (:mod:`spine_app.view_guess`).
 
     Raises:
-        ValueError: none of them names AP or LAT (one line naming the file).
+        ValueError: nothing names the view and the image does not show it clearly (one line naming the file).
     """
     from spine_app.infer import view_of_file
+    from spine_app.view_guess import guess_view
 
     if requested:
         if str(requested).upper() not in VIEWS:
             raise ValueError(f"{path}: view must be AP or LAT, got {requested!r}")
-        return str(requested).upper()
-    view = split_image_id(image_id)[1] or view_of_file(Path(path))
-    if view is None:
-        raise ValueError(
-            f"{path}: cannot tell the view (AP or LAT): name it <study>_AP / <study>_LAT, give it a DICOM "
-            'ViewPosition, or send params {"view": "AP"}'
-        )
-    return view
+        return str(requested).upper(), "request"
+    named = split_image_id(image_id)[1]
+    if named:
+        return named, "file name"
+    tagged = view_of_file(Path(path))
+    if tagged:
+        return tagged, "file name or DICOM tags"
+    guess = guess_view(path, model=model)
+    if guess.confident:
+        return guess.view, f"guessed from the image (score {guess.score:+.2f})"
+    raise ValueError(
+        f"{path}: cannot tell the view (AP or LAT): name it <study>_AP / <study>_LAT, give it a DICOM "
+        'ViewPosition, or send params {"view": "AP"} (the image does not show it clearly)'
+    )
 
 
 def class_index(value: Any) -> int | None:

@@ -56,14 +56,14 @@ class _BundleInfer(InferTask):
     def is_valid(self) -> bool:
         return self.model.is_file()
 
-    def _film(self, request: dict[str, Any]) -> tuple[Path, str, str]:
-        """(film path, datastore id, view) of the request; HTTP 422 when the view cannot be told."""
+    def _film(self, request: dict[str, Any]) -> tuple[Path, str, str, str]:
+        """(film path, datastore id, view, how the view was told); HTTP 422 when it cannot be told."""
         path = Path(str(request["image"]))
         image_id = image_id_of(path)
         try:
-            return path, image_id, resolve_view(path, image_id, request.get("view") or None)
-        except ValueError as err:
-            raise HTTPException(status_code=422, detail=str(err)) from err
+            return path, image_id, *resolve_view(path, image_id, request.get("view") or None, self.model)
+        except (ValueError, OSError) as err:
+            raise HTTPException(status_code=422, detail=str(err).splitlines()[0]) from err
 
     def _predict(self, images: dict[str, Path], study: str, request: dict[str, Any]):
         try:
@@ -82,7 +82,7 @@ class SpineSegmentation(_BundleInfer):
 
     def __call__(self, request: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         start = time.perf_counter()
-        path, image_id, view = self._film(request)
+        path, image_id, view, view_source = self._film(request)
         prediction = self._predict({view: path}, image_id, request)
         label = segmentation_label(prediction, view)
         out = Path(tempfile.mkstemp(prefix=f"{image_id}_", suffix=".png")[1])
@@ -90,6 +90,7 @@ class SpineSegmentation(_BundleInfer):
         result = prediction.result
         return str(out), {
             "view": view,
+            "view_source": view_source,
             "encoding": "bitmask: pixel value = sum of 2**channel over the structures present",
             "label_values": {name: LABEL_VALUES[name] for name in result["mask_area_px"]},
             "mask_area_px": result["mask_area_px"],
@@ -111,7 +112,7 @@ class SpineClassification(_BundleInfer):
         self.datastore = datastore
 
     def __call__(self, request: dict[str, Any]) -> tuple[None, dict[str, Any]]:
-        path, image_id, view = self._film(request)
+        path, image_id, view, _ = self._film(request)
         study, named_view = split_image_id(image_id)
         images = {view: path}
         if named_view is not None:  # pair <study>_AP with <study>_LAT when both are in the datastore
@@ -146,8 +147,8 @@ class SpineFineTune(TrainTask):
             info = datastore.get_label_info(image_id, tag) or {}
             params = info.get("params", info) if isinstance(info.get("params"), dict) else info
             try:
-                view = resolve_view(image, image_id, params.get("view") or None)
-            except ValueError as err:
+                view, _ = resolve_view(image, image_id, params.get("view") or None, self.model)
+            except (ValueError, OSError) as err:
                 logger.error("%s", err)
                 continue
             study = split_image_id(image_id)[0]

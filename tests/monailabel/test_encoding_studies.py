@@ -46,9 +46,8 @@ def test_image_ids_name_study_and_view() -> None:
     assert split_image_id("p-01.ap") == ("p-01", "AP")
     assert split_image_id("syn7_00003_Lateral") == ("syn7_00003", "LAT")
     assert split_image_id("chest") == ("chest", None)
-    assert resolve_view("x/chest.png", "chest", "lat") == "LAT"
-    with pytest.raises(ValueError, match=r"x/chest.png: cannot tell the view"):
-        resolve_view("x/chest.png", "chest")
+    assert resolve_view("x/chest.png", "chest", "lat") == ("LAT", "request")
+    assert resolve_view("x/case7_LAT.png", "case7_LAT") == ("LAT", "file name")
     assert [class_index(v) for v in ("Damaged", "normal", 1, "", None, "broken")] == [1, 0, 1, None, None, None]
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,6 +44,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     film = read_image(studies / "syn7_00000_AP.png")[0]
     write_png(studies / "eightbit_AP.png", (255 * (film - film.min()) / np.ptp(film)).astype(np.uint8))
     (studies / "broken_AP.png").write_bytes(b"not a png at all")
+    shutil.copyfile(studies / "syn7_00002_AP.png", studies / "film.png")  # a name that says no view
     port = free_port()
     log = open(root / "server.log", "w")  # noqa: SIM115 - closed in finally
     process = start_server(root / "app", studies, port, log)
@@ -77,7 +79,7 @@ def test_info_lists_models_labels_and_trainer(server: dict) -> None:
     assert {"spine_seg", "spine_cls"} <= set(info["models"]) and "spine_bundle" in info["trainers"]
     assert info["models"]["spine_seg"]["labels"] == LABEL_VALUES and set(LABEL_VALUES) == set(MASK_NAMES)
     assert info["models"]["spine_cls"]["labels"] == {"Normal": 0, "Damaged": 1}
-    assert server["client"].get("/datastore/?output=stats").json()["total"] == 10  # 8 films + 8-bit + broken
+    assert server["client"].get("/datastore/?output=stats").json()["total"] == 11  # 8 films + 8-bit, unnamed, broken
 
 
 @pytest.mark.parametrize("image_id", ["syn7_00000_LAT", "syn7_00001_AP", "eightbit_AP"])  # 16-bit PNG, DICOM, 8-bit
@@ -89,6 +91,12 @@ def test_segmentation_matches_the_bundle_pixel_for_pixel(server: dict, image_id:
     expected, _ = direct_masks(film, view, tmp_path, server["app"] / SERVED_MODEL)
     assert np.array_equal(label, expected)
     assert decode_masks(label, view)[channels_of_view(view)[0]].sum() > 1000  # the vertebrae are found
+
+
+def test_a_film_named_without_view_is_guessed_and_says_so(server: dict) -> None:
+    answer = server["client"].post("/infer/spine_seg?image=film&output=json").json()
+    assert answer["view"] == "AP" and answer["view_source"].startswith("guessed from the image")
+    assert set(answer["mask_area_px"]) == {"Ap_Vertebra", "Ap_Pedicle", "Ap_Spinous_Process"}
 
 
 def test_classification_uses_both_films_of_the_study(server: dict, tmp_path: Path) -> None:
