@@ -27,6 +27,7 @@ up from ``lowest_level`` (L5 by default), an assumption that holds when the mask
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -37,6 +38,9 @@ GENANT_THRESHOLDS: tuple[float, float, float] = (0.20, 0.25, 0.40)
 #: a split inside a run of the mask is trusted where the cross-section dips below this fraction of
 #: the run's median (touching bodies leave a notch; a mask that merges the column leaves none)
 MIN_DIP = 0.9
+#: widening of the predicted disk spaces cut out of a predicted vertebra mask (chosen on the
+#: validation split: docs/results.md "Morphometry")
+DISK_GAP_MM = 1.5
 #: positions of the anterior, middle and posterior height measurements, as fractions of body depth
 HEIGHT_POSITIONS: dict[str, float] = {"anterior": 0.04, "middle": 0.5, "posterior": 0.96}
 _LEVELS: tuple[str, ...] = tuple(
@@ -160,6 +164,31 @@ def _expected_posterior(posterior: np.ndarray, index: int, reach: int = 3) -> fl
     slope = float(np.median(slopes))
     intercept = float(np.median(y - slope * x))
     return intercept + slope * index
+
+
+def measure_lat_film(
+    masks: Mapping[str, np.ndarray],
+    spacing_mm: tuple[float, float] = (1.0, 1.0),
+    lowest_level: str | None = "L5",
+    gap_mm: float = DISK_GAP_MM,
+) -> list[VertebralBody]:
+    """Morphometry of one LAT film from its channel masks (name -> bool (H, W); any LAT channel may be
+    missing except ``Lat_Vertebra``), the same way for inference, evaluation and the benchmark.
+
+    The bodies are ``Lat_Vertebra`` minus ``Lat_Disk_Height`` widened by ``gap_mm``: a predicted
+    vertebra mask bridges the thin disk spaces and overshoots the endplates, and the cut separates
+    and trims it. Reference masks, which neither bridge nor overshoot, are measured with
+    ``gap_mm=0``. The posterior hint is the spinous processes and the posterior line.
+    """
+    vertebra = np.asarray(masks["Lat_Vertebra"]) > 0
+    disk = masks.get("Lat_Disk_Height")
+    if disk is not None and np.any(disk):
+        reach = round(gap_mm / float(np.sqrt(spacing_mm[0] * spacing_mm[1])))
+        disk = np.asarray(disk) > 0
+        vertebra = vertebra & ~(ndimage.binary_dilation(disk, iterations=reach) if reach >= 1 else disk)
+    hints = [np.asarray(masks[n]) > 0 for n in ("Lat_Spinous_Process", "Lat_Posterior_Vertebral_Line") if n in masks]
+    posterior = np.logical_or.reduce(hints) if hints else None
+    return measure_vertebrae(vertebra, spacing_mm, posterior, lowest_level)
 
 
 def measure_vertebrae(

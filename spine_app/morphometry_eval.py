@@ -14,28 +14,27 @@ from typing import Any
 
 import numpy as np
 
-from spine_app.channels import MASK_NAMES
+from spine_app.channels import CHANNEL_VIEW, MASK_NAMES
 from spine_app.data.importer import load_datalist
 from spine_app.data.io import read_image, read_mask
 from spine_app.metrics.classification import auroc, auroc_ci
-from spine_app.morphometry import match_truth, measure_vertebrae, study_fracture_score
+from spine_app.morphometry import DISK_GAP_MM, match_truth, measure_lat_film, study_fracture_score
 
 HEIGHTS = ("anterior", "middle", "posterior")
 
 
-def _masks(entry: dict[str, Any], predictions: Path | None) -> tuple[np.ndarray, np.ndarray] | None:
-    """(vertebra, posterior hint) LAT masks of one study: predicted if ``predictions`` else reference."""
+def _lat_masks(entry: dict[str, Any], predictions: Path | None) -> dict[str, np.ndarray] | None:
+    """The LAT channel masks of one study (name -> bool): predicted if ``predictions`` else reference."""
+    names = [n for n, v in zip(MASK_NAMES, CHANNEL_VIEW) if v == "LAT"]
     if predictions is not None:
         folder = predictions / entry["study_id"]
-        if not (folder / "Lat_Vertebra.png").is_file():
-            return None
-        return read_mask(folder / "Lat_Vertebra.png"), read_mask(folder / "Lat_Spinous_Process.png")
-    paths = dict(zip(MASK_NAMES, entry["masks"]))
-    if not paths.get("Lat_Vertebra"):
+        paths = {n: folder / f"{n}.png" for n in names}
+        paths = {n: p for n, p in paths.items() if p.is_file()}
+    else:
+        paths = {n: Path(p) for n, p in zip(MASK_NAMES, entry["masks"]) if n in names and p}
+    if "Lat_Vertebra" not in paths:
         return None
-    spinous = paths.get("Lat_Spinous_Process")
-    vertebra = read_mask(paths["Lat_Vertebra"])
-    return vertebra, read_mask(spinous) if spinous else np.zeros_like(vertebra)
+    return {n: read_mask(p) for n, p in paths.items()}
 
 
 def evaluate_morphometry(
@@ -57,14 +56,14 @@ def evaluate_morphometry(
     labels, scores, any_grade = [], [], []
     skipped = 0
     for entry in entries:
-        truth_path, masks = entry.get("truth"), _masks(entry, pred_dir)
+        truth_path, masks = entry.get("truth"), _lat_masks(entry, pred_dir)
         if not truth_path or masks is None or not entry.get("image_lat"):
             skipped += 1
             continue
         truth = json.loads(Path(truth_path).read_text())
         _, meta = read_image(entry["image_lat"])
         spacing = meta.spacing or tuple(truth["pixel_spacing_mm"])
-        bodies = measure_vertebrae(masks[0], spacing, masks[1])
+        bodies = measure_lat_film(masks, spacing, gap_mm=DISK_GAP_MM if pred_dir else 0.0)  # reference masks: no cut
         pairs = [(b, lv) for b, lv in match_truth(bodies, truth) if lv["in_roi"]]
         for body, level in pairs:
             for h in HEIGHTS:

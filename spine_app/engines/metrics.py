@@ -21,7 +21,7 @@ from spine_app.metrics.classification import auroc
 from spine_app.metrics.segmentation import score_masks
 from spine_app.morphometry import (
     combine_probabilities,
-    measure_vertebrae,
+    measure_lat_film,
     morphometry_probability,
     study_fracture_score,
 )
@@ -87,8 +87,7 @@ def study_probabilities(
     if not has_lat:
         return {"prob_morphometry": None, "prob_combined": network}
     spacing = _working_spacing(geom_lat) or (1.0, 1.0)
-    posterior = lat_masks[MASK_NAMES.index("Lat_Spinous_Process")]
-    bodies = measure_vertebrae(lat_masks[MASK_NAMES.index("Lat_Vertebra")], spacing, posterior)
+    bodies = measure_lat_film({n: lat_masks[c] for c, n in enumerate(MASK_NAMES) if CHANNEL_VIEW[c] == "LAT"}, spacing)
     morph = morphometry_probability(study_fracture_score(bodies))
     return {"prob_morphometry": morph, "prob_combined": combine_probabilities(network, morph)}
 

@@ -163,7 +163,7 @@ class StudyPredictionWriter:
         """Write one study's files; returns its summary row."""
         from spine_app.morphometry import (
             combine_probabilities,
-            measure_vertebrae,
+            measure_lat_film,
             morphometry_probability,
             study_fracture_score,
         )
@@ -218,13 +218,8 @@ class StudyPredictionWriter:
                 )
             bodies = []
             if view == "LAT":
-                posterior = (
-                    masks[MASK_NAMES.index("Lat_Spinous_Process")]
-                    | masks[MASK_NAMES.index("Lat_Posterior_Vertebral_Line")]
-                )
-                bodies = measure_vertebrae(
-                    masks[MASK_NAMES.index("Lat_Vertebra")], spacing or (1.0, 1.0), posterior, self.lowest_level
-                )
+                bodies = measure_lat_film({MASK_NAMES[c]: m for c, m in masks.items()}, spacing or (1.0, 1.0),
+                                          self.lowest_level)  # fmt: skip
                 result["morphometry"] = _morphometry_summary(bodies, spacing)
                 result["morphometry_probability"] = round(morphometry_probability(study_fracture_score(bodies)), 4)
                 row.update(vertebrae=len(bodies), max_genant_grade=result["morphometry"]["max_grade"],
