@@ -10,7 +10,7 @@ import pytest
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
-from spine_app.morphometry import genant_grade, match_truth, measure_vertebrae, study_fracture_score
+from spine_app.morphometry import genant_grade, match_truth, measure_lat_film, measure_vertebrae, study_fracture_score
 
 SPACING = (0.5, 0.5)
 
@@ -144,3 +144,21 @@ def test_a_merged_column_without_dips_is_not_graded() -> None:
     json.dumps([b.to_json() for b in bodies])  # result.json must be able to hold them
     assert study_fracture_score(bodies) == 0.0
     assert "not separated from a neighbour on the mask" in bodies[0].flags
+
+
+def test_disk_spaces_split_a_vertebra_mask_that_bridges_them() -> None:
+    """A predicted LAT vertebra mask often fills the thin disks; cutting the disk channel out separates
+    the bodies again, and the widened cut trims what overshoots the endplates."""
+    heights = [(50, 50), (52, 52), (30, 54), (56, 56), (58, 58)]  # the middle body is wedged by 44 %
+    vert, spin = column(heights)
+    disk = ndimage.binary_closing(vert, structure=np.ones((21, 1))) & ~vert  # the disk spaces between the bodies
+    bridged = vert | disk
+    assert all(b.grade == -1 for b in measure_vertebrae(bridged, SPACING, spin))  # one slab: nothing graded
+    masks = {"Lat_Vertebra": bridged, "Lat_Disk_Height": disk, "Lat_Spinous_Process": spin}
+    bodies = measure_lat_film(masks, SPACING, gap_mm=0.0)
+    assert len(bodies) == 5 and [b.grade for b in bodies] == [0, 0, 3, 0, 0] and bodies[2].deformity == "wedge"
+    for body, (_, hp) in zip(bodies, heights):
+        assert body.heights_mm["posterior"] == pytest.approx(hp * 0.5, abs=1.5)
+    trimmed = measure_lat_film(masks, SPACING, gap_mm=1.0)  # 2 px off each endplate
+    for body, cut in zip(trimmed, bodies):
+        assert body.heights_mm["posterior"] == pytest.approx(cut.heights_mm["posterior"] - 2.0, abs=1.0)
