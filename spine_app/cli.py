@@ -301,7 +301,10 @@ def robustness_train_size(
     """
     from spine_app.robustness.experiments import TRAIN_SIZES, train_size
 
-    chosen = [int(n) for n in (sizes.split(",") if isinstance(sizes, str) else sizes)] if sizes else list(TRAIN_SIZES)
+    if sizes is None:
+        chosen = list(TRAIN_SIZES)
+    else:  # fire gives "5,20" as a tuple, "5" as an int
+        chosen = [int(n) for n in (sizes if isinstance(sizes, (list, tuple)) else str(sizes).split(","))]
     result = train_size(data, out, chosen, steps=steps, **overrides)
     print((Path(out) / "train_size.md").read_text())
     print(f"{len(result['runs'])} trainings -> {out}/train_size.png")

@@ -8,6 +8,7 @@ model on the test split with the robustness runner (the bundle's metric).
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -28,9 +29,18 @@ TRAIN_SIZES = (5, 10, 15, 20, 25, 45, 65, 85, 105)
 
 
 def train_bundle(datalist: str | Path, run_dir: Path, bundle: Path, **overrides: Any) -> Path:
-    """Train the bundle on ``datalist`` into ``run_dir`` (fresh, no resume); returns the best model path."""
+    """Train the bundle on ``datalist`` into ``run_dir`` (fresh, no resume); returns the best model path.
+
+    A run that already finished with the same overrides (``run_dir/train_done.json``) is reused, so
+    an interrupted experiment continues with the runs it has not done yet.
+    """
     from monai.bundle import ConfigWorkflow
 
+    done, model = run_dir / "train_done.json", run_dir / "models" / "model.pt"
+    settings = json.loads(json.dumps({"datalist": str(Path(datalist).resolve()), **overrides}, default=str))
+    if done.is_file() and model.is_file() and json.loads(done.read_text()).get("settings") == settings:
+        logger.warning("%s: finished run reused", run_dir)
+        return model
     configs = bundle / "configs"
     workflow = ConfigWorkflow(
         str(configs / "train.yaml"), meta_file=str(configs / "metadata.json"), logging_file=str(configs / "logging.conf"),
@@ -40,7 +50,8 @@ def train_bundle(datalist: str | Path, run_dir: Path, bundle: Path, **overrides:
     workflow.initialize()
     workflow.run()
     workflow.finalize()
-    return run_dir / "models" / "model.pt"
+    write_json(done, {"settings": settings, "model": str(model)})
+    return model
 
 
 def _test_scores(

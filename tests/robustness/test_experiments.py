@@ -35,6 +35,8 @@ def test_train_size_and_noise_train(synth_root: Path, tmp_path: Path) -> None:
     assert [r["epochs"] for r in result["runs"]] == [epochs_for_steps(2, n, 2) for n in (1, available)]
     assert (tmp_path / "ts" / "train_size.png").stat().st_size > 0
     assert (tmp_path / "ts" / f"n{available:04d}" / "models" / "model.pt").is_file()
+    again = run("train-size", str(datalist), "--out", str(tmp_path / "ts"), "--sizes", "1", "--steps", "2", *TINY)
+    assert again.returncode == 0 and "finished run reused" in again.stderr  # an interrupted curve continues
     noise = run("noise-train", str(datalist), "--out", str(tmp_path / "nt"), *TINY)
     assert noise.returncode == 0, noise.stderr[-3000:]
     table = (tmp_path / "nt" / "noise_train.md").read_text()
