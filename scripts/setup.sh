@@ -3,6 +3,7 @@
 #   bash scripts/setup.sh            # CPU machine (default)
 #   TORCH_SPEC="torch" bash scripts/setup.sh   # let pip choose (a CUDA build on Linux x86_64)
 #   bash scripts/setup.sh --monailabel   # also the MONAI Label server (docs/monailabel.md)
+#   bash scripts/setup.sh --onnx         # also ONNX export (spine-app export --onnx)
 # Elsewhere than this project's machines, a CPU-only wheel comes from PyTorch's own index:
 #   TORCH_INDEX=https://download.pytorch.org/whl/cpu bash scripts/setup.sh
 set -euo pipefail
@@ -18,12 +19,18 @@ if [ -n "${TORCH_INDEX:-}" ]; then
 else
   "$VENV/bin/python" -m pip install --quiet "$TORCH_SPEC"
 fi
-if [ "${1:-}" = "--monailabel" ]; then
+EXTRAS="dev"
+for option in "$@"; do
+  case "$option" in
+    --monailabel) EXTRAS="$EXTRAS,monailabel" ;;
+    --onnx) EXTRAS="$EXTRAS,onnx" ;;
+    *) echo "unknown option $option (use --monailabel, --onnx)" >&2; exit 2 ;;
+  esac
+done
+"$VENV/bin/python" -m pip install --quiet -e ".[$EXTRAS]"
+if [[ "$EXTRAS" == *monailabel* ]]; then
   # monailabel's declared dependencies pull torchvision and sam2 (a CUDA torch); its server needs neither
-  "$VENV/bin/python" -m pip install --quiet -e ".[dev,monailabel]"
   "$VENV/bin/python" -m pip install --quiet --no-deps monailabel==0.8.5 pydicom-seg==0.4.1
-else
-  "$VENV/bin/python" -m pip install --quiet -e ".[dev]"
 fi
 "$VENV/bin/python" -c "import torch, monai, spine_app; print('spine-app', spine_app.__version__, '| torch', torch.__version__, '| monai', monai.__version__)"
 echo "ready: source $VENV/bin/activate"

@@ -154,21 +154,29 @@ def infer(
         sys.exit(1)
 
 
-def export(out: str = "export", model: str | None = None, bundle: str | None = None) -> None:
+def export(out: str = "export", model: str | None = None, bundle: str | None = None, onnx: bool = False) -> None:
     """Export the network to TorchScript: OUT/model.ts (masks), OUT/study.ts (masks + Damaged logits).
 
     Args:
         out: output folder.
         model: weights (default: the bundle's models/model.pt).
         bundle: bundle folder (default: the repository's bundle/).
+        onnx: also OUT/model.onnx and OUT/study.onnx, checked with onnxruntime (pip install -e ".[onnx]").
     """
-    from spine_app.export import export_torchscript
+    from spine_app.export import export_onnx, export_torchscript
     from spine_app.infer import BUNDLE_DIR
 
     info = export_torchscript(out, bundle or BUNDLE_DIR, model)
     print(
         f"wrote {out}/model.ts and {out}/study.ts (canvas {info['canvas']}, weights {info['weights']['sha256'][:12]})"
     )
+    if onnx:
+        try:
+            checked = export_onnx(out, bundle or BUNDLE_DIR, model)
+        except ImportError as err:
+            sys.exit(f"error: ONNX export needs the onnx extra (pip install -e \".[onnx]\"): {err}")
+        worst = max(checked["max_abs_difference_vs_eager"].values())
+        print(f"wrote {out}/model.onnx and {out}/study.onnx (onnxruntime vs eager: max abs difference {worst:.1e})")
 
 
 def bench_infer(

@@ -27,7 +27,7 @@ from spine_app.monailabel.encoding import LABEL_VALUES, decode_masks, encode_mas
 from spine_app.monailabel.studies import prepare_studies
 from spine_app.synthetic.generator import generate_dataset
 
-if os.environ.get("SPINE_APP_REQUIRE_MONAILABEL") != "1":  # CI sets it: a missing extra fails, not skips
+if os.environ.get("SPINE_APP_REQUIRE_EXTRAS") != "1":  # CI sets it: a missing extra fails, not skips
     pytest.importorskip("monailabel", reason="MONAI Label not installed: bash scripts/setup.sh --monailabel")
 import httpx  # noqa: E402 - a dependency of the MONAI Label extra
 
