@@ -124,6 +124,8 @@ def test_saved_labels_fine_tune_and_replace_the_served_model(server: dict) -> No
     client = server["client"]
     served = server["app"] / SERVED_MODEL
     before_sha, before_label = sha256_of(served), infer_label(client, "syn7_00003_LAT")
+    # syn7_00000 is Normal in study_classes.json; the annotator's label info says Damaged and wins
+    info = {s: {"annotator": "test"} for s in STUDIES} | {"syn7_00000": {"annotator": "test", "study_class": "Damaged"}}
     for study in STUDIES:  # the annotators' convention: outlines 8 px wider than the model draws them
         folder = next((server["root"] / "dataset").glob(f"*/{study}"))
         for view in ("AP", "LAT"):
@@ -133,7 +135,7 @@ def test_saved_labels_fine_tune_and_replace_the_served_model(server: dict) -> No
             Image.fromarray(encode_masks(masks)).save(buffer, format="PNG")
             response = client.put("/datastore/label", params={"image": f"{study}_{view}", "tag": "final"},
                                   files={"label": ("label.png", buffer.getvalue(), "image/png")},
-                                  data={"params": json.dumps({"annotator": "test"})})  # fmt: skip
+                                  data={"params": json.dumps(info[study])})  # fmt: skip
             assert response.status_code == 200, response.text
     assert client.get("/datastore/?output=stats").json()["completed"] == 2 * len(STUDIES)
     started = client.post("/train/spine_bundle", json={"max_epochs": 4, "learning_rate": 0.001})
@@ -146,5 +148,8 @@ def test_saved_labels_fine_tune_and_replace_the_served_model(server: dict) -> No
     report = json.loads(next((server["app"] / "train").glob("*/finetune.json")).read_text())
     assert report["replaced"] and report["after"]["score"] > report["before"]["score"]
     assert sorted(report["training_studies"] + report["validation_studies"]) == sorted(STUDIES)
+    datalist = json.loads(next((server["app"] / "train").glob("*/datalist.json")).read_text())
+    classes = {e["study_id"]: e["label"] for e in datalist["training"] + datalist["validation"]}
+    assert classes == {"syn7_00000": 1, "syn7_00001": 1, "syn7_00002": 0}  # label info, else study_classes.json
     assert sha256_of(served) == report["served_sha256"] != before_sha
     assert not np.array_equal(infer_label(client, "syn7_00003_LAT"), before_label)  # the new weights answer
