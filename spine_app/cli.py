@@ -265,7 +265,7 @@ def bench_morphometry(datalist: str, split: str = "test", pred: str | None = Non
 def robustness_evaluate(
     data: str, out: str = "robustness", suite: str = "configs/robustness/default.yaml", model: str | None = None,
     split: str = "test", device: str = "cpu", seed: int = 0, limit: int | None = None, only: str | None = None,
-    bundle: str | None = None,
+    bundle: str | None = None, canvas: tuple | None = None,
 ) -> None:  # fmt: skip
     """Run the model on DATA's test split under every corruption of SUITE at five severities.
 
@@ -282,12 +282,14 @@ def robustness_evaluate(
         seed: corruption seed.
         limit: only the first N studies of the split.
         only: comma-separated corruption names to run (default: the whole suite).
+        canvas: working size the model was trained at, e.g. "[256, 192]" (default the bundle's).
     """
     from spine_app.robustness.evaluate import evaluate_robustness
     from spine_app.robustness.report import markdown
 
     names = [n.strip() for n in only.split(",")] if isinstance(only, str) else (list(only) if only else None)
-    results = evaluate_robustness(data, suite, out, model, bundle, split, device, seed, limit, names)
+    results = evaluate_robustness(data, suite, out, model, bundle, split, device, seed, limit, names,
+                                  [int(c) for c in canvas] if canvas else None)  # fmt: skip
     print(markdown(results))
     print(
         f"{results['studies']} studies x {1 + 5 * len(results['corruptions'])} conditions in {results['seconds']:.0f} s -> {out}"

@@ -114,9 +114,11 @@ def relative_error(clean: float, corrupted: list[float]) -> float:
 def evaluate_robustness(
     datalist: str | Path, suite: str | Path, out: str | Path, model: str | Path | None = None,
     bundle: str | Path | None = None, split: str = "test", device: str = "cpu", seed: int = 0,
-    limit: int | None = None, corruptions: list[str] | None = None,
+    limit: int | None = None, corruptions: list[str] | None = None, canvas: list[int] | None = None,
 ) -> dict[str, Any]:  # fmt: skip
-    """Evaluate clean and every (corruption, severity) of ``suite``; write results into ``out``."""
+    """Evaluate clean and every (corruption, severity) of ``suite``; write results into ``out``.
+
+    ``canvas`` is the working size (H, W) the model was trained at (default the inference config's)."""
     from spine_app.export import load_bundle_network
     from spine_app.infer import BUNDLE_DIR
 
@@ -129,8 +131,8 @@ def evaluate_robustness(
     entries = load_datalist(datalist)[split][:limit] if limit else load_datalist(datalist)[split]
     if not entries:
         raise ValueError(f"{datalist}: the {split!r} split is empty")
-    network, canvas = load_bundle_network(bundle or BUNDLE_DIR, model)
-    runner = RobustnessRunner(network, entries, canvas, device)
+    network, default_canvas = load_bundle_network(bundle or BUNDLE_DIR, model)
+    runner = RobustnessRunner(network, entries, [int(c) for c in canvas or default_canvas], device)
     began = time.perf_counter()
     clean = condition_scores(runner.run())
     results: dict[str, Any] = {"clean": clean, "corruptions": {}}
