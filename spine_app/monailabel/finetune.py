@@ -112,17 +112,19 @@ def validation_score(model: Path, datalist: Path, bundle: Path, canvas: list[int
 
 def finetune(
     items: list[LabelledImage], served_model: Path, bundle: Path, workdir: Path, epochs: int = 5,
-    val_fraction: float = 0.2, seed: int = 0, **overrides: Any,
+    val_fraction: float = 0.2, seed: int = 0, skipped: list[dict[str, str]] | None = None, **overrides: Any,
 ) -> dict[str, Any]:  # fmt: skip
     """Fine-tune the served weights on the labelled films; replace them only if validation did not get
-    worse. ``overrides`` are train.yaml ids (learning_rate, patch_size, batch_size ...). Writes and
-    returns ``workdir/finetune.json``."""
+    worse. ``overrides`` are train.yaml ids (learning_rate, patch_size, batch_size ...); ``skipped``
+    lists films left out before this call ({"image", "error"}), reported with the ones left out here.
+    Writes and returns ``workdir/finetune.json``."""
     from monai.bundle import ConfigParser
 
     from spine_app.robustness.experiments import train_bundle
 
     workdir.mkdir(parents=True, exist_ok=True)
-    datalist, skipped = build_datalist(items, workdir, val_fraction, seed)
+    datalist, bad_labels = build_datalist(items, workdir, val_fraction, seed)
+    skipped = list(skipped or []) + bad_labels
     parser = ConfigParser()
     parser.read_config(str(bundle / "configs" / "train.yaml"))
     canvas = [int(v) for v in (overrides.get("patch_size") or parser["patch_size"])]

@@ -141,7 +141,7 @@ class SpineFineTune(TrainTask):
         req = {**self._config, **request}
         tag = str(req["label_tag"])
         classes = known_classes(self.studies)
-        items = []
+        items, unusable = [], []
         for image_id in datastore.get_labeled_images(tag):
             image = Path(datastore.get_image_uri(image_id))
             info = datastore.get_label_info(image_id, tag) or {}
@@ -150,6 +150,7 @@ class SpineFineTune(TrainTask):
                 view, _ = resolve_view(image, image_id, params.get("view") or None, self.model)
             except (ValueError, OSError) as err:
                 logger.error("%s", err)
+                unusable.append({"image": image_id, "error": str(err).splitlines()[0]})
                 continue
             study = split_image_id(image_id)[0]
             label_class = class_index(params.get("study_class"))
@@ -158,7 +159,7 @@ class SpineFineTune(TrainTask):
         overrides = {k: req[k] for k in ("learning_rate", "batch_size", "patch_size") if req.get(k) is not None}
         workdir = self.app_dir / "train" / time.strftime("%Y%m%d-%H%M%S")
         return finetune(items, self.model, self.bundle, workdir, int(req["max_epochs"]), float(req["val_split"]),
-                        int(req["seed"]), **overrides)  # fmt: skip
+                        int(req["seed"]), skipped=unusable, **overrides)  # fmt: skip
 
 
 __all__ = ["SpineClassification", "SpineFineTune", "SpineSegmentation", "image_id_of"]
