@@ -70,6 +70,10 @@ def _plot(x: list[int], runs: list[dict[str, Any]], path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for name in runs[0]["clean"]["dice"]:
         axes[0].plot(x, [r["clean"]["dice"][name] for r in runs], marker="o", label=name)
+    for ax in axes:  # learning curves: sizes on a log axis, labelled as they are
+        ax.set_xscale("log")
+        ax.set_xticks(x, [str(n) for n in x])
+        ax.minorticks_off()
     axes[0].set(xlabel="training studies", ylabel="test Dice", ylim=(0, 1), title="Dice per mask")
     axes[0].legend(fontsize=7)
     for head in ("fused", "combined"):
