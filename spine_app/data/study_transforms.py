@@ -14,6 +14,8 @@ and fits it into a fixed canvas (aspect kept, area-downsampled, centred, zero-pa
 - ``study_id``: str; ``path_ap``, ``path_lat``: the image files ("" when absent)
 - ``error``: "" or, with ``on_error="record"``, the one-line reason the study could not be read
   (then both views are blank and ``present`` is zero: the writer reports the study as failed)
+- ``notes``: the entry's ``notes`` (e.g. how a view was told), " | "-separated; the writer copies
+  them into result.json's warnings
 """
 
 from __future__ import annotations
