@@ -17,6 +17,7 @@ from ``torch.utils.flop_counter``; latency is the median network time per study.
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,9 @@ from spine_app.bench_speed import to_device, training_batches
 from spine_app.channels import CHANNEL_VIEW, MASK_NAMES
 from spine_app.losses import MultiTaskLoss
 from spine_app.networks import SpineMultiTaskNet
-from spine_app.networks.multitask import _traceable_shortcuts
+from spine_app.networks.multitask import traceable_shortcuts
+
+logger = logging.getLogger(__name__)
 
 
 class SeedStyleModels(nn.Module):
@@ -51,7 +54,7 @@ class SeedStyleModels(nn.Module):
         self.classifier.unet.decoder = nn.Identity()  # the classifier has no decoder
         self.classifier.unet.segmentation_head = nn.Identity()
         self.lat_encoder = SpineMultiTaskNet(backbone, decoder_channels=decoder_channels).unet.encoder
-        _traceable_shortcuts(self.segmenters)  # the SpineMultiTaskNet encoders already have them
+        traceable_shortcuts(self.segmenters)  # the SpineMultiTaskNet encoders already have them
 
     def forward_study(self, ap: torch.Tensor, lat: torch.Tensor, present: torch.Tensor) -> dict[str, torch.Tensor]:
         seg = {"ap": torch.zeros(ap.shape[0], len(MASK_NAMES), *ap.shape[2:], device=ap.device),
@@ -138,5 +141,6 @@ def compare(
         evaluation = evaluate_variant(model, datalist, canvas, dev)
         results["variants"][name] = {"params": params, "macs_per_study": macs, "train_s": seconds,
                                      "peak_train_mib": peak, "loss_weights": weights, **evaluation}  # fmt: skip
+        logger.warning("compare: %s trained %d steps in %.0f s", name, steps, seconds)  # progress of a long run
     write_compare_report(results, out)
     return results

@@ -52,7 +52,7 @@ class ZeroPadShortcut(nn.Module):
         return F.pad(out, (0, 0, 0, 0, 0, self.planes - x.shape[1]))
 
 
-def _traceable_shortcuts(module: nn.Module) -> None:
+def traceable_shortcuts(module: nn.Module) -> None:
     """Replace every MONAI zero-padding shortcut (a ``functools.partial``) by :class:`ZeroPadShortcut`."""
     for block in module.modules():
         shortcut = getattr(block, "downsample", None)
@@ -92,7 +92,7 @@ class SpineMultiTaskNet(nn.Module):
             decoder_channels=tuple(decoder_channels),
             spatial_dims=2,
         )
-        _traceable_shortcuts(self.unet)
+        traceable_shortcuts(self.unet)
         deepest = int(FLEXUNET_BACKBONE.register_dict[backbone]["feature_channel"][-1])
         # average + max pooling: a fracture is one local finding among ten vertebrae, which an average dilutes
         self.embed = nn.Sequential(
