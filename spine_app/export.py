@@ -30,7 +30,7 @@ from torch import nn
 
 from spine_app import __version__
 from spine_app.data.io import write_atomic
-from spine_app.engines.dataset import bundle_version
+from spine_app.engines.dataset import bundle_version, weights_path
 from spine_app.engines.writer import sha256_of, write_json
 from spine_app.networks.multitask import SpineMultiTaskNet, load_weights
 
@@ -57,10 +57,7 @@ def load_bundle_network(bundle_dir: str | Path, model: str | Path | None = None)
     parser = ConfigParser()
     parser.read_config(str(bundle_dir / "configs" / "inference.yaml"))
     parser["bundle_root"] = str(bundle_dir)
-    model_path = Path(model) if model else bundle_dir / "models" / "model.pt"
-    if not model_path.is_file():
-        raise FileNotFoundError(f"{model_path}: no model weights (train one, see README, or pass --model)")
-    net = load_weights(parser.get_parsed_content("network_def"), str(model_path))
+    net = load_weights(parser.get_parsed_content("network_def"), str(weights_path(bundle_dir, model)))
     return net.eval(), [int(v) for v in parser.get_parsed_content("patch_size")]
 
 
@@ -75,21 +72,33 @@ def export_torchscript(out_dir: str | Path, bundle_dir: str | Path, model: str |
         study = torch.jit.trace(StudyForward(net), (image, torch.rand(1, 1, *canvas), torch.ones(1, 2)))
     write_atomic(out_dir / "model.ts", lambda tmp: torch.jit.save(masks, str(tmp)))
     write_atomic(out_dir / "study.ts", lambda tmp: torch.jit.save(study, str(tmp)))
-    model_path = Path(model) if model else Path(bundle_dir) / "models" / "model.pt"
+    files = {"model.ts": "image (B,1,H,W) -> mask logits (B,8,H,W)",
+             "study.ts": "ap, lat (B,1,H,W), present (B,2) -> " + ", ".join(STUDY_OUTPUTS)}  # fmt: skip
+    return _write_info(out_dir / "export_info.json", files, canvas, bundle_dir, model)
+
+
+def _write_info(
+    path: Path, files: dict[str, str], canvas: list[int], bundle_dir: str | Path, model: str | Path | None, **extra: Any
+) -> dict[str, Any]:
+    """Write and return what an export holds and where it came from: files, canvas, weights and their
+    SHA-256, versions, plus ``extra``."""
+    model_path = weights_path(bundle_dir, model)
     info = {
-        "files": {"model.ts": "image (B,1,H,W) -> mask logits (B,8,H,W)",
-                  "study.ts": "ap, lat (B,1,H,W), present (B,2) -> " + ", ".join(STUDY_OUTPUTS)},
+        "files": files,
         "canvas": canvas,
         "weights": {"path": str(model_path), "sha256": sha256_of(model_path)},
         "bundle_version": bundle_version(str(bundle_dir)),
         "spine_app_version": __version__,
         "torch_version": torch.__version__,
-    }  # fmt: skip
-    write_json(out_dir / "export_info.json", info)
+        **extra,
+    }
+    write_json(path, info)
     return info
 
 
-def _onnx_file(module: nn.Module, args: tuple[torch.Tensor, ...], names: list[str], outputs: list[str], path: Path) -> None:
+def _onnx_file(
+    module: nn.Module, args: tuple[torch.Tensor, ...], names: list[str], outputs: list[str], path: Path
+) -> None:
     """Export ``module`` to ONNX at ``path`` (atomically) with a dynamic batch and 32-multiple sizes."""
     from torch.export import Dim
 
@@ -134,14 +143,7 @@ def export_onnx(out_dir: str | Path, bundle_dir: str | Path, model: str | Path |
             if worst[name] > 1e-3:
                 raise ValueError(f"{out_dir / name}: ONNX output differs from the eager network by {worst[name]:.2g}")
             os.replace(candidate, out_dir / name)
-    model_path = Path(model) if model else Path(bundle_dir) / "models" / "model.pt"
-    info = {
-        "files": {"model.onnx": "image (B,1,H,W) -> masks: mask logits (B,8,H,W); H, W multiples of 32",
-                  "study.onnx": "ap, lat (B,1,H,W), present (B,2) -> " + ", ".join(STUDY_OUTPUTS)},
-        "canvas": canvas, "max_abs_difference_vs_eager": worst,
-        "weights": {"path": str(model_path), "sha256": sha256_of(model_path)},
-        "bundle_version": bundle_version(str(bundle_dir)), "spine_app_version": __version__,
-        "torch_version": torch.__version__, "onnxruntime_version": ort.__version__,
-    }  # fmt: skip
-    write_json(out_dir / "onnx_info.json", info)
-    return info
+    files = {"model.onnx": "image (B,1,H,W) -> masks: mask logits (B,8,H,W); H, W multiples of 32",
+             "study.onnx": "ap, lat (B,1,H,W), present (B,2) -> " + ", ".join(STUDY_OUTPUTS)}  # fmt: skip
+    return _write_info(out_dir / "onnx_info.json", files, canvas, bundle_dir, model,
+                       max_abs_difference_vs_eager=worst, onnxruntime_version=ort.__version__)  # fmt: skip

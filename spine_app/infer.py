@@ -26,7 +26,7 @@ from spine_app.channels import VIEWS, view_for_image_stem
 from spine_app.data.importer import load_datalist
 from spine_app.data.io import dicom_view, image_format
 from spine_app.data.layout import find_studies, looks_like_study
-from spine_app.engines.dataset import study_entry
+from spine_app.engines.dataset import study_entry, weights_path
 from spine_app.engines.writer import write_run_files
 
 logger = logging.getLogger(__name__)
@@ -203,9 +203,7 @@ def run_inference(
 
     out, bundle_dir = Path(out), Path(bundle_dir)
     check_writable(out)
-    model_path = Path(model) if model else bundle_dir / "models" / "model.pt"
-    if not model_path.is_file():
-        raise FileNotFoundError(f"{model_path}: no model weights (train one, see README, or pass --model)")
+    model_path = weights_path(bundle_dir, model)
     if device == "auto":
         device = "cuda:0" if torch.cuda.is_available() else "cpu"
     written: list[dict[str, Any]] = []

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from spine_app.channels import CHANNEL_VIEW, MASK_NAMES
+from spine_app.channels import MASK_NAMES, channels_of_view
 from spine_app.data.importer import load_datalist
 from spine_app.data.io import read_image, read_mask
 from spine_app.metrics.classification import auroc, auroc_ci
@@ -25,7 +25,7 @@ HEIGHTS = ("anterior", "middle", "posterior")
 
 def _lat_masks(entry: dict[str, Any], predictions: Path | None) -> dict[str, np.ndarray] | None:
     """The LAT channel masks of one study (name -> bool): predicted if ``predictions`` else reference."""
-    names = [n for n, v in zip(MASK_NAMES, CHANNEL_VIEW) if v == "LAT"]
+    names = [MASK_NAMES[c] for c in channels_of_view("LAT")]
     if predictions is not None:
         folder = predictions / entry["study_id"]
         paths = {n: folder / f"{n}.png" for n in names}

@@ -47,7 +47,9 @@ class ViewGuess:
 
 
 @lru_cache(maxsize=2)
-def _network(bundle_dir: str, model: str | None) -> tuple[torch.nn.Module, tuple[int, int]]:
+def _network(bundle_dir: str, model: str | None, stamp: float) -> tuple[torch.nn.Module, tuple[int, int]]:
+    """The bundle's network with ``model``'s weights; ``stamp`` (the file's mtime) keys the cache, so
+    weights replaced in place (MONAI Label fine-tuning) are loaded again."""
     from spine_app.export import load_bundle_network
 
     net, canvas = load_bundle_network(bundle_dir, model)
@@ -69,9 +71,12 @@ def view_score(image: np.ndarray, network: torch.nn.Module, canvas: tuple[int, i
 
 def guess_view(path: str | Path, bundle_dir: str | Path | None = None, model: str | Path | None = None) -> ViewGuess:
     """Guess the view of the film at ``path`` with the bundle's network (ImageReadError if unreadable)."""
+    from spine_app.engines.dataset import weights_path
     from spine_app.infer import BUNDLE_DIR
 
-    network, canvas = _network(str(bundle_dir or BUNDLE_DIR), None if model is None else str(model))
+    bundle = str(bundle_dir or BUNDLE_DIR)
+    stamp = weights_path(bundle, model).stat().st_mtime_ns
+    network, canvas = _network(bundle, None if model is None else str(model), stamp)
     score, column = view_score(read_image(path)[0], network, canvas)
     return ViewGuess("AP" if score > 0 else "LAT", round(score, 4), abs(score) >= MIN_MARGIN and column >= MIN_COLUMN)
 

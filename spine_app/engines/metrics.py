@@ -16,7 +16,7 @@ import torch
 from ignite.engine import Engine
 from ignite.metrics import Metric
 
-from spine_app.channels import CHANNEL_VIEW, LINE_CHANNELS, MASK_NAMES
+from spine_app.channels import CHANNEL_VIEW, LINE_CHANNELS, MASK_NAMES, channels_of_view
 from spine_app.metrics.classification import auroc
 from spine_app.metrics.segmentation import score_masks
 from spine_app.morphometry import (
@@ -87,7 +87,7 @@ def study_probabilities(
     if not has_lat:
         return {"prob_morphometry": None, "prob_combined": network}
     spacing = _working_spacing(geom_lat) or (1.0, 1.0)
-    bodies = measure_lat_film({n: lat_masks[c] for c, n in enumerate(MASK_NAMES) if CHANNEL_VIEW[c] == "LAT"}, spacing)
+    bodies = measure_lat_film({MASK_NAMES[c]: lat_masks[c] for c in channels_of_view("LAT")}, spacing)
     morph = morphometry_probability(study_fracture_score(bodies))
     return {"prob_morphometry": morph, "prob_combined": combine_probabilities(network, morph)}
 

@@ -42,15 +42,14 @@ def default_app_dir() -> Path:
 def write_app(out: str | Path | None = None, model: str | Path | None = None, force: bool = False) -> Path:
     """Write ``main.py`` into the app folder and copy the weights to serve (default: the bundle's shipped
     model) to ``model/model.pt``; existing served weights (perhaps fine-tuned) are kept unless ``force``."""
+    from spine_app.engines.dataset import weights_path
     from spine_app.infer import BUNDLE_DIR
 
     app = Path(out) if out else default_app_dir()
     write_atomic(app / "main.py", lambda tmp: tmp.write_text(MAIN_PY))
     served = app / SERVED_MODEL
-    source = Path(model) if model else BUNDLE_DIR / "models" / "model.pt"
     if force or not served.is_file():
-        if not source.is_file():
-            raise FileNotFoundError(f"{source}: no model weights to serve (train one, see README, or pass --model)")
+        source = weights_path(BUNDLE_DIR, model)
         write_atomic(served, lambda tmp: shutil.copyfile(source, tmp))
     return app
 

@@ -28,6 +28,7 @@ from spine_app.data.importer import load_datalist
 from spine_app.data.io import read_image, read_mask
 from spine_app.data.study_transforms import LoadStudyd
 from spine_app.engines.batch import prepare_study_batch
+from spine_app.engines.dataset import weights_path
 from spine_app.engines.metrics import HEADS, StudyMetrics, head_rows, segmentation_table
 from spine_app.metrics.classification import auroc
 from spine_app.robustness.corruptions import CorruptionSpec, full_scale, load_suite
@@ -145,7 +146,7 @@ def evaluate_robustness(
         logger.warning("%s: mean Dice %s", spec.name, " ".join(f"{s['mean_dice']:.3f}" for s in per_severity))
     results["summary"] = summarize(results)
     results.update(studies=len(entries), split=str(split), suite=str(suite), seconds=time.perf_counter() - began,
-                   model=str(model or Path(bundle or BUNDLE_DIR) / "models" / "model.pt"))  # fmt: skip
+                   model=str(weights_path(bundle or BUNDLE_DIR, model)))  # fmt: skip
     from spine_app.robustness.report import write_robustness_report
 
     write_robustness_report(results, out, entries[0], specs, seed)
