@@ -399,9 +399,9 @@ def monailabel_serve(studies: str, app: str | None = None, host: str = "127.0.0.
     """
     from spine_app.monailabel.appdir import LOOPBACK, server_command, write_app
 
-    folder = write_app(app, model)
     if not Path(studies).is_dir():
         raise FileNotFoundError(f"{studies}: no such studies folder")
+    folder = write_app(app, model)
     if host not in LOOPBACK:
         print(f"warning: binding {host}: anyone who can reach this port can read the films and change the model "
               "(no authentication configured)", file=sys.stderr)  # fmt: skip
