@@ -60,6 +60,13 @@ def traceable_shortcuts(module: nn.Module) -> None:
             block.downsample = ZeroPadShortcut(shortcut.keywords["planes"], shortcut.keywords["stride"])
 
 
+def scale_gradient(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """``x`` unchanged in the forward pass; the gradient flowing back through it is multiplied by ``scale``."""
+    if scale == 1.0:
+        return x
+    return x * scale + x.detach() * (1.0 - scale)
+
+
 class SpineMultiTaskNet(nn.Module):
     """FlexibleUNet (shared encoder + U-Net decoder, 8 sigmoid channels) with a study classifier.
 
@@ -70,6 +77,9 @@ class SpineMultiTaskNet(nn.Module):
         embed_dim: width of the per-view embedding fed to the classifier heads.
         dropout: dropout before the classifier heads.
         decoder_channels: FlexibleUNet decoder widths.
+        cls_grad_scale: factor on the gradient the classification loss sends into the shared
+            encoder (1 = plain multi-task training, 0 = the classifier reads the encoder without
+            training it). Forward values do not depend on it, so weights load whatever its value.
     """
 
     def __init__(
@@ -80,8 +90,10 @@ class SpineMultiTaskNet(nn.Module):
         embed_dim: int = 128,
         dropout: float = 0.2,
         decoder_channels: tuple[int, ...] = (128, 64, 32, 16, 16),
+        cls_grad_scale: float = 1.0,
     ) -> None:
         super().__init__()
+        self.cls_grad_scale = float(cls_grad_scale)
         if backbone not in SUPPORTED_BACKBONES:
             raise ValueError(f"backbone {backbone!r} is not supported; choose from {', '.join(SUPPORTED_BACKBONES)}")
         self.unet = FlexibleUNet(
@@ -103,6 +115,7 @@ class SpineMultiTaskNet(nn.Module):
 
     def _embedding(self, deepest: torch.Tensor) -> torch.Tensor:
         """(B, C, h, w) deepest encoder features -> (B, embed_dim) view embedding."""
+        deepest = scale_gradient(deepest, self.cls_grad_scale)
         return self.embed(torch.cat([deepest.mean(dim=(2, 3)), deepest.amax(dim=(2, 3))], dim=1))
 
     def encode(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
