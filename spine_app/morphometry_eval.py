@@ -44,7 +44,9 @@ def evaluate_morphometry(
 
     Returns a dict with ``heights`` (bias, MAE, p95 in mm per position), ``levels`` (graded levels,
     exact grade agreement, within-one agreement, confusion matrix truth x measured), ``fractures``
-    (detected / total, by deformity type), ``normal_levels_flagged`` and ``study`` (AUROC of the
+    (detected / total, by deformity type), ``normal_levels_flagged``, ``damaged_studies`` (per
+    Damaged study with a fracture in view: one of its fractured levels graded >= 1; its most reduced
+    graded level is a fractured one) and ``study`` (AUROC of the
     largest reduction with its 95 % CI, sensitivity and specificity of "any level graded >= 1").
     """
     entries = load_datalist(datalist)[split]
@@ -54,6 +56,8 @@ def evaluate_morphometry(
     detected: dict[str, list[bool]] = {}
     normal_flags: list[bool] = []
     labels, scores, any_grade = [], [], []
+    damaged_found: list[bool] = []  # per Damaged study: one of its fractured levels graded >= 1
+    damaged_top: list[bool] = []  # per Damaged study: its most reduced graded level is a fractured one
     skipped = 0
     for entry in entries:
         truth_path, masks = entry.get("truth"), _lat_masks(entry, pred_dir)
@@ -77,6 +81,11 @@ def evaluate_morphometry(
             else:
                 normal_flags.append(body.grade > 0)
         roi = [b for b, _ in pairs]
+        if any(lv["fracture"] and lv["in_view_lat"] for lv in truth["levels"] if lv["in_roi"]):
+            graded_pairs = [(b, lv) for b, lv in pairs if b.grade >= 0]
+            damaged_found.append(any(b.grade > 0 and lv["fracture"] for b, lv in graded_pairs))
+            top = max(graded_pairs, key=lambda p: p[0].reduction, default=None)
+            damaged_top.append(bool(top and top[1]["fracture"]))
         labels.append(int(truth["label"]))
         scores.append(study_fracture_score(roi))
         any_grade.append(any(b.grade > 0 for b in roi))
@@ -112,6 +121,11 @@ def evaluate_morphometry(
             "by_type": {k: {"detected": int(sum(v)), "total": len(v)} for k, v in sorted(detected.items())},
         },
         "normal_levels_flagged": float(np.mean(normal_flags)) if normal_flags else float("nan"),
+        "damaged_studies": {
+            "total": len(damaged_found),
+            "fracture_found": int(sum(damaged_found)),
+            "most_reduced_is_fractured": int(sum(damaged_top)),
+        },
         "study": {
             "auroc_max_reduction": auroc(labels, scores),
             "auroc_ci": list(auroc_ci(labels, scores)) if len(set(labels)) == 2 else None,
@@ -132,7 +146,7 @@ def format_morphometry(report: dict[str, Any]) -> str:
     for h, row in report["heights"].items():
         if row:
             lines.append(f"| {h} | {row['bias_mm']:+.2f} | {row['mae_mm']:.2f} | {row['p95_mm']:.2f} |")
-    lv, fx, st = report["levels"], report["fractures"], report["study"]
+    lv, fx, st, ds = report["levels"], report["fractures"], report["study"], report["damaged_studies"]
     by_type = ", ".join(f"{k} {v['detected']}/{v['total']}" for k, v in fx["by_type"].items())
     ci = st["auroc_ci"]
     lines += [
@@ -142,6 +156,8 @@ def format_morphometry(report: dict[str, Any]) -> str:
         f"- fractured levels found (grade >= 1 at the fractured level): {fx['detected']}/{fx['total']} "
         f"({fx['rate']:.2f}; {by_type})",
         f"- normal levels flagged: {report['normal_levels_flagged']:.3f}",
+        f"- Damaged studies with a fractured level found: {ds['fracture_found']}/{ds['total']}; "
+        f"whose most reduced level is a fractured one: {ds['most_reduced_is_fractured']}/{ds['total']}",
         f"- study AUROC of the largest height reduction: {st['auroc_max_reduction']:.3f}"
         + (f" (95 % CI {ci[0]:.3f}-{ci[1]:.3f})" if ci else "")
         + f"; any level graded: sensitivity {st['sensitivity_any_grade']:.3f}, "

@@ -124,6 +124,11 @@ def test_evaluation_reads_reference_and_predicted_masks_alike(synth_root: Path, 
     assert reference["studies"] == predicted["studies"] == 6
     assert reference["levels"] == predicted["levels"] and reference["heights"] == predicted["heights"]
     assert reference["fractures"]["total"] >= 3  # three Damaged studies with 1-3 fractures each
+    truths = [json.loads(p.read_text()) for p in synth_root.glob("*/*/truth.json")]
+    in_view = sum(any(lv["fracture"] and lv["in_roi"] and lv["in_view_lat"] for lv in t["levels"]) for t in truths)
+    damaged = reference["damaged_studies"]
+    assert damaged == predicted["damaged_studies"] and damaged["total"] == in_view >= 1
+    assert damaged["fracture_found"] <= damaged["total"] and damaged["most_reduced_is_fractured"] <= damaged["total"]
     assert "study AUROC of the largest height reduction" in format_morphometry(reference)
 
 
