@@ -5,11 +5,16 @@ same split, the same batches and the same number of optimisation steps.
 Variants (each exposes ``forward_study`` like :class:`SpineMultiTaskNet`, so one loss, one training
 loop and one metric serve all):
 
-- ``ours``: the bundle's network (masks + Damaged head, one encoder);
+- ``ours``: the bundle's network (masks + Damaged head, one encoder) with the bundle's
+  ``cls_grad_scale`` (train.yaml);
 - ``seed-style``: eight single-channel FlexibleUNets of the same encoder family, each trained only
   on its view's channel, and a two-view classifier (one encoder per view, fused pooled features);
 - ``ours, no classification head``: ours trained with the classification weight 0;
-- ``ours, classification only``: ours trained with the segmentation weight 0.
+- ``ours, classification only``: ours trained with the segmentation weight 0 (the classification
+  loss then trains the encoder: ``cls_grad_scale`` 1);
+- ``ours, classifier trains the encoder`` / ``ours, classifier reads the encoder``: ours with
+  ``cls_grad_scale`` 1 / 0, whichever the bundle's default is not (does sharing the encoder
+  between the tasks help?).
 
 Every score comes from :class:`spine_app.engines.StudyMetrics` (the bundle's metric); MACs per study
 from ``torch.utils.flop_counter``; latency is the median network time per study.
@@ -24,6 +29,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 from monai.networks.nets import FlexibleUNet
 from torch import nn
 
@@ -68,13 +74,29 @@ class SeedStyleModels(nn.Module):
         return {"seg_ap": seg["ap"], "seg_lat": seg["lat"], **cls._study_logits(emb_ap, emb_lat, present)}
 
 
-#: variant -> (builder, loss weights)
-VARIANTS: dict[str, tuple[Any, dict[str, float]]] = {
-    "ours": (lambda: SpineMultiTaskNet(), {}),
-    "seed-style (8 nets + classifier)": (lambda: SeedStyleModels(), {}),
-    "ours, no classification head": (lambda: SpineMultiTaskNet(), {"cls_weight": 0.0}),
-    "ours, classification only": (lambda: SpineMultiTaskNet(), {"seg_weight": 0.0}),
-}
+def bundle_cls_grad_scale() -> float:
+    """The bundle's default ``cls_grad_scale`` (bundle/configs/train.yaml)."""
+    from spine_app.infer import BUNDLE_DIR
+
+    config = yaml.safe_load((BUNDLE_DIR / "configs" / "train.yaml").read_text())
+    return float(config.get("cls_grad_scale", 1.0))
+
+
+def _variants() -> dict[str, tuple[Any, dict[str, float]]]:
+    """variant -> (network builder, loss weights)."""
+    ours = bundle_cls_grad_scale()
+    other = 0.0 if ours else 1.0
+    other_name = "ours, classifier trains the encoder" if other else "ours, classifier reads the encoder"
+    return {
+        "ours": (lambda: SpineMultiTaskNet(cls_grad_scale=ours), {}),
+        "seed-style (8 nets + classifier)": (lambda: SeedStyleModels(), {}),
+        "ours, no classification head": (lambda: SpineMultiTaskNet(cls_grad_scale=ours), {"cls_weight": 0.0}),
+        "ours, classification only": (lambda: SpineMultiTaskNet(cls_grad_scale=1.0), {"seg_weight": 0.0}),
+        other_name: (lambda: SpineMultiTaskNet(cls_grad_scale=other), {}),
+    }
+
+
+VARIANTS = _variants()
 
 
 def macs_per_study(model: nn.Module, canvas: tuple[int, int]) -> float:

@@ -174,7 +174,7 @@ def export(out: str = "export", model: str | None = None, bundle: str | None = N
         try:
             checked = export_onnx(out, bundle or BUNDLE_DIR, model)
         except ImportError as err:
-            sys.exit(f"error: ONNX export needs the onnx extra (pip install -e \".[onnx]\"): {err}")
+            sys.exit(f'error: ONNX export needs the onnx extra (pip install -e ".[onnx]"): {err}')
         worst = max(checked["max_abs_difference_vs_eager"].values())
         print(f"wrote {out}/model.onnx and {out}/study.onnx (onnxruntime vs eager: max abs difference {worst:.1e})")
 
@@ -240,7 +240,7 @@ def bench_compare(
     """
     from spine_app.bench_compare import compare
 
-    chosen = [v.strip() for v in variants.split(",")] if isinstance(variants, str) else variants
+    chosen = _names(variants)
     compare(data, out, steps, batch, tuple(int(c) for c in canvas), seed, workers, device, chosen)
     print((Path(out) / "compare.md").read_text())
 
@@ -287,7 +287,7 @@ def robustness_evaluate(
     from spine_app.robustness.evaluate import evaluate_robustness
     from spine_app.robustness.report import markdown
 
-    names = [n.strip() for n in only.split(",")] if isinstance(only, str) else (list(only) if only else None)
+    names = _names(only)
     results = evaluate_robustness(data, suite, out, model, bundle, split, device, seed, limit, names,
                                   [int(c) for c in canvas] if canvas else None)  # fmt: skip
     print(markdown(results))
@@ -338,6 +338,52 @@ def robustness_noise_train(
     print((Path(out) / "noise_train.md").read_text())
 
 
+def bench_all(
+    data: str, out: str = "bench_out", docs: str | None = None, only: str | None = None, model: str | None = None,
+    device: str = "auto", split: str = "test", workers: int = 1, infer_studies: int = 50, speed_steps: int = 10,
+    speed_passes: int = 20, speed_canvas: tuple = (384, 288), compare_steps: int = 200,
+    compare_canvas: tuple = (256, 192), compare_batch: int = 4,
+) -> None:  # fmt: skip
+    """Every benchmark in one command; with --docs their tables replace the marked blocks of the docs.
+
+    Parts, in order: machine, infer, speed, speed_data, view, morphometry, compare (about 70 min on a
+    2-core CPU, 40 of them for compare). Exits with status 1 when a part failed (OUT/errors.json).
+
+    Args:
+        data: a synthetic datalist (view, morphometry, compare and the real-pipeline speed use it).
+        out: folder for each part's .md and .json (and the compare / prediction folders).
+        docs: comma-separated Markdown files whose ``<!-- bench:PART -->`` blocks are rewritten
+            (e.g. docs/benchmarks.md,docs/results.md); figures go to docs/figures/benchmarks/.
+        only: comma-separated subset of the parts.
+        model: weights (default the shipped model).
+        infer_studies, speed_steps, speed_passes, speed_canvas, compare_steps, compare_canvas,
+        compare_batch: the parts' budgets (as in bench infer / speed / compare).
+    """
+    from spine_app.bench_all import BenchSettings, run_all
+
+    settings = BenchSettings(
+        data, Path(out), model, device, split, workers, infer_studies, speed_steps, speed_passes,
+        tuple(int(c) for c in speed_canvas), compare_steps, tuple(int(c) for c in compare_canvas), compare_batch,
+    )  # fmt: skip
+    result = run_all(settings, _names(only), [Path(d) for d in _names(docs) or []])
+    for part, table in result["tables"].items():
+        print(f"## {part}\n\n{table}\n")
+    for doc, parts in result["docs"].items():
+        print(f"{doc}: rewrote {', '.join(parts) or 'nothing (no bench markers)'}")
+    for part, error in result["errors"].items():
+        print(f"failed: {part}: {error}", file=sys.stderr)
+    if result["errors"]:
+        sys.exit(1)
+
+
+def _names(value: str | tuple | list | None) -> list[str] | None:
+    """A comma-separated CLI value (fire may already have split it into a tuple) as a list."""
+    if value is None:
+        return None
+    items = value.split(",") if isinstance(value, str) else list(value)
+    return [str(v).strip() for v in items if str(v).strip()] or None
+
+
 def bench_view(data: str, split: str = "test", model: str | None = None) -> None:
     """Accuracy of telling AP from LAT by the pixels (for films no name or DICOM tag names).
 
@@ -349,7 +395,9 @@ def bench_view(data: str, split: str = "test", model: str | None = None) -> None
     from spine_app.view_guess import MIN_MARGIN, bench_views
 
     r = bench_views(data, split, model)
-    print(f"{r['films']} films: {r['correct']} correct, {r['wrong']} wrong, {r['refused']} refused (|score| < {MIN_MARGIN} or no column)")
+    print(
+        f"{r['films']} films: {r['correct']} correct, {r['wrong']} wrong, {r['refused']} refused (|score| < {MIN_MARGIN} or no column)"
+    )
     print(f"lowest AP score {r['ap_score_min']:+.3f}, highest LAT score {r['lat_score_max']:+.3f}; "
           f"{r['median_seconds']:.2f} s per film")  # fmt: skip
 
@@ -426,6 +474,7 @@ COMMANDS = {
         "compare": bench_compare,
         "morphometry": bench_morphometry,
         "view": bench_view,
+        "all": bench_all,
     },
     "contact-sheet": contact_sheet,
     "infer": infer,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from spine_app.bench_speed import bench_speed, format_speed
 
 
@@ -33,3 +35,41 @@ def test_compare_runs_every_variant_with_a_one_step_budget(synth_root, tmp_path)
     entry = results["variants"]["ours"]
     assert entry["summary"]["segmentation"] == segmentation_table(entry["records"])
     assert (tmp_path / "cmp" / "compare.png").stat().st_size > 0
+
+
+def test_bench_all_rewrites_only_the_marked_blocks(synth_root, tmp_path) -> None:
+    import json
+
+    from spine_app.bench_all import BenchSettings, run_all
+    from spine_app.data.importer import import_dataset
+
+    datalist = tmp_path / "datalist.json"
+    import_dataset(synth_root, datalist, seed=0, fractions=(0.0, 0.0, 1.0), workers=1)
+    doc = tmp_path / "benchmarks.md"
+    prose = "Reading of the figures, kept as written.\n"
+    doc.write_text(f"# B\n{prose}<!-- bench:morphometry -->\nold table\n<!-- /bench:morphometry -->\n"
+                   "<!-- bench:machine -->\n<!-- /bench:machine -->\n<!-- bench:compare -->\nkept\n<!-- /bench:compare -->\n")  # fmt: skip
+    result = run_all(BenchSettings(str(datalist), tmp_path / "out", device="cpu"), ["machine", "morphometry"], [doc])
+    assert result["errors"] == {} and result["docs"] == {str(doc): ["machine", "morphometry"]}
+    text = doc.read_text()
+    assert prose in text and "old table" not in text and "kept" in text  # a part not run keeps its block
+    assert result["tables"]["morphometry"] in text and "reference (the method alone)" in text
+    morph = json.loads((tmp_path / "out" / "morphometry.json").read_text())
+    assert morph["reference"]["studies"] == 6 and morph["model"]["studies"] == 6  # the model's masks were written
+    assert json.loads((tmp_path / "out" / "machine.json").read_text())["cores"] >= 1
+
+
+def test_bench_all_reports_a_failing_part_and_runs_the_others(tmp_path) -> None:
+    import json
+
+    from spine_app.bench_all import BenchSettings, run_all
+
+    missing = tmp_path / "missing.pt"
+    result = run_all(
+        BenchSettings("unused.json", tmp_path / "out", model=str(missing), device="cpu"), ["view", "machine"]
+    )
+    assert list(result["errors"]) == ["view"] and "\n" not in result["errors"]["view"]
+    assert (tmp_path / "out" / "machine.md").is_file() and not (tmp_path / "out" / "view.md").exists()
+    assert json.loads((tmp_path / "out" / "errors.json").read_text()) == result["errors"]
+    with pytest.raises(ValueError, match="unknown benchmark part"):
+        run_all(BenchSettings("unused.json", tmp_path / "out"), ["nope"])
