@@ -137,8 +137,8 @@ def morphometry_row(name: str, r: dict[str, Any]) -> list[str]:
     pos = ("anterior", "middle", "posterior")
     return [
         name,
-        " / ".join(f"{h[p]['mae_mm']:.2f}" for p in pos) if all(h[p] for p in pos) else "-",
-        f"{lv['grade_agreement']:.3f} ({lv['graded']} levels)",
+        " / ".join(f"{h[p]['mae_mm']:.2f} ({h[p]['bias_mm']:+.2f})" for p in pos) if all(h[p] for p in pos) else "-",
+        f"{lv['grade_agreement']:.3f} ({lv['graded']} levels; {lv['within_one_grade']:.3f} within one grade)",
         f"{fx['detected']}/{fx['total']} = {fx['rate']:.2f} ({by_type})",
         f"{r['normal_levels_flagged']:.3f}",
         f"{ds['fracture_found']}/{ds['total']}",
@@ -147,7 +147,7 @@ def morphometry_row(name: str, r: dict[str, Any]) -> list[str]:
     ]
 
 
-MORPHOMETRY_HEADER = ["masks", "height MAE ant / mid / post (mm)", "exact Genant grade", "fractured levels found",
+MORPHOMETRY_HEADER = ["masks", "height MAE (bias) anterior / middle / posterior (mm)", "exact Genant grade", "fractured levels found",
                       "normal levels flagged", "Damaged studies: a fractured level found",
                       "Damaged studies: most reduced level is the fractured one", "study AUROC (largest reduction)"]  # fmt: skip
 

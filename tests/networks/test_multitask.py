@@ -60,3 +60,23 @@ def test_classify_equals_the_study_forward_logits(net) -> None:
         full, only = net.forward_study(ap, lat, present), net.classify(ap, lat, present)
     for key in ("cls", "cls_ap", "cls_lat"):
         torch.testing.assert_close(only[key], full[key])
+
+
+@pytest.mark.parametrize("scale", [0.0, 0.5])
+def test_cls_grad_scale_scales_only_the_classifier_gradient_into_the_encoder(scale: float) -> None:
+    torch.manual_seed(0)
+    plain = SpineMultiTaskNet(decoder_channels=(16, 16, 8, 8, 8))
+    scaled = SpineMultiTaskNet(decoder_channels=(16, 16, 8, 8, 8), cls_grad_scale=scale)
+    scaled.load_state_dict(plain.state_dict())
+    plain.eval(), scaled.eval()  # no dropout: both see the same forward
+    ap, lat, present = torch.rand(2, 1, 64, 64), torch.rand(2, 1, 64, 64), torch.ones(2, 2)
+    grads = []
+    for model in (plain, scaled):
+        out = model.forward_study(ap, lat, present)
+        model.zero_grad()
+        out["cls"].sum().backward()
+        grads.append((out, model.unet.encoder.conv1.weight.grad.clone(), model.fusion_head.weight.grad.clone()))
+    (out_p, enc_p, head_p), (out_s, enc_s, head_s) = grads
+    assert all(torch.equal(out_p[k], out_s[k]) for k in out_p)  # forward values do not depend on the scale
+    assert torch.allclose(head_s, head_p)  # the classifier itself learns as before
+    assert enc_p.abs().sum() > 0 and torch.allclose(enc_s, scale * enc_p, atol=1e-7)
