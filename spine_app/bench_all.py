@@ -70,7 +70,7 @@ def part_machine(s: BenchSettings) -> PartResult:
             for ln in Path("/proc/cpuinfo").read_text().splitlines()
             if ln.startswith("model name")
         ]
-        cpu = names[0] if names else cpu  # fmt: skip
+        cpu = names[0] if names else cpu
     memory = (
         os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30 if hasattr(os, "sysconf") else float("nan")
     )
@@ -174,7 +174,7 @@ def part_compare(s: BenchSettings) -> PartResult:
 
     folder = s.out / "compare"
     results = compare(s.datalist, folder, s.compare_steps, s.compare_batch, s.compare_canvas, 0, s.workers, s.device)
-    return markdown(results).strip(), results, [folder / "compare.png"]
+    return markdown(results).strip(), results, [folder / name for name in ("compare.png", "compare.md", "compare.json")]
 
 
 PARTS: dict[str, Callable[[BenchSettings], PartResult]] = {

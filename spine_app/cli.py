@@ -347,7 +347,7 @@ def bench_all(
     """Every benchmark in one command; with --docs their tables replace the marked blocks of the docs.
 
     Parts, in order: machine, infer, speed, speed_data, view, morphometry, compare (about 70 min on a
-    2-core CPU, 40 of them for compare). Exits with status 1 when a part failed (OUT/errors.json).
+    2-core CPU, 45 of them for compare). Exits with status 1 when a part failed (OUT/errors.json).
 
     Args:
         data: a synthetic datalist (view, morphometry, compare and the real-pipeline speed use it).
