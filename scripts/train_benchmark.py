@@ -23,7 +23,7 @@ CONFIGS = Path(__file__).resolve().parents[1] / "bundle" / "configs"
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="dataset_dir (the synthetic default is generated if empty)")
-    parser.add_argument("--root", required=True, help="bundle_root for checkpoints and the report (eval/)")
+    parser.add_argument("--root", required=True, help="bundle_root for the run folder (runs/) and the report (eval/)")
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--val_interval", type=int, default=2)
     parser.add_argument("--num_workers", type=int, default=4)
@@ -51,8 +51,9 @@ def main() -> None:
     train.run()
     train.finalize()
     trained = time.perf_counter()
+    run_dir = train.parser.get_parsed_content("ckpt_dir")  # the run folder: evaluate its best model
     evaluate = ConfigWorkflow([str(CONFIGS / "train.yaml"), str(CONFIGS / "evaluate.yaml")], workflow_type="train",
-                              run_id="evaluate", **files, **common)  # fmt: skip
+                              run_id="evaluate", **files, **{**common, "ckpt_dir": run_dir})  # fmt: skip
     evaluate.initialize()
     evaluate.run()
     evaluate.finalize()

@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from spine_app.channels import LINE_CHANNELS, MASK_NAMES  # noqa: E402
 from spine_app.data.io import atomic_path, write_atomic  # noqa: E402
-from spine_app.engines.metrics import segmentation_table  # noqa: E402
+from spine_app.engines.metrics import line_side_summary, segmentation_table  # noqa: E402
 from spine_app.engines.writer import write_json  # noqa: E402
 from spine_app.metrics.classification import auroc, auroc_ci  # noqa: E402
 
@@ -28,6 +28,7 @@ def summarize(entry: dict[str, Any]) -> dict[str, Any]:
     both = len(set(labels)) == 2
     return {
         "segmentation": segmentation_table(records),
+        "line_side": line_side_summary(records),
         "auroc": auroc(labels, probs) if both else float("nan"),
         "auroc_ci": list(auroc_ci(labels, probs)) if both else None,
     }
@@ -40,17 +41,19 @@ def markdown(results: dict[str, Any]) -> str:
         f"Same split, same batches, {results['steps']} AdamW steps of {results['batch']} studies at "
         f"{results['canvas'][0]}x{results['canvas'][1]} for every variant; test split scores (Dice, HD95 in px).",
         "",
-        f"| variant | {head} | line clDice (ant/post) | fused AUROC (95 % CI) | params (M) | GMACs/study | train (s) | latency/study (s) | peak train memory (MiB) |",
-        "|---|" + "---|" * (len(MASK_NAMES) + 6),
+        f"| variant | {head} | line clDice (ant/post) | line side check | fused AUROC (95 % CI) | params (M) | GMACs/study | train (s) | latency/study (s) | peak train memory (MiB) |",
+        "|---|" + "---|" * (len(MASK_NAMES) + 7),
     ]
     for name, entry in results["variants"].items():
         s = entry["summary"]
         seg = s["segmentation"]
         cells = [f"{seg[m]['dice']:.3f} ({seg[m]['hd95_px']:.1f})" if m in seg else "-" for m in MASK_NAMES]
         cl = "/".join(f"{seg[m]['cldice']:.3f}" if m in seg else "-" for m in LINE_CHANNELS)
+        side = s.get("line_side") or {}
+        sides = f"{side['pass']}/{side['n']}" if side.get("n") else "-"
         ci = f" ({s['auroc_ci'][0]:.2f}-{s['auroc_ci'][1]:.2f})" if s["auroc_ci"] else ""
         peak = f"{entry['peak_train_mib']:.0f}" if entry["peak_train_mib"] is not None else "n/a (CPU)"
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {cl} | {s['auroc']:.3f}{ci} | {entry['params'] / 1e6:.1f} | "
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {cl} | {sides} | {s['auroc']:.3f}{ci} | {entry['params'] / 1e6:.1f} | "
                      f"{entry['macs_per_study'] / 1e9:.1f} | {entry['train_s']:.0f} | {entry['latency_s']:.3f} | {peak} |")  # fmt: skip
     return "\n".join(lines) + "\n"
 

@@ -1,6 +1,7 @@
 """``spine-app bench speed``: training throughput and per-study inference latency of the network,
 for each precision / memory-format option the device supports (fp32 and channels-last everywhere;
-AMP and AMP + channels-last on CUDA).
+bf16 autocast with and without channels-last on CPUs with bf16 instructions; bf16 and fp16 on CUDA).
+Each option runs the network the way training does (:class:`spine_app.networks.Precision`).
 
 With ``data`` (a datalist), training batches come from the bundle's real pipeline (``LoadStudyd`` +
 the augmentation block, in ``workers`` loader processes) and the time each step waits for its batch
@@ -17,7 +18,8 @@ import numpy as np
 import torch
 
 from spine_app.losses import MultiTaskLoss
-from spine_app.networks import SpineMultiTaskNet
+from spine_app.networks import SpineMultiTaskNet, StudyModel
+from spine_app.networks.precision import Precision, cpu_has_native_bf16
 
 
 def _sync(device: torch.device) -> None:
@@ -67,14 +69,14 @@ def to_device(raw: dict[str, Any], device: torch.device) -> dict[str, torch.Tens
 
 
 def training_speed(
-    device: torch.device, amp: bool, channels_last: bool, batch: int = 4, canvas: tuple[int, int] = (384, 288),
+    device: torch.device, precision: Precision, batch: int = 4, canvas: tuple[int, int] = (384, 288),
     steps: int = 10, warmup: int = 3, data: str | None = None, workers: int = 1,
 ) -> dict[str, float]:  # fmt: skip
     """Seconds per training step (forward, masked multi-task loss, backward, AdamW) and loader wait."""
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    net = SpineMultiTaskNet().to(device).to(memory_format=fmt)
-    loss_fn, opt = MultiTaskLoss().to(device), torch.optim.AdamW(net.parameters(), 1e-3)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp)
+    model = StudyModel(SpineMultiTaskNet(), precision).to(device)
+    loss_fn, opt = MultiTaskLoss().to(device), torch.optim.AdamW(model.parameters(), 1e-3)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision.engine_amp)
+    fp16 = torch.autocast(device.type, dtype=torch.float16, enabled=precision.engine_amp)
     batches = training_batches(data, batch, canvas, workers) if data else _random_batches(batch, canvas)
     waits, totals = [], []
     for i in range(warmup + steps):
@@ -83,9 +85,8 @@ def training_speed(
         raw = next(batches)
         fetched = time.perf_counter()
         b = to_device(raw, device)
-        with torch.autocast(device.type, enabled=amp):
-            ap, lat = (b[k].contiguous(memory_format=fmt) for k in ("ap", "lat"))
-            loss = loss_fn(net.forward_study(ap, lat, b["present"]), b)
+        with fp16:
+            loss = loss_fn(model(b), b)
         opt.zero_grad()
         scaler.scale(loss).backward()
         scaler.step(opt)
@@ -99,23 +100,34 @@ def training_speed(
 
 
 def inference_latency(
-    device: torch.device, amp: bool, channels_last: bool, canvas: tuple[int, int] = (384, 288), n: int = 20,
-    warmup: int = 3,
+    device: torch.device, precision: Precision, canvas: tuple[int, int] = (384, 288), n: int = 20, warmup: int = 3,
 ) -> dict[str, float]:  # fmt: skip
     """Network latency of one study (AP + LAT masks and the Damaged logits), median and p95 seconds."""
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    net = SpineMultiTaskNet().to(device).to(memory_format=fmt).eval()
+    model = StudyModel(SpineMultiTaskNet(), precision).to(device).eval()
+    fp16 = torch.autocast(device.type, dtype=torch.float16, enabled=precision.engine_amp)
     times = []
     for i in range(warmup + n):
-        ap, lat = (torch.rand(1, 1, *canvas, device=device).contiguous(memory_format=fmt) for _ in range(2))
+        batch = {k: torch.rand(1, 1, *canvas, device=device) for k in ("ap", "lat")}
+        batch["present"] = torch.ones(1, 2, device=device)
         _sync(device)
         start = time.perf_counter()
-        with torch.no_grad(), torch.autocast(device.type, enabled=amp):
-            net.forward_study(ap, lat, torch.ones(1, 2, device=device))
+        with torch.no_grad(), fp16:
+            model(batch)
         _sync(device)
         if i >= warmup:
             times.append(time.perf_counter() - start)
     return {"median_s": float(np.median(times)), "p95_s": float(np.percentile(times, 95))}
+
+
+def precision_options(device: torch.device) -> list[Precision]:
+    """The options measured on ``device``: fp32 (+ channels-last) everywhere, bf16 where it is native,
+    fp16 (MONAI's GradScaler path) on CUDA."""
+    options = [Precision(None, device.type, False), Precision(None, device.type, True)]
+    if device.type == "cuda" or cpu_has_native_bf16():
+        options += [Precision(torch.bfloat16, device.type, cl) for cl in (False, True)]
+    if device.type == "cuda":
+        options += [Precision(torch.float16, device.type, cl, engine_amp=True) for cl in (False, True)]
+    return options
 
 
 def bench_speed(
@@ -126,21 +138,20 @@ def bench_speed(
     dev = torch.device(
         "cuda:0" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
     )
-    options = [(False, False), (False, True)] + ([(True, False), (True, True)] if dev.type == "cuda" else [])
     rows = []
-    for amp, channels_last in options:
-        train = training_speed(dev, amp, channels_last, batch, tuple(canvas), steps, data=data, workers=workers)
-        infer = inference_latency(dev, amp, channels_last, tuple(canvas), n)
-        rows.append({"device": str(dev), "amp": amp, "channels_last": channels_last, "batch": batch,
-                     "canvas": list(canvas), "threads": torch.get_num_threads(), "data": "real" if data else "random",
-                     **train, **{f"infer_{k}": v for k, v in infer.items()}})  # fmt: skip
+    for precision in precision_options(dev):
+        train = training_speed(dev, precision, batch, tuple(canvas), steps, data=data, workers=workers)
+        infer = inference_latency(dev, precision, tuple(canvas), n)
+        rows.append({"device": str(dev), "amp": precision.name, "channels_last": precision.channels_last,
+                     "batch": batch, "canvas": list(canvas), "threads": torch.get_num_threads(),
+                     "data": "real" if data else "random", **train, **{f"infer_{k}": v for k, v in infer.items()}})  # fmt: skip
     return rows
 
 
 def format_speed(rows: list[dict[str, Any]]) -> str:
     """Markdown table of :func:`bench_speed` rows."""
     lines = [
-        "| device | AMP | channels-last | batch (studies) | canvas | train step (s) | images/s | loader wait (s/step) | inference median (s) | p95 (s) |",
+        "| device | precision | channels-last | batch (studies) | canvas | train step (s) | images/s | loader wait (s/step) | inference median (s) | p95 (s) |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:

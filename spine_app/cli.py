@@ -9,28 +9,49 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
+from typing import NoReturn
 
 import fire
 
 from spine_app import __version__
 
 
+def _refuse(message: str, status: int = 2) -> NoReturn:
+    """Print one line "error: MESSAGE" to stderr and exit with ``status`` (2: a bad command line)."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(status)
+
+
 def synth(
-    out: str, n: int = 100, seed: int = 0, preset: str = "default", workers: int | None = None, **overrides
-) -> None:
+    out: str, n: int = 100, seed: int = 0, preset: str = "default", workers: int | None = None,
+    overwrite: bool = False, **overrides,
+) -> None:  # fmt: skip
     """Generate N synthetic studies (canonical layout, 16-bit PNG by default) into OUT.
 
     Args:
-        out: output folder (created); existing studies with the same id are replaced.
-        n: number of studies.
-        seed: dataset seed; study i is the same for any N and any number of workers.
+        out: output folder (created); must be new or empty unless --overwrite.
+        n: number of studies (>= 1).
+        seed: dataset seed (>= 0); study i is the same for any N and any number of workers.
         preset: "easy", "default", "hard" (configs/synthetic/) or a path to a YAML preset.
         workers: processes (default: all cores).
+        overwrite: write into a non-empty OUT: replace the generated files of same-id studies (file by
+            file) and the manifest; every other file is kept.
         overrides: any generator setting, e.g. --image_format mixed --damaged_fraction 0.3.
     """
-    from spine_app.synthetic.generator import generate_dataset
+    from spine_app.data.io import FolderNotEmptyError
+    from spine_app.synthetic.generator import check_count_and_seed, generate_dataset
 
-    manifest = generate_dataset(out, n, seed=seed, preset=preset, workers=workers, **overrides)
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        _refuse(f"workers must be a whole number >= 1, got {workers!r}")
+    try:
+        check_count_and_seed(n, seed)
+    except ValueError as err:
+        _refuse(str(err))
+    try:
+        manifest = generate_dataset(out, n, seed=seed, preset=preset, workers=workers, overwrite=overwrite,
+                                    **overrides)  # fmt: skip
+    except (FolderNotEmptyError, NotADirectoryError) as err:
+        _refuse(str(err))
     counts = ", ".join(f"{k} {v}" for k, v in manifest["class_counts"].items())
     print(
         f"wrote {n} studies ({counts}) to {out} in {manifest['seconds']} s ({manifest['studies_per_second']} studies/s)"
@@ -51,9 +72,12 @@ def import_(
         workers: processes used to decode files (default: all cores).
         strict: exit with status 1 if any study was skipped.
     """
-    from spine_app.data.importer import format_report, import_dataset
+    from spine_app.data.importer import DuplicateStudyError, format_report, import_dataset
 
-    datalist = import_dataset(root, out, seed=seed, fractions=(1.0 - val - test, val, test), workers=workers)
+    try:
+        datalist = import_dataset(root, out, seed=seed, fractions=(1.0 - val - test, val, test), workers=workers)
+    except DuplicateStudyError as err:
+        _refuse(str(err), 1)
     print(format_report(datalist["summary"], datalist["errors"], datalist["warnings"]))
     print(f"datalist written to {out}")
     if datalist["summary"]["imported"] == 0:
@@ -122,31 +146,44 @@ def infer(
     """Run the model on new studies: masks, overlays, result.json per study; summary.csv, errors.json.
 
     INPUTS: study folders, folders of studies, DICOM folders, single images or datalist JSON files.
-    Exits with status 1 when any study failed (listed in OUT/errors.json), 2 when nothing could run.
+    Exits with status 1 when any study failed (listed in OUT/errors.json) or the summary could not be
+    written, 2 for a bad command line (no input, unknown device, unusable model, unwritable OUT).
 
     Args:
-        out: output folder (created).
+        out: output folder (created); a study's earlier output there is replaced whole when its new
+            one is complete; a folder with files this command did not write is never touched.
         model: weights (default: the bundle's models/model.pt).
-        device: "auto" (CUDA when present), "cpu" or "cuda:N".
+        device: "auto" (CUDA when present), "cpu", "cuda" or "cuda:N".
         view: AP or LAT, for single images whose name and tags do not say (else guessed from the image).
         nifti: also write each mask as NIfTI with the pixel spacing.
         damaged_threshold: override the bundle's Damaged threshold.
         bundle: bundle folder (default: the repository's bundle/).
         split: for datalist inputs, only this split (e.g. test).
     """
-    from spine_app.infer import BUNDLE_DIR, resolve_inputs, run_inference, summary_line
+    from spine_app.infer import (
+        BUNDLE_DIR,
+        BadArgument,
+        check_model,
+        resolve_device,
+        resolve_inputs,
+        run_inference,
+        summary_line,
+    )
 
     if not inputs:
-        sys.exit("error: give at least one study folder, image, DICOM folder or datalist (spine-app infer --help)")
-    entries, errors = resolve_inputs(list(inputs), view, split, model)
+        _refuse("give at least one study folder, image, DICOM folder or datalist (spine-app infer --help)")
     overrides = {"write_nifti": bool(nifti)}
     if damaged_threshold is not None:
         overrides["damaged_threshold"] = float(damaged_threshold)
     try:
+        device = resolve_device(device)
+        check_model(bundle or BUNDLE_DIR, model, **overrides)  # before the view guesses use the model
+        entries, errors = resolve_inputs(list(inputs), view, split, model, out=out)
         result = run_inference(entries, out, model, device, bundle or BUNDLE_DIR, errors, **overrides)
-    except (PermissionError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    except (BadArgument, PermissionError, FileNotFoundError) as err:
+        _refuse(str(err))
+    except OSError as err:  # e.g. summary.csv could not be written (a full disk): the run is incomplete
+        _refuse(str(err), 1)
     for error in result["errors"]:
         print(f"failed: {error['error']}", file=sys.stderr)
     print(summary_line(result, out))
@@ -164,8 +201,9 @@ def export(out: str = "export", model: str | None = None, bundle: str | None = N
         onnx: also OUT/model.onnx and OUT/study.onnx, checked with onnxruntime (pip install -e ".[onnx]").
     """
     from spine_app.export import export_onnx, export_torchscript
-    from spine_app.infer import BUNDLE_DIR
+    from spine_app.infer import BUNDLE_DIR, check_model
 
+    check_model(bundle or BUNDLE_DIR, model)  # BadArgument (exit 2) for a missing or unusable file
     info = export_torchscript(out, bundle or BUNDLE_DIR, model)
     print(
         f"wrote {out}/model.ts and {out}/study.ts (canvas {info['canvas']}, weights {info['weights']['sha256'][:12]})"
@@ -284,9 +322,17 @@ def robustness_evaluate(
         only: comma-separated corruption names to run (default: the whole suite).
         canvas: working size the model was trained at, e.g. "[256, 192]" (default the bundle's).
     """
+    from spine_app.infer import BUNDLE_DIR, BadArgument, check_model, resolve_device
+    from spine_app.robustness.corruptions import load_suite
     from spine_app.robustness.evaluate import evaluate_robustness
     from spine_app.robustness.report import markdown
 
+    try:
+        load_suite(suite)
+    except ValueError as err:
+        raise BadArgument(str(err)) from None
+    device = resolve_device(device)
+    check_model(bundle or BUNDLE_DIR, model)
     names = _names(only)
     results = evaluate_robustness(data, suite, out, model, bundle, split, device, seed, limit, names,
                                   [int(c) for c in canvas] if canvas else None)  # fmt: skip
@@ -416,46 +462,121 @@ def monailabel_app(out: str | None = None, model: str | None = None, force: bool
     print(write_app(out, model, force))
 
 
-def monailabel_prepare(dataset: str, out: str, link: bool = False) -> None:
+def monailabel_prepare(dataset: str, out: str, link: bool = False, overwrite: bool = False) -> None:
     """Flatten a dataset (canonical layout) into a MONAI Label studies folder: <study>_AP/_LAT files
     and study_classes.json from the Normal/Damaged folders.
 
     Args:
         dataset: dataset root (e.g. data/synthetic).
-        out: studies folder to fill.
+        out: studies folder to fill; must be new or empty unless --overwrite.
         link: symlink the films instead of copying them.
+        overwrite: write into a non-empty OUT: replace only the films of DATASET's studies and merge
+            study_classes.json; everything else (e.g. saved labels/) is kept.
     """
+    from spine_app.data.importer import DuplicateStudyError
+    from spine_app.data.io import FolderNotEmptyError
     from spine_app.monailabel.studies import prepare_studies
 
-    done = prepare_studies(dataset, out, copy=not link)
+    try:
+        done = prepare_studies(dataset, out, copy=not link, overwrite=overwrite)
+    except (FolderNotEmptyError, NotADirectoryError) as err:
+        _refuse(str(err))
+    except DuplicateStudyError as err:
+        _refuse(str(err), 1)
+    for note in done["warnings"]:
+        print(f"warning: {note}", file=sys.stderr)
     print(f"{done['images']} films of {done['studies']} studies -> {out} ({done['classes']} with a class)")
 
 
+def _repeated_flag(names: tuple[str, ...]) -> list[str]:
+    """Every value of a flag given more than once on the command line (python-fire keeps only the last)."""
+    args, values = sys.argv[1:], []
+    for i, arg in enumerate(args):
+        name, _, value = arg.partition("=")
+        if name in names:
+            values += [value] if value else args[i + 1 : i + 2]
+    return values if len(values) > 1 else []
+
+
 def monailabel_serve(studies: str, app: str | None = None, host: str = "127.0.0.1", port: int = 8000,
-                     model: str | None = None, **conf: str) -> None:  # fmt: skip
+                     model: str | None = None, cors_origin: str | list[str] | tuple[str, ...] | None = None,
+                     allow_delete: bool = False, max_upload_mb: float = 64.0, insecure: bool = False,
+                     **conf: str) -> None:  # fmt: skip
     """Start the MONAI Label server on a studies folder (writes the app folder first if needed).
+
+    Ids and tags must be plain names (no paths); see docs/monailabel.md, "Security".
 
     Args:
         studies: folder of films (<study>_AP.png, <study>_LAT.dcm, ...).
         app: app folder (default as `spine-app monailabel app`).
-        host: interface to bind; 127.0.0.1 (this machine only) by default. The server has no
-            authentication unless configured (docs/monailabel.md); bind another address only on a
-            trusted network.
+        host: interface to bind; 127.0.0.1 (this machine only) by default. Another address needs
+            MONAI_LABEL_AUTH_ENABLE=true (MONAI Label's authentication) or --insecure.
         port: TCP port.
         model: weights to serve when the app folder is new.
+        cors_origin: web origin allowed to call the server from a browser, e.g. http://viewer.local:3000
+            (an OHIF viewer); repeated or comma-separated; default none (same origin only).
+        allow_delete: allow DELETE of films and labels (refused with HTTP 403 by default).
+        max_upload_mb: largest request body (label or film upload) in MB; larger answers HTTP 413.
+        insecure: bind a non-loopback --host without authentication (anyone who reaches the port
+            can read the films, overwrite labels and retrain the model).
         conf: extra --conf key value pairs for the app (e.g. --bundle PATH).
     """
-    from spine_app.monailabel.appdir import LOOPBACK, server_command, write_app
+    import ipaddress
 
+    from spine_app.monailabel.appdir import LOOPBACK, server_command, write_app
+    from spine_app.monailabel.security import ServerPolicy, parse_origins
+
+    try:
+        loopback = host in LOOPBACK or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    auth = os.environ.get("MONAI_LABEL_AUTH_ENABLE", "").strip().lower() in ("1", "true", "yes", "on")
+    if not loopback and not auth and not insecure:
+        _refuse(f"--host {host} would let anyone who reaches the port read the films and change the model: "
+                "set MONAI_LABEL_AUTH_ENABLE=true (with a Keycloak realm) or pass --insecure")  # fmt: skip
+    try:
+        origins = parse_origins(_repeated_flag(("--cors-origin", "--cors_origin")) or cors_origin)
+    except ValueError as err:
+        _refuse(str(err))
+    if isinstance(max_upload_mb, bool) or not isinstance(max_upload_mb, (int, float)) or not max_upload_mb > 0:
+        _refuse(f"--max-upload-mb must be a number > 0, got {max_upload_mb!r}")
     if not Path(studies).is_dir():
         raise FileNotFoundError(f"{studies}: no such studies folder")
     folder = write_app(app, model)
-    if host not in LOOPBACK:
-        print(f"warning: binding {host}: anyone who can reach this port can read the films and change the model "
-              "(no authentication configured)", file=sys.stderr)  # fmt: skip
-    print(f"app {folder}; serving {studies} on http://{host}:{port}", file=sys.stderr, flush=True)
+    if not loopback:
+        print(f"warning: binding {host}" + ("" if auth else " without authentication (--insecure)"), file=sys.stderr)
+    if os.environ.get("MONAI_LABEL_CORS_ORIGINS"):
+        print("warning: MONAI_LABEL_CORS_ORIGINS is ignored; allow origins with --cors-origin", file=sys.stderr)
+    policy = ServerPolicy(origins, bool(allow_delete), int(max_upload_mb * 2**20))
+    os.environ.update(policy.environment())
+    os.environ["MONAI_LABEL_SESSIONS"] = "false"  # sessions keep uploads outside the studies folder
+    print(f"app {folder}; serving {studies} on http://{host}:{port}; CORS origins: "
+          f"{', '.join(origins) or 'none (same origin only)'}", file=sys.stderr, flush=True)  # fmt: skip
     cmd = server_command(folder, Path(studies), host, port, conf)
     os.execv(cmd[0], cmd)  # the server takes this process (and its id): stop it with that id
+
+
+def publish(run_dir: str, bundle: str | None = None) -> None:
+    """Make a training run's best model the bundle's model: copy RUN_DIR/model.pt onto
+    BUNDLE/models/model.pt (written to a temporary file, then renamed) with models/model_provenance.json
+    beside it (run folder, settings, datalist hash, best score and epoch, git commit, versions).
+
+    Args:
+        run_dir: a training run folder, e.g. bundle/runs/synthetic-384x288-resnet18.
+        bundle: bundle folder (default: the repository's bundle/).
+    """
+    from spine_app.engines.runs import PROVENANCE, publish_model
+    from spine_app.infer import BUNDLE_DIR
+
+    if not Path(run_dir).is_dir():
+        _refuse(f"{run_dir}: no such run folder")
+    try:
+        target = publish_model(run_dir, bundle or BUNDLE_DIR)
+    except FileNotFoundError as err:
+        _refuse(str(err))
+    except ValueError as err:
+        _refuse(str(err), 1)
+    print(f"published {Path(run_dir) / 'model.pt'} -> {target} (provenance: {Path(target).with_name(PROVENANCE)})")
 
 
 def version() -> None:
@@ -479,6 +600,7 @@ COMMANDS = {
     "contact-sheet": contact_sheet,
     "infer": infer,
     "export": export,
+    "publish": publish,
     "robustness": {
         "evaluate": robustness_evaluate,
         "train-size": robustness_train_size,
@@ -495,7 +617,7 @@ def main() -> None:
     try:
         fire.Fire(COMMANDS, name="spine-app")
     except (ValueError, FileNotFoundError) as err:
-        sys.exit(f"error: {err}")
+        _refuse(str(err), getattr(err, "exit_status", 1))  # 2 for spine_app.infer.BadArgument
 
 
 if __name__ == "__main__":

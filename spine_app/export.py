@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from spine_app import __version__
-from spine_app.data.io import write_atomic
+from spine_app.data.io import fsync_folder, write_atomic
 from spine_app.engines.dataset import bundle_version, weights_path
 from spine_app.engines.writer import sha256_of, write_json
 from spine_app.networks.multitask import SpineMultiTaskNet, load_weights
@@ -142,7 +142,8 @@ def export_onnx(out_dir: str | Path, bundle_dir: str | Path, model: str | Path |
             worst[name] = max(float(np.abs(o - e.numpy()).max()) for o, e in zip(session.run(None, feed), eager))
             if worst[name] > 1e-3:
                 raise ValueError(f"{out_dir / name}: ONNX output differs from the eager network by {worst[name]:.2g}")
-            os.replace(candidate, out_dir / name)
+            os.replace(candidate, out_dir / name)  # the candidate was fsynced by write_atomic
+            fsync_folder(out_dir)
     files = {"model.onnx": "image (B,1,H,W) -> masks: mask logits (B,8,H,W); H, W multiples of 32",
              "study.onnx": "ap, lat (B,1,H,W), present (B,2) -> " + ", ".join(STUDY_OUTPUTS)}  # fmt: skip
     return _write_info(out_dir / "onnx_info.json", files, canvas, bundle_dir, model,

@@ -16,9 +16,14 @@ Accepted inputs (any mix, one or more):
 
 from __future__ import annotations
 
+import json
 import logging
+import pickle
+import re
+import zipfile
 from collections import defaultdict
 from collections.abc import Callable
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +32,19 @@ from spine_app.data.importer import load_datalist
 from spine_app.data.io import dicom_view, image_format
 from spine_app.data.layout import find_studies, looks_like_study
 from spine_app.engines.dataset import study_entry, weights_path
-from spine_app.engines.writer import write_run_files
+from spine_app.engines.writer import OutputError, is_run_output, is_study_output, write_run_files
 
 logger = logging.getLogger(__name__)
 
 BUNDLE_DIR = Path(__file__).resolve().parents[1] / "bundle"
+RUN_FILES = ("summary.csv", "errors.json")  # names in the output folder no study id may take
+
+
+class BadArgument(ValueError):
+    """A bad command-line value (device, model file, ...): one line naming it and the reason; the
+    command line exits with status ``exit_status`` (2)."""
+
+    exit_status = 2
 
 
 def pixel_view(path: Path, model: str | Path | None, notes: list[str]) -> str | None:
@@ -89,25 +102,44 @@ def _with_notes(entry: dict[str, Any], notes: list[str]) -> dict[str, Any]:
     return entry
 
 
+def _inside(folder: Path, out: Path | None) -> bool:
+    """True if ``folder`` is the run's (resolved) output folder ``out`` or inside it."""
+    resolved = folder.resolve()
+    return out is not None and (resolved == out or out in resolved.parents)
+
+
+def _is_output(folder: Path, out: Path | None) -> bool:
+    """True if ``folder`` is (inside) the run's output folder ``out``, the output folder of another
+    inference run, or a study folder of one: never an input."""
+    return _inside(folder, out) or is_run_output(folder) or is_study_output(folder)
+
+
 def resolve_inputs(
-    inputs: list[str], view: str | None = None, split: str | None = None, model: str | Path | None = None
-) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+    inputs: list[str], view: str | None = None, split: str | None = None, model: str | Path | None = None,
+    out: str | Path | None = None,
+) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:  # fmt: skip
     """(entries, errors): inference datalist entries for every study found in ``inputs``.
 
     ``split`` limits datalist inputs to one split (training, validation, test, unlabelled). A film
     whose view neither ``view``, its name nor its DICOM tags give is guessed from its pixels with
     ``model`` (default the shipped weights); the guess is noted in the study's result.json.
+    Folders of studies skip the output folder ``out`` and any folder an inference run wrote.
 
     ``errors`` has one {"study_id", "error"} per input that cannot become a study (missing path,
-    unknown view, a folder with no image); the others are still returned.
+    unknown view, a folder with no image); the others are still returned. Study ids are made unique
+    and safe as folder names (:func:`unique_ids`).
     """
     if view is not None and view.upper() not in VIEWS:
-        raise ValueError(f"--view must be AP or LAT, got {view!r}")
+        raise BadArgument(f"--view must be AP or LAT, got {view!r}")
+    out_dir = Path(out).resolve() if out is not None else None
     entries: list[dict[str, Any]] = []
     errors: list[dict[str, str]] = []
     for raw in inputs:
         path = Path(raw)
-        if not path.exists():
+        if path.is_dir() and _is_output(path, out_dir):
+            where = f"inside the output folder {out}" if _inside(path, out_dir) else "written by spine-app infer"
+            errors.append({"study_id": path.name, "error": f"{path}: {where}, not read as input"})
+        elif not path.exists():
             errors.append({"study_id": path.name, "error": f"{path}: no such file or folder"})
         elif path.is_file() and path.suffix.lower() == ".json":
             data = load_datalist(path)
@@ -123,7 +155,9 @@ def resolve_inputs(
                 entries.append(_with_notes(study_entry(path.stem, {chosen: path}), notes))
         elif looks_like_study(path) or any(p.is_dir() for p in path.iterdir()):
             for study in find_studies(path):
-                if study.images:
+                if _is_output(study.folder, out_dir):
+                    logger.info("%s: skipped, an output folder of spine-app infer", study.folder)
+                elif study.images:
                     entries.append(study_entry(study.study_id, study.images, study.label))
                 else:
                     found = _dicom_groups(study.folder, model)
@@ -140,7 +174,8 @@ def resolve_inputs(
             errors += found[1]
             if not found[0] and not found[1]:
                 errors.append({"study_id": path.name, "error": f"{path}: no AP or LAT image found"})
-    return _unique_ids(entries), errors
+    unique_ids(entries + errors)  # in place; the studies keep their ids first
+    return entries, errors
 
 
 def _entry_images(entry: dict[str, Any]) -> dict[str, Path]:
@@ -161,14 +196,139 @@ def view_of_file(path: Path) -> str | None:
     return found
 
 
-def _unique_ids(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Suffix repeated study ids (_2, _3, ...) so no two studies write into one output folder."""
-    seen: dict[str, int] = defaultdict(int)
+def safe_id(study_id: Any) -> str:
+    """``study_id`` as a plain folder name: path separators and control characters become "_", a
+    leading dot (hidden names, "..") becomes "_", and an empty id becomes "study"."""
+    name = re.sub(r"[\x00-\x1f/\\]", "_", str(study_id)).strip()[:200]
+    return ("_" + name[1:] if name.startswith(".") else name) or "study"
+
+
+def unique_ids(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Make the ``study_id`` of ``entries`` safe (:func:`safe_id`) and unique, ignoring case (a
+    case-insensitive disk would merge them): a repeated id gets the first suffix _2, _3, ... that no
+    other id of the list has, so no two studies write into one output folder."""
     for entry in entries:
-        seen[entry["study_id"]] += 1
-        if seen[entry["study_id"]] > 1:
-            entry["study_id"] = f"{entry['study_id']}_{seen[entry['study_id']]}"
+        entry["study_id"] = safe_id(entry["study_id"])
+    taken = {e["study_id"].casefold() for e in entries} | set(RUN_FILES)
+    seen: set[str] = set()
+    for entry in entries:
+        study_id = entry["study_id"]
+        if study_id.casefold() in seen or study_id.casefold() in RUN_FILES:
+            n = 2
+            while f"{study_id}_{n}".casefold() in taken:
+                n += 1
+            study_id = entry["study_id"] = f"{study_id}_{n}"
+            taken.add(study_id.casefold())
+        seen.add(study_id.casefold())
     return entries
+
+
+def resolve_device(device: str) -> str:
+    """``device`` checked: "auto" -> "cuda:0" when CUDA works, else "cpu"; "cpu", "cuda", "cuda:N",
+    "mps". BadArgument naming it when it is unknown or not on this machine."""
+    import torch
+
+    name = str(device).strip().lower()
+    if name == "auto":
+        return "cuda:0" if torch.cuda.is_available() else "cpu"
+    try:
+        chosen = torch.device(name)
+    except (RuntimeError, ValueError, TypeError):
+        raise BadArgument(f"--device {device}: unknown device; use auto, cpu, cuda or cuda:N") from None
+    if chosen.type == "cpu":
+        return "cpu"
+    if chosen.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this PyTorch is built without CUDA" if torch.version.cuda is None else "no GPU or driver found"
+            raise BadArgument(f"--device {device}: CUDA is not available on this machine ({why}); use --device cpu")
+        if (chosen.index or 0) >= torch.cuda.device_count():
+            raise BadArgument(f"--device {device}: no such GPU (this machine has {torch.cuda.device_count()})")
+        return f"cuda:{chosen.index or 0}"
+    if chosen.type == "mps" and torch.backends.mps.is_available():
+        return "mps"
+    raise BadArgument(f"--device {device}: not available here; use auto, cpu or cuda[:N]")
+
+
+def check_model(bundle_dir: str | Path, model: str | Path | None = None, **overrides: Any) -> Path:
+    """The weights file (``model`` or the bundle's), checked to be weights of the bundle's network
+    (with the config ``overrides``, e.g. ``backbone``): a readable state dict with every key and shape
+    and only finite values. BadArgument naming the file and the reason otherwise."""
+    try:
+        path = weights_path(bundle_dir, model)
+    except FileNotFoundError as err:
+        raise BadArgument(str(err)) from None
+    stat = path.stat()
+    network = tuple(sorted((k, json.dumps(v)) for k, v in overrides.items() if k in ("backbone", "decoder_channels")))
+    problem = _weights_problem(str(path), stat.st_mtime_ns, stat.st_size, str(bundle_dir), network)
+    if problem:
+        raise BadArgument(f"{path}: {problem}")
+    return path
+
+
+@lru_cache(maxsize=8)
+def _weights_problem(path: str, mtime_ns: int, size: int, bundle_dir: str, network: tuple) -> str | None:
+    """Why the file at ``path`` is not usable weights of the bundle's network, or None (cached per
+    file version: MONAI Label checks the served model on every request)."""
+    state = _read_state(path, size)
+    return state if isinstance(state, str) else _state_problem(state, bundle_dir, dict(network))
+
+
+def _read_state(path: str, size: int) -> dict[str, Any] | str:
+    """The state dict saved at ``path`` (plain or a CheckpointSaver's {"model": ...}), or why there is none."""
+    import torch
+
+    if size == 0:
+        return "empty file (0 bytes), not model weights"
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+    if head == b"PK\x03\x04":  # torch.save's zip archive
+        try:
+            with zipfile.ZipFile(path) as archive:
+                damaged = archive.testzip()
+        except (zipfile.BadZipFile, OSError, EOFError) as err:
+            return f"truncated or damaged weights file (its zip archive is incomplete: {err})"
+        if damaged:
+            return f"damaged weights file ({damaged} fails its checksum)"
+    elif head[:1] != b"\x80":  # nor a (legacy) pickle
+        return "not a PyTorch weights file (neither a torch.save zip archive nor a pickle)"
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        return "holds pickled objects, not a plain state dict (e.g. a whole model: save model.state_dict())"
+    except Exception as err:  # noqa: BLE001 - zip and torch errors alike mean "not weights"
+        reason = re.sub(r"\x1b\[[0-9;]*m", "", (str(err).strip().splitlines() or [""])[0])[:160]
+        return f"not loadable as weights ({type(err).__name__}: {reason})"
+    if isinstance(state, dict) and set(state) == {"model"}:
+        state = state["model"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        return "not a state dict of tensors"
+    return state
+
+
+def _state_problem(state: dict[str, Any], bundle_dir: str, network: dict[str, str]) -> str | None:
+    """Why ``state`` does not fit the bundle's ``network_def`` (``network``: JSON config overrides) or
+    holds non-finite values, or None."""
+    import torch
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(Path(bundle_dir) / "configs" / "inference.yaml"))
+    parser["bundle_root"] = bundle_dir
+    for key, value in network.items():
+        parser[key] = json.loads(value)
+    expected = parser.get_parsed_content("network_def").state_dict()
+    missing, unexpected = sorted(expected.keys() - state.keys()), sorted(state.keys() - expected.keys())
+    shapes = sorted(k for k in expected.keys() & state.keys() if tuple(expected[k].shape) != tuple(state[k].shape))
+    if missing or unexpected or shapes:
+        parts = [f"{len(missing)} keys missing, e.g. {missing[0]}" if missing else "",
+                 f"{len(unexpected)} unexpected keys, e.g. {unexpected[0]}" if unexpected else "",
+                 f"{len(shapes)} keys of another shape, e.g. {shapes[0]}" if shapes else ""]  # fmt: skip
+        found = "; ".join(part for part in parts if part)
+        return f"weights of another network than the bundle's {parser.get_parsed_content('backbone')} ({found})"
+    broken = sorted(k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all()))
+    if broken:
+        return f"{len(broken)} weight tensors hold NaN or infinite values (e.g. {broken[0]}): a damaged file"
+    return None
 
 
 def check_writable(out: Path) -> None:
@@ -194,39 +354,52 @@ def run_inference(
 ) -> dict[str, Any]:
     """Run the bundle's inference config on ``entries`` into ``out``; returns {"written", "errors"}.
 
-    ``errors`` from input resolution are merged into ``out/errors.json`` and ``out/summary.csv``.
+    ``errors`` from input resolution are merged into ``out/errors.json`` and ``out/summary.csv``
+    (rewritten after every study, see :mod:`spine_app.engines.writer`).
     ``overrides`` are config ids of inference.yaml (``write_nifti``, ``damaged_threshold``, ...);
     ``on_evaluator(evaluator)`` is called before the run (benchmarks attach timers there).
+
+    Raises:
+        BadArgument: unknown or unavailable ``device``, unusable ``model`` (nothing is written).
+        PermissionError: ``out`` cannot be written.
+        OutputError: summary.csv / errors.json could not be written at the end (a full disk, ...).
     """
     import torch
     from monai.bundle import ConfigWorkflow
 
     out, bundle_dir = Path(out), Path(bundle_dir)
+    device = resolve_device(device)
+    model_path = check_model(bundle_dir, model, **overrides)
     check_writable(out)
-    model_path = weights_path(bundle_dir, model)
-    if device == "auto":
-        device = "cuda:0" if torch.cuda.is_available() else "cpu"
-    written: list[dict[str, Any]] = []
-    run_errors: list[dict[str, str]] = []
-    if entries:
-        workflow = ConfigWorkflow(
-            str(bundle_dir / "configs" / "inference.yaml"),
-            meta_file=str(bundle_dir / "configs" / "metadata.json"),
-            logging_file=str(bundle_dir / "configs" / "logging.conf"),
-            workflow_type="infer",
-            **{"bundle_root": str(bundle_dir), "output_dir": str(out), "ckpt_path": str(model_path),
-               "device": torch.device(device), "dataset#data": entries, **overrides},
-        )  # fmt: skip
-        workflow.initialize()
-        if on_evaluator is not None:
-            on_evaluator(workflow.parser.get_parsed_content("evaluator"))
+    input_errors = list(errors or [])
+    if not entries:
+        rows = [{"study_id": e["study_id"], "status": "failed", "error": e["error"]} for e in input_errors]
+        write_run_files(out, rows, input_errors)
+        return {"written": [], "errors": input_errors}
+    workflow = ConfigWorkflow(
+        str(bundle_dir / "configs" / "inference.yaml"),
+        meta_file=str(bundle_dir / "configs" / "metadata.json"),
+        logging_file=str(bundle_dir / "configs" / "logging.conf"),
+        workflow_type="infer",
+        **{"bundle_root": str(bundle_dir), "output_dir": str(out), "ckpt_path": str(model_path),
+           "device": torch.device(device), "dataset#data": entries, **overrides},
+    )  # fmt: skip
+    workflow.initialize()
+    writer = next(h for h in workflow.parser.get_parsed_content("handlers") if hasattr(h, "input_errors"))
+    writer.input_errors = input_errors
+    if on_evaluator is not None:
+        on_evaluator(workflow.parser.get_parsed_content("evaluator"))
+    try:
         workflow.run()
-        workflow.finalize()
-        writer = next(h for h in workflow.parser.get_parsed_content("handlers") if hasattr(h, "rows"))
-        written, run_errors = list(writer.rows), list(writer.errors)
-    all_errors = list(errors or []) + run_errors
-    rows = written + [{"study_id": e["study_id"], "status": "failed", "error": e["error"]} for e in errors or []]
-    write_run_files(out, rows, all_errors)
+    except RuntimeError as err:  # MONAI wraps what the run raised ("Failed to evaluate ...")
+        cause = err.__cause__
+        while cause is not None and not isinstance(cause, OutputError):
+            cause = cause.__cause__
+        if cause is None:
+            raise
+        raise cause from None
+    workflow.finalize()
+    rows, all_errors = writer.run_files()
     return {"written": [r for r in rows if r.get("status") == "ok"], "errors": all_errors}
 
 
@@ -237,4 +410,7 @@ def summary_line(result: dict[str, Any], out: str | Path) -> str:
     )
 
 
-__all__ = ["BUNDLE_DIR", "check_writable", "pixel_view", "resolve_inputs", "run_inference", "summary_line", "view_of_file"]
+__all__ = [
+    "BUNDLE_DIR", "BadArgument", "check_model", "check_writable", "pixel_view", "resolve_device", "resolve_inputs",
+    "run_inference", "safe_id", "summary_line", "unique_ids", "view_of_file",
+]  # fmt: skip

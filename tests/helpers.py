@@ -28,3 +28,16 @@ def write_png_study(folder: Path, shape: tuple[int, int] = (96, 80), masks: bool
             mask[10 + i : 30 + i, 10:40] = True
             write_png(folder / f"{name}.png", mask)
     return folder
+
+
+def lying_png(path: Path, width: int, height: int) -> Path:
+    """A real 64x64 PNG whose IHDR header (CRC fixed) claims ``width`` x ``height`` px."""
+    import struct
+    import zlib
+
+    write_png(path, radiograph((64, 64)))
+    data = bytearray(path.read_bytes())
+    data[16:24] = struct.pack(">II", width, height)
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])) & 0xFFFFFFFF)
+    path.write_bytes(bytes(data))
+    return path

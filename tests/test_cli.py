@@ -48,3 +48,17 @@ def test_bench_synth_prints_studies_per_second() -> None:
     result = run("bench", "synth", "--n", "2", "--workers", "1", "--preset", "easy")
     assert result.returncode == 0, result.stderr
     assert "studies/s:" in result.stdout
+
+
+def test_export_with_weights_of_another_network_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    import torch
+
+    from spine_app.networks import SpineMultiTaskNet
+
+    model = tmp_path / "effnet.pt"
+    torch.save({k: v.half() for k, v in SpineMultiTaskNet(backbone="efficientnet-b0").state_dict().items()}, model)
+    result = run("export", "--out", str(tmp_path / "export"), "--model", str(model))
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"error: {model}: weights of another network than the bundle's resnet18 (")
+    assert not (tmp_path / "export").exists()

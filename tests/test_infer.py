@@ -8,6 +8,7 @@ working size) and each test checks one study's outcome.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -22,7 +23,7 @@ from PIL import Image
 
 from spine_app.channels import MASK_NAMES
 from spine_app.data.io import read_image, write_dicom, write_png
-from spine_app.infer import resolve_inputs, run_inference
+from spine_app.infer import BUNDLE_DIR, resolve_inputs, run_inference
 from spine_app.networks import SpineMultiTaskNet
 from tests.helpers import radiograph
 
@@ -272,3 +273,327 @@ def test_shipped_model_runs_without_training(tmp_path: Path, synth_root: Path) -
     version = json.loads((BUNDLE_DIR / "configs" / "metadata.json").read_text())["version"]
     assert saved["model"]["sha256"] == sha256_of(shipped) and saved["bundle_version"] == version
     assert saved["decision"] == "network" and saved["threshold"] == pytest.approx(0.513)
+
+
+# --- output folders, study ids and one-line errors (each test runs the real command line) -----------------
+
+
+@pytest.fixture(scope="module")
+def small_bundle(tmp_path_factory: pytest.TempPathFactory, model_file: Path) -> Path:
+    """The repository's bundle at a 128 x 96 working size with the seeded weights (fast CLI runs)."""
+    bundle = tmp_path_factory.mktemp("bundle")
+    shutil.copytree(BUNDLE_DIR / "configs", bundle / "configs")
+    config = bundle / "configs" / "inference.yaml"
+    config.write_text(config.read_text().replace("patch_size: [384, 288]", "patch_size: [128, 96]"))
+    (bundle / "models").mkdir()
+    shutil.copy(model_file, bundle / "models" / "model.pt")
+    return bundle
+
+
+def cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
+    """(exit status, stdout, stderr) of ``spine-app ARGS`` run by the console entry point in-process."""
+    from spine_app import cli as command_line
+
+    monkeypatch.setattr(sys, "argv", ["spine-app", *args])
+    try:
+        command_line.main()
+        status = 0
+    except SystemExit as done:
+        status = done.code if isinstance(done.code, int) else 1
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def summary_rows(out: Path) -> list[dict[str, str]]:
+    import csv
+
+    with open(out / "summary.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def assert_whole(folder: Path) -> dict:
+    """``folder``'s result.json, after checking every mask beside it is the one it describes (no mix)."""
+    result = json.loads((folder / "result.json").read_text())
+    masks = {p.stem for p in folder.glob("*.png") if not p.name.startswith("overlay_")}
+    assert masks == set(result["mask_area_px"]), folder
+    for name, area in result["mask_area_px"].items():
+        assert int((np.array(Image.open(folder / f"{name}.png")) > 0).sum()) == area, f"{folder}/{name}.png"
+    assert {p.stem.split("_")[1] for p in folder.glob("overlay_*.png")} == set(result["inputs"])
+    return result
+
+
+def test_repeated_study_ids_never_take_another_studys_id(
+    tmp_path: Path, small_bundle: Path, monkeypatch, capsys
+) -> None:
+    from tests.helpers import write_png_study
+
+    studies = [write_png_study(tmp_path / "a" / "X", masks=False, seed=1),
+               write_png_study(tmp_path / "b" / "X", masks=False, seed=2),
+               write_png_study(tmp_path / "b" / "X_2", masks=False, seed=3)]  # fmt: skip
+    out = tmp_path / "out"
+    status, stdout, stderr = cli(monkeypatch, capsys, "infer", *map(str, studies), "--out", str(out),
+                                 "--bundle", str(small_bundle))  # fmt: skip
+    assert status == 0, stderr
+    rows = summary_rows(out)
+    assert len({r["study_id"] for r in rows}) == 3 and {r["status"] for r in rows} == {"ok"}
+    owners = []
+    for row in rows:  # each folder holds one study's masks and result, and each study has its folder
+        result = assert_whole(out / row["study_id"])
+        folders = {Path(result["inputs"][v]["path"]).parent for v in ("AP", "LAT")}
+        assert len(folders) == 1, folders
+        owners += folders
+    assert sorted(owners) == sorted(studies)
+
+
+def test_study_ids_become_safe_unique_folder_names() -> None:
+    from spine_app.infer import unique_ids
+
+    ids = ["../up", "summary.csv", "A", "a", "a_2", "", "x/y", ".hidden"]
+    made = [e["study_id"] for e in unique_ids([{"study_id": i} for i in ids])]
+    assert len({m.casefold() for m in made} | {"summary.csv", "errors.json"}) == len(made) + 2
+    assert all("/" not in m and not m.startswith(".") and m for m in made)
+    assert made[2] == "A" and made[4] == "a_2"
+
+
+def test_rerun_replaces_a_study_output_whole_and_summarizes_only_this_run(
+    tmp_path: Path, small_bundle: Path, monkeypatch, capsys
+) -> None:
+    from tests.helpers import write_png_study
+
+    both = write_png_study(tmp_path / "first" / "S", masks=False, seed=1)
+    other = write_png_study(tmp_path / "first" / "T", masks=False, seed=2)
+    out = tmp_path / "out"
+    assert cli(monkeypatch, capsys, "infer", str(both), str(other), "--out", str(out), "--nifti",
+               "--bundle", str(small_bundle))[0] == 0  # fmt: skip
+    assert (out / "S" / "Ap_Vertebra.nii.gz").is_file() and (out / "S" / "overlay_AP.png").is_file()
+    lat_only = tmp_path / "second" / "S"  # another patient's study with the same id: LAT only
+    lat_only.mkdir(parents=True)
+    write_png(lat_only / "LAT.png", radiograph((100, 90), seed=5))
+    status, _, stderr = cli(
+        monkeypatch, capsys, "infer", str(lat_only), "--out", str(out), "--bundle", str(small_bundle)
+    )
+    assert status == 0, stderr
+    result = assert_whole(out / "S")
+    assert set(result["inputs"]) == {"LAT"} and result["inputs"]["LAT"]["path"] == str(lat_only / "LAT.png")
+    assert sorted(p.name for p in (out / "S").iterdir()) == sorted(
+        ["result.json", "overlay_LAT.png"] + [f"{n}.png" for n in MASK_NAMES if n.startswith("Lat_")]
+    )  # no AP mask, AP overlay or NIfTI of the first patient is left beside it
+    assert [r["study_id"] for r in summary_rows(out)] == ["S"] and json.loads((out / "errors.json").read_text()) == []
+    assert_whole(out / "T")  # an earlier study this run did not touch is kept as it was
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
+def test_a_folder_infer_did_not_write_is_never_replaced(
+    tmp_path: Path, small_bundle: Path, monkeypatch, capsys
+) -> None:
+    from tests.helpers import write_png_study
+
+    studies = tmp_path / "studies"
+    write_png_study(studies / "S", masks=False)
+    out = tmp_path / "out"
+    (out / "S").mkdir(parents=True)
+    (out / "S" / "notes.txt").write_text("mine")
+    status, _, stderr = cli(
+        monkeypatch, capsys, "infer", str(studies), "--out", str(out), "--bundle", str(small_bundle)
+    )
+    assert status == 1 and "Traceback" not in stderr
+    assert f"{out / 'S'}: the folder exists and holds files spine-app did not write" in stderr
+    assert [p.name for p in (out / "S").iterdir()] == ["notes.txt"] and (out / "S" / "notes.txt").read_text() == "mine"
+    # the dataset itself as the output folder: nothing is written into the user's study folders
+    status, _, stderr = cli(
+        monkeypatch, capsys, "infer", str(studies), "--out", str(studies), "--bundle", str(small_bundle)
+    )
+    assert status == 1 and "inside the output folder" in stderr
+    assert sorted(p.name for p in (studies / "S").iterdir()) == ["AP.png", "LAT.png"]
+
+
+def test_output_folder_inside_the_input_is_not_an_input(
+    tmp_path: Path, small_bundle: Path, monkeypatch, capsys
+) -> None:
+    from tests.helpers import write_png_study
+
+    studies = tmp_path / "studies"
+    write_png_study(studies / "Normal" / "s1", masks=False)
+    out = studies / "predictions"
+    for _ in range(2):  # the second run finds the first run's output folder among the studies
+        status, stdout, stderr = cli(monkeypatch, capsys, "infer", str(studies), "--out", str(out),
+                                     "--bundle", str(small_bundle))  # fmt: skip
+        assert status == 0, stderr
+        assert "1 studies written, 0 failed" in stdout
+    assert [r["study_id"] for r in summary_rows(out)] == ["s1"]
+
+
+def test_interrupted_run_leaves_whole_studies_and_a_summary_of_them(tmp_path: Path, small_bundle: Path, monkeypatch,
+                                                                    capsys) -> None:  # fmt: skip
+    """A real run killed with SIGKILL while a study is being written (held there by the writer's test
+    switch) leaves the earlier output of that study untouched and a summary of what finished."""
+    from tests.helpers import write_png_study
+
+    hold = "SPINE_APP_TEST_HOLD_STUDY"  # spine_app.engines.writer.HOLD_ENV
+
+    new = tmp_path / "new"
+    for n, name in enumerate("abc"):
+        write_png_study(new / name, shape=(96 + 8 * n, 80), masks=False, seed=n)
+    old = write_png_study(tmp_path / "old" / "b", shape=(120, 100), masks=False, seed=9)
+    out = tmp_path / "out"
+    assert cli(monkeypatch, capsys, "infer", str(old), "--out", str(out), "--bundle", str(small_bundle))[0] == 0
+    before = {p.name: p.read_bytes() for p in (out / "b").iterdir()}
+
+    env = {**os.environ, hold: "b"}
+    cmd = [sys.executable, "-m", "spine_app.cli", "infer", str(new), "--out", str(out), "--bundle", str(small_bundle)]
+    process = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    held = any(f"{hold}: holding b" in line for line in process.stdout)  # read until the hold (or the end)
+    process.kill()  # SIGKILL: no clean-up code runs
+    process.wait(timeout=60)
+    process.stdout.close()
+    assert held, "the run never reached study b"
+    assert assert_whole(out / "a")["inputs"]["AP"]["path"] == str(new / "a" / "AP.png")
+    assert {p.name: p.read_bytes() for p in (out / "b").iterdir()} == before  # the earlier b, whole
+    assert not (out / "c").exists()
+    assert [(r["study_id"], r["status"]) for r in summary_rows(out)] == [("a", "ok")]  # this run, finished part
+    assert json.loads((out / "errors.json").read_text()) == []
+    assert [p.name.endswith(".partial") for p in out.iterdir() if p.name.startswith(".")] == [True]
+
+    status, _, stderr = cli(monkeypatch, capsys, "infer", str(new), "--out", str(out), "--bundle", str(small_bundle))
+    assert status == 0, stderr
+    assert assert_whole(out / "b")["inputs"]["AP"]["path"] == str(new / "b" / "AP.png")
+    assert [r["study_id"] for r in summary_rows(out)] == ["a", "b", "c"]
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # the killed run's temporary folder is gone
+
+
+def _hollow_column(shape: tuple[int, int]) -> np.ndarray:
+    """A Lat_Vertebra mask whose bodies are two walls with nothing between: no middle height to measure."""
+    mask = np.zeros(shape, bool)
+    for i in range(5):
+        top = 20 + i * 45
+        mask[top : top + 35, 30:40] = mask[top : top + 35, 56:66] = True
+    return mask
+
+
+def test_result_json_is_strict_json_with_a_reason_for_each_null(tmp_path: Path) -> None:
+    from monai.data import list_data_collate
+
+    from spine_app.channels import MASK_NAMES as NAMES
+    from spine_app.data.study_transforms import LoadStudyd
+    from spine_app.engines import StudyPredictionWriter, prepare_study_batch
+    from spine_app.engines.dataset import study_entry
+
+    shape = (300, 128)
+    film = write_png(tmp_path / "LAT.png", radiograph(shape, seed=4))
+    loaded = LoadStudyd(canvas=shape, on_error="raise")(study_entry("s", {"LAT": film}))
+    _, target = prepare_study_batch(list_data_collate([loaded]))
+    seg = torch.full((1, len(NAMES), *shape), -20.0)
+    seg[0, NAMES.index("Lat_Vertebra")][torch.from_numpy(_hollow_column(shape))] = 20.0
+    pred = {"seg_ap": seg, "seg_lat": seg, "cls": torch.zeros(1), "cls_ap": torch.zeros(1), "cls_lat": torch.zeros(1)}
+    writer = StudyPredictionWriter(str(tmp_path / "out"))
+    writer.reset()
+    writer(type("Engine", (), {"state": type("State", (), {"output": {"pred": pred, "label": target}})})())
+    assert writer.errors == [], writer.errors
+
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"result.json holds {constant}")
+
+    result = json.loads((tmp_path / "out" / "s" / "result.json").read_text(), parse_constant=refuse)
+    bodies = result["morphometry"]["vertebrae"]
+    assert bodies and all(b["heights_mm"]["middle"] is None and b["ratios"]["middle_posterior"] is None for b in bodies)
+    assert result["null_values"]["morphometry.vertebrae[0].heights_mm.middle"].startswith("not measurable")
+    assert result["null_values"]["morphometry.vertebrae[0].ratios.middle_posterior"].startswith("not computable")
+
+
+def test_finite_json_gives_strict_json_for_the_monailabel_answers() -> None:
+    from spine_app.engines.writer import finite_json
+
+    answer = finite_json({"p": np.float32("nan"), "m": {"v": [{"h": float("inf")}, 1.5]}, "n": None, "s": "x"})
+    assert json.loads(json.dumps(answer, allow_nan=False)) == {
+        "p": None, "m": {"v": [{"h": None}, 1.5]}, "n": None, "s": "x",
+        "null_values": {"p": "not a finite number (nan)", "m.v[0].h": "not a finite number (inf)"},
+    }  # fmt: skip
+
+
+def _weights(path: Path, kind: str) -> Path:
+    """A --model file that is not the bundle's weights."""
+    shipped = BUNDLE_DIR / "models" / "model.pt"
+    if kind == "text":
+        path.write_text("these are not weights\n")
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "truncated":
+        path.write_bytes(shipped.read_bytes()[:100_000])
+    elif kind == "other_backbone":
+        torch.save({k: v.half() for k, v in SpineMultiTaskNet(backbone="efficientnet-b0").state_dict().items()}, path)
+    elif kind == "nan":
+        state = torch.load(shipped, weights_only=True)
+        state[next(iter(state))] = state[next(iter(state))] * float("nan")
+        torch.save(state, path)
+    elif kind == "whole_model":
+        torch.save(SpineMultiTaskNet(), path)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("args", "reason"),
+    [
+        (["--device", "gpu"], "--device gpu: unknown device"),
+        (["--device", "cuda"], "--device cuda: CUDA is not available on this machine"),
+        (["--model", "text"], "not a PyTorch weights file"),
+        (["--model", "empty"], "empty file (0 bytes)"),
+        (["--model", "truncated"], "truncated or damaged weights file"),
+        (["--model", "other_backbone"], "weights of another network than the bundle's resnet18"),
+        (["--model", "nan"], "hold NaN or infinite values"),
+        (["--model", "whole_model"], "not a plain state dict"),
+        (["--model", "missing"], "no model weights"),
+    ],
+)
+def test_bad_device_or_model_is_one_line_and_exit_2(
+    tmp_path: Path, synth_root: Path, monkeypatch, capsys, args: list[str], reason: str
+) -> None:
+    if args == ["--device", "cuda"] and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    if args[0] == "--model":
+        args = ["--model", str(_weights(tmp_path / f"{args[1]}.pt", args[1]))]
+    study = sorted((synth_root / "Normal").iterdir())[0]
+    status, _, stderr = cli(monkeypatch, capsys, "infer", str(study), "--out", str(tmp_path / "out"), *args)
+    assert status == 2 and "Traceback" not in stderr
+    line = stderr.strip().splitlines()[-1]
+    assert line.startswith("error: ") and reason in line, stderr
+    if args[0] == "--model":
+        assert args[1] in line  # names the file
+    assert not (tmp_path / "out").exists()  # nothing was written
+
+
+def test_summary_on_a_full_disk_is_one_line_and_exit_1(tmp_path: Path, small_bundle: Path) -> None:
+    """A real full disk: the output folder on a full 64 KiB tmpfs (mounted in a user namespace)."""
+    from tests.helpers import write_png_study
+
+    if shutil.which("unshare") is None or subprocess.run(["unshare", "-Urm", "true"], capture_output=True).returncode:
+        pytest.skip("needs unshare with user namespaces to mount a small tmpfs")
+    study = write_png_study(tmp_path / "S", masks=False)
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    script = (f'mount -t tmpfs -o size=64k tmpfs "{disk}" && mkdir "{disk}/out" && '
+              f'(head -c 200000 /dev/zero > "{disk}/out/filler" 2>/dev/null; true) && '
+              f'"{sys.executable}" -m spine_app.cli infer "{study}" --out "{disk}/out" --bundle "{small_bundle}"; '
+              f'echo "status $?"; ls -A "{disk}/out"')  # fmt: skip
+    result = subprocess.run(["unshare", "-Urm", "sh", "-c", script], capture_output=True, text=True, timeout=600)
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert (
+        result.stderr.strip().splitlines()[-1]
+        == f"error: {disk}/out/summary.csv: cannot write (No space left on device)"
+    )
+    assert "status 1" in result.stdout and result.stdout.strip().splitlines()[-1] == "filler"  # nothing half-written
+
+
+def test_summary_that_cannot_be_written_is_one_line_and_exit_1(
+    tmp_path: Path, small_bundle: Path, monkeypatch, capsys
+) -> None:
+    from tests.helpers import write_png_study
+
+    study = write_png_study(tmp_path / "S", masks=False)
+    out = tmp_path / "out"
+    (out / "summary.csv").mkdir(parents=True)  # a user's folder where the summary goes: never replaced
+    (out / "summary.csv" / "keep.txt").write_text("mine")
+    status, _, stderr = cli(monkeypatch, capsys, "infer", str(study), "--out", str(out), "--bundle", str(small_bundle))
+    assert status == 1 and "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1] == f"error: {out / 'summary.csv'}: cannot write (Is a directory)"
+    assert (out / "summary.csv" / "keep.txt").read_text() == "mine"
+    assert_whole(out / "S")  # the study itself was written

@@ -1,10 +1,17 @@
 """Training augmentation (domain randomisation), defined once and configured by name in train.yaml.
 
 Each view's image and its masks get the same spatial transform (small rotation, scaling,
-translation, elastic deformation, horizontal flip: a flipped LAT view is still a LAT view, so films
-facing either way are covered); the image alone gets intensity transforms (gamma, contrast,
+translation, elastic deformation, horizontal flip); the image alone gets intensity transforms (gamma, contrast,
 windowing shift, blur, noise, histogram-shape changes) wide enough that a model trained only on
 synthetic studies meets contrast, noise and exposure it has not seen.
+
+A flipped LAT film faces the other way. Its vertebra, spinous process and disk masks stay
+supervised (the network must find them on films facing either way: inference tells the facing
+from them), but its two vertebral lines become *unknown* for that sample: the lines are learnt on
+films facing the canonical way only (anterior to the left, as the generator draws them), and
+:class:`spine_app.engines.StudyInferer` mirrors a film facing the other way before it draws the
+lines. Supervising the lines on mirrored films taught the first shipped model to draw the anterior
+line on the posterior wall (docs/results.md, "Lines on the right wall").
 """
 
 from __future__ import annotations
@@ -25,6 +32,8 @@ from monai.transforms import (
     RandShiftIntensityd,
 )
 from monai.utils import convert_to_dst_type
+
+from spine_app.channels import LINE_CHANNELS, MASK_NAMES
 
 
 def study_augmentation(
@@ -75,7 +84,9 @@ def study_augmentation(
                 mode=("bilinear", "bilinear"),
                 padding_mode="zeros",
             ),
-            RandFlipd(keys=spatial_keys, prob=flip_prob, spatial_axis=1),
+            RandFlipd(keys=spatial_keys, prob=flip_prob, spatial_axis=1)
+            if view == "ap"
+            else RandFlipLatd(keys=spatial_keys, prob=flip_prob),
             RandAdjustContrastd(keys=view, prob=prob, gamma=gamma),
             RandScaleIntensityd(keys=view, prob=prob, factors=contrast),
             RandShiftIntensityd(keys=view, prob=prob, offsets=shift),
@@ -84,6 +95,33 @@ def study_augmentation(
             RandGaussianNoised(keys=view, prob=prob, std=noise_std),
         ]
     return Compose(transforms)
+
+
+class RandFlipLatd(RandomizableTransform):
+    """Left-right flip of the LAT image and masks; a flipped sample's line channels become unknown.
+
+    Args:
+        keys: the LAT image and mask keys (flipped together).
+        prob: flip probability.
+        avail_key: the (8,) availability vector of the LAT channels.
+    """
+
+    def __init__(self, keys: list[str], prob: float = 0.5, avail_key: str = "avail_lat") -> None:
+        RandomizableTransform.__init__(self, prob=prob)
+        self.flip = RandFlipd(keys=keys, prob=1.0, spatial_axis=1)
+        self.avail_key = avail_key
+
+    def __call__(self, data: dict) -> dict:
+        self.randomize(None)
+        if not self._do_transform:
+            return dict(data)
+        out = self.flip(data)
+        if self.avail_key in out:
+            avail = out[self.avail_key].clone() if hasattr(out[self.avail_key], "clone") else out[self.avail_key].copy()
+            for name in LINE_CHANNELS:
+                avail[MASK_NAMES.index(name)] = 0
+            out[self.avail_key] = avail
+        return out
 
 
 class RandCorruptiond(RandomizableTransform):

@@ -29,6 +29,13 @@ from spine_app.data.split import SPLITS, stratified_split
 
 logger = logging.getLogger(__name__)
 DATALIST_FORMAT = "spine-app datalist v1"
+#: value of a datalist's "paths" key when its paths are relative to the datalist's own folder (older
+#: datalists have none: their relative paths are relative to their absolute "root")
+PATHS_RELATIVE_TO_DATALIST = "relative to the datalist's folder"
+
+
+class DuplicateStudyError(ValueError):
+    """One study id in two study folders (e.g. under Normal/ and Damaged/); ``str(err)`` is one line."""
 
 
 @dataclass
@@ -132,19 +139,65 @@ def check_study(study: StudyFiles, root: Path) -> StudyCheck:
 
 
 def _check_job(args: tuple[StudyFiles, Path]) -> StudyCheck:
-    return check_study(*args)
+    """``check_study``; an unexpected failure skips this study with its reason instead of ending the batch."""
+    study, root = args
+    try:
+        return check_study(study, root)
+    except Exception as err:  # noqa: BLE001 - one bad study must not stop the others
+        reason = str(err).strip().splitlines()[0][:300] if str(err).strip() else ""
+        return StudyCheck(study.study_id, str(study.folder), error=f"{study.folder}: {type(err).__name__}: {reason}",
+                          error_kind="unexpected error", warnings=list(study.notes))  # fmt: skip
+
+
+def duplicate_ids(studies: list[StudyFiles]) -> dict[str, list[Path]]:
+    """study id -> its folders, for every id found in more than one study folder."""
+    folders: dict[str, list[Path]] = {}
+    for study in studies:
+        folders.setdefault(study.study_id, []).append(study.folder)
+    return {study_id: paths for study_id, paths in folders.items() if len(paths) > 1}
+
+
+def refuse_duplicates(studies: list[StudyFiles]) -> None:
+    """Raise :class:`DuplicateStudyError` naming the first duplicate id and its folders, if there is one."""
+    duplicates = duplicate_ids(studies)
+    if duplicates:
+        study_id, folders = next(iter(duplicates.items()))
+        more = f" (and {len(duplicates) - 1} more duplicate ids)" if len(duplicates) > 1 else ""
+        raise DuplicateStudyError(
+            f"duplicate study id {study_id!r}: {' and '.join(map(str, folders))}; a study may be in one folder only"
+            f" (else it lands in both classes or splits): rename or remove one{more}"
+        )
 
 
 def check_dataset(root: str | Path, workers: int | None = None) -> list[StudyCheck]:
-    """Find and validate every study under ``root`` (in parallel over ``workers`` processes)."""
-    root = Path(root)
-    studies = find_studies(root)
-    workers = max(1, min(workers or os.cpu_count() or 1, len(studies) or 1))
-    jobs = [(s, root) for s in studies]
+    """Find and validate every study under ``root`` (in parallel over ``workers`` processes).
+
+    Every copy of a study id found in more than one folder is skipped ("duplicate study id").
+    """
+    return _check_studies(find_studies(root), Path(root), workers)
+
+
+def _check_studies(studies: list[StudyFiles], root: Path, workers: int | None) -> list[StudyCheck]:
+    """``check_dataset`` on studies already found."""
+    duplicates = duplicate_ids(studies)
+    jobs = [(s, root) for s in studies if s.study_id not in duplicates]
+    workers = max(1, min(workers or os.cpu_count() or 1, len(jobs) or 1))
     if workers == 1:
-        return [check_study(*job) for job in jobs]
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(_check_job, jobs, chunksize=max(1, len(jobs) // (workers * 8))))
+        checked = [_check_job(job) for job in jobs]
+    else:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            checked = list(pool.map(_check_job, jobs, chunksize=max(1, len(jobs) // (workers * 8))))
+    by_folder = {c.folder: c for c in checked}
+    checks = []
+    for study in studies:
+        if study.study_id in duplicates:
+            others = " and ".join(str(f) for f in duplicates[study.study_id] if f != study.folder)
+            error = f"{study.folder}: study id {study.study_id!r} is also in {others}"
+            checks.append(StudyCheck(study.study_id, str(study.folder), error=error, error_kind="duplicate study id",
+                                     warnings=list(study.notes)))  # fmt: skip
+        else:
+            checks.append(by_folder[str(study.folder)])
+    return checks
 
 
 def _size_stats(shapes: list[list[int]]) -> dict[str, Any] | None:
@@ -200,12 +253,39 @@ def all_warnings(checks: list[StudyCheck]) -> list[str]:
     return [w for c in checks for w in c.warnings]
 
 
+def _rebase(path: str | None, root: Path, folder: Path) -> str | None:
+    """A path relative to ``root`` made relative to ``folder`` (absolute paths, e.g. outside root, stay)."""
+    if path is None or os.path.isabs(path):
+        return path
+    try:
+        return os.path.relpath(root / path, folder)
+    except ValueError:  # another drive (Windows)
+        return str(root / path)
+
+
+def _rebase_entry(entry: dict[str, Any], root: Path, folder: Path) -> dict[str, Any]:
+    """A copy of ``entry`` whose file paths are relative to ``folder`` instead of ``root``."""
+    return {
+        **entry,
+        "image_ap": _rebase(entry["image_ap"], root, folder),
+        "image_lat": _rebase(entry["image_lat"], root, folder),
+        "masks": [_rebase(m, root, folder) for m in entry["masks"]],
+        "truth": _rebase(entry["truth"], root, folder),
+    }
+
+
 def build_datalist(
-    root: str | Path, checks: list[StudyCheck], seed: int = 0, fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
-) -> dict[str, Any]:
-    """The datalist: settings, summary, errors and the split (labelled studies) plus unlabelled ones."""
+    root: str | Path, checks: list[StudyCheck], seed: int = 0, fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
+    folder: str | Path | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """The datalist: settings, summary, errors and the split (labelled studies) plus unlabelled ones.
+
+    ``folder`` is where the datalist will be written (default ``root``): ``root`` and every file path
+    are stored relative to it, so a dataset folder copied or moved with its datalist still works.
+    """
     root = Path(root).resolve()
-    entries = [c.entry for c in checks if c.entry is not None]
+    folder = Path(folder).resolve() if folder is not None else root
+    entries = [_rebase_entry(c.entry, root, folder) for c in checks if c.entry is not None]
     labelled = [e for e in entries if e["label"] is not None]
     split = stratified_split([e["study_id"] for e in labelled], [e["label"] for e in labelled], fractions, seed)
     by_id = {e["study_id"]: e for e in labelled}
@@ -213,7 +293,8 @@ def build_datalist(
     summary["split"] = {name: dict(Counter(by_id[i]["class_name"] for i in ids)) for name, ids in split.items()}
     datalist: dict[str, Any] = {
         "format": DATALIST_FORMAT,
-        "root": str(root),
+        "paths": PATHS_RELATIVE_TO_DATALIST,
+        "root": _rebase(".", root, folder),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "spine_app_version": __version__,
         "channels": list(MASK_NAMES),
@@ -236,23 +317,37 @@ def import_dataset(
     fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
     workers: int | None = None,
 ) -> dict[str, Any]:
-    """Validate ``root``, split it, and write the datalist JSON to ``out`` atomically. Returns it."""
-    checks = check_dataset(root, workers)
-    datalist = build_datalist(root, checks, seed, fractions)
+    """Validate ``root``, split it, and write the datalist JSON to ``out`` atomically. Returns it.
+
+    Raises:
+        DuplicateStudyError: a study id is in two folders (nothing is written).
+    """
+    studies = find_studies(root)
+    refuse_duplicates(studies)
+    checks = _check_studies(studies, Path(root), workers)
+    datalist = build_datalist(root, checks, seed, fractions, folder=Path(out).parent)
     text = json.dumps(datalist, indent=1)
     write_atomic(out, lambda tmp: tmp.write_text(text))
     return datalist
 
 
 def load_datalist(path: str | Path) -> dict[str, Any]:
-    """Read a datalist and make its file paths absolute (relative ones are resolved against ``root``)."""
+    """Read a datalist and make ``root`` and its file paths absolute.
+
+    Relative paths are resolved against the datalist's folder (older datalists without a "paths"
+    key: against their absolute ``root``); absolute paths are kept.
+    """
     datalist = json.loads(Path(path).read_text())
     if datalist.get("format") != DATALIST_FORMAT:
         raise ValueError(f"{path}: not a spine-app datalist (format {datalist.get('format')!r})")
-    root = Path(datalist["root"])
+    if datalist.get("paths") == PATHS_RELATIVE_TO_DATALIST:
+        base = Path(path).resolve().parent
+        datalist["root"] = os.path.normpath(base / datalist["root"])
+    else:
+        base = Path(datalist["root"])
 
     def absolute(p: str | None) -> str | None:
-        return None if p is None else str(root / p) if not os.path.isabs(p) else p
+        return None if p is None else os.path.normpath(base / p) if not os.path.isabs(p) else p
 
     for split in (*SPLITS, "unlabelled"):
         for entry in datalist.get(split, []):

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import logging
 import os
+import struct
+import sys
 import tempfile
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -112,6 +115,8 @@ def _read_pil(path: str | Path, fmt: str, min_side: int, max_side: int) -> tuple
             array = np.asarray(img.convert("RGB") if mode == "P" else img)  # a palette image is a colour image
     except ImageReadError:
         raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:  # never decoded, not even by ITK
+        raise ImageReadError(path, f"refused before decoding, a possible decompression bomb: {err}") from err
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         if fmt == "tiff":
             return _read_itk(path, fmt, min_side, max_side)
@@ -179,9 +184,55 @@ def _dicom_stored_range(ds: Any) -> tuple[float, float]:
     return 0.0, 2.0**bits - 1
 
 
+def _encapsulated_problem(data: bytes) -> str | None:
+    """Why encapsulated (compressed) pixel data is incomplete, or None: every item must fit in the data."""
+    offset, items = 0, 0
+    while offset + 8 <= len(data):
+        group, element, length = struct.unpack_from("<HHI", data, offset)
+        if (group, element) == (0xFFFE, 0xE0DD):  # sequence delimiter: the end
+            return None if items else "encapsulated pixel data holds no item"
+        if (group, element) != (0xFFFE, 0xE000):
+            return f"encapsulated pixel data has an unexpected tag ({group:04X},{element:04X}) at byte {offset}"
+        if offset + 8 + length > len(data):
+            return f"encapsulated pixel data item {items} needs {length} bytes, only {len(data) - offset - 8} present"
+        offset, items = offset + 8 + length, items + 1
+    if offset != len(data) or items < 2:  # the basic offset table item plus at least one fragment
+        return f"encapsulated pixel data ends after {items} item(s) and {len(data) - offset} stray bytes"
+    return None
+
+
+def _check_pixel_data(path: str | Path, ds: Any) -> None:
+    """Refuse pixel data that the header's size does not account for (a truncated or damaged file).
+
+    Native data must hold rows x cols x samples x bits allocated / 8 bytes; encapsulated data must
+    be complete items. Without this check a decoder fallback fills the missing bytes from memory.
+    """
+    element = ds["PixelData"]
+    data = element.value if isinstance(element.value, (bytes, bytearray)) else b""
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if element.is_undefined_length or (syntax is not None and syntax.is_encapsulated):
+        problem = _encapsulated_problem(bytes(data))
+        if problem:
+            raise ImageReadError(path, f"{problem}: truncated or damaged file")
+        return
+    rows, cols = int(getattr(ds, "Rows", 0)), int(getattr(ds, "Columns", 0))
+    samples = int(getattr(ds, "SamplesPerPixel", 1) or 1)
+    bits = int(getattr(ds, "BitsAllocated", 0) or 0)
+    expected = (rows * cols * samples * bits + 7) // 8
+    if bits not in (1, 8, 16, 32, 64):
+        raise ImageReadError(path, f"DICOM BitsAllocated is {bits}; expected 1, 8, 16, 32 or 64")
+    if len(data) < expected:
+        raise ImageReadError(
+            path,
+            f"pixel data is {len(data)} bytes but the header needs {expected} ({cols}x{rows} px, {samples} sample(s),"
+            f" {bits} bits allocated): truncated or damaged file",
+        )
+
+
 def _read_dicom(path: str | Path, min_side: int, max_side: int) -> tuple[np.ndarray, ImageMeta]:
     import pydicom
     from pydicom.errors import InvalidDicomError
+    from pydicom.uid import RLELossless
 
     try:  # pydicom 3; pydicom 2.4 (pinned beside MONAI Label 0.8.5) keeps it in pixel_data_handlers
         from pydicom.pixels import apply_modality_lut
@@ -204,11 +255,20 @@ def _read_dicom(path: str | Path, min_side: int, max_side: int) -> tuple[np.ndar
     frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
     if frames > 1:
         raise ImageReadError(path, f"multi-frame DICOM ({frames} frames); expected a single-frame DX/CR image")
+    _check_pixel_data(path, ds)
     try:
         stored = ds.pixel_array
     except Exception as err:  # compressed syntaxes without a pydicom plugin: let ITK (GDCM) decode
+        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        if syntax is not None and (not syntax.is_encapsulated or syntax == RLELossless):
+            # pydicom's own decoders (native, RLE) are complete: when they refuse, the data are damaged
+            reason = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
+            raise ImageReadError(path, f"cannot decode DICOM pixel data: {reason}") from err
         logger.info("%s: pydicom could not decode (%s); trying ITK", path, err)
         stored, _ = _read_itk(path, "dicom", min_side, max_side)
+        if stored.shape[:2] != (rows, cols):
+            decoded = f"{stored.shape[1]}x{stored.shape[0]}"
+            raise ImageReadError(path, f"ITK decoded {decoded} px, the header says {cols}x{rows}") from err
     photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")).upper()
     rgb = stored.ndim == 3
     if rgb:
@@ -319,9 +379,33 @@ def _umask() -> int:
     return mask
 
 
+def fsync_path(path: str | Path) -> None:
+    """Flush ``path`` (a file, or a folder's entries) to the disk; a no-op on Windows."""
+    if os.name == "nt":
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_folder(folder: Path) -> None:
+    """Make a rename in ``folder`` durable; file systems that cannot sync a folder are skipped."""
+    try:
+        fsync_path(folder)
+    except OSError as err:  # e.g. EINVAL on some network file systems: the rename itself already happened
+        logger.debug("%s: folder fsync skipped (%s)", folder, err)
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
+
+    The temporary file (``.<name>.<random>.tmp`` in the same folder) is fsynced before the rename and
+    the folder after it, so a crash or ``kill -9`` at any moment leaves either the previous ``path``
+    or the complete new one, never a truncated file.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -329,10 +413,87 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     try:
         yield Path(tmp)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
+        fsync_path(tmp)
         os.replace(tmp, path)
+        fsync_folder(path.parent)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+TEST_PAUSE_ENV = "SPINE_APP_TEST_PAUSE_IN_SAVE"  # "<seconds>[:<part of the file name>]", for crash tests only
+_test_pause_done = False
+
+
+class _PausingWriter:
+    """A file wrapper that, once per process, stops for a while after its first bytes are written: a
+    test sets ``SPINE_APP_TEST_PAUSE_IN_SAVE`` to catch a real training run in the middle of a save."""
+
+    def __init__(self, fh: Any, path: Path, seconds: float) -> None:
+        self.fh, self.path, self.seconds, self.written = fh, path, seconds, 0
+
+    def write(self, data: Any) -> int:
+        global _test_pause_done
+        count = self.fh.write(data)
+        self.written += count
+        if not _test_pause_done:
+            _test_pause_done = True
+            self.fh.flush()
+            message = f"{TEST_PAUSE_ENV}: paused writing {self.path} after {self.written} bytes"
+            print(message, file=sys.stderr, flush=True)
+            time.sleep(self.seconds)
+        return count
+
+    def flush(self) -> None:
+        self.fh.flush()
+
+
+def _test_pause(path: Path) -> float | None:
+    """Seconds to pause while writing ``path`` under ``SPINE_APP_TEST_PAUSE_IN_SAVE``, else None."""
+    value = os.environ.get(TEST_PAUSE_ENV)
+    if not value or _test_pause_done:
+        return None
+    seconds, _, name_part = value.partition(":")
+    return float(seconds) if name_part in path.name else None
+
+
+def write_torch(path: str | Path, obj: Any) -> Path:
+    """``torch.save(obj)`` to ``path`` atomically (temporary file, fsync, rename): a crash during the
+    save leaves the previous file as it was."""
+    import torch
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        pause = _test_pause(path)
+        if pause is None:
+            torch.save(obj, tmp)
+        else:
+            with open(tmp, "wb") as fh:
+                torch.save(obj, _PausingWriter(fh, path, pause))
+    return path
+
+
+class FolderNotEmptyError(FileExistsError):
+    """A command would write into a folder that already holds files; ``str(err)`` is one line."""
+
+
+def check_output_folder(folder: str | Path, overwrite: bool, what: str = "output folder") -> None:
+    """Refuse a ``folder`` holding anything but hidden files unless ``overwrite`` (created or empty is fine).
+
+    Raises:
+        FolderNotEmptyError: names the folder and the way out (``--overwrite``).
+        NotADirectoryError: ``folder`` is a file.
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(f"{folder}: not a folder")
+    if overwrite or not folder.is_dir():
+        return
+    if any(not entry.name.startswith(".") for entry in folder.iterdir()):
+        raise FolderNotEmptyError(
+            f"{folder}: {what} is not empty; choose an empty or new folder, or pass --overwrite to replace"
+            " only the files this command writes (other files are kept)"
+        )
 
 
 def write_atomic(path: str | Path, writer: Callable[[Path], None]) -> Path:

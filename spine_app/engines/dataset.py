@@ -46,7 +46,8 @@ def _prepare(root: Path, datalist: Path, synthetic_studies: int, seed: int, pres
 
         logger.warning("no studies in %s: generating the default synthetic dataset (%d studies, preset %s, seed %d)",
                        root, synthetic_studies, preset, seed)  # fmt: skip
-        generate_dataset(root, synthetic_studies, seed=seed, preset=preset)
+        # no study here: overwrite only lets it write beside other files (it replaces generated ones only)
+        generate_dataset(root, synthetic_studies, seed=seed, preset=preset, overwrite=True)
     summary = import_dataset(root, datalist, seed=split_seed)["summary"]
     logger.warning(
         "imported %d studies from %s (%d skipped) -> %s", summary["imported"], root, summary["skipped"], datalist
@@ -59,6 +60,25 @@ def datalist_split(datalist: str, split: str, limit: int | None = None) -> list[
     if not entries:
         raise ValueError(f"{datalist}: the {split!r} split is empty")
     return entries[:limit] if limit else entries
+
+
+def mask_priors(datalist: str, canvas: tuple[int, int], limit: int = 40) -> list[float]:
+    """Mean foreground fraction of each of the eight masks on the working canvas, over the first
+    ``limit`` training studies where the mask is annotated (for :func:`init_output_bias`)."""
+    import numpy as np
+
+    from spine_app.data.study_transforms import LoadStudyd
+
+    load = LoadStudyd(tuple(canvas))
+    sums, counts = np.zeros(len(MASK_NAMES)), np.zeros(len(MASK_NAMES))
+    for entry in load_datalist(datalist)["training"][:limit]:
+        data = load(entry)
+        for view in ("ap", "lat"):
+            avail = np.asarray(data[f"avail_{view}"]) > 0
+            fraction = np.asarray(data[f"seg_{view}"]).reshape(len(MASK_NAMES), -1).mean(axis=1)
+            sums[avail] += fraction[avail]
+            counts[avail] += 1
+    return [float(s / c) if c else 0.01 for s, c in zip(sums, counts)]
 
 
 def study_entry(study_id: str, images: dict[str, Any], label: int | None = None) -> dict[str, Any]:

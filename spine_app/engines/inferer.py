@@ -9,7 +9,9 @@ import torch
 from monai.inferers import Inferer, SlidingWindowInferer
 from torch import nn
 
+from spine_app.channels import MASK_NAMES
 from spine_app.networks.multitask import SpineMultiTaskNet, StudyModel
+from spine_app.networks.precision import FP32, Precision
 
 
 def unwrap_network(network: nn.Module) -> SpineMultiTaskNet:
@@ -18,16 +20,37 @@ def unwrap_network(network: nn.Module) -> SpineMultiTaskNet:
     return module.net if isinstance(module, StudyModel) else module
 
 
+def lat_faces_right(seg_lat: torch.Tensor, min_pixels: int = 50) -> torch.Tensor:
+    """(B,) bool: LAT films facing the other way (anterior to the right), told from mask logits.
+
+    The spinous processes are posterior: on a film facing the canonical way (anterior to the left,
+    as the generator draws them) their centre lies right of the vertebral bodies' centre. A film
+    with too few pixels of either structure (< ``min_pixels``) is taken as canonical.
+    """
+    vb, sp = MASK_NAMES.index("Lat_Vertebra"), MASK_NAMES.index("Lat_Spinous_Process")
+    masks = (seg_lat[:, [vb, sp]].float() > 0).float()  # logit > 0 <=> probability > 0.5
+    columns = torch.arange(masks.shape[-1], device=masks.device, dtype=masks.dtype)
+    mass = masks.sum(dim=(2, 3))
+    centre = (masks.sum(dim=2) * columns).sum(dim=-1) / mass.clamp(min=1.0)
+    return (mass.min(dim=1).values >= min_pixels) & (centre[:, 1] < centre[:, 0])
+
+
 class StudyInferer(Inferer):
     """Masks by gaussian-blended sliding windows of ``roi_size`` on each view; the Normal/Damaged
     logits from one pass of the whole study (a classification vector cannot be window-stitched).
 
     ``__call__(inputs, network)`` takes the batch inputs {ap, lat, present} and returns the same
-    dict as ``SpineMultiTaskNet.forward_study``.
+    dict as ``SpineMultiTaskNet.forward_study`` (fp32 tensors whatever ``precision`` runs the network in),
+    plus ``lat_mirrored`` (B,): 1 where the LAT film faced the other way (:func:`lat_faces_right`)
+    and its masks were drawn on the mirrored film and mirrored back, so that the anterior and
+    posterior lines land on their own walls (the lines are learnt on films facing the canonical way).
     """
 
-    def __init__(self, roi_size: Sequence[int], sw_batch_size: int = 2, overlap: float = 0.25) -> None:
+    def __init__(
+        self, roi_size: Sequence[int], sw_batch_size: int = 2, overlap: float = 0.25, precision: Precision = FP32
+    ) -> None:
         super().__init__()
+        self.precision = precision
         self.window = SlidingWindowInferer(
             roi_size=roi_size, sw_batch_size=sw_batch_size, overlap=overlap, mode="gaussian"
         )
@@ -36,7 +59,14 @@ class StudyInferer(Inferer):
         self, inputs: dict[str, torch.Tensor], network: nn.Module, *args: Any, **kwargs: Any
     ) -> dict[str, torch.Tensor]:
         net = unwrap_network(network)
-        out = net.classify(inputs["ap"], inputs["lat"], inputs["present"])
-        for view in ("ap", "lat"):
-            out[f"seg_{view}"] = self.window(inputs[view], net)
-        return out
+        to_input = self.precision.to_input
+        with self.precision.autocast():
+            out = net.classify(to_input(inputs["ap"]), to_input(inputs["lat"]), inputs["present"])
+            for view in ("ap", "lat"):
+                out[f"seg_{view}"] = self.window(to_input(inputs[view]), net)
+            mirrored = lat_faces_right(out["seg_lat"]) & (inputs["present"][:, 1] > 0)
+            if mirrored.any():
+                flipped = self.window(to_input(torch.flip(inputs["lat"][mirrored], dims=[-1])), net)
+                out["seg_lat"][mirrored] = torch.flip(flipped, dims=[-1]).to(out["seg_lat"].dtype)
+        out["lat_mirrored"] = mirrored.float()
+        return {key: value.float() for key, value in out.items()}

@@ -2,7 +2,8 @@
 over a validation run, computed with :mod:`spine_app.metrics` (the definitions used everywhere).
 
 The key value is ``score = (mean Dice over the eight channels + fused AUROC) / 2``. Every detail
-(``dice_<channel>``, ``hd95_<channel>``, ``cldice_<line>``, ``auroc``, ``auroc_ap``, ``auroc_lat``,
+(``dice_<channel>``, ``hd95_<channel>``, ``cldice_<line>``, ``line_side_pass`` (fraction of
+lateral films whose two predicted lines lie on their own walls), ``auroc``, ``auroc_ap``, ``auroc_lat``,
 ``mean_dice``) is also written to ``engine.state.metrics`` so StatsHandler and TensorBoard show it,
 and the full per-study table stays available as ``self.records`` / ``self.summary``.
 """
@@ -18,7 +19,7 @@ from ignite.metrics import Metric
 
 from spine_app.channels import CHANNEL_VIEW, LINE_CHANNELS, MASK_NAMES, channels_of_view
 from spine_app.metrics.classification import auroc
-from spine_app.metrics.segmentation import score_masks
+from spine_app.metrics.segmentation import lat_line_sides, score_masks
 from spine_app.morphometry import (
     combine_probabilities,
     measure_lat_film,
@@ -60,6 +61,15 @@ def segmentation_table(records: list[dict[str, Any]]) -> dict[str, dict[str, flo
             entry["nsd"] = float(np.mean([s["nsd"] for s in rows]))
         table[name] = entry
     return table
+
+
+def line_side_summary(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The line side check over the lateral films with both lines annotated: films checked, films
+    passing, pass fraction (None without films) and the ids of the films that fail."""
+    checked = [r for r in records if r.get("line_side_ok") is not None]
+    passed = sum(1 for r in checked if r["line_side_ok"])
+    return {"n": len(checked), "pass": passed, "fraction": passed / len(checked) if checked else None,
+            "failed": [r["study_id"] for r in checked if not r["line_side_ok"]]}  # fmt: skip
 
 
 def _working_spacing(geom: torch.Tensor) -> tuple[float, float] | None:
@@ -134,6 +144,12 @@ class StudyMetrics(Metric):
                 predicted, truth = masks[key]
                 spacing = _working_spacing(target[f"geom_{key}"][b])
                 record[name] = score_masks(predicted[c], truth[c], spacing, line=name in LINE_CHANNELS).to_dict()
+            if all(name in record for name in LINE_CHANNELS):
+                predicted, truth = masks["lat"]
+                lines = [MASK_NAMES.index(name) for name in LINE_CHANNELS]
+                record["line_side_ok"] = lat_line_sides(
+                    {MASK_NAMES[c]: predicted[c] for c in lines}, {MASK_NAMES[c]: truth[c] for c in lines}
+                )
             self.records.append(record)
             if len(self.examples) < self.keep_examples:
                 self.examples.append(self._example(target, masks, b))
@@ -170,6 +186,9 @@ class StudyMetrics(Metric):
                 summary[f"cldice_{name}"] = entry["cldice"]
         dices = [v for k, v in summary.items() if k.startswith("dice_")]
         summary["mean_dice"] = float(np.mean(dices)) if dices else 0.0
+        sides = line_side_summary(self.records)
+        if sides["n"]:
+            summary["line_side_pass"] = sides["fraction"]
         for key, view, suffix in HEADS.values():
             rows = head_rows(self.records, view)
             labels, probs = [int(r["label"]) for r in rows], [r[key] for r in rows]

@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 from spine_app import __version__  # noqa: E402
 from spine_app.channels import CHANNEL_VIEW, MASK_NAMES  # noqa: E402
 from spine_app.data.io import write_atomic  # noqa: E402
-from spine_app.engines.metrics import HEADS, StudyMetrics, head_rows, segmentation_table  # noqa: E402
+from spine_app.engines.metrics import HEADS, StudyMetrics, head_rows, line_side_summary, segmentation_table  # noqa: E402
 from spine_app.metrics.classification import auroc, auroc_ci, threshold_scores, youden_threshold  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -52,8 +52,21 @@ def classification_table(val: list[dict[str, Any]], test: list[dict[str, Any]], 
     return out
 
 
-def markdown(seg: dict[str, dict[str, float]], cls: dict[str, Any]) -> str:
-    """The results as Markdown tables (one row per mask, then one row per classification head)."""
+def side_line(sides: dict[str, Any] | None) -> str:
+    """One sentence on the line side check (empty when no film has both lines annotated)."""
+    if not sides or not sides.get("n"):
+        return ""
+    failed = (
+        f"; fails: {', '.join(sides['failed'][:10])}" + (" ..." if len(sides["failed"]) > 10 else "")
+        if sides["failed"]
+        else ""
+    )
+    return f"Line side check (both predicted lines on their own wall): {sides['pass']}/{sides['n']} lateral films pass{failed}.\n"
+
+
+def markdown(seg: dict[str, dict[str, float]], cls: dict[str, Any], sides: dict[str, Any] | None = None) -> str:
+    """The results as Markdown tables (one row per mask, then one row per classification head),
+    with the line side check between them."""
     lines = [
         "| Mask | Dice | IoU | TPR | Precision | HD95 (px) | HD95 (mm) | clDice | NSD | n |",
         "|---|---|---|---|---|---|---|---|---|---|",
@@ -64,6 +77,8 @@ def markdown(seg: dict[str, dict[str, float]], cls: dict[str, Any]) -> str:
         lines.append(
             f"| {name} | {e['dice']:.4f} | {e['iou']:.4f} | {e['tpr']:.4f} | {e['precision']:.4f} | {e['hd95_px']:.2f} | {mm} | {line_scores} | {e['n']} |"
         )
+    if side_line(sides):
+        lines += ["", side_line(sides).strip()]
     lines += ["", "| Classifier | AUROC (95 % CI) | Accuracy | Sensitivity | Specificity | F1 | Threshold | Confusion [[TN, FP], [FN, TP]] |",
               "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for head, e in cls.items():
@@ -174,10 +189,11 @@ def write_report(val: list[dict[str, Any]], test: list[dict[str, Any]], examples
     out.mkdir(parents=True, exist_ok=True)
     seg = segmentation_table(test)
     cls = classification_table(val, test)
+    sides = line_side_summary(test)
     metrics = {"spine_app_version": __version__, "n_validation": len(val), "n_test": len(test),
-               "segmentation": seg, "classification": cls, **(extra or {})}  # fmt: skip
+               "segmentation": seg, "line_side": sides, "classification": cls, **(extra or {})}  # fmt: skip
     write_atomic(out / "metrics.json", lambda tmp: tmp.write_text(json.dumps(metrics, indent=2)))
-    write_atomic(out / "results.md", lambda tmp: tmp.write_text(markdown(seg, cls)))
+    write_atomic(out / "results.md", lambda tmp: tmp.write_text(markdown(seg, cls, sides)))
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(
@@ -206,5 +222,5 @@ def evaluate_and_report(evaluator: Any, val_loader: Any, test_loader: Any, metri
     run_on(evaluator, test_loader)
     metrics = write_report(val, list(metric.records), list(metric.examples), output_dir, log_dir)
     logger.warning("evaluation report written to %s", output_dir)
-    print(markdown(metrics["segmentation"], metrics["classification"]))
+    print(markdown(metrics["segmentation"], metrics["classification"], metrics["line_side"]))
     return metrics

@@ -15,9 +15,18 @@ For a study ``S`` the handler writes into ``OUT/S/``:
   per-mask area (px, mm²), per-vertebra morphometry (:mod:`spine_app.morphometry`), model file and
   versions, and the SHA-256 of each input file.
 
-At the end of the run ``OUT/summary.csv`` has one row per study (failed ones too) and
-``OUT/errors.json`` lists each failed study with its reason. Every file is written to a temporary
-name and renamed, so an interrupted run never leaves a half-written file.
+``OUT/summary.csv`` has one row per study of this run (failed ones too) and ``OUT/errors.json``
+lists each failed study with its reason; both are rewritten (atomically) when the run starts and after
+every study, so an interrupted run leaves a summary of exactly the studies it finished.
+
+A study is written into a hidden temporary folder ``OUT/.S.<pid>-<random>.partial`` and renamed onto
+``OUT/S`` only when all its files are complete; an earlier output of ``S`` (a folder holding only the
+files this writer writes) is replaced at that moment, so a folder never mixes two runs. A folder
+``OUT/S`` with other files (a study's own images, say) is never touched: that study fails. Temporary
+folders left by a killed run are removed (or, for a replaced output, restored) by the next run.
+
+``result.json`` is strict JSON: a value that is not a finite number (a body height the mask does not
+allow to measure, ...) is written as null and ``null_values`` maps its path to the reason.
 """
 
 from __future__ import annotations
@@ -27,15 +36,22 @@ import hashlib
 import io
 import json
 import logging
+import math
+import os
+import secrets
+import shutil
+import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.nn import functional as F
 
 from spine_app import __version__
 from spine_app.channels import CHANNEL_VIEW, MASK_NAMES
-from spine_app.data.io import read_image, write_atomic, write_nifti, write_png
+from spine_app.data.io import fsync_folder, read_image, write_atomic, write_nifti, write_png
 from spine_app.data.study_transforms import fit_geometry
 
 logger = logging.getLogger(__name__)
@@ -68,22 +84,172 @@ def sha256_of(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def write_json(path: str | Path, payload: Any) -> Path:
-    """Pretty JSON, atomically."""
-    text = json.dumps(payload, indent=2)
+#: why a value of result.json is null, by the key it sits under (the nearest one wins)
+NULL_REASONS: dict[str, str] = {
+    "heights_mm": "not measurable: too few vertebra-mask pixels in the measuring band at this position of the body",
+    "ratios": "not computable: a height it needs is not measurable",
+    "expected_posterior_mm": "not computable from the neighbouring bodies' posterior heights",
+}
+#: the files a study folder of this writer holds (``replaceable`` accepts no others)
+OUTPUT_FILES: frozenset[str] = frozenset(
+    {"result.json", "overlay_AP.png", "overlay_LAT.png"}
+    | {f"{name}.png" for name in MASK_NAMES}
+    | {f"{name}.nii.gz" for name in MASK_NAMES}
+)
+PARTIAL, ASIDE = ".partial", ".old"  # suffixes of the hidden folders of a study being written / replaced
+HOLD_ENV = "SPINE_APP_TEST_HOLD_STUDY"  # tests only: stall before renaming this study into place
+
+
+class OutputError(OSError):
+    """An output file could not be written; ``str(err)`` is "<path>: cannot write (<reason>)"."""
+
+    def __init__(self, path: str | Path, err: OSError) -> None:
+        self.message = f"{path}: cannot write ({err.strerror or err})"
+        super().__init__(err.errno, self.message)
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def finite_json(payload: Any, reasons: Mapping[str, str] = NULL_REASONS) -> Any:
+    """A copy of ``payload`` that strict JSON accepts: NaN and +-inf become null and, when ``payload``
+    is a dict, its ``null_values`` maps each such value's path (``morphometry.vertebrae[2].ratios.x``)
+    to the reason (``reasons`` by the nearest key above it, else "not a finite number")."""
+    nulls: dict[str, str] = {}
+
+    def clean(value: Any, path: str, keys: tuple[str, ...]) -> Any:
+        if isinstance(value, (float, np.floating)):
+            if math.isfinite(value):
+                return float(value)
+            nulls[path] = next((reasons[k] for k in reversed(keys) if k in reasons), f"not a finite number ({value})")
+            return None
+        if isinstance(value, Mapping):
+            return {k: clean(v, f"{path}.{k}" if path else str(k), (*keys, str(k))) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [clean(v, f"{path}[{i}]", keys) for i, v in enumerate(value)]
+        return value
+
+    out = clean(payload, "", ())
+    if nulls and isinstance(out, dict):
+        out["null_values"] = {**(out.get("null_values") or {}), **nulls}
+    return out
+
+
+def write_json(path: str | Path, payload: Any, strict: bool = False) -> Path:
+    """Pretty JSON, atomically; ``strict``: ValueError instead of writing NaN or infinity."""
+    text = json.dumps(payload, indent=2, allow_nan=not strict)
     return write_atomic(path, lambda tmp: tmp.write_text(text))
 
 
 def write_run_files(output_dir: str | Path, rows: list[dict[str, Any]], errors: list[dict[str, str]]) -> None:
-    """``summary.csv`` (one row per study, SUMMARY_COLUMNS) and ``errors.json`` of a run, atomically."""
+    """``summary.csv`` (one row per study, SUMMARY_COLUMNS) and ``errors.json`` of a run, atomically.
+
+    Raises:
+        OutputError: "<file>: cannot write (<reason>)" (a full disk, a read-only folder, ...).
+    """
     buffer = io.StringIO()
     table = csv.DictWriter(buffer, fieldnames=SUMMARY_COLUMNS, extrasaction="ignore")
     table.writeheader()
     table.writerows(rows)
     text = buffer.getvalue()
-    Path(output_dir).mkdir(parents=True, exist_ok=True)
-    write_atomic(Path(output_dir) / "summary.csv", lambda tmp: tmp.write_text(text))
-    write_json(Path(output_dir) / "errors.json", errors)
+    summary, listed = Path(output_dir) / "summary.csv", Path(output_dir) / "errors.json"
+    for path, content in ((summary, text), (listed, json.dumps(errors, indent=2, allow_nan=False))):
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(path, lambda tmp, content=content: tmp.write_text(content))
+        except OSError as err:
+            raise OutputError(path, err) from err
+
+
+def is_study_output(folder: Path) -> bool:
+    """True if ``folder`` holds a ``result.json`` written by this writer."""
+    try:
+        data = json.loads((folder / "result.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and "spine_app_version" in data and "study_id" in data
+
+
+def is_run_output(folder: Path) -> bool:
+    """True if ``folder`` is the output folder of an inference run (it has summary.csv and errors.json)."""
+    return (folder / "summary.csv").is_file() and (folder / "errors.json").is_file()
+
+
+def replaceable(folder: Path) -> bool:
+    """May a new output of the study replace ``folder``: it is absent, an empty folder, or an earlier
+    output of this writer holding only the files the writer writes (and leftover temporary files)."""
+    if not folder.exists() and not folder.is_symlink():
+        return True
+    if folder.is_symlink() or not folder.is_dir():
+        return False
+    entries = list(folder.iterdir())
+    ours = [p.is_file() and not p.is_symlink() and (p.name in OUTPUT_FILES or _is_tmp_file(p.name)) for p in entries]
+    return not entries or (all(ours) and is_study_output(folder))
+
+
+def _is_tmp_file(name: str) -> bool:
+    return name.startswith(".") and name.endswith(".tmp")  # spine_app.data.io.atomic_path's temporary names
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. another user's process
+        return True
+    return True
+
+
+def hidden_folder(output_dir: Path, study_id: str, suffix: str) -> Path:
+    """A new hidden folder name ``.S.<pid>-<random><suffix>`` in ``output_dir`` (not created)."""
+    return output_dir / f".{study_id}.{os.getpid()}-{secrets.token_hex(4)}{suffix}"
+
+
+def remove_stale(output_dir: Path) -> None:
+    """Clean what a killed run left in ``output_dir``: delete its temporary study folders, and put an
+    earlier study output it had moved aside back in place (or delete it when a newer one is there)."""
+    for path in output_dir.iterdir() if output_dir.is_dir() else ():
+        name = path.name
+        if not (name.startswith(".") and name.endswith((PARTIAL, ASIDE)) and path.is_dir() and not path.is_symlink()):
+            continue
+        stem, _, tag = name[1:].rpartition(".")[0].rpartition(".")
+        pid = tag.split("-")[0]
+        if not stem or not pid.isdigit() or _pid_alive(int(pid)):
+            continue  # not ours, or its run is still going
+        final = output_dir / stem
+        if name.endswith(ASIDE) and not final.exists() and not final.is_symlink():
+            os.rename(path, final)
+            logger.warning("%s: restored the earlier output a killed run had moved aside", final)
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def put_in_place(staged: Path, final: Path) -> None:
+    """Rename the complete folder ``staged`` onto ``final``; an earlier ``final`` is moved aside first
+    and deleted once the new one is in place (put back if the rename fails)."""
+    if not final.exists() and not final.is_symlink():
+        os.rename(staged, final)
+        fsync_folder(final.parent)
+        return
+    aside = hidden_folder(final.parent, final.name, ASIDE)
+    os.rename(final, aside)
+    try:
+        os.rename(staged, final)
+    except OSError:
+        os.rename(aside, final)
+        raise
+    fsync_folder(final.parent)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def _hold_for_tests(study_id: str) -> None:
+    """Stall forever before ``study_id`` is renamed into place when the test switch ``HOLD_ENV`` names
+    it (tests kill the process there to check what an interrupted run leaves)."""
+    if os.environ.get(HOLD_ENV) == study_id:
+        print(f"{HOLD_ENV}: holding {study_id}", flush=True)
+        while True:
+            time.sleep(60)
 
 
 class StudyPredictionWriter:
@@ -128,6 +294,8 @@ class StudyPredictionWriter:
         )
         self.rows: list[dict[str, Any]] = []
         self.errors: list[dict[str, str]] = []
+        #: inputs that never became a study (set by ``spine_app.infer.run_inference``): listed as failed
+        self.input_errors: list[dict[str, str]] = []
 
     def attach(self, engine: Any) -> None:
         from ignite.engine import Events
@@ -137,7 +305,24 @@ class StudyPredictionWriter:
         engine.add_event_handler(Events.COMPLETED, self.finish)
 
     def reset(self, engine: Any = None) -> None:
+        """Start a run: clean what a killed run left and write this run's (still empty) summary."""
         self.rows, self.errors = [], []
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale(self.output_dir)
+        self.progress()
+
+    def run_files(self) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+        """(summary rows, errors) of the run so far, input errors included."""
+        failed = [{"study_id": e["study_id"], "status": "failed", "error": e["error"]} for e in self.input_errors]
+        return self.rows + failed, self.input_errors + self.errors
+
+    def progress(self) -> None:
+        """Rewrite summary.csv and errors.json with the studies finished so far (a failure is logged:
+        the run goes on, and its end reports it)."""
+        try:
+            write_run_files(self.output_dir, *self.run_files())
+        except OSError as err:
+            logger.warning("%s", err)
 
     def __call__(self, engine: Any) -> None:
         pred, target = engine.state.output["pred"], engine.state.output["label"]
@@ -146,21 +331,45 @@ class StudyPredictionWriter:
             if not error:
                 try:
                     self.rows.append(self.write_study(study_id, pred, target, b))
+                    self.progress()
                     continue
+                except OSError as err:  # a full disk, ...
+                    error = f"{self.output_dir / study_id}: cannot write ({err.strerror or err})".splitlines()[0]
                 except Exception as err:  # noqa: BLE001 - one study's failure must not stop the batch
                     error = f"{self.output_dir / study_id}: {err}".splitlines()[0]
             logger.error("study %s failed: %s", study_id, error)
             self.errors.append({"study_id": study_id, "error": error})
             self.rows.append({"study_id": study_id, "status": "failed", "error": error})
+            self.progress()
 
     def finish(self, engine: Any = None) -> None:
-        """Write summary.csv and errors.json for the run."""
-        write_run_files(self.output_dir, self.rows, self.errors)
+        """Write summary.csv and errors.json for the run (OutputError when they cannot be written)."""
+        write_run_files(self.output_dir, *self.run_files())
         done = sum(row.get("status") == "ok" for row in self.rows)
         logger.warning("inference: %d studies written, %d failed -> %s", done, len(self.errors), self.output_dir)
 
     def write_study(self, study_id: str, pred: dict, target: dict, b: int) -> dict[str, Any]:
-        """Write one study's files; returns its summary row."""
+        """Write one study into a hidden temporary folder, then rename it onto ``OUT/<study_id>``
+        (replacing an earlier output of the study); returns its summary row."""
+        final = self.output_dir / study_id
+        if not study_id or Path(study_id).name != study_id or study_id.startswith("."):
+            raise ValueError(f"study id {study_id!r} is not a plain folder name")
+        if not replaceable(final):
+            raise ValueError("the folder exists and holds files spine-app did not write (not replaced); "
+                             "move it or choose another output folder")  # fmt: skip
+        staged = hidden_folder(self.output_dir, study_id, PARTIAL)
+        staged.mkdir()
+        try:
+            row = self._write_files(study_id, staged, pred, target, b)
+            _hold_for_tests(study_id)
+            put_in_place(staged, final)
+        finally:
+            if staged.exists():
+                shutil.rmtree(staged, ignore_errors=True)
+        return {**row, "output": str(final)}
+
+    def _write_files(self, study_id: str, folder: Path, pred: dict, target: dict, b: int) -> dict[str, Any]:
+        """Write one study's files into ``folder``; returns its summary row."""
         from spine_app.morphometry import (
             combine_probabilities,
             measure_lat_film,
@@ -168,8 +377,6 @@ class StudyPredictionWriter:
             study_fracture_score,
         )
 
-        folder = self.output_dir / study_id
-        folder.mkdir(parents=True, exist_ok=True)
         network = float(torch.sigmoid(pred["cls"][b].float()))
         result: dict[str, Any] = {
             "study_id": study_id,
@@ -189,7 +396,7 @@ class StudyPredictionWriter:
             "bundle_version": self.model_version,
             "spine_app_version": __version__,
         }
-        row: dict[str, Any] = {"study_id": study_id, "status": "ok", "output": str(folder)}
+        row: dict[str, Any] = {"study_id": study_id, "status": "ok"}
         spacing = None
         overlays: list[tuple[str, str, dict, list]] = []
         for i, view in enumerate(("AP", "LAT")):
@@ -240,7 +447,11 @@ class StudyPredictionWriter:
                 write_overlay(folder / f"overlay_{view}.png", image, masks, title, bodies)
         if spacing is None and result["inputs"]:
             result["warnings"].append("pixel spacing unknown: areas and heights are in pixels")
-        write_json(folder / "result.json", result)
+        probabilities = [network, combined, *result["view_probabilities"].values()]
+        if not all(math.isfinite(p) for p in probabilities):
+            raise ValueError("the network's probabilities are not finite numbers (NaN/inf): broken weights?")
+        result = finite_json(result)
+        write_json(folder / "result.json", result, strict=True)
         row.update(damaged_probability=result["damaged_probability"], label=result["label"], threshold=self.damaged_threshold,
                    network_probability=result["network_probability"], morphometry_probability=result["morphometry_probability"],
                    probability_ap=result["view_probabilities"].get("AP"), probability_lat=result["view_probabilities"].get("LAT"))  # fmt: skip

@@ -19,6 +19,8 @@ import numpy as np
 from scipy import ndimage
 from skimage.morphology import skeletonize
 
+from spine_app.channels import LINE_CHANNELS
+
 
 @dataclass
 class MaskScores:
@@ -121,3 +123,35 @@ def score_masks(
         scores.cldice = cldice(pred, truth)
         scores.nsd = nsd(pred, truth, nsd_tolerance_px)
     return scores
+
+
+def line_side_check(
+    pred_line: np.ndarray, true_same: np.ndarray, true_other: np.ndarray
+) -> bool | None:
+    """Is a predicted vertebral line on the right wall? (the *line side check*)
+
+    True when the predicted line's pixels lie, by their median distance, nearer the true line of the
+    same name than the true line of the other wall (anterior vs posterior); False when they lie
+    nearer the other wall or nothing is predicted; None when either true line is empty (no answer).
+    """
+    if not true_same.any() or not true_other.any():
+        return None
+    if not pred_line.any():
+        return False
+    to_same = ndimage.distance_transform_edt(~true_same)[pred_line]
+    to_other = ndimage.distance_transform_edt(~true_other)[pred_line]
+    return bool(np.median(to_same) < np.median(to_other))
+
+
+def lat_line_sides(pred: dict[str, np.ndarray], truth: dict[str, np.ndarray]) -> bool | None:
+    """The line side check of one lateral film: both predicted lines on their own wall.
+
+    ``pred``/``truth`` map the two line channel names (anterior, posterior) to bool masks. None when
+    the truth lacks a line; else True only if the anterior *and* the posterior lines pass.
+    """
+    anterior, posterior = LINE_CHANNELS
+    checks = [
+        line_side_check(pred[anterior], truth[anterior], truth[posterior]),
+        line_side_check(pred[posterior], truth[posterior], truth[anterior]),
+    ]
+    return None if None in checks else all(checks)

@@ -54,11 +54,16 @@ def write_app(out: str | Path | None = None, model: str | Path | None = None, fo
     return app
 
 
+#: the ASGI app the server runs: MONAI Label's, with the spine app's request policy (:mod:`.server`)
+UVICORN_APP = "spine_app.monailabel.server:app"
+
+
 def server_command(app: Path, studies: Path, host: str = "127.0.0.1", port: int = 8000,
                    conf: dict[str, str] | None = None) -> list[str]:  # fmt: skip
-    """``python -m monailabel.main start_server ...`` with this interpreter (so its packages are used)."""
+    """``python -m monailabel.main start_server ...`` with this interpreter (so its packages are used),
+    serving :data:`UVICORN_APP`."""
     cmd = [sys.executable, "-m", "monailabel.main", "start_server", "--app", str(app), "--studies", str(studies),
-           "--host", host, "--port", str(port)]  # fmt: skip
+           "--host", host, "--port", str(port), "--uvicorn_app", UVICORN_APP]  # fmt: skip
     for key, value in (conf or {}).items():
         cmd += ["--conf", str(key), str(value)]
     return cmd
@@ -71,10 +76,13 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_server(app: Path, studies: Path, port: int, log: IO) -> subprocess.Popen:
-    """``spine-app monailabel serve`` on 127.0.0.1:``port`` as a child process (its id is the server's)."""
+def start_server(
+    app: Path, studies: Path, port: int, log: IO, flags: list[str] | tuple[str, ...] = ()
+) -> subprocess.Popen:
+    """``spine-app monailabel serve`` on 127.0.0.1:``port`` (plus ``flags``, e.g. ``--allow-delete``) as a
+    child process (its id is the server's)."""
     cmd = [sys.executable, "-m", "spine_app.cli", "monailabel", "serve", str(studies), "--app", str(app),
-           "--port", str(port)]  # fmt: skip
+           "--port", str(port), *flags]  # fmt: skip
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
@@ -110,6 +118,7 @@ __all__ = [
     "LOOPBACK",
     "MAIN_PY",
     "SERVED_MODEL",
+    "UVICORN_APP",
     "default_app_dir",
     "free_port",
     "server_command",

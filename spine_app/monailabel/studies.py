@@ -13,13 +13,16 @@ unknown (the study then trains the masks only).
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import uuid
 from pathlib import Path
 from typing import Any
 
 from spine_app.channels import VIEWS, view_for_image_stem
-from spine_app.data.io import write_atomic
+from spine_app.data.importer import refuse_duplicates
+from spine_app.data.io import check_output_folder, write_atomic
 from spine_app.data.layout import CLASS_NAMES, find_studies
 
 CLASSES_FILE = "study_classes.json"
@@ -86,27 +89,58 @@ def known_classes(studies: str | Path) -> dict[str, int]:
     return {study: idx for study, value in data.items() if (idx := class_index(value)) is not None}
 
 
-def prepare_studies(dataset: str | Path, out: str | Path, copy: bool = True) -> dict[str, Any]:
+def _link_atomic(target: Path, source: Path) -> None:
+    """Make ``target`` a symlink to ``source`` by renaming a new link onto it (never half-made)."""
+    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp.symlink_to(source.resolve())
+    try:
+        os.replace(tmp, target)
+    finally:
+        if tmp.is_symlink():
+            tmp.unlink()
+
+
+def _image_id(name: str) -> str:
+    """A file name without its extension (``.nii.gz`` counts as one)."""
+    return name[: -len(".nii.gz")] if name.lower().endswith(".nii.gz") else Path(name).stem
+
+
+def prepare_studies(dataset: str | Path, out: str | Path, copy: bool = True, overwrite: bool = False) -> dict[str, Any]:
     """Flatten a dataset in the canonical layout into a MONAI Label studies folder.
 
     Every film becomes ``out/<study>_<VIEW><ext>`` (copied, or symlinked with ``copy=False``); the
-    classes of the class folders go to ``out/study_classes.json``. Returns {"images", "studies", "classes"}.
+    classes of the class folders go to ``out/study_classes.json``. ``out`` must be new or empty
+    (hidden files aside) unless ``overwrite``: then only those films and ``study_classes.json`` are
+    replaced (classes of other studies in it are kept) and every other file, e.g. the saved
+    ``labels/``, stays. Returns {"images", "studies", "classes", "warnings"}.
+
+    Raises:
+        FolderNotEmptyError: ``out`` holds files and ``overwrite`` is False.
+        DuplicateStudyError: a study id is in two folders of ``dataset`` (nothing is written).
     """
     out = Path(out)
+    check_output_folder(out, overwrite, "studies folder")
+    found = find_studies(dataset)
+    refuse_duplicates(found)
     out.mkdir(parents=True, exist_ok=True)
+    existing: dict[str, list[str]] = {}
+    for path in sorted(out.iterdir()):
+        if path.is_file() and not path.name.startswith("."):
+            existing.setdefault(_image_id(path.name), []).append(path.name)
     classes: dict[str, str] = {}
     images = studies = 0
-    for study in find_studies(dataset):
+    notes: list[str] = []
+    for study in found:
         studies += bool(study.images)
         for view, source in study.images.items():
             suffix = ".nii.gz" if source.name.lower().endswith(".nii.gz") else source.suffix.lower()
             target = out / f"{study.study_id}_{view}{suffix}"
-            if target.exists() or target.is_symlink():
-                target.unlink()
+            notes += [f"{out / name}: kept, but {target.name} now has the same image id; remove the older film"
+                      for name in existing.get(_image_id(target.name), []) if name != target.name]  # fmt: skip
             if copy:
                 write_atomic(target, lambda tmp, src=source: shutil.copyfile(src, tmp))
             else:
-                target.symlink_to(source.resolve())
+                _link_atomic(target, source)
             images += 1
         if study.class_name:
             classes[study.study_id] = study.class_name
@@ -115,7 +149,7 @@ def prepare_studies(dataset: str | Path, out: str | Path, copy: bool = True) -> 
         previous = json.loads((out / CLASSES_FILE).read_text())
     merged = {**previous, **classes}
     write_atomic(out / CLASSES_FILE, lambda tmp: tmp.write_text(json.dumps(merged, indent=1, sort_keys=True) + "\n"))
-    return {"images": images, "studies": studies, "classes": len(merged)}
+    return {"images": images, "studies": studies, "classes": len(merged), "warnings": notes}
 
 
 __all__ = ["CLASSES_FILE", "class_index", "known_classes", "prepare_studies", "resolve_view", "split_image_id"]

@@ -26,6 +26,7 @@ from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 from monailabel.interfaces.tasks.train import TrainTask
 
 from spine_app.data.io import write_png
+from spine_app.engines.writer import finite_json
 from spine_app.monailabel.encoding import LABEL_VALUES
 from spine_app.monailabel.finetune import LabelledImage, finetune
 from spine_app.monailabel.service import (
@@ -48,22 +49,38 @@ def image_id_of(path: str | Path) -> str:
 class _BundleInfer(InferTask):
     """Shared part of both infer tasks: the served weights, the bundle, the request's film and view."""
 
-    def __init__(self, kind: str, labels: Any, description: str, model: Path, bundle: Path) -> None:
+    def __init__(self, kind: str, labels: Any, description: str, model: Path, bundle: Path, datastore: Any) -> None:
         super().__init__(type=kind, labels=labels, dimension=2, description=description,
                          config={"view": "", "device": "cpu"})  # fmt: skip
-        self.model, self.bundle = Path(model), Path(bundle)
+        self.model, self.bundle, self.datastore = Path(model), Path(bundle), datastore
 
     def is_valid(self) -> bool:
         return self.model.is_file()
 
     def _film(self, request: dict[str, Any]) -> tuple[Path, str, str, str]:
         """(film path, datastore id, view, how the view was told); HTTP 422 when it cannot be told."""
-        path = Path(str(request["image"]))
+        path = self._film_path(str(request.get("image") or ""))
         image_id = image_id_of(path)
         try:
             return path, image_id, *resolve_view(path, image_id, request.get("view") or None, self.model)
         except (ValueError, OSError) as err:
             raise HTTPException(status_code=422, detail=str(err).splitlines()[0]) from err
+
+    def _film_path(self, image: str) -> Path:
+        """The film of a request: a datastore film (MONAI Label turned the id into its path) or an upload
+        (MONAI Label's temporary file); anything else is refused, so no other file is ever read."""
+        path = Path(image)
+        if not path.is_absolute():  # an id that MONAI Label took for a path relative to its working folder
+            uri = self.datastore().get_image_uri(image) if image else ""
+            if not uri:
+                raise HTTPException(status_code=404, detail=f"image {image!r} is not in the datastore")
+            return Path(uri)
+        uri = self.datastore().get_image_uri(image_id_of(path))
+        if uri and Path(uri).resolve() == path.resolve():
+            return path
+        if path.parent.resolve() == Path(tempfile.gettempdir()).resolve() and path.name.startswith("tmp"):
+            return path  # an uploaded film
+        raise HTTPException(status_code=422, detail="image must be a datastore id or an uploaded film, not a path")
 
     def _predict(self, images: dict[str, Path], study: str, request: dict[str, Any]):
         try:
@@ -75,10 +92,10 @@ class _BundleInfer(InferTask):
 class SpineSegmentation(_BundleInfer):
     """Pre-segmentation of one AP or LAT radiograph (see the module docstring)."""
 
-    def __init__(self, model: Path, bundle: Path) -> None:
+    def __init__(self, model: Path, bundle: Path, datastore: Any) -> None:
         super().__init__(InferType.SEGMENTATION, dict(LABEL_VALUES),
                          "Spine X-ray structures of the film's view; label PNG with one bit per structure "
-                         "(value 2**channel), so overlaps are kept", model, bundle)  # fmt: skip
+                         "(value 2**channel), so overlaps are kept", model, bundle, datastore)  # fmt: skip
 
     def __call__(self, request: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         start = time.perf_counter()
@@ -88,7 +105,7 @@ class SpineSegmentation(_BundleInfer):
         out = Path(tempfile.mkstemp(prefix=f"{image_id}_", suffix=".png")[1])
         write_png(out, label)  # the server sends it, then deletes it
         result = prediction.result
-        return str(out), {
+        return str(out), finite_json({  # strict JSON: no NaN (HTTP 500 otherwise)
             "view": view,
             "view_source": view_source,
             "encoding": "bitmask: pixel value = sum of 2**channel over the structures present",
@@ -97,9 +114,10 @@ class SpineSegmentation(_BundleInfer):
             "mask_area_mm2": result["mask_area_mm2"],
             "damaged_probability": result["damaged_probability"],
             "morphometry": result.get("morphometry"),
+            "null_values": result.get("null_values", {}),  # why a value above is null (result.json's)
             "bundle_version": result.get("bundle_version"),
             "latencies": {"total": round(time.perf_counter() - start, 2)},
-        }
+        })  # fmt: skip
 
 
 class SpineClassification(_BundleInfer):
@@ -108,8 +126,7 @@ class SpineClassification(_BundleInfer):
     def __init__(self, model: Path, bundle: Path, datastore: Any) -> None:
         super().__init__(InferType.CLASSIFICATION, {"Normal": 0, "Damaged": 1},
                          "Normal vs Damaged for the film's study (both views when the datastore has them)",
-                         model, bundle)  # fmt: skip
-        self.datastore = datastore
+                         model, bundle, datastore)  # fmt: skip
 
     def __call__(self, request: dict[str, Any]) -> tuple[None, dict[str, Any]]:
         path, image_id, view, _ = self._film(request)
@@ -120,7 +137,7 @@ class SpineClassification(_BundleInfer):
             for other in store.list_images():
                 if other != image_id and split_image_id(other) == (study, "LAT" if view == "AP" else "AP"):
                     images[split_image_id(other)[1]] = Path(store.get_image_uri(other))
-        return None, classification_json(self._predict(images, study, request))
+        return None, finite_json(classification_json(self._predict(images, study, request)))
 
 
 class SpineFineTune(TrainTask):

@@ -23,6 +23,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from spine_app.channels import MASK_NAMES
+from spine_app.networks.precision import FP32, Precision
 
 SUPPORTED_BACKBONES = (
     "resnet18",
@@ -157,15 +158,35 @@ class StudyModel(nn.Module):
     """Calls ``net.forward_study`` from ``forward``: the module the trainer (and DDP) wraps.
 
     The checkpoint saves ``net`` itself, so the weights load into the plain network (``network_def``)
-    used for inference and export.
+    used for inference and export. ``precision`` (see :mod:`spine_app.networks.precision`) sets the
+    autocast dtype and memory format of the forward pass; the outputs are always fp32, so the loss
+    is computed in fp32.
     """
 
-    def __init__(self, net: SpineMultiTaskNet) -> None:
+    def __init__(self, net: SpineMultiTaskNet, precision: Precision = FP32) -> None:
         super().__init__()
-        self.net = net
+        self.net = precision.prepare(net)
+        self.precision = precision
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return self.net.forward_study(batch["ap"], batch["lat"], batch["present"])
+        to_input = self.precision.to_input
+        with self.precision.autocast():
+            out = self.net.forward_study(to_input(batch["ap"]), to_input(batch["lat"]), batch["present"])
+        return {key: value.float().contiguous() for key, value in out.items()}
+
+
+def init_output_bias(net: SpineMultiTaskNet, priors: list[float] | None) -> SpineMultiTaskNet:
+    """Set the mask head's output bias to each channel's prior log-odds (Lin et al. 2017, "Focal
+    loss", section 3.3): a channel covering 1 % of the film starts at p = 0.01, not 0.5, so the first
+    steps are not spent pushing the whole film to background. ``priors`` None: ``net`` unchanged.
+    """
+    if priors is None:
+        return net
+    head = [m for m in net.unet.segmentation_head.modules() if isinstance(m, nn.Conv2d)][-1]
+    p = torch.as_tensor(priors, dtype=head.bias.dtype).clamp(1e-4, 1 - 1e-4)
+    with torch.no_grad():
+        head.bias.copy_(torch.log(p / (1 - p)))
+    return net
 
 
 def load_weights(net: nn.Module, path: str | None) -> nn.Module:

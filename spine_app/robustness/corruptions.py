@@ -192,10 +192,23 @@ def load_suite(path: str | Path) -> list[CorruptionSpec]:
     """Read a suite YAML (``corruptions: {name: [v1, ..., v5]}``) and check it.
 
     Raises:
-        ValueError: "<path>: <reason>" for an unknown corruption, a wrong number of severities or a
-            value outside the corruption's valid range.
+        ValueError: "<path>: <reason>" for an unreadable file, a YAML syntax error (with its line), an
+            unknown corruption, a wrong number of severities or a value outside the corruption's valid range.
     """
-    data: Any = yaml.safe_load(Path(path).read_text())
+    try:
+        data: Any = yaml.safe_load(Path(path).read_text())
+    except OSError as err:
+        raise ValueError(f"{path}: cannot read the suite ({err.strerror or err})") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not a text (YAML) file") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        context, opened = getattr(err, "context", None), getattr(err, "context_mark", None)
+        if context and opened is not None:  # e.g. "while parsing a flow sequence" that began earlier
+            problem += f"; {context} from line {opened.line + 1}"
+        raise ValueError(f"{path}: {where}YAML syntax error ({problem})") from None
     if not isinstance(data, dict) or not isinstance(data.get("corruptions"), dict) or not data["corruptions"]:
         raise ValueError(f"{path}: expected a mapping 'corruptions: {{name: [five values]}}'")
     specs = []

@@ -45,7 +45,7 @@ def train_bundle(datalist: str | Path, run_dir: Path, bundle: Path, **overrides:
     workflow = ConfigWorkflow(
         str(configs / "train.yaml"), meta_file=str(configs / "metadata.json"), logging_file=str(configs / "logging.conf"),
         workflow_type="train", **{"datalist": str(Path(datalist).resolve()), "bundle_root": str(run_dir),
-                                  "resume": False, **overrides},
+                                  "ckpt_dir": str(run_dir / "models"), "resume": False, **overrides},
     )  # fmt: skip
     workflow.initialize()
     workflow.run()

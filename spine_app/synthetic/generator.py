@@ -11,6 +11,7 @@ import logging
 import os
 import shutil
 import time
+import uuid
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
@@ -21,7 +22,7 @@ import numpy as np
 
 from spine_app import __version__
 from spine_app.channels import MASK_NAMES
-from spine_app.data.io import write_atomic, write_dicom, write_png
+from spine_app.data.io import FolderNotEmptyError, check_output_folder, write_atomic, write_dicom, write_png
 from spine_app.synthetic.anatomy import SpineModel, Vertebra, sample_spine
 from spine_app.synthetic.config import SynthConfig, json_ready, load_preset
 from spine_app.synthetic.imaging import ExposureParams, chord_mask, expose, polygons_mask, polyline_mask, quantize
@@ -245,47 +246,100 @@ def image_suffix(cfg: SynthConfig, index: int) -> str:
     return ".png" if cfg.image_format == "png" else ".dcm"
 
 
-def write_study(study: SyntheticStudy, root: str | Path, suffix: str = ".png") -> Path:
-    """Write ``study`` as ``root/<class>/<study_id>/``; the folder appears complete or not at all."""
-    final = Path(root) / study.class_name / study.study_id
-    staging = final.with_name(f".{study.study_id}.partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+def _write_files(study: SyntheticStudy, folder: Path, suffix: str) -> None:
+    """The study's films, masks and truth.json, written into ``folder``."""
     spacing = (study.pixel_spacing, study.pixel_spacing)
     for view, image in study.images.items():
         if suffix == ".dcm":
-            write_dicom(staging / f"{view}.dcm", image, spacing=spacing, view=view, patient_id=study.study_id)
+            write_dicom(folder / f"{view}.dcm", image, spacing=spacing, view=view, patient_id=study.study_id)
         else:
-            write_png(staging / f"{view}.png", image)
+            write_png(folder / f"{view}.png", image)
     for name, mask in study.masks.items():
-        write_png(staging / f"{name}.png", mask)
+        write_png(folder / f"{name}.png", mask)
     payload = json.dumps(study.truth, indent=1)
-    write_atomic(staging / "truth.json", lambda tmp: tmp.write_text(payload))
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(staging, final)
+    write_atomic(folder / "truth.json", lambda tmp: tmp.write_text(payload))
+
+
+def write_study(study: SyntheticStudy, root: str | Path, suffix: str = ".png", overwrite: bool = False) -> Path:
+    """Write ``study`` as ``root/<class>/<study_id>/``.
+
+    A new study folder appears complete or not at all (written in a hidden staging folder of its
+    own, then renamed). An existing one is refused unless ``overwrite``; then each generated file is
+    renamed over its old copy one by one, and every other file in the folder is kept.
+
+    Raises:
+        FolderNotEmptyError: the study folder exists and ``overwrite`` is False.
+    """
+    final = Path(root) / study.class_name / study.study_id
+    if final.exists() and not overwrite:
+        raise FolderNotEmptyError(f"{final}: study folder exists; pass --overwrite to replace its generated files")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = final.with_name(f".{study.study_id}.{os.getpid()}.{uuid.uuid4().hex[:8]}.partial")
+    staging.mkdir()  # a new name: never an existing folder
+    try:
+        _write_files(study, staging, suffix)
+        if final.is_dir():
+            for path in sorted(staging.iterdir()):
+                os.replace(path, final / path.name)
+        else:
+            os.replace(staging, final)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
     return final
 
 
-def _generate_and_write(args: tuple[SynthConfig, int, int, str]) -> tuple[str, int]:
-    cfg, seed, index, root = args
+def _left_over(final: Path, suffix: str) -> list[str]:
+    """One-line warnings for films of another format already in ``final``, or the same id in the other class."""
+    notes = [
+        f"{final / f'{view}{other}'}: kept, but the study now also has {view}{suffix}; remove the older film"
+        for view in ("AP", "LAT")
+        for other in (".png", ".dcm")
+        if other != suffix and (final / f"{view}{other}").exists()
+    ]
+    for name in CLASS_NAMES:
+        twin = final.parent.parent / name / final.name
+        if twin != final and twin.exists():
+            notes.append(f"{twin}: kept, but {final} now holds the same study id; remove one (import refuses both)")
+    return notes
+
+
+def _generate_and_write(args: tuple[SynthConfig, int, int, str, bool]) -> tuple[str, int, list[str]]:
+    cfg, seed, index, root, overwrite = args
     study = generate_study(cfg, seed, index)
-    write_study(study, root, image_suffix(cfg, index))
-    return study.study_id, study.label
+    suffix = image_suffix(cfg, index)
+    final = write_study(study, root, suffix, overwrite)
+    return study.study_id, study.label, _left_over(final, suffix) if overwrite else []
+
+
+def check_count_and_seed(n: Any, seed: Any) -> None:
+    """ValueError (one line) unless ``n`` is a whole number >= 1 and ``seed`` one >= 0."""
+    for name, value, least in (("n", n, 1), ("seed", seed, 0)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
+            raise ValueError(f"{name} must be a whole number >= {least}, got {value!r}")
 
 
 def generate_dataset(
-    out: str | Path, n: int, seed: int = 0, preset: str = "default", workers: int | None = None, **overrides: Any
-) -> dict[str, Any]:
+    out: str | Path, n: int, seed: int = 0, preset: str = "default", workers: int | None = None,
+    overwrite: bool = False, **overrides: Any,
+) -> dict[str, Any]:  # fmt: skip
     """Generate ``n`` studies into ``out`` (canonical layout) and write ``out/synth_manifest.json``.
 
-    Returns the manifest: settings, counts per class, wall time and studies per second.
+    ``out`` must be new or empty (hidden files aside) unless ``overwrite``: then only the files this
+    generator writes are replaced, file by file, and any other file is kept. Returns the manifest:
+    settings, counts per class, wall time, studies per second and warnings.
+
+    Raises:
+        ValueError: ``n`` < 1 or ``seed`` < 0 (or not whole numbers), or a bad preset/setting.
+        FolderNotEmptyError: ``out`` holds files and ``overwrite`` is False.
     """
+    check_count_and_seed(n, seed)
+    check_output_folder(out, overwrite, "synth output folder")
     cfg = load_preset(preset, **overrides)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     workers = max(1, min(workers or os.cpu_count() or 1, n))
-    jobs = [(cfg, seed, i, str(out)) for i in range(n)]
+    jobs = [(cfg, seed, i, str(out), overwrite) for i in range(n)]
     start = time.perf_counter()
     if workers == 1:
         results = [_generate_and_write(job) for job in jobs]
@@ -293,7 +347,10 @@ def generate_dataset(
         with ProcessPoolExecutor(max_workers=workers) as pool:
             results = list(pool.map(_generate_and_write, jobs, chunksize=max(1, n // (workers * 8))))
     elapsed = time.perf_counter() - start
-    counts = {name: sum(1 for _, label in results if CLASS_NAMES[label] == name) for name in CLASS_NAMES}
+    counts = {name: sum(1 for _, label, _ in results if CLASS_NAMES[label] == name) for name in CLASS_NAMES}
+    notes = [note for *_, study_notes in results for note in study_notes]
+    for note in notes:
+        logger.warning("%s", note)
     manifest = {
         "generator": "spine_app.synthetic",
         "spine_app_version": __version__,
@@ -305,6 +362,7 @@ def generate_dataset(
         "workers": workers,
         "seconds": round(elapsed, 2),
         "studies_per_second": round(n / elapsed, 3) if elapsed > 0 else None,
+        "warnings": notes,
     }
     write_atomic(out / "synth_manifest.json", lambda tmp: tmp.write_text(json.dumps(manifest, indent=2)))
     return manifest

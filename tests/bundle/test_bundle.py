@@ -37,11 +37,11 @@ def bundle_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     assert workflow.check_properties() == []
     workflow.run()
     workflow.finalize()
-    return paths
+    return {**paths, "run": paths["root"] / "runs" / "data-128x96-resnet18"}  # the default run folder
 
 
 def test_training_writes_best_model_and_epoch_checkpoint(bundle_run) -> None:
-    models = bundle_run["root"] / "models"
+    models = bundle_run["run"]
     assert (models / "model.pt").is_file() and (models / "checkpoint_epoch=2.pt").is_file()
     state = torch.load(models / "model.pt", map_location="cpu", weights_only=True)
     assert "unet.segmentation_head.0.weight" in state  # a plain state dict of network_def
@@ -58,13 +58,13 @@ def test_resume_continues_from_the_saved_epoch(bundle_run) -> None:
     workflow.run()
     workflow.finalize()
     assert started == [3]  # epochs 1-2 came from the checkpoint
-    assert (bundle_run["root"] / "models" / "checkpoint_epoch=3.pt").is_file()
+    assert (bundle_run["run"] / "checkpoint_epoch=3.pt").is_file()
 
 
 def test_evaluate_writes_the_report(bundle_run, tmp_path: Path) -> None:
     workflow = ConfigWorkflow([TRAIN, EVALUATE], META, LOGGING, workflow_type="train", run_id="evaluate",
                               dataset_dir=str(bundle_run["data"]), bundle_root=str(bundle_run["root"]),
-                              output_dir=str(tmp_path), **SMALL)  # fmt: skip
+                              ckpt_dir=str(bundle_run["run"]), output_dir=str(tmp_path), **SMALL)  # fmt: skip
     workflow.initialize()
     workflow.run()
     workflow.finalize()
@@ -80,7 +80,8 @@ def test_evaluate_writes_the_report(bundle_run, tmp_path: Path) -> None:
 
 def test_inference_writes_masks_at_original_size(bundle_run, tmp_path: Path) -> None:
     workflow = ConfigWorkflow(INFER, META, LOGGING, workflow_type="infer", dataset_dir=str(bundle_run["data"]),
-                              bundle_root=str(bundle_run["root"]), output_dir=str(tmp_path), patch_size=[128, 96])  # fmt: skip
+                              bundle_root=str(bundle_run["root"]), output_dir=str(tmp_path), patch_size=[128, 96],
+                              ckpt_path=str(bundle_run["run"] / "model.pt"))  # fmt: skip
     workflow.initialize()
     assert workflow.check_properties() == []
     workflow.run()
@@ -102,7 +103,7 @@ def test_torchscript_export_matches_eager(bundle_run, tmp_path: Path) -> None:
 
     from spine_app.networks import SpineMultiTaskNet
 
-    ckpt = bundle_run["root"] / "models" / "model.pt"
+    ckpt = bundle_run["run"] / "model.pt"
     ckpt_export(net_id="network_def", filepath=str(tmp_path / "model.ts"), ckpt_file=str(ckpt), meta_file=META,
                 config_file=INFER, bundle_root=str(CONFIGS.parent), use_trace=True)  # fmt: skip
     scripted = torch.jit.load(str(tmp_path / "model.ts"))
@@ -137,8 +138,9 @@ def test_multi_process_training_with_gloo(tmp_path: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert (root / "models" / "checkpoint_epoch=1.pt").is_file() and (root / "models" / "model.pt").is_file()
+    run = root / "runs" / "empty-128x96-resnet18"
+    assert (run / "checkpoint_epoch=1.pt").is_file() and (run / "model.pt").is_file()
     assert json.loads((data / "synth_manifest.json").read_text())["n"] == 6 and (data / "datalist.json").is_file()
-    state = torch.load(root / "models" / "model.pt", map_location="cpu", weights_only=True)
+    state = torch.load(run / "model.pt", map_location="cpu", weights_only=True)
     assert not any(k.startswith("module.") for k in state)
     assert np.isfinite(np.array([float(v.float().sum()) for v in state.values()])).all()

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from spine_app.data.io import ImageReadError, read_image, read_mask, write_atomic, write_dicom, write_png
-from tests.helpers import radiograph
+from tests.helpers import lying_png, radiograph
 
 
 def test_png_16bit_roundtrip_preserves_values(tmp_path: Path) -> None:
@@ -194,3 +194,65 @@ def test_palette_png_is_read_as_grey(tmp_path: Path) -> None:
         array, meta = read_image(tmp_path / "p.png")
     assert meta.converted_from_rgb and meta.bit_depth == 8
     np.testing.assert_allclose(array, grey, atol=1)
+
+
+@pytest.mark.parametrize(("width", "height"), [(10000, 10000), (20000, 20000), (7000, 30000)])
+def test_png_with_a_huge_lying_header_is_refused_before_decoding(tmp_path: Path, width: int, height: int) -> None:
+    """A decompression bomb (PIL's warning or error) is a named ImageReadError, for images and masks."""
+    path = lying_png(tmp_path / "bomb.png", width, height)
+    for read in (read_image, read_mask):
+        with pytest.raises(ImageReadError) as err:
+            read(path)
+        assert str(err.value).startswith(f"{path}: ") and "\n" not in str(err.value)
+        assert "decompression bomb" in str(err.value) or "larger than the 8000 px limit" in str(err.value)
+
+
+def _native_dicom_with_short_pixel_data(path: Path, missing: int) -> np.ndarray:
+    """A DICOM written by write_dicom whose PixelData element lost its last ``missing`` bytes."""
+    image = radiograph()
+    write_dicom(path, image, view="AP")
+    ds = pydicom.dcmread(path)
+    ds.PixelData = ds.PixelData[:-missing]
+    ds.save_as(path)
+    return image
+
+
+@pytest.mark.parametrize("missing", [2, 4000])
+def test_truncated_dicom_pixel_data_is_refused_not_filled_from_memory(tmp_path: Path, missing: int) -> None:
+    """pydicom refuses the short pixel data; the ITK fallback used to fill the gap with stale memory."""
+    path = tmp_path / "short.dcm"
+    _native_dicom_with_short_pixel_data(path, missing)
+    expected = 96 * 80 * 2
+    for _ in range(2):  # the same named error every time, never an array
+        with pytest.raises(ImageReadError) as err:
+            read_image(path)
+        assert str(err.value) == (
+            f"{path}: pixel data is {expected - missing} bytes but the header needs {expected}"
+            " (80x96 px, 1 sample(s), 16 bits allocated): truncated or damaged file"
+        )
+
+
+def test_dicom_file_cut_short_names_the_missing_pixel_bytes(tmp_path: Path) -> None:
+    write_dicom(tmp_path / "a.dcm", radiograph(), view="LAT")
+    data = (tmp_path / "a.dcm").read_bytes()
+    (tmp_path / "cut.dcm").write_bytes(data[:-1000])
+    with pytest.raises(ImageReadError, match=r"cut.dcm: pixel data is 14360 bytes but the header needs 15360"):
+        read_image(tmp_path / "cut.dcm")
+
+
+def test_rle_dicom_with_a_short_fragment_is_refused(tmp_path: Path) -> None:
+    """Damaged RLE data that pydicom's own decoder refuses is not handed to ITK (which decodes it wrongly)."""
+    from pydicom.encaps import encapsulate, generate_pixel_data_frame
+    from pydicom.uid import RLELossless
+
+    image = (np.random.default_rng(0).integers(0, 4000, (96, 80))).astype(np.uint16)
+    write_dicom(tmp_path / "a.dcm", image, view="AP")
+    ds = pydicom.dcmread(tmp_path / "a.dcm")
+    ds.compress(RLELossless)
+    ds.save_as(tmp_path / "rle.dcm")
+    np.testing.assert_array_equal(read_image(tmp_path / "rle.dcm")[0], image)  # the intact file reads exactly
+    fragment = next(generate_pixel_data_frame(ds.PixelData))
+    ds.PixelData = encapsulate([fragment[:-4]])
+    ds.save_as(tmp_path / "short_rle.dcm")
+    with pytest.raises(ImageReadError, match=r"short_rle.dcm: cannot decode DICOM pixel data: .*RLE"):
+        read_image(tmp_path / "short_rle.dcm")

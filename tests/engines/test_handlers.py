@@ -12,3 +12,66 @@ def test_epoch_checkpoint_resume_flag_parses_command_line_strings(value, expecte
     from spine_app.engines.handlers import EpochCheckpoint
 
     assert EpochCheckpoint("/nonexistent", {}, resume=value).resume is expected
+
+
+def test_atomic_writes_are_fsynced_before_the_rename(tmp_path, monkeypatch) -> None:
+    """The temporary file is fsynced, renamed onto the target, then the folder is fsynced."""
+    import os
+    from pathlib import Path
+
+    import torch
+
+    from spine_app.data.io import write_torch
+
+    if not Path("/proc/self/fd").is_dir():
+        pytest.skip("needs /proc to name the synced file descriptors")
+    events: list[tuple[str, ...]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def replace(src, dst) -> None:
+        events.append(("replace", str(src), str(dst)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    write_torch(tmp_path / "model.pt", {"w": torch.ones(3)})
+    assert [e[0] for e in events] == ["fsync", "replace", "fsync"]
+    tmp = Path(events[1][1])
+    assert tmp.parent == tmp_path and tmp.name.startswith(".model.pt.") and tmp.suffix == ".tmp"
+    assert events[0][1] == str(tmp) and events[1][2] == str(tmp_path / "model.pt") and events[2][1] == str(tmp_path)
+    assert torch.load(tmp_path / "model.pt", weights_only=True)["w"].sum() == 3
+
+
+def test_atomic_disk_saver_removes_a_rotated_file_only_after_the_next_save(tmp_path) -> None:
+    import torch
+
+    from spine_app.engines.handlers import AtomicDiskSaver
+
+    saver = AtomicDiskSaver(tmp_path)
+    saver({"epoch": torch.tensor(1)}, "checkpoint_epoch=1.pt")
+    saver.remove("checkpoint_epoch=1.pt")  # ignite rotates the old file out before it saves the new one
+    assert (tmp_path / "checkpoint_epoch=1.pt").is_file()
+    saver({"epoch": torch.tensor(2)}, "checkpoint_epoch=2.pt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_epoch=2.pt"]
+
+    best = AtomicDiskSaver(tmp_path / "best", filename="model.pt")  # MONAI's key_metric_filename
+    best({"w": torch.zeros(2)}, "model_key_metric=0.1000.pt")
+    best.remove("model_key_metric=0.1000.pt")
+    assert torch.load(tmp_path / "best" / "model.pt", weights_only=True)["w"].sum() == 0
+    best({"w": torch.ones(2)}, "model_key_metric=0.2000.pt")
+    assert sorted(p.name for p in (tmp_path / "best").iterdir()) == ["model.pt"]
+    assert torch.load(tmp_path / "best" / "model.pt", weights_only=True)["w"].sum() == 2
+
+
+def test_default_run_name_is_readable_and_stable() -> None:
+    from spine_app.engines.runs import default_run_name
+
+    assert default_run_name("data/synthetic/datalist.json", [384, 288], "resnet18") == "synthetic-384x288-resnet18"
+    assert (
+        default_run_name("/x/my data/split2.json", (512, 384), "efficientnet-b0")
+        == "my_data-split2-512x384-efficientnet-b0"
+    )

@@ -75,3 +75,34 @@ def test_threshold_choice_and_scores() -> None:
     assert scores["confusion_matrix"] == [[3, 0], [1, 2]]
     assert scores["sensitivity"] == pytest.approx(2 / 3) and scores["specificity"] == 1.0
     assert scores["accuracy"] == pytest.approx(5 / 6) and scores["f1"] == pytest.approx(0.8)
+
+
+def _wall_masks(shape=(80, 60), anterior_x=15, posterior_x=40):
+    """Hand-made lateral lines: two vertical walls (anterior on the left, posterior on the right)."""
+    anterior, posterior = np.zeros(shape, bool), np.zeros(shape, bool)
+    anterior[10:70, anterior_x], posterior[10:70, posterior_x] = True, True
+    return anterior, posterior
+
+
+def test_line_side_check_passes_a_correct_prediction_and_fails_a_swapped_one() -> None:
+    from spine_app.channels import LINE_CHANNELS
+    from spine_app.metrics.segmentation import lat_line_sides, line_side_check
+
+    anterior, posterior = _wall_masks()
+    near_anterior, near_posterior = _wall_masks(anterior_x=17, posterior_x=37)  # a few px off each wall
+    assert line_side_check(near_anterior, anterior, posterior) is True
+    assert line_side_check(near_posterior, anterior, posterior) is False  # anterior channel drawn on the back wall
+    assert line_side_check(np.zeros_like(anterior), anterior, posterior) is False  # nothing predicted
+    assert line_side_check(near_anterior, np.zeros_like(anterior), posterior) is None  # no truth: no answer
+    truth = dict(zip(LINE_CHANNELS, (anterior, posterior)))
+    assert lat_line_sides(dict(zip(LINE_CHANNELS, (near_anterior, near_posterior))), truth) is True
+    assert lat_line_sides(dict(zip(LINE_CHANNELS, (near_posterior, near_anterior))), truth) is False  # swapped
+    assert lat_line_sides(dict(zip(LINE_CHANNELS, (near_posterior, near_posterior))), truth) is False  # both on one wall
+
+
+def test_line_side_summary_counts_films() -> None:
+    from spine_app.engines.metrics import line_side_summary
+
+    records = [{"study_id": "a", "line_side_ok": True}, {"study_id": "b", "line_side_ok": False},
+               {"study_id": "c", "line_side_ok": None}, {"study_id": "d"}]  # fmt: skip
+    assert line_side_summary(records) == {"n": 2, "pass": 1, "fraction": 0.5, "failed": ["b"]}

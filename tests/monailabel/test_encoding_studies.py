@@ -58,7 +58,39 @@ def test_prepare_flattens_a_dataset_with_its_classes(tmp_path: Path) -> None:
     done = prepare_studies(tmp_path / "ds", tmp_path / "studies")
     names = sorted(p.name for p in (tmp_path / "studies").iterdir())
     assert names == sorted([CLASSES_FILE, "s1_AP.png", "s1_LAT.png", "s2_AP.png", "s2_LAT.png", "s3_LAT.png"])
-    assert done == {"images": 5, "studies": 3, "classes": 3}
+    assert done == {"images": 5, "studies": 3, "classes": 3, "warnings": []}
     assert known_classes(tmp_path / "studies") == {"s1": 1, "s2": 0, "s3": 0}
     assert json.loads((tmp_path / "studies" / CLASSES_FILE).read_text())["s1"] == "Damaged"
     assert len(MASK_NAMES) == len(LABEL_VALUES) == 8
+
+
+def test_prepare_into_a_used_studies_folder(tmp_path: Path) -> None:
+    """Refused without --overwrite; with it only the films and study_classes.json are replaced."""
+    write_png_study(tmp_path / "ds" / "Damaged" / "s1", masks=False)
+    studies = tmp_path / "studies"
+    prepare_studies(tmp_path / "ds", studies)
+    (studies / "labels" / "final").mkdir(parents=True)
+    (studies / "labels" / "final" / "s1_AP.png").write_bytes(b"a saved label")
+    (studies / "notes.txt").write_text("s1: check L2")
+    film = (studies / "s1_AP.png").read_bytes()
+    write_png_study(tmp_path / "other" / "Normal" / "s1", masks=False, seed=9)  # same id, other films and class
+    with pytest.raises(FileExistsError, match=f"^{studies}: studies folder is not empty"):
+        prepare_studies(tmp_path / "other", studies)
+    assert (studies / "s1_AP.png").read_bytes() == film and known_classes(studies) == {"s1": 1}
+    done = prepare_studies(tmp_path / "other", studies, overwrite=True)
+    assert done["images"] == 2 and done["warnings"] == []
+    assert (studies / "labels" / "final" / "s1_AP.png").read_bytes() == b"a saved label"
+    assert (studies / "notes.txt").read_text() == "s1: check L2"
+    assert (studies / "s1_AP.png").read_bytes() == (tmp_path / "other" / "Normal" / "s1" / "AP.png").read_bytes()
+    assert known_classes(studies) == {"s1": 0}
+    linked = prepare_studies(tmp_path / "ds", studies, copy=False, overwrite=True)
+    assert linked["images"] == 2 and (studies / "s1_AP.png").resolve() == (tmp_path / "ds" / "Damaged" / "s1" / "AP.png")
+    assert not [p for p in studies.iterdir() if p.name.startswith(".")]
+
+
+def test_prepare_refuses_a_study_id_in_two_class_folders(tmp_path: Path) -> None:
+    write_png_study(tmp_path / "ds" / "Normal" / "s1", masks=False)
+    write_png_study(tmp_path / "ds" / "Damaged" / "s1", masks=False, seed=4)
+    with pytest.raises(ValueError, match="duplicate study id 's1'"):
+        prepare_studies(tmp_path / "ds", tmp_path / "studies")
+    assert not (tmp_path / "studies").exists()

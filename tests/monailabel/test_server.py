@@ -1,15 +1,13 @@
-"""A real MONAI Label server on 127.0.0.1 serving the spine app: /info, segmentation and classification
-of PNG (8/16-bit) and DICOM films compared with direct runs of the bundle's inference, a corrupt film,
-saved labels, and fine-tuning that swaps the served weights. The server is always stopped by its id."""
+"""A real MONAI Label server on 127.0.0.1 serving the spine app (the ``server`` fixture of conftest.py):
+/info, segmentation and classification of PNG (8/16-bit) and DICOM films compared with direct runs of
+the bundle's inference, a corrupt film, saved labels, and fine-tuning that swaps the served weights."""
 
 from __future__ import annotations
 
 import io
 import json
 import os
-import shutil
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -18,14 +16,12 @@ from PIL import Image
 from scipy import ndimage
 
 from spine_app.channels import MASK_NAMES, channels_of_view
-from spine_app.data.io import read_image, read_mask, write_png
+from spine_app.data.io import read_image, read_mask
 from spine_app.engines.dataset import study_entry
 from spine_app.engines.writer import sha256_of
 from spine_app.infer import run_inference
-from spine_app.monailabel.appdir import SERVED_MODEL, free_port, start_server, stop_server, wait_ready
+from spine_app.monailabel.appdir import SERVED_MODEL
 from spine_app.monailabel.encoding import LABEL_VALUES, decode_masks, encode_masks
-from spine_app.monailabel.studies import prepare_studies
-from spine_app.synthetic.generator import generate_dataset
 
 if os.environ.get("SPINE_APP_REQUIRE_EXTRAS") != "1":  # CI sets it: a missing extra fails, not skips
     pytest.importorskip("monailabel", reason="MONAI Label not installed: bash scripts/setup.sh --monailabel")
@@ -33,31 +29,6 @@ import httpx  # noqa: E402 - a dependency of the MONAI Label extra
 
 pytestmark = pytest.mark.slow
 STUDIES = ("syn7_00000", "syn7_00001", "syn7_00002")  # labelled by the "annotators"
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
-    root = tmp_path_factory.mktemp("monailabel")
-    generate_dataset(root / "dataset", 4, seed=7, workers=2, image_format="mixed")  # PNG 16-bit and DICOM studies
-    studies = root / "studies"
-    prepare_studies(root / "dataset", studies)
-    film = read_image(studies / "syn7_00000_AP.png")[0]
-    write_png(studies / "eightbit_AP.png", (255 * (film - film.min()) / np.ptp(film)).astype(np.uint8))
-    (studies / "broken_AP.png").write_bytes(b"not a png at all")
-    shutil.copyfile(studies / "syn7_00002_AP.png", studies / "film.png")  # a name that says no view
-    port = free_port()
-    log = open(root / "server.log", "w")  # noqa: SIM115 - closed in finally
-    process = start_server(root / "app", studies, port, log)
-    try:
-        try:
-            wait_ready(f"http://127.0.0.1:{port}", process, timeout=120)
-        except RuntimeError as err:
-            pytest.fail(f"{err}\n{(root / 'server.log').read_text()[-3000:]}")
-        client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120)
-        yield {"client": client, "root": root, "studies": studies, "app": root / "app", "log": root / "server.log"}
-    finally:
-        stop_server(process)
-        log.close()
 
 
 def direct_masks(film: Path, view: str, out: Path, model: Path) -> tuple[np.ndarray, dict]:

@@ -51,3 +51,22 @@ def test_bad_suite_is_a_clear_error(tmp_path: Path) -> None:
     result = run(str(tmp_path / "missing.json"), "--suite", str(suite), "--out", str(tmp_path / "o"))
     assert result.returncode != 0
     assert "outside the valid range" in result.stderr and str(suite) in result.stderr
+
+
+def test_suite_with_a_yaml_syntax_error_is_one_line_naming_file_and_line(tmp_path: Path) -> None:
+    suite = tmp_path / "bad.yaml"
+    suite.write_text("corruptions:\n  gaussian_noise: [500, 1000, 2000, 3500, 5000]\n  gaussian_blur: [1, 2\n"
+                     "  flip_lat: [1, 1, 1, 1, 1]\n")  # fmt: skip
+    result = run(str(tmp_path / "missing.json"), "--suite", str(suite), "--out", str(tmp_path / "o"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines() == [
+        f"error: {suite}: line 4, column 11: YAML syntax error (expected ',' or ']', but got ':'; "
+        "while parsing a flow sequence from line 3)"
+    ]
+
+
+def test_bad_device_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    result = run(str(tmp_path / "missing.json"), "--device", "gpu", "--out", str(tmp_path / "o"))
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [
+        "error: --device gpu: unknown device; use auto, cpu, cuda or cuda:N"
+    ]

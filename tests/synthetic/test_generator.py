@@ -141,3 +141,39 @@ def test_write_study_leaves_no_partial_folder(tmp_path: Path, studies) -> None:
     )
     assert not [p for p in (tmp_path / "Normal").iterdir() if p.name.startswith(".")]
     assert json.loads((final / "truth.json").read_text())["label"] == 0
+
+
+def test_synth_into_a_used_folder_is_refused_and_overwrite_keeps_user_files(tmp_path: Path) -> None:
+    """A user's notes and extra files in a study folder survive; without --overwrite nothing is touched."""
+    out = tmp_path / "ds"
+    generate_dataset(out, 1, seed=4, preset="easy", workers=1)
+    study = out / "Normal" / "syn4_00000"
+    generated_mask = (study / "Ap_Vertebra.png").read_bytes()
+    (study / "notes.txt").write_text("fracture at L1?")
+    (study / "Ap_Vertebra_edited.png").write_bytes(generated_mask)
+    (study / "Ap_Vertebra.png").write_bytes(b"edited by hand")
+    (out / "README.txt").write_text("my dataset")
+    inode = study.stat().st_ino
+    with pytest.raises(FileExistsError, match=f"^{out}: synth output folder is not empty"):
+        generate_dataset(out, 1, seed=4, preset="easy", workers=1)
+    assert (study / "Ap_Vertebra.png").read_bytes() == b"edited by hand"
+    with pytest.raises(FileExistsError, match="study folder exists"):
+        write_study(generate_study(load_preset("easy"), 4, 0), out)
+    manifest = generate_dataset(out, 1, seed=4, preset="easy", workers=1, overwrite=True)
+    assert manifest["warnings"] == []
+    assert (study / "notes.txt").read_text() == "fracture at L1?"
+    assert (study / "Ap_Vertebra_edited.png").read_bytes() == generated_mask
+    assert (out / "README.txt").read_text() == "my dataset"
+    assert (study / "Ap_Vertebra.png").read_bytes() == generated_mask  # a generated file is regenerated
+    assert study.stat().st_ino == inode  # replaced file by file, never deleted as a whole
+    assert not [p for p in out.rglob(".*")]  # no staging folder left
+    manifest = generate_dataset(out, 1, seed=4, preset="easy", workers=1, overwrite=True, image_format="dcm")
+    assert (study / "AP.dcm").is_file() and (study / "AP.png").is_file()  # the older film is kept, with a warning
+    assert any(w.startswith(f"{study / 'AP.png'}: kept") for w in manifest["warnings"])
+
+
+@pytest.mark.parametrize(("n", "seed"), [(-3, 0), (0, 0), (2.5, 0), (1, -1)])
+def test_nonsense_counts_and_seeds_are_refused(tmp_path: Path, n, seed) -> None:
+    with pytest.raises(ValueError, match="must be a whole number"):
+        generate_dataset(tmp_path / "x", n, seed=seed)
+    assert not (tmp_path / "x").exists()

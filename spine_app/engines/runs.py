@@ -1,0 +1,167 @@
+"""Training run folders: their default name, the fingerprint that ties a checkpoint to its run, and
+publishing a run's best model as the bundle's ``models/model.pt`` with a provenance record.
+
+Training writes into ``bundle/runs/<run_name>/`` (``model.pt``, the best model; ``checkpoint_epoch=N.pt``,
+the last two epochs). The shipped ``bundle/models/model.pt`` changes only when a run is published:
+``--publish true`` at the end of the bundle run, or ``spine-app publish RUN_DIR``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from spine_app import __version__
+from spine_app.data.io import write_atomic
+from spine_app.engines.writer import sha256_of, write_json
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_GLOB = "checkpoint_epoch=*.pt"
+BEST_MODEL = "model.pt"
+PROVENANCE = "model_provenance.json"
+
+
+class ResumeError(SystemExit):
+    """A checkpoint that must not be resumed; ``str(err)`` is one line, printed when the command exits."""
+
+
+def as_flag(value: bool | str | int | None) -> bool:
+    """A bundle flag given as a bool or as a command-line string ("false", "True", "0", "yes")."""
+    if isinstance(value, bool):
+        return value
+    return str(value).strip().lower() in ("1", "true", "yes", "on")
+
+
+def datalist_sha256(datalist: str | Path) -> str:
+    """SHA-256 of the datalist file (its studies and split): a checkpoint of another dataset differs."""
+    return sha256_of(datalist)
+
+
+def default_run_name(datalist: str | Path, patch_size: list[int] | tuple[int, ...], backbone: str) -> str:
+    """``<dataset folder>-<rows>x<cols>-<backbone>``, e.g. ``synthetic-384x288-resnet18`` for
+    ``data/synthetic/datalist.json``: the same command always finds the same run folder."""
+    path = Path(datalist)
+    base = path.parent.name or "data"
+    if path.stem != "datalist":
+        base += f"-{path.stem}"
+    name = f"{base}-{'x'.join(str(int(v)) for v in patch_size)}-{backbone}"
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
+
+
+def checkpoint_epochs(folder: str | Path) -> list[tuple[int, Path]]:
+    """(epoch, path) of the epoch checkpoints in ``folder``, newest first."""
+    found = []
+    for path in Path(folder).glob(CHECKPOINT_GLOB):
+        match = re.fullmatch(r"checkpoint_epoch=(\d+)\.pt", path.name)
+        if match:
+            found.append((int(match.group(1)), path))
+    return sorted(found, reverse=True)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """An epoch checkpoint as a dict (tensors on the CPU); any read error propagates."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(checkpoint, dict):
+        raise ValueError(f"{path}: not a checkpoint dictionary")
+    return checkpoint
+
+
+def newest_readable_checkpoint(folder: str | Path) -> tuple[Path | None, dict[str, Any]]:
+    """The newest epoch checkpoint of ``folder`` that loads, or (None, {})."""
+    for _, path in checkpoint_epochs(folder):
+        try:
+            return path, load_checkpoint(path)
+        except Exception as err:  # noqa: BLE001 - a damaged file: the older one may still load
+            logger.warning("%s: cannot be read (%s); trying an older checkpoint", path, one_line_error(err))
+    return None, {}
+
+
+def one_line_error(err: BaseException) -> str:
+    """``Type: first line of the message`` (at most 300 characters)."""
+    text = str(err).strip().splitlines()
+    return (f"{type(err).__name__}: {text[0]}" if text else type(err).__name__)[:300]
+
+
+def _git_commit(folder: Path) -> dict[str, Any] | None:
+    """Commit of the git checkout holding ``folder`` and whether it had uncommitted changes, or None."""
+    try:
+        options = {"cwd": folder, "capture_output": True, "text": True, "timeout": 10, "check": True}
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], **options).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], **options).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {"commit": commit, "uncommitted_changes": bool(dirty)}
+
+
+def library_versions() -> dict[str, str]:
+    import ignite
+    import monai
+
+    versions = {"spine_app": __version__, "monai": monai.__version__, "torch": torch.__version__,
+                "ignite": ignite.__version__, "python": sys.version.split()[0]}  # fmt: skip
+    return {name: str(version) for name, version in versions.items()}  # torch's is a TorchVersion, not a str
+
+
+def publish_model(run_dir: str | Path, bundle_dir: str | Path) -> Path | None:
+    """Copy ``run_dir/model.pt`` (the run's best model) onto ``bundle_dir/models/model.pt`` atomically and
+    write ``models/model_provenance.json`` beside it: run folder, settings and command of the run,
+    datalist hash, best score and epoch, git commit, time and versions. Returns the published path
+    (None on DDP ranks other than 0, which do not write).
+
+    Raises:
+        FileNotFoundError: the run folder has no best model yet (no validation has run).
+        ValueError: the best model is not a readable state dict.
+    """
+    if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
+        return None
+    run_dir = Path(run_dir)
+    source = run_dir / BEST_MODEL
+    if not source.is_file():
+        raise FileNotFoundError(f"{source}: no best model in this run folder (has a validation run yet?)")
+    try:
+        state = torch.load(source, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ValueError(f"{source}: cannot be read ({one_line_error(err)})") from err
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{source}: not a plain state dict of the network")
+    checkpoint_path, checkpoint = newest_readable_checkpoint(run_dir)
+    run, validation = checkpoint.get("run") or {}, checkpoint.get("validation") or {}
+    target = Path(bundle_dir) / "models" / BEST_MODEL
+    write_atomic(target, lambda tmp: shutil.copyfile(source, tmp))
+    provenance = {
+        "model": str(target), "sha256": sha256_of(target), "bytes": target.stat().st_size,
+        "published": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "published_by": sys.argv,
+        "run_dir": str(run_dir.resolve()), "source_model": str(source.resolve()),
+        "checkpoint": str(checkpoint_path.resolve()) if checkpoint_path else None,
+        "best_score": validation.get("best_metric"), "best_epoch": validation.get("best_epoch"),
+        "fingerprint": run.get("fingerprint"), "settings": run.get("settings"),
+        "training_command": run.get("command"), "git": _git_commit(Path(bundle_dir).resolve()),
+        "versions": library_versions(), "training_versions": run.get("versions"),
+    }  # fmt: skip
+    write_json(target.with_name(PROVENANCE), provenance)
+    logger.warning("published %s -> %s (best score %s at epoch %s)", source, target,
+                   provenance["best_score"], provenance["best_epoch"])  # fmt: skip
+    return target
+
+
+__all__ = [
+    "ResumeError",
+    "as_flag",
+    "checkpoint_epochs",
+    "datalist_sha256",
+    "default_run_name",
+    "load_checkpoint",
+    "newest_readable_checkpoint",
+    "publish_model",
+]
