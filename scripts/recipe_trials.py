@@ -5,8 +5,9 @@ pipeline (LoadStudyd + augmentation, seeded batches), then score the validation 
 bundle's metric (per-channel Dice, line clDice, line side check, fused AUROC). Each trial changes
 one setting against the baseline; results are appended to ``--out`` (JSON lines) and printed.
 
-    python scripts/recipe_trials.py data/synthetic/datalist.json --name baseline --steps 400
-    python scripts/recipe_trials.py data/synthetic/datalist.json --name bias --bias_init true
+    python scripts/recipe_trials.py trial data/synthetic/datalist.json --name baseline --steps 400
+    python scripts/recipe_trials.py trial data/synthetic/datalist.json --name bias --bias_init true
+    python scripts/recipe_trials.py table recipe_trials.jsonl      # the Markdown table of docs/results.md
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import json
 import logging
 import math
 import time
+from pathlib import Path
 
 import fire
 import numpy as np
@@ -111,6 +113,21 @@ def trial(
     return result
 
 
+def table(results: str = "recipe_trials.jsonl") -> str:
+    """Markdown table of the trials in ``results`` (one row per trial, Dice per channel)."""
+    short = {m: m.replace("Lat_", "L ").replace("Ap_", "A ").replace("_Vertebral_Line", " line").replace("_", " ")
+             for m in MASK_NAMES}  # fmt: skip
+    lines = ["| trial | precision | " + " | ".join(short.values()) + " | mean Dice | line clDice (ant/post) | "
+             "line side check | fused AUROC | train (s) |", "|---|---|" + "---|" * (len(MASK_NAMES) + 5)]  # fmt: skip
+    for row in (json.loads(line) for line in Path(results).read_text().splitlines() if line.strip()):
+        cells = [f"{row['dice'].get(m, float('nan')):.3f}" for m in MASK_NAMES]
+        cl = "/".join(f"{v:.3f}" for v in row["cldice"].values())
+        side = row["line_side"]
+        lines.append(f"| {row['name']} | {row['precision']} | " + " | ".join(cells) + f" | {row['mean_dice']:.3f} | {cl} | "
+                     f"{side['pass']}/{side['n']} | {row['auroc']:.3f} | {row['train_s']:.0f} |")  # fmt: skip
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
     logging.basicConfig(level=logging.WARNING)
-    fire.Fire(trial)
+    fire.Fire({"trial": trial, "table": table})

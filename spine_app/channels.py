@@ -1,4 +1,4 @@
-"""The eight-mask channel contract (DESIGN.md): names, views and file-name aliases.
+"""The eight-mask channel contract (docs/design.md): names, views and file-name aliases.
 
 Channel order is fixed everywhere: network output, mask files, metadata ``channel_def`` and reports.
 """

@@ -1,4 +1,4 @@
-"""Finding studies on disk: the canonical layout of DESIGN.md and the seed dataset's variants.
+"""Finding studies on disk: the canonical layout of docs/design.md and the seed dataset's variants.
 
 Accepted layouts (names case-insensitive, mask names with the aliases of :mod:`spine_app.channels`)::
 

@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 
 from spine_app import __version__
-from spine_app.data.io import write_atomic
+from spine_app.data.io import write_atomic, write_torch
 from spine_app.engines.writer import sha256_of, write_json
 
 logger = logging.getLogger(__name__)
@@ -112,8 +112,9 @@ def library_versions() -> dict[str, str]:
     return {name: str(version) for name, version in versions.items()}  # torch's is a TorchVersion, not a str
 
 
-def publish_model(run_dir: str | Path, bundle_dir: str | Path) -> Path | None:
-    """Copy ``run_dir/model.pt`` (the run's best model) onto ``bundle_dir/models/model.pt`` atomically and
+def publish_model(run_dir: str | Path, bundle_dir: str | Path, half: bool = True) -> Path | None:
+    """Copy ``run_dir/model.pt`` (the run's best model) onto ``bundle_dir/models/model.pt`` atomically
+    (``half``: floating-point tensors stored as fp16, half the size; they load into the fp32 network) and
     write ``models/model_provenance.json`` beside it: run folder, settings and command of the run,
     datalist hash, best score and epoch, git commit, time and versions. Returns the published path
     (None on DDP ranks other than 0, which do not write).
@@ -137,13 +138,17 @@ def publish_model(run_dir: str | Path, bundle_dir: str | Path) -> Path | None:
     checkpoint_path, checkpoint = newest_readable_checkpoint(run_dir)
     run, validation = checkpoint.get("run") or {}, checkpoint.get("validation") or {}
     target = Path(bundle_dir) / "models" / BEST_MODEL
-    write_atomic(target, lambda tmp: shutil.copyfile(source, tmp))
+    if half:
+        write_torch(target, {k: v.half() if v.is_floating_point() else v for k, v in state.items()})
+    else:
+        write_atomic(target, lambda tmp: shutil.copyfile(source, tmp))
     provenance = {
         "model": str(target), "sha256": sha256_of(target), "bytes": target.stat().st_size,
         "published": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "published_by": sys.argv,
         "run_dir": str(run_dir.resolve()), "source_model": str(source.resolve()),
         "checkpoint": str(checkpoint_path.resolve()) if checkpoint_path else None,
+        "stored_as": "fp16" if half else "as trained",
         "best_score": validation.get("best_metric"), "best_epoch": validation.get("best_epoch"),
         "fingerprint": run.get("fingerprint"), "settings": run.get("settings"),
         "training_command": run.get("command"), "git": _git_commit(Path(bundle_dir).resolve()),

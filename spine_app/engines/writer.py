@@ -408,6 +408,10 @@ class StudyPredictionWriter:
                 continue
             source = target[f"path_{key}"][b]
             result["inputs"][view] = {"path": source, "sha256": sha256_of(source)}
+            if view == "LAT" and "lat_mirrored" in pred and float(pred["lat_mirrored"][b]) > 0:
+                result["warnings"].append(
+                    "LAT film faces right (anterior to the right): its masks were drawn on the mirrored film"
+                )
             result["view_probabilities"][view] = round(float(torch.sigmoid(pred[f"cls_{key}"][b].float())), 4)
             geom = target[f"geom_{key}"][b]
             spacing = (float(geom[5]), float(geom[6])) if float(geom[5]) > 0 else None

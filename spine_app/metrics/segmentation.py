@@ -1,4 +1,4 @@
-"""Segmentation metrics for one binary mask pair, defined once for the whole project (DESIGN.md).
+"""Segmentation metrics for one binary mask pair, defined once for the whole project (docs/design.md).
 
 Conventions:
 

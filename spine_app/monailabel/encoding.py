@@ -1,5 +1,5 @@
 """The label image exchanged with MONAI Label clients: one uint8 PNG per radiograph whose bit ``c``
-(value ``2**c``) is set where channel ``c`` of the fixed channel order (DESIGN.md) is foreground.
+(value ``2**c``) is set where channel ``c`` of the fixed channel order (docs/design.md) is foreground.
 
 Eight channels fit one byte, so overlapping structures (a pedicle over its vertebra, the vertebral
 lines along the body corners) survive the round trip that an index map (one label per pixel) would

@@ -135,7 +135,8 @@ def test_kill_during_a_checkpoint_save_then_resume_and_publish(copy, tmp_path: P
     assert load(run / "checkpoint_epoch=3.pt")["run"]["settings"]["epochs"] == 3
 
     published = root / "models" / "model.pt"  # --publish true
-    assert sha(published) == sha(run / "model.pt") != copy["shipped_sha"]
+    assert sha(published) != copy["shipped_sha"]
+    assert_half_copy(published, run / "model.pt")
     provenance = json.loads((root / "models" / "model_provenance.json").read_text())
     assert provenance["run_dir"] == str(run.resolve()) and provenance["sha256"] == sha(published)
     assert provenance["fingerprint"]["datalist_sha256"] == sha(copy["data"] / "datalist.json")
@@ -228,13 +229,22 @@ def test_resume_refuses_fewer_epochs_than_done(copy) -> None:
                               "--epochs 1; pass a larger --epochs, or --resume False to start over")  # fmt: skip
 
 
+def assert_half_copy(published: Path, source: Path) -> None:
+    """``published`` is ``source``'s state dict with every floating-point tensor stored as fp16."""
+    pub, src = (torch.load(p, map_location="cpu", weights_only=True) for p in (published, source))
+    assert pub.keys() == src.keys()
+    for key, value in src.items():
+        assert pub[key].dtype == (torch.float16 if value.is_floating_point() else value.dtype)
+        assert torch.equal(pub[key], value.half() if value.is_floating_point() else value)
+
+
 def test_publish_command(copy, capsys: pytest.CaptureFixture) -> None:
     from spine_app.cli import publish
 
     run, root = copy["run"], copy["root"]
     publish(str(run), bundle=str(root))
     assert f"-> {root / 'models' / 'model.pt'}" in capsys.readouterr().out
-    assert sha(root / "models" / "model.pt") == sha(run / "model.pt")
+    assert_half_copy(root / "models" / "model.pt", run / "model.pt")
     provenance = json.loads((root / "models" / "model_provenance.json").read_text())
     checkpoint = load(run / "checkpoint_epoch=2.pt")
     assert provenance["best_score"] == checkpoint["validation"]["best_metric"]
