@@ -16,7 +16,8 @@ loop and one metric serve all):
   ``cls_grad_scale`` 1 / 0, whichever the bundle's default is not (does sharing the encoder
   between the tasks help?).
 
-Every score comes from :class:`spine_app.engines.StudyMetrics` (the bundle's metric); MACs per study
+Every variant starts its mask outputs at the channel priors, as the bundle's recipe does. Every
+score comes from :class:`spine_app.engines.StudyMetrics` (the bundle's metric); MACs per study
 from ``torch.utils.flop_counter``; latency is the median network time per study.
 """
 
@@ -37,7 +38,7 @@ from spine_app.bench_speed import to_device, training_batches
 from spine_app.channels import CHANNEL_VIEW, MASK_NAMES
 from spine_app.losses import MultiTaskLoss
 from spine_app.networks import SpineMultiTaskNet
-from spine_app.networks.multitask import traceable_shortcuts
+from spine_app.networks.multitask import init_output_bias, traceable_shortcuts
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +100,19 @@ def _variants() -> dict[str, tuple[Any, dict[str, float]]]:
 VARIANTS = _variants()
 
 
+def init_output_biases(model: nn.Module, priors: list[float]) -> None:
+    """Start every variant's mask outputs at the channel priors, as the bundle's recipe does
+    (``output_bias_init``): our network's 8-channel head, or each seed-style network's one channel."""
+    if isinstance(model, SpineMultiTaskNet):
+        init_output_bias(model, priors)
+    elif isinstance(model, SeedStyleModels):
+        for c, segmenter in enumerate(model.segmenters):
+            head = [m for m in segmenter.segmentation_head.modules() if isinstance(m, nn.Conv2d)][-1]
+            p = min(max(priors[c], 1e-4), 1 - 1e-4)
+            with torch.no_grad():
+                head.bias.fill_(float(np.log(p / (1 - p))))
+
+
 def macs_per_study(model: nn.Module, canvas: tuple[int, int]) -> float:
     """Multiply-accumulates of one study's forward pass (both views), from torch's FLOP counter."""
     from torch.utils.flop_counter import FlopCounterMode
@@ -145,8 +159,10 @@ def compare(
 ) -> dict[str, Any]:  # fmt: skip
     """Train and evaluate every variant with the same budget; write compare.json/.md/.png into ``out``."""
     from spine_app.bench_compare_report import write_compare_report
+    from spine_app.engines.dataset import mask_priors
 
     dev = torch.device(device)
+    priors = mask_priors(datalist, tuple(canvas))
     results: dict[str, Any] = {"steps": steps, "batch": batch, "canvas": list(canvas), "seed": seed, "variants": {}}
     for name in variants or list(VARIANTS):
         if name not in VARIANTS:
@@ -154,6 +170,7 @@ def compare(
         build, weights = VARIANTS[name]
         torch.manual_seed(seed)
         model = build()
+        init_output_biases(model, priors)
         params = sum(p.numel() for p in model.parameters())
         macs = macs_per_study(model, canvas)
         if dev.type == "cuda":

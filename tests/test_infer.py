@@ -272,7 +272,10 @@ def test_shipped_model_runs_without_training(tmp_path: Path, synth_root: Path) -
     saved = json.loads((tmp_path / "out" / study.name / "result.json").read_text())
     version = json.loads((BUNDLE_DIR / "configs" / "metadata.json").read_text())["version"]
     assert saved["model"]["sha256"] == sha256_of(shipped) and saved["bundle_version"] == version
-    assert saved["decision"] == "network" and saved["threshold"] == pytest.approx(0.513)
+    import yaml
+
+    configured = yaml.safe_load((BUNDLE_DIR / "configs" / "inference.yaml").read_text())["damaged_threshold"]
+    assert saved["decision"] == "network" and saved["threshold"] == pytest.approx(configured)
 
 
 # --- output folders, study ids and one-line errors (each test runs the real command line) -----------------
