@@ -38,7 +38,7 @@ from spine_app.bench_speed import to_device, training_batches
 from spine_app.channels import CHANNEL_VIEW, MASK_NAMES
 from spine_app.losses import MultiTaskLoss
 from spine_app.networks import SpineMultiTaskNet
-from spine_app.networks.multitask import init_output_bias, traceable_shortcuts
+from spine_app.networks.multitask import init_output_bias, set_prior_bias, traceable_shortcuts
 
 logger = logging.getLogger(__name__)
 
@@ -107,10 +107,7 @@ def init_output_biases(model: nn.Module, priors: list[float]) -> None:
         init_output_bias(model, priors)
     elif isinstance(model, SeedStyleModels):
         for c, segmenter in enumerate(model.segmenters):
-            head = [m for m in segmenter.segmentation_head.modules() if isinstance(m, nn.Conv2d)][-1]
-            p = min(max(priors[c], 1e-4), 1 - 1e-4)
-            with torch.no_grad():
-                head.bias.fill_(float(np.log(p / (1 - p))))
+            set_prior_bias(segmenter.segmentation_head, [priors[c]])
 
 
 def macs_per_study(model: nn.Module, canvas: tuple[int, int]) -> float:

@@ -175,17 +175,21 @@ class StudyModel(nn.Module):
         return {key: value.float().contiguous() for key, value in out.items()}
 
 
+def set_prior_bias(segmentation_head: nn.Module, priors: list[float]) -> None:
+    """Set the bias of a segmentation head's last convolution to each channel's prior log-odds."""
+    head = [m for m in segmentation_head.modules() if isinstance(m, nn.Conv2d)][-1]
+    p = torch.as_tensor(priors, dtype=head.bias.dtype).clamp(1e-4, 1 - 1e-4)
+    with torch.no_grad():
+        head.bias.copy_(torch.log(p / (1 - p)))
+
+
 def init_output_bias(net: SpineMultiTaskNet, priors: list[float] | None) -> SpineMultiTaskNet:
     """Set the mask head's output bias to each channel's prior log-odds (Lin et al. 2017, "Focal
     loss", section 3.3): a channel covering 1 % of the film starts at p = 0.01, not 0.5, so the first
     steps are not spent pushing the whole film to background. ``priors`` None: ``net`` unchanged.
     """
-    if priors is None:
-        return net
-    head = [m for m in net.unet.segmentation_head.modules() if isinstance(m, nn.Conv2d)][-1]
-    p = torch.as_tensor(priors, dtype=head.bias.dtype).clamp(1e-4, 1 - 1e-4)
-    with torch.no_grad():
-        head.bias.copy_(torch.log(p / (1 - p)))
+    if priors is not None:
+        set_prior_bias(net.unet.segmentation_head, priors)
     return net
 
 
