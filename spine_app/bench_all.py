@@ -41,9 +41,10 @@ class BenchSettings:
     speed_steps: int = 10
     speed_passes: int = 20
     speed_canvas: tuple[int, int] = (384, 288)
-    compare_steps: int = 200
+    compare_steps: int = 500
     compare_canvas: tuple[int, int] = (256, 192)
     compare_batch: int = 4
+    compare_variants: list[str] | None = None  # None: every variant of bench compare
 
 
 #: a part's result: (Markdown for the docs, figures as JSON, figure files to publish)
@@ -173,7 +174,8 @@ def part_compare(s: BenchSettings) -> PartResult:
     from spine_app.bench_compare_report import markdown
 
     folder = s.out / "compare"
-    results = compare(s.datalist, folder, s.compare_steps, s.compare_batch, s.compare_canvas, 0, s.workers, s.device)
+    results = compare(s.datalist, folder, s.compare_steps, s.compare_batch, s.compare_canvas, 0, s.workers, s.device,
+                      s.compare_variants)
     return markdown(results).strip(), results, [folder / name for name in ("compare.png", "compare.md", "compare.json")]
 
 

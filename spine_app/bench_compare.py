@@ -39,6 +39,7 @@ from spine_app.channels import CHANNEL_VIEW, MASK_NAMES
 from spine_app.losses import MultiTaskLoss
 from spine_app.networks import SpineMultiTaskNet
 from spine_app.networks.multitask import init_output_bias, set_prior_bias, traceable_shortcuts
+from spine_app.networks.precision import FP32, Precision, resolve_precision
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +99,16 @@ def _variants() -> dict[str, tuple[Any, dict[str, float]]]:
 
 
 VARIANTS = _variants()
+#: short names for the command line (the variant names contain commas)
+SHORT_NAMES = dict(zip(("ours", "seed-style", "no-cls", "cls-only", "other-sharing"), VARIANTS))
+
+
+def variant_name(name: str) -> str:
+    """A variant's full name from its full or short name; ValueError for an unknown one."""
+    full = SHORT_NAMES.get(name, name)
+    if full not in VARIANTS:
+        raise ValueError(f"unknown variant {name!r}; choose from {', '.join(SHORT_NAMES)}")
+    return full
 
 
 def init_output_biases(model: nn.Module, priors: list[float]) -> None:
@@ -122,18 +133,21 @@ def macs_per_study(model: nn.Module, canvas: tuple[int, int]) -> float:
 
 def train_variant(
     model: nn.Module, loss_weights: dict[str, float], datalist: str, steps: int, batch: int,
-    canvas: tuple[int, int], seed: int, workers: int, device: torch.device,
+    canvas: tuple[int, int], seed: int, workers: int, device: torch.device, precision: Precision = FP32,
 ) -> float:  # fmt: skip
-    """Train ``model`` for ``steps`` AdamW steps; returns the wall time in seconds."""
+    """Train ``model`` for ``steps`` AdamW steps (forward pass in ``precision``, loss in fp32);
+    returns the wall time in seconds."""
     torch.manual_seed(seed)
-    model.to(device).train()
+    precision.prepare(model.to(device).train())
     loss_fn = MultiTaskLoss(**loss_weights).to(device)
     opt = torch.optim.AdamW(model.parameters(), 1e-3, weight_decay=1e-4)
     batches = training_batches(datalist, batch, canvas, workers, seed)
     start = time.perf_counter()
     for _ in range(steps):
         b = to_device(next(batches), device)
-        loss = loss_fn(model.forward_study(b["ap"], b["lat"], b["present"]), b)
+        with precision.autocast():
+            out = model.forward_study(precision.to_input(b["ap"]), precision.to_input(b["lat"]), b["present"])
+        loss = loss_fn({key: value.float() for key, value in out.items()}, b)  # the loss in fp32
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -152,18 +166,22 @@ def evaluate_variant(model: nn.Module, datalist: str, canvas: tuple[int, int], d
 
 def compare(
     datalist: str, out: str | Path, steps: int = 300, batch: int = 4, canvas: tuple[int, int] = (384, 288),
-    seed: int = 0, workers: int = 1, device: str = "cpu", variants: list[str] | None = None,
+    seed: int = 0, workers: int = 1, device: str = "cpu", variants: list[str] | None = None, amp: str = "auto",
 ) -> dict[str, Any]:  # fmt: skip
-    """Train and evaluate every variant with the same budget; write compare.json/.md/.png into ``out``."""
+    """Train and evaluate every variant with the same budget; write compare.json/.md/.png into ``out``.
+
+    Every variant trains in the same ``amp`` setting as the bundle (``auto``: bf16 autocast and
+    channels-last on CPUs with native bf16, see :mod:`spine_app.networks.precision`) and is scored in fp32.
+    """
     from spine_app.bench_compare_report import write_compare_report
     from spine_app.engines.dataset import mask_priors
 
     dev = torch.device(device)
     priors = mask_priors(datalist, tuple(canvas))
-    results: dict[str, Any] = {"steps": steps, "batch": batch, "canvas": list(canvas), "seed": seed, "variants": {}}
-    for name in variants or list(VARIANTS):
-        if name not in VARIANTS:
-            raise ValueError(f"unknown variant {name!r}; choose from {', '.join(VARIANTS)}")
+    precision = resolve_precision(amp, dev)
+    results: dict[str, Any] = {"steps": steps, "batch": batch, "canvas": list(canvas), "seed": seed,
+                               "precision": precision.name, "variants": {}}  # fmt: skip
+    for name in [variant_name(v) for v in variants] if variants else list(VARIANTS):
         build, weights = VARIANTS[name]
         torch.manual_seed(seed)
         model = build()
@@ -172,7 +190,8 @@ def compare(
         macs = macs_per_study(model, canvas)
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
-        seconds = train_variant(model, weights, datalist, steps, batch, canvas, seed, workers, dev)
+        seconds = train_variant(model, weights, datalist, steps, batch, canvas, seed, workers, dev, precision)
+        model.to(memory_format=torch.contiguous_format)  # scored in fp32, the standard layout
         peak = torch.cuda.max_memory_allocated() / 2**20 if dev.type == "cuda" else None
         evaluation = evaluate_variant(model, datalist, canvas, dev)
         results["variants"][name] = {"params": params, "macs_per_study": macs, "train_s": seconds,

@@ -39,7 +39,8 @@ def markdown(results: dict[str, Any]) -> str:
     head = " | ".join(SHORT[m] for m in MASK_NAMES)
     lines = [
         f"Same split, same batches, {results['steps']} AdamW steps of {results['batch']} studies at "
-        f"{results['canvas'][0]}x{results['canvas'][1]} for every variant; test split scores (Dice, HD95 in px).",
+        f"{results['canvas'][0]}x{results['canvas'][1]} for every variant, trained in "
+        f"{results.get('precision', 'fp32')}; test split scores in fp32 (Dice, HD95 in px).",
         "",
         f"| variant | {head} | line clDice (ant/post) | line side check | fused AUROC (95 % CI) | params (M) | GMACs/study | train (s) | latency/study (s) | peak train memory (MiB) |",
         "|---|" + "---|" * (len(MASK_NAMES) + 7),

@@ -142,6 +142,7 @@ def infer(
     damaged_threshold: float | None = None,
     bundle: str | None = None,
     split: str | None = None,
+    explain: bool | str = False,
 ) -> None:
     """Run the model on new studies: masks, overlays, result.json per study; summary.csv, errors.json.
 
@@ -159,7 +160,12 @@ def infer(
         damaged_threshold: override the bundle's Damaged threshold.
         bundle: bundle folder (default: the repository's bundle/).
         split: for datalist inputs, only this split (e.g. test).
+        explain: also write saliency_AP.png / saliency_LAT.png (where the network looks for its
+            Damaged decision) and result.json's "explanation" (the vertebra under the strongest
+            response). --explain alone = gradcam; or gradcampp, occlusion (much slower). Costs about
+            one extra second per study on a 2-core CPU (docs/inference.md).
     """
+    from spine_app.explain import METHODS
     from spine_app.infer import (
         BUNDLE_DIR,
         BadArgument,
@@ -173,6 +179,12 @@ def infer(
     if not inputs:
         _refuse("give at least one study folder, image, DICOM folder or datalist (spine-app infer --help)")
     overrides = {"write_nifti": bool(nifti)}
+    if explain is True or (isinstance(explain, str) and explain.lower() in ("true", "yes", "1")):
+        explain = "gradcam"
+    if explain not in (False, None, "", "false", "no", "0"):
+        if str(explain).lower() not in METHODS:
+            _refuse(f"--explain {explain!r} is not one of {', '.join(METHODS)}")
+        overrides["explain"] = str(explain).lower()
     if damaged_threshold is not None:
         overrides["damaged_threshold"] = float(damaged_threshold)
     try:
@@ -264,7 +276,7 @@ def bench_speed(
 
 def bench_compare(
     data: str, out: str = "compare", steps: int = 300, batch: int = 4, canvas: tuple = (384, 288), seed: int = 0,
-    workers: int = 1, device: str = "cpu", variants: str | None = None,
+    workers: int = 1, device: str = "cpu", variants: str | None = None, amp: str = "auto",
 ) -> None:  # fmt: skip
     """Ours vs eight single-task models + a two-view classifier, and two ablations, at equal steps.
 
@@ -274,12 +286,13 @@ def bench_compare(
         steps: optimisation steps for every variant (the budget).
         batch: studies per step.
         canvas: working size (rows, cols).
-        variants: comma-separated subset of the variant names (default: all).
+        variants: comma-separated subset: ours, seed-style, no-cls, cls-only, other-sharing (default: all).
+        amp: training precision of every variant (auto, bf16, fp16, off), as the bundle's ``amp``.
     """
     from spine_app.bench_compare import compare
 
     chosen = _names(variants)
-    compare(data, out, steps, batch, tuple(int(c) for c in canvas), seed, workers, device, chosen)
+    compare(data, out, steps, batch, tuple(int(c) for c in canvas), seed, workers, device, chosen, amp)
     print((Path(out) / "compare.md").read_text())
 
 
@@ -387,13 +400,13 @@ def robustness_noise_train(
 def bench_all(
     data: str, out: str = "bench_out", docs: str | None = None, only: str | None = None, model: str | None = None,
     device: str = "auto", split: str = "test", workers: int = 1, infer_studies: int = 50, speed_steps: int = 10,
-    speed_passes: int = 20, speed_canvas: tuple = (384, 288), compare_steps: int = 200,
-    compare_canvas: tuple = (256, 192), compare_batch: int = 4,
+    speed_passes: int = 20, speed_canvas: tuple = (384, 288), compare_steps: int = 500,
+    compare_canvas: tuple = (256, 192), compare_batch: int = 4, compare_variants: str | None = None,
 ) -> None:  # fmt: skip
     """Every benchmark in one command; with --docs their tables replace the marked blocks of the docs.
 
-    Parts, in order: machine, infer, speed, speed_data, view, morphometry, compare (about 70 min on a
-    2-core CPU, 45 of them for compare). Exits with status 1 when a part failed (OUT/errors.json).
+    Parts, in order: machine, infer, speed, speed_data, view, morphometry, compare (about 90 min on a
+    2-core CPU, 60 of them for compare at 500 steps). Exits with status 1 when a part failed (OUT/errors.json).
 
     Args:
         data: a synthetic datalist (view, morphometry, compare and the real-pipeline speed use it).
@@ -404,12 +417,15 @@ def bench_all(
         model: weights (default the shipped model).
         infer_studies, speed_steps, speed_passes, speed_canvas, compare_steps, compare_canvas,
         compare_batch: the parts' budgets (as in bench infer / speed / compare).
+        compare_variants: comma-separated subset of bench compare's variants (ours, seed-style, no-cls, cls-only,
+            other-sharing; default: all).
     """
     from spine_app.bench_all import BenchSettings, run_all
 
     settings = BenchSettings(
         data, Path(out), model, device, split, workers, infer_studies, speed_steps, speed_passes,
         tuple(int(c) for c in speed_canvas), compare_steps, tuple(int(c) for c in compare_canvas), compare_batch,
+        _names(compare_variants),
     )  # fmt: skip
     result = run_all(settings, _names(only), [Path(d) for d in _names(docs) or []])
     for part, table in result["tables"].items():

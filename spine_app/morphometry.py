@@ -20,8 +20,16 @@ The steps:
 
 Bodies that touch the image border (``truncated``), or that were split from a neighbour where the
 mask shows no dip (``unseparated``: a segmentation that merged the column), are measured but not
-graded. Level names count
-up from ``lowest_level`` (L5 by default), an assumption that holds when the mask ends at L5.
+graded. Quality control (:func:`plausibility_problem`): a body whose measurement fails a
+plausibility check (a height that is not a positive finite number, a height ratio outside
+:data:`RATIO_RANGE`, a body far smaller or larger than the film's median body, a height/depth
+shape no vertebral body has) is reported ``not measurable`` with the reason and never graded; an
+expected posterior height that is not positive is dropped (no crush component); a reduction is
+always within [0, 1].
+
+Level names: only with ``lowest_level`` (the name of the lowest body, when the user knows what
+the field shows, e.g. L5 on films framed down to the sacrum); otherwise ``level`` is None and the
+bodies are numbered from the top of the field (``index``).
 """
 
 from __future__ import annotations
@@ -41,6 +49,13 @@ MIN_DIP = 0.9
 #: widening of the predicted disk spaces cut out of a predicted vertebra mask (chosen on the
 #: validation split: docs/results.md "Morphometry")
 DISK_GAP_MM = 1.5
+#: physiological range of a body's height ratios (Ha/Hp, Hm/Hp, Hp/Hp_expected): a Genant grade 3
+#: fracture loses up to about 60 % of a height; a ratio beyond these bounds is a measurement error
+RATIO_RANGE: tuple[float, float] = (0.3, 1.5)
+#: a body's area against the film's median body: outside this range it is a fragment or a merger
+AREA_RANGE: tuple[float, float] = (0.35, 2.5)
+#: body height (posterior) over depth (anterior-posterior extent): outside, not a vertebral body
+SHAPE_RANGE: tuple[float, float] = (0.25, 2.0)
 #: positions of the anterior, middle and posterior height measurements, as fractions of body depth
 HEIGHT_POSITIONS: dict[str, float] = {"anterior": 0.04, "middle": 0.5, "posterior": 0.96}
 _LEVELS: tuple[str, ...] = tuple(
@@ -65,17 +80,47 @@ class VertebralBody:
     truncated: bool = False
     unseparated: bool = False  # split from a neighbour without a visible disk: not graded
     flags: list[str] = field(default_factory=list)
+    depth_mm: float = float("nan")  # anterior-posterior extent of the body
+    not_measurable: str | None = None  # why the measurement failed quality control (then not graded)
 
-    def to_json(self) -> dict:
-        """JSON-ready dict (rounded)."""
+    def to_json(self, units: str = "mm") -> dict:
+        """JSON-ready dict (rounded). ``units`` "px" (a film without pixel spacing, measured with
+        spacing 1): the length keys are named ``heights_px``, ``depth_px``, ``expected_posterior_px``."""
         out = asdict(self)
         out["centroid_px"] = [round(float(v), 1) for v in self.centroid_px]
         out["heights_mm"] = {k: round(float(v), 2) for k, v in self.heights_mm.items()}
         out["ratios"] = {k: round(float(v), 3) for k, v in self.ratios.items()}
         out["reduction"] = round(float(self.reduction), 3)
+        out["depth_mm"] = round(float(self.depth_mm), 2)
         if self.expected_posterior_mm is not None:
             out["expected_posterior_mm"] = round(float(self.expected_posterior_mm), 2)
+        if units == "px":
+            out = {(k[: -len("_mm")] + "_px" if k.endswith("_mm") else k): v for k, v in out.items()}
         return out
+
+
+def plausibility_problem(body: VertebralBody, median_area: float) -> str | None:
+    """Why ``body``'s measurement is not plausible (quality control), or None when it passes.
+
+    Heights must be positive finite numbers; Ha/Hp and Hm/Hp within :data:`RATIO_RANGE`; the area
+    within :data:`AREA_RANGE` of the film's median body; posterior height over depth within
+    :data:`SHAPE_RANGE`.
+    """
+    heights = [body.heights_mm.get(k, float("nan")) for k in ("anterior", "middle", "posterior")]
+    if not all(np.isfinite(h) and h > 0 for h in heights):
+        return "not measurable: a height is missing or not positive"
+    ha, hm, hp = heights
+    low, high = RATIO_RANGE
+    for name, ratio in (("anterior/posterior", ha / hp), ("middle/posterior", hm / hp)):
+        if not low <= ratio <= high:
+            return f"not measurable: {name} height ratio {ratio:.2f} is outside {low}-{high}"
+    if median_area > 0 and not AREA_RANGE[0] <= body.area_px / median_area <= AREA_RANGE[1]:
+        return f"not measurable: body area {body.area_px / median_area:.2f} x the film's median body"
+    if np.isfinite(body.depth_mm) and body.depth_mm > 0:
+        shape = hp / body.depth_mm
+        if not SHAPE_RANGE[0] <= shape <= SHAPE_RANGE[1]:
+            return f"not measurable: height/depth {shape:.2f} is not a vertebral body's"
+    return None
 
 
 def genant_grade(reduction: float) -> int:
@@ -169,7 +214,7 @@ def _expected_posterior(posterior: np.ndarray, index: int, reach: int = 3) -> fl
 def measure_lat_film(
     masks: Mapping[str, np.ndarray],
     spacing_mm: tuple[float, float] = (1.0, 1.0),
-    lowest_level: str | None = "L5",
+    lowest_level: str | None = None,
     gap_mm: float = DISK_GAP_MM,
 ) -> list[VertebralBody]:
     """Morphometry of one LAT film from its channel masks (name -> bool (H, W); any LAT channel may be
@@ -195,7 +240,7 @@ def measure_vertebrae(
     vertebra_mask: np.ndarray,
     spacing_mm: tuple[float, float] = (1.0, 1.0),
     posterior_mask: np.ndarray | None = None,
-    lowest_level: str | None = "L5",
+    lowest_level: str | None = None,
 ) -> list[VertebralBody]:
     """Separate, order and measure the vertebral bodies of one LAT vertebra mask.
 
@@ -296,6 +341,7 @@ def measure_vertebrae(
                 deformity="none",
                 truncated=truncated,
                 unseparated=bool(unseparated[i]),
+                depth_mm=float(heights["depth"]),
             )
         )
     _grade(bodies)
@@ -308,27 +354,45 @@ def measure_vertebrae(
 
 
 def _grade(bodies: list[VertebralBody]) -> None:
-    """Fill ratios, expected posterior height, reduction, Genant grade and deformity type in place."""
-    posterior = np.array([np.nan if b.truncated or b.unseparated else b.heights_mm["posterior"] for b in bodies])
+    """Quality control, then ratios, expected posterior height, reduction, Genant grade and
+    deformity type, in place (see :func:`plausibility_problem`)."""
+    median_area = float(np.median([b.area_px for b in bodies])) if bodies else 0.0
+    for body in bodies:
+        if body.truncated:
+            body.not_measurable = "not measurable: the body runs off the film"
+        elif body.unseparated:
+            body.not_measurable = "not measurable: not separated from a neighbour on the mask"
+        else:
+            body.not_measurable = plausibility_problem(body, median_area)
+    usable = [b.not_measurable is None for b in bodies]
+    posterior = np.array([b.heights_mm["posterior"] if ok else np.nan for b, ok in zip(bodies, usable)])
     for i, body in enumerate(bodies):
         ha, hm, hp = (body.heights_mm[k] for k in ("anterior", "middle", "posterior"))
-        body.ratios = {"anterior_posterior": ha / hp, "middle_posterior": hm / hp}
+        with np.errstate(divide="ignore", invalid="ignore"):
+            body.ratios = {"anterior_posterior": ha / hp, "middle_posterior": hm / hp}
         expected = _expected_posterior(posterior, i)
+        if expected is not None and not (np.isfinite(expected) and expected > 0):
+            body.flags.append("expected posterior height not computable (neighbours inconsistent)")
+            expected = None
         body.expected_posterior_mm = expected
         if expected:
             body.ratios["posterior_expected"] = hp / expected
-        if body.truncated or body.unseparated or not np.isfinite([ha, hm, hp]).all():
+        if not usable[i]:
             body.grade, body.reduction = -1, 0.0
             body.flags.append("truncated" if body.truncated else
-                              "not separated from a neighbour on the mask" if body.unseparated else "unmeasurable")  # fmt: skip
+                              "not separated from a neighbour on the mask" if body.unseparated else
+                              body.not_measurable or "unmeasurable")  # fmt: skip
             continue
         losses = {
             "wedge": 1.0 - ha / hp,
             "biconcave": 1.0 - hm / hp,
             "crush": 1.0 - hp / expected if expected else 0.0,
         }
+        if expected and not RATIO_RANGE[0] <= hp / expected <= RATIO_RANGE[1]:
+            body.flags.append(f"posterior/expected height ratio {hp / expected:.2f} not used (outside {RATIO_RANGE})")
+            losses["crush"] = 0.0
         kind = max(losses, key=losses.get)
-        body.reduction = max(0.0, float(losses[kind]))
+        body.reduction = float(np.clip(losses[kind], 0.0, 1.0))
         body.grade = genant_grade(body.reduction)
         body.deformity = kind if body.grade > 0 else "none"
         if losses["crush"] >= GENANT_THRESHOLDS[0]:

@@ -498,8 +498,9 @@ def test_result_json_is_strict_json_with_a_reason_for_each_null(tmp_path: Path) 
 
     result = json.loads((tmp_path / "out" / "s" / "result.json").read_text(), parse_constant=refuse)
     bodies = result["morphometry"]["vertebrae"]
-    assert bodies and all(b["heights_mm"]["middle"] is None and b["ratios"]["middle_posterior"] is None for b in bodies)
-    assert result["null_values"]["morphometry.vertebrae[0].heights_mm.middle"].startswith("not measurable")
+    assert bodies and all(b["heights_px"]["middle"] is None and b["ratios"]["middle_posterior"] is None for b in bodies)
+    assert all("heights_mm" not in b and b["not_measurable"] for b in bodies)  # a PNG has no spacing: px
+    assert result["null_values"]["morphometry.vertebrae[0].heights_px.middle"].startswith("not measurable")
     assert result["null_values"]["morphometry.vertebrae[0].ratios.middle_posterior"].startswith("not computable")
 
 

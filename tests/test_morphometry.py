@@ -167,3 +167,57 @@ def test_disk_spaces_split_a_vertebra_mask_that_bridges_them() -> None:
     trimmed = measure_lat_film(masks, SPACING, gap_mm=1.0)  # 2 px off each endplate
     for body, cut in zip(trimmed, bodies):
         assert body.heights_mm["posterior"] == pytest.approx(cut.heights_mm["posterior"] - 2.0, abs=1.0)
+
+
+def test_levels_are_numbered_from_the_top_unless_the_lowest_is_named() -> None:
+    vert, spin = column([(50, 50)] * 4)
+    assert [b.level for b in measure_vertebrae(vert, SPACING, spin)] == [None] * 4
+    assert [b.index for b in measure_vertebrae(vert, SPACING, spin)] == [0, 1, 2, 3]
+
+
+def test_quality_control_refuses_implausible_bodies() -> None:
+    """A giant blob below normal bodies is reported not measurable (with the reason) and never
+    graded; the normal bodies above it are graded; no reduction leaves [0, 1]."""
+    vert, spin = column([(50, 50), (52, 52), (54, 54), (56, 56), (58, 58)])
+    rows = np.nonzero(vert.any(axis=1))[0]
+    blob_top = rows.max() + 20
+    big = np.zeros((blob_top + 260, vert.shape[1]), bool)
+    big[: vert.shape[0]] = vert
+    big[blob_top : blob_top + 200, 60:220] = True  # a "body" 4 x taller and twice as deep as its neighbours
+    spin_big = np.zeros_like(big)
+    spin_big[: spin.shape[0]] = spin
+    bodies = measure_vertebrae(big, SPACING, spin_big)
+    in_blob = [b for b in bodies if b.centroid_px[0] > blob_top]
+    assert in_blob and all(b.not_measurable and b.not_measurable.startswith("not measurable") for b in in_blob)
+    assert all(b.grade == -1 and b.reduction == 0.0 for b in in_blob)
+    assert all(b.not_measurable is None and b.grade == 0 for b in bodies[:4])
+    assert all(0.0 <= b.reduction <= 1.0 for b in bodies)
+    whole = measure_vertebrae(np.pad(np.ones((400, 160), bool), 20), SPACING)  # the column merged into one blob
+    assert whole and all(b.grade == -1 and b.not_measurable for b in whole)
+
+
+def test_plausibility_problem_names_the_reason() -> None:
+    from spine_app.morphometry import VertebralBody, plausibility_problem
+
+    def body(ha: float, hm: float, hp: float, area: int = 1000, depth: float = 30.0) -> VertebralBody:
+        return VertebralBody(index=0, level=None, centroid_px=(0.0, 0.0), area_px=area,
+                             heights_mm={"anterior": ha, "middle": hm, "posterior": hp}, ratios={},
+                             expected_posterior_mm=None, reduction=0.0, grade=0, deformity="none",
+                             depth_mm=depth)  # fmt: skip
+
+    assert plausibility_problem(body(24, 24, 25), 1000) is None
+    assert "ratio 6.50" in plausibility_problem(body(26, 25, 4), 1000)
+    assert "not positive" in plausibility_problem(body(-5.9, 20, 25), 1000)
+    assert "median body" in plausibility_problem(body(24, 24, 25, area=4000), 1000)
+    assert "height/depth" in plausibility_problem(body(24, 24, 25, depth=5.0), 1000)
+
+
+def test_negative_expected_posterior_height_is_dropped() -> None:
+    """Neighbours whose posterior heights fall steeply extrapolate to a negative expected height
+    at the end of the column: no crush grade is made from it."""
+    heights = [(60, 60), (45, 45), (30, 30), (22, 22)]
+    vert, spin = column(heights)
+    bodies = measure_vertebrae(vert, SPACING, spin)
+    for b in bodies:
+        assert b.expected_posterior_mm is None or b.expected_posterior_mm > 0
+        assert 0.0 <= b.reduction <= 1.0

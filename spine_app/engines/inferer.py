@@ -44,13 +44,22 @@ class StudyInferer(Inferer):
     plus ``lat_mirrored`` (B,): 1 where the LAT film faced the other way (:func:`lat_faces_right`)
     and its masks were drawn on the mirrored film and mirrored back, so that the anterior and
     posterior lines land on their own walls (the lines are learnt on films facing the canonical way).
+
+    ``explain`` (one of :data:`spine_app.explain.METHODS`, or None): also ``saliency_ap`` and
+    ``saliency_lat`` (B, 1, H, W) in [0, 1], the map of the fused Damaged logit on each view
+    (:func:`spine_app.explain.saliency_maps`; gradients are computed for it even under no_grad).
     """
 
     def __init__(
-        self, roi_size: Sequence[int], sw_batch_size: int = 2, overlap: float = 0.25, precision: Precision = FP32
-    ) -> None:
+        self, roi_size: Sequence[int], sw_batch_size: int = 2, overlap: float = 0.25, precision: Precision = FP32,
+        explain: str | None = None,
+    ) -> None:  # fmt: skip
         super().__init__()
-        self.precision = precision
+        from spine_app.explain import METHODS
+
+        if explain is not None and explain not in METHODS:
+            raise ValueError(f"explain must be one of {', '.join(METHODS)} or None, got {explain!r}")
+        self.precision, self.explain = precision, explain
         self.window = SlidingWindowInferer(
             roi_size=roi_size, sw_batch_size=sw_batch_size, overlap=overlap, mode="gaussian"
         )
@@ -69,4 +78,9 @@ class StudyInferer(Inferer):
                 flipped = self.window(to_input(torch.flip(inputs["lat"][mirrored], dims=[-1])), net)
                 out["seg_lat"][mirrored] = torch.flip(flipped, dims=[-1]).to(out["seg_lat"].dtype)
         out["lat_mirrored"] = mirrored.float()
+        if self.explain:
+            from spine_app.explain import saliency_maps
+
+            maps = saliency_maps(net, inputs["ap"], inputs["lat"], inputs["present"], self.explain, self.precision)
+            out.update({f"saliency_{view}": value for view, value in maps.items()})
         return {key: value.float() for key, value in out.items()}

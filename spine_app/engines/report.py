@@ -214,13 +214,34 @@ def write_report(val: list[dict[str, Any]], test: list[dict[str, Any]], examples
     return metrics
 
 
+def write_embedding_map(network: Any, test_loader: Any, test: list[dict[str, Any]], threshold: float,
+                        output_dir: str) -> dict[str, Any]:  # fmt: skip
+    """embedding_map.png and embedding_map.json of the test split (:mod:`spine_app.explain.embedding`);
+    returns the summary stored in metrics.json."""
+    from spine_app.explain.embedding import plot_embedding_map, study_embeddings
+
+    emb = study_embeddings(network, test_loader)
+    probabilities = {r["study_id"]: r["prob_cls"] for r in test}
+    out = Path(output_dir)
+    result = plot_embedding_map(emb, probabilities, threshold, out / "embedding_map.png")
+    write_atomic(out / "embedding_map.json", lambda tmp: tmp.write_text(json.dumps(result, indent=1)))
+    return {"method": "t-SNE (scikit-learn), fused head input", "figure": "embedding_map.png",
+            "misclassified": result["misclassified"]}  # fmt: skip
+
+
 def evaluate_and_report(evaluator: Any, val_loader: Any, test_loader: Any, metric: StudyMetrics, output_dir: str,
-                        log_dir: str | None = None) -> dict[str, Any]:  # fmt: skip
-    """Run ``evaluator`` on validation (thresholds) then test (scores) and write the report."""
+                        log_dir: str | None = None, embedding_map: bool = True) -> dict[str, Any]:  # fmt: skip
+    """Run ``evaluator`` on validation (thresholds) then test (scores) and write the report (with the
+    test split's embedding map unless ``embedding_map`` is False)."""
     run_on(evaluator, val_loader)
     val = list(metric.records)
     run_on(evaluator, test_loader)
-    metrics = write_report(val, list(metric.records), list(metric.examples), output_dir, log_dir)
+    test = list(metric.records)
+    metrics = write_report(val, test, list(metric.examples), output_dir, log_dir)
+    if embedding_map:
+        threshold = metrics["classification"].get("fused", {}).get("threshold", 0.5)
+        metrics["embedding_map"] = write_embedding_map(evaluator.network, test_loader, test, threshold, output_dir)
+        write_atomic(Path(output_dir) / "metrics.json", lambda tmp: tmp.write_text(json.dumps(metrics, indent=2)))
     logger.warning("evaluation report written to %s", output_dir)
     print(markdown(metrics["segmentation"], metrics["classification"], metrics["line_side"]))
     return metrics

@@ -63,16 +63,20 @@ SUMMARY_COLUMNS = (
 )  # fmt: skip
 
 
-def to_original(logits: torch.Tensor, geom: torch.Tensor) -> torch.Tensor:
-    """Working-canvas logits (C, H, W) -> probabilities (C, rows, cols) of the original image.
+def resize_to_original(values: torch.Tensor, geom: torch.Tensor) -> torch.Tensor:
+    """Working-canvas maps (C, H, W) -> (C, rows, cols) on the original image (bilinear).
 
     The crop is recomputed with the same ``fit_geometry`` that placed the image on the canvas.
     """
     rows, cols = int(geom[0]), int(geom[1])
-    _, height, width, top, left = fit_geometry((rows, cols), logits.shape[-2:])
-    crop = logits[:, top : top + height, left : left + width]
-    resized = F.interpolate(crop[None].float(), size=(rows, cols), mode="bilinear", align_corners=False)[0]
-    return torch.sigmoid(resized)
+    _, height, width, top, left = fit_geometry((rows, cols), values.shape[-2:])
+    crop = values[:, top : top + height, left : left + width]
+    return F.interpolate(crop[None].float(), size=(rows, cols), mode="bilinear", align_corners=False)[0]
+
+
+def to_original(logits: torch.Tensor, geom: torch.Tensor) -> torch.Tensor:
+    """Working-canvas logits (C, H, W) -> probabilities (C, rows, cols) of the original image."""
+    return torch.sigmoid(resize_to_original(logits, geom))
 
 
 def sha256_of(path: str | Path) -> str:
@@ -87,12 +91,16 @@ def sha256_of(path: str | Path) -> str:
 #: why a value of result.json is null, by the key it sits under (the nearest one wins)
 NULL_REASONS: dict[str, str] = {
     "heights_mm": "not measurable: too few vertebra-mask pixels in the measuring band at this position of the body",
+    "heights_px": "not measurable: too few vertebra-mask pixels in the measuring band at this position of the body",
+    "depth_mm": "not measurable: too few vertebra-mask pixels",
+    "depth_px": "not measurable: too few vertebra-mask pixels",
     "ratios": "not computable: a height it needs is not measurable",
     "expected_posterior_mm": "not computable from the neighbouring bodies' posterior heights",
+    "expected_posterior_px": "not computable from the neighbouring bodies' posterior heights",
 }
 #: the files a study folder of this writer holds (``replaceable`` accepts no others)
 OUTPUT_FILES: frozenset[str] = frozenset(
-    {"result.json", "overlay_AP.png", "overlay_LAT.png"}
+    {"result.json", "overlay_AP.png", "overlay_LAT.png", "saliency_AP.png", "saliency_LAT.png"}
     | {f"{name}.png" for name in MASK_NAMES}
     | {f"{name}.nii.gz" for name in MASK_NAMES}
 )
@@ -267,6 +275,8 @@ class StudyPredictionWriter:
         lowest_level: level name of the lowest vertebra on the LAT film (morphometry labels).
         decision: "network" (the fused network probability decides) or "combined" (its noisy-OR
             with the morphometry probability).
+        explain: the saliency method the inferer ran (``StudyInferer(explain=...)``), or None: with
+            a method, ``saliency_<VIEW>.png`` and result.json's ``explanation`` are written.
     """
 
     def __init__(
@@ -278,12 +288,13 @@ class StudyPredictionWriter:
         model_path: str | None = None,
         nifti: bool = False,
         overlays: bool = True,
-        lowest_level: str | None = "L5",
+        lowest_level: str | None = None,
         decision: str = "network",
+        explain: str | None = None,
     ) -> None:
         if decision not in ("network", "combined"):
             raise ValueError(f"decision must be 'network' or 'combined', got {decision!r}")
-        self.decision = decision
+        self.decision, self.explain = decision, explain or None
         self.output_dir = Path(output_dir)
         self.threshold, self.damaged_threshold = float(threshold), float(damaged_threshold)
         self.model_version, self.nifti, self.overlays, self.lowest_level = model_version, nifti, overlays, lowest_level
@@ -368,6 +379,13 @@ class StudyPredictionWriter:
                 shutil.rmtree(staged, ignore_errors=True)
         return {**row, "output": str(final)}
 
+    def _explain(self, folder: Path, study_id: str, probability: float, pred: dict, b: int, overlays: list) -> dict:
+        """Write the saliency PNGs of study ``b``; returns result.json's ``explanation`` block."""
+        from spine_app.explain.study import write_explanation
+
+        views = _explanation_views(pred, b, overlays)
+        return write_explanation(folder, views, self.explain, study_id, probability)
+
     def _write_files(self, study_id: str, folder: Path, pred: dict, target: dict, b: int) -> dict[str, Any]:
         """Write one study's files into ``folder``; returns its summary row."""
         from spine_app.morphometry import (
@@ -398,7 +416,7 @@ class StudyPredictionWriter:
         }
         row: dict[str, Any] = {"study_id": study_id, "status": "ok"}
         spacing = None
-        overlays: list[tuple[str, str, dict, list]] = []
+        overlays: list[tuple[str, str, dict, list, torch.Tensor]] = []
         for i, view in enumerate(("AP", "LAT")):
             key = view.lower()
             if float(target["present"][b, i]) <= 0:
@@ -431,11 +449,11 @@ class StudyPredictionWriter:
             if view == "LAT":
                 bodies = measure_lat_film({MASK_NAMES[c]: m for c, m in masks.items()}, spacing or (1.0, 1.0),
                                           self.lowest_level)  # fmt: skip
-                result["morphometry"] = _morphometry_summary(bodies, spacing)
+                result["morphometry"] = _morphometry_summary(bodies, spacing, self.lowest_level)
                 result["morphometry_probability"] = round(morphometry_probability(study_fracture_score(bodies)), 4)
                 row.update(vertebrae=len(bodies), max_genant_grade=result["morphometry"]["max_grade"],
                            graded_levels="; ".join(result["morphometry"]["fractured_levels"]))  # fmt: skip
-            overlays.append((view, source, masks, bodies))
+            overlays.append((view, source, masks, bodies, geom))
         combined = combine_probabilities(network, result["morphometry_probability"])
         probability = combined if self.decision == "combined" else network
         result["decision"] = self.decision
@@ -445,10 +463,12 @@ class StudyPredictionWriter:
         if self.overlays:
             from spine_app.viz.overlay import write_overlay
 
-            for view, source, masks, bodies in overlays:
+            for view, source, masks, bodies, _ in overlays:
                 image, _ = read_image(source)
                 title = f"{study_id} {view}: Damaged p={probability:.2f} ({result['label']})"
                 write_overlay(folder / f"overlay_{view}.png", image, masks, title, bodies)
+        if self.explain and "saliency_ap" in pred:
+            result["explanation"] = self._explain(folder, study_id, probability, pred, b, overlays)
         if spacing is None and result["inputs"]:
             result["warnings"].append("pixel spacing unknown: areas and heights are in pixels")
         probabilities = [network, combined, *result["view_probabilities"].values()]
@@ -462,13 +482,37 @@ class StudyPredictionWriter:
         return row
 
 
-def _morphometry_summary(bodies: list, spacing: tuple[float, float] | None) -> dict[str, Any]:
+def _explanation_views(pred: dict, b: int, overlays: list) -> dict:
+    """view -> ViewExplanation (film, saliency at the film's size, vertebra centres) of study ``b``."""
+    from spine_app.explain.study import ViewExplanation, ap_vertebra_centres
+
+    lat_levels: list[str] = []
+    views = {}
+    for view, source, masks, bodies, geom in sorted(overlays, key=lambda o: o[0] != "LAT"):  # LAT first
+        image, _ = read_image(source)
+        saliency = resize_to_original(pred[f"saliency_{view.lower()}"][b], geom)[0].clamp(0, 1).cpu().numpy()
+        if view == "LAT":
+            centres = {(body.level or f"#{body.index + 1}"): body.centroid_px for body in bodies}
+            lat_levels = list(centres)
+        else:
+            centres = ap_vertebra_centres(masks[MASK_NAMES.index("Ap_Vertebra")], lat_levels)
+        views[view] = ViewExplanation(image, saliency, centres)
+    return views
+
+
+def _morphometry_summary(bodies: list, spacing: tuple[float, float] | None,
+                         lowest_level: str | None = None) -> dict[str, Any]:  # fmt: skip
     """The result.json ``morphometry`` block of one LAT image."""
     graded = [b for b in bodies if b.grade > 0]
+    units = "mm" if spacing else "px"
     return {
-        "units": "mm" if spacing else "px",
+        "units": units,
         "method": "quantitative morphometry, Genant thresholds 20/25/40 % (spine_app.morphometry)",
-        "vertebrae": [b.to_json() for b in bodies],
+        "level_naming": (f"counted up from {lowest_level} (lowest_level: the lowest body on the film)" if lowest_level
+                         else "numbered from the top of the field (#1 = top-most body); set lowest_level when "
+                              "the films show which vertebra is the lowest"),  # fmt: skip
+        "not_measurable": [f"{b.level or '#' + str(b.index + 1)}: {b.not_measurable}" for b in bodies if b.not_measurable],
+        "vertebrae": [b.to_json(units) for b in bodies],
         "max_grade": max((b.grade for b in bodies), default=0),
         "fractured_levels": [f"{b.level or '#' + str(b.index + 1)}: grade {b.grade} {b.deformity}" for b in graded],
         "max_height_reduction": round(float(max((b.reduction for b in bodies if b.grade >= 0), default=0.0)), 3),

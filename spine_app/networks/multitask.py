@@ -137,6 +137,13 @@ class SpineMultiTaskNet(nn.Module):
             "cls_lat": self.view_heads(emb_lat)[:, 1],
         }
 
+    def study_embedding(self, ap: torch.Tensor, lat: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+        """(B, 2 * embed_dim): the fused head's input, the AP and LAT embeddings (a missing view's zeroed)."""
+        present = present.to(ap.dtype)
+        emb_ap = self._embedding(self.unet.encoder(ap)[-1]) * present[:, 0:1]
+        emb_lat = self._embedding(self.unet.encoder(lat)[-1]) * present[:, 1:2]
+        return torch.cat([emb_ap, emb_lat], dim=1)
+
     def classify(self, ap: torch.Tensor, lat: torch.Tensor, present: torch.Tensor) -> dict[str, torch.Tensor]:
         """Only the study logits ``cls``, ``cls_ap``, ``cls_lat`` (B,): the encoder runs, the decoder does not."""
         return self._study_logits(

@@ -68,9 +68,13 @@ def test_evaluate_writes_the_report(bundle_run, tmp_path: Path) -> None:
     workflow.initialize()
     workflow.run()
     workflow.finalize()
-    for name in ("metrics.json", "per_study.csv", "results.md", "per_mask_dice.png", "roc.png", "examples.png"):
+    for name in ("metrics.json", "per_study.csv", "results.md", "per_mask_dice.png", "roc.png", "examples.png",
+                 "embedding_map.png"):  # fmt: skip
         assert (tmp_path / name).is_file(), name
     metrics = json.loads((tmp_path / "metrics.json").read_text())
+    points = json.loads((tmp_path / "embedding_map.json").read_text())["points"]
+    assert len(points) == metrics["n_test"] and all(p["worst_grade"] >= 0 for p in points)  # truth.json read
+    assert metrics["embedding_map"]["figure"] == "embedding_map.png"
     assert set(metrics["segmentation"]) == {
         "Ap_Vertebra", "Ap_Pedicle", "Ap_Spinous_Process", "Lat_Vertebra", "Lat_Spinous_Process",
         "Lat_Disk_Height", "Lat_Anterior_Vertebral_Line", "Lat_Posterior_Vertebral_Line"}  # fmt: skip
@@ -92,6 +96,26 @@ def test_inference_writes_masks_at_original_size(bundle_run, tmp_path: Path) -> 
         assert Image.open(out / f"{name}.png").size == Image.open(study / f"{view}.png").size
     result = json.loads((out / "result.json").read_text())
     assert 0.0 <= result["damaged_probability"] <= 1.0 and set(result["view_probabilities"]) == {"AP", "LAT"}
+
+
+def test_inference_explains_the_decision(bundle_run, tmp_path: Path) -> None:
+    workflow = ConfigWorkflow(INFER, META, LOGGING, workflow_type="infer", dataset_dir=str(bundle_run["data"]),
+                              bundle_root=str(bundle_run["root"]), output_dir=str(tmp_path), patch_size=[128, 96],
+                              ckpt_path=str(bundle_run["run"] / "model.pt"), explain="gradcam")  # fmt: skip
+    workflow.initialize()
+    workflow.run()
+    workflow.finalize()
+    study = next(p for p in (bundle_run["data"] / "Damaged").iterdir())
+    out = tmp_path / study.name
+    result = json.loads((out / "result.json").read_text())
+    explanation = result["explanation"]
+    assert explanation["method"] == "gradcam" and set(explanation["views"]) == {"AP", "LAT"}
+    for view in ("AP", "LAT"):
+        rows, cols = Image.open(study / f"{view}.png").size[::-1]
+        picture = Image.open(out / f"saliency_{view}.png")
+        assert picture.mode == "RGB" and picture.width == round(cols * min(1.0, 1024 / rows))  # the film, scaled
+        peak = explanation["views"][view]["peak_px"]
+        assert peak is None or (0 <= peak[0] < rows and 0 <= peak[1] < cols)  # in the film's own pixels
 
 
 def test_verify_net_in_out() -> None:
