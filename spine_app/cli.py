@@ -12,8 +12,10 @@ from pathlib import Path
 from typing import NoReturn
 
 import fire
+import fire.helptext
 
 from spine_app import __version__
+from spine_app.cli_checks import CommandLineError, Group, check_command_line
 
 
 def _refuse(message: str, status: int = 2) -> NoReturn:
@@ -600,11 +602,48 @@ def version() -> None:
     print(__version__)
 
 
+def _synth_settings() -> list[str]:
+    """The generator settings ``synth`` takes as flags (fields of SynthConfig)."""
+    import dataclasses
+
+    from spine_app.synthetic.config import SynthConfig
+
+    return [f.name for f in dataclasses.fields(SynthConfig)]
+
+
+def _synth_settings_help() -> str:
+    """One line per generator setting: name, default and the comment beside it in SynthConfig."""
+    import dataclasses
+    import inspect
+
+    from spine_app.synthetic.config import SynthConfig
+
+    comments = {}
+    for line in inspect.getsource(SynthConfig).splitlines():
+        name, _, rest = line.strip().partition(":")
+        if "#" in rest and name.isidentifier():
+            comments[name] = rest.split("#", 1)[1].strip()
+    lines = []
+    for f in dataclasses.fields(SynthConfig):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        lines.append(f"--{f.name} = {default!r}" + (f"  ({comments[f.name]})" if f.name in comments else ""))
+    return "\n".join(lines)
+
+
+synth.__doc__ = (synth.__doc__ or "").replace(
+    "\n\n    Args:",
+    "\n\n    Generator settings, each a flag (e.g. --scoliosis_deg \"[0, 20]\"; what they do: docs/data.md):\n"
+    + "\n".join("      " + line.strip() for line in _synth_settings_help().splitlines())
+    + "\n\n    Args:",
+    1,
+)
+
 COMMANDS = {
     "synth": synth,
     "import": import_,
     "check": check,
-    "bench": {
+    "bench": Group("Benchmarks: generator speed, inference speed, training speed, the equal-budget comparison, "
+                   "morphometry, view guessing; `bench all` runs them and rewrites the docs' tables.", {
         "synth": bench_synth,
         "infer": bench_infer,
         "speed": bench_speed,
@@ -612,26 +651,41 @@ COMMANDS = {
         "morphometry": bench_morphometry,
         "view": bench_view,
         "all": bench_all,
-    },
+    }),  # fmt: skip
     "contact-sheet": contact_sheet,
     "infer": infer,
     "export": export,
     "publish": publish,
-    "robustness": {
+    "robustness": Group("Robustness: the model under corruptions, learning curve by training-set size, "
+                        "training with noise.", {
         "evaluate": robustness_evaluate,
         "train-size": robustness_train_size,
         "noise-train": robustness_noise_train,
-    },
-    "monailabel": {"app": monailabel_app, "prepare": monailabel_prepare, "serve": monailabel_serve},
+    }),  # fmt: skip
+    "monailabel": Group("MONAI Label: build the app, prepare a studies folder, serve it (loopback by default).",
+                        {"app": monailabel_app, "prepare": monailabel_prepare, "serve": monailabel_serve}),  # fmt: skip
     "version": version,
 }
 
 
-def main() -> None:
-    """Console entry point."""
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: the command line is checked (flags, device) before fire runs anything."""
+    from spine_app.infer import resolve_device
+
+    args = sys.argv[1:] if argv is None else list(argv)
     try:
-        fire.Fire(COMMANDS, name="spine-app")
+        line = check_command_line(args, COMMANDS, resolve_device, {synth: _synth_settings})
+    except CommandLineError as err:
+        _refuse(str(err))
+    if line.version:
+        print(f"spine-app {__version__}")
+        return
+    logging.basicConfig(level=line.log_level, format="%(levelname)s %(name)s: %(message)s")
+    if line.log_level != logging.WARNING:
+        logging.getLogger().setLevel(line.log_level)
+    fire.helptext._GetShortFlags = lambda flags: []  # help lists no single-letter aliases (refused above)
+    try:
+        fire.Fire(COMMANDS, command=line.argv, name="spine-app")
     except (ValueError, FileNotFoundError) as err:
         _refuse(str(err), getattr(err, "exit_status", 1))  # 2 for spine_app.infer.BadArgument
 

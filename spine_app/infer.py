@@ -224,17 +224,19 @@ def unique_ids(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def resolve_device(device: str) -> str:
-    """``device`` checked: "auto" -> "cuda:0" when CUDA works, else "cpu"; "cpu", "cuda", "cuda:N",
-    "mps". BadArgument naming it when it is unknown or not on this machine."""
+    """``device`` checked: "auto" -> "cuda:0" when CUDA works, else "cpu"; "cpu", "cuda", "cuda:N"
+    ("gpu", "gpu:N" the same), "mps". BadArgument naming it when it is unknown or not on this machine."""
     import torch
 
     name = str(device).strip().lower()
+    if name == "gpu" or name.startswith("gpu:"):
+        name = "cuda" + name[3:]
     if name == "auto":
         return "cuda:0" if torch.cuda.is_available() else "cpu"
     try:
         chosen = torch.device(name)
     except (RuntimeError, ValueError, TypeError):
-        raise BadArgument(f"--device {device}: unknown device; use auto, cpu, cuda or cuda:N") from None
+        raise BadArgument(f"--device {device}: unknown device; use auto, cpu, cuda, cuda:N or gpu") from None
     if chosen.type == "cpu":
         return "cpu"
     if chosen.type == "cuda":

@@ -62,3 +62,45 @@ def test_export_with_weights_of_another_network_is_one_line_and_exit_2(tmp_path:
     line = result.stderr.strip().splitlines()[-1]
     assert line.startswith(f"error: {model}: weights of another network than the bundle's resnet18 (")
     assert not (tmp_path / "export").exists()
+
+
+def test_misspelled_flag_exits_2_before_anything_runs(tmp_path: Path) -> None:
+    write_png_study(tmp_path / "studies" / "Normal" / "s1")
+    out = tmp_path / "predictions"
+    result = run("infer", str(tmp_path / "studies"), "--out", str(out), "--outdir", str(tmp_path / "x"))
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: spine-app infer: unknown flag --outdir; did you mean --out?"
+    assert not out.exists() and not (tmp_path / "x").exists()  # nothing ran
+    synth = run("synth", "--out", str(tmp_path / "ds"), "--n", "1", "--scoliosis_dg", "3")
+    assert synth.returncode == 2 and "did you mean --scoliosis_deg?" in synth.stderr
+    assert not (tmp_path / "ds").exists()
+
+
+def test_single_letter_flags_and_unknown_commands_are_refused() -> None:
+    short = run("infer", "somewhere", "-n")
+    assert short.returncode == 2 and "short flag -n is not supported" in short.stderr
+    unknown = run("bnech", "all")
+    assert unknown.returncode == 2 and "did you mean 'bench'?" in unknown.stderr
+
+
+def test_version_and_device_are_checked_up_front(tmp_path: Path) -> None:
+    from spine_app import __version__
+
+    version = run("--version")
+    assert version.returncode == 0 and version.stdout.strip() == f"spine-app {__version__}"
+    import torch
+
+    if not torch.cuda.is_available():
+        gpu = run("infer", str(tmp_path), "--out", str(tmp_path / "o"), "--device", "gpu")
+        assert gpu.returncode == 2 and len(gpu.stderr.strip().splitlines()) == 1
+        assert "CUDA is not available" in gpu.stderr and not (tmp_path / "o").exists()
+    bad = run("bench", "speed", "--device", "tpu")
+    assert bad.returncode == 2 and "unknown device" in bad.stderr
+
+
+def test_help_describes_groups_and_generator_settings() -> None:
+    top = run("--help")
+    assert "Benchmarks:" in top.stdout + top.stderr and "MONAI Label:" in top.stdout + top.stderr
+    synth = run("synth", "--help")
+    text = synth.stdout + synth.stderr
+    assert "--scoliosis_deg = (0.0, 12.0)" in text and "-n, --n" not in text
