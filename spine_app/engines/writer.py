@@ -52,6 +52,7 @@ from torch.nn import functional as F
 from spine_app import __version__
 from spine_app.channels import CHANNEL_VIEW, MASK_NAMES
 from spine_app.data.io import fsync_folder, read_image, write_atomic, write_nifti, write_png
+from spine_app.data.layout import CLASS_NAMES
 from spine_app.data.study_transforms import fit_geometry
 
 logger = logging.getLogger(__name__)
@@ -463,9 +464,12 @@ class StudyPredictionWriter:
         if self.overlays:
             from spine_app.viz.overlay import write_overlay
 
+            known = float(target["label"][b]) if "label" in target else -1.0
+            title_end = f" | known label: {CLASS_NAMES[int(known)]}" if known in (0.0, 1.0) else ""
             for view, source, masks, bodies, _ in overlays:
                 image, _ = read_image(source)
-                title = f"{study_id} {view}: Damaged p={probability:.2f} ({result['label']})"
+                title = (f"{study_id} {view} | prediction: {result['label']} "
+                         f"(P(Damaged) {probability:.2f}, threshold {self.damaged_threshold:.2f}){title_end}")  # fmt: skip
                 write_overlay(folder / f"overlay_{view}.png", image, masks, title, bodies)
         if self.explain and "saliency_ap" in pred:
             result["explanation"] = self._explain(folder, study_id, probability, pred, b, overlays)
