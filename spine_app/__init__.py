@@ -7,7 +7,10 @@ from types import ModuleType
 
 __version__ = "0.1.0"
 
-_SUBPACKAGES = {"channels", "cli", "data", "engines", "losses", "metrics", "networks", "robustness", "synthetic", "viz"}
+_SUBPACKAGES = {
+    "channels", "cli", "data", "engines", "explain", "losses", "metrics", "networks", "resources", "robustness",
+    "synthetic", "viz",
+}  # fmt: skip
 
 
 def __getattr__(name: str) -> ModuleType:

@@ -33,10 +33,11 @@ from spine_app.data.io import dicom_view, image_format
 from spine_app.data.layout import find_studies, looks_like_study
 from spine_app.engines.dataset import study_entry, weights_path
 from spine_app.engines.writer import OutputError, is_run_output, is_study_output, write_run_files
+from spine_app.resources import bundle_dir
 
 logger = logging.getLogger(__name__)
 
-BUNDLE_DIR = Path(__file__).resolve().parents[1] / "bundle"
+BUNDLE_DIR = bundle_dir()  # the checkout's bundle/ or the installed wheel's copy (spine_app.resources)
 RUN_FILES = ("summary.csv", "errors.json")  # names in the output folder no study id may take
 
 
@@ -262,9 +263,24 @@ def check_model(bundle_dir: str | Path, model: str | Path | None = None, **overr
     stat = path.stat()
     network = tuple(sorted((k, json.dumps(v)) for k, v in overrides.items() if k in ("backbone", "decoder_channels")))
     problem = _weights_problem(str(path), stat.st_mtime_ns, stat.st_size, str(bundle_dir), network)
+    if problem is None and model is None:
+        problem = _listed_hash_problem(str(path), stat.st_mtime_ns, stat.st_size, str(bundle_dir))
     if problem:
         raise BadArgument(f"{path}: {problem}")
     return path
+
+
+@lru_cache(maxsize=8)
+def _listed_hash_problem(path: str, mtime_ns: int, size: int, bundle_dir: str) -> str | None:
+    """Why the bundle's own weights do not match the SHA-256 in its large_files.yml, or None."""
+    from spine_app.engines.runs import LARGE_FILES, listed_sha256
+    from spine_app.engines.writer import sha256_of
+
+    expected = listed_sha256(bundle_dir)
+    if expected is None or sha256_of(path) == expected:
+        return None
+    return (f"SHA-256 does not match {Path(bundle_dir) / LARGE_FILES} (a damaged copy or a replaced file; "
+            "spine-app publish writes both)")  # fmt: skip
 
 
 @lru_cache(maxsize=8)

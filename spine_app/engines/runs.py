@@ -155,6 +155,7 @@ def publish_model(run_dir: str | Path, bundle_dir: str | Path, half: bool = True
         "versions": library_versions(), "training_versions": run.get("versions"),
     }  # fmt: skip
     write_json(target.with_name(PROVENANCE), provenance)
+    write_large_files(Path(bundle_dir), provenance["sha256"])
     logger.warning("published %s -> %s (best score %s at epoch %s)", source, target,
                    provenance["best_score"], provenance["best_epoch"])  # fmt: skip
     return target
@@ -170,3 +171,36 @@ __all__ = [
     "newest_readable_checkpoint",
     "publish_model",
 ]
+
+
+LARGE_FILES = "large_files.yml"
+
+
+def write_large_files(bundle_dir: Path, sha256: str) -> Path:
+    """``bundle_dir/large_files.yml`` (the model zoo's list of files kept out of the configs) naming
+    ``models/model.pt`` with its SHA-256; written atomically."""
+    text = (
+        "# The bundle's large files (MONAI model-zoo convention). The weights ship inside the repository\n"
+        "# and the wheel; there is no download URL until the project publishes them elsewhere.\n"
+        "# spine-app checks the hash before it uses models/model.pt; spine-app publish rewrites this file.\n"
+        "large_files:\n"
+        '  - path: "models/model.pt"\n'
+        '    url: ""\n'
+        f'    hash_val: "{sha256}"\n'
+        '    hash_type: "sha256"\n'
+    )
+    return write_atomic(Path(bundle_dir) / LARGE_FILES, lambda tmp: tmp.write_text(text))
+
+
+def listed_sha256(bundle_dir: str | Path, relative: str = "models/model.pt") -> str | None:
+    """The SHA-256 ``large_files.yml`` lists for ``relative`` (None without the file or the entry)."""
+    import yaml
+
+    path = Path(bundle_dir) / LARGE_FILES
+    if not path.is_file():
+        return None
+    data = yaml.safe_load(path.read_text()) or {}
+    for item in data.get("large_files") or []:
+        if item.get("path") == relative and str(item.get("hash_type", "")).lower() == "sha256":
+            return str(item.get("hash_val") or "") or None
+    return None

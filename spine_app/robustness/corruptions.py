@@ -189,12 +189,16 @@ class CorruptionSpec:
 
 
 def load_suite(path: str | Path) -> list[CorruptionSpec]:
-    """Read a suite YAML (``corruptions: {name: [v1, ..., v5]}``) and check it.
+    """Read a suite YAML (``corruptions: {name: [v1, ..., v5]}``) and check it; ``path`` is a file
+    or the name of a suite shipped with the project (:func:`spine_app.resources.suite_path`).
 
     Raises:
         ValueError: "<path>: <reason>" for an unreadable file, a YAML syntax error (with its line), an
             unknown corruption, a wrong number of severities or a value outside the corruption's valid range.
     """
+    from spine_app.resources import suite_path
+
+    path = suite_path(path)
     try:
         data: Any = yaml.safe_load(Path(path).read_text())
     except OSError as err:

@@ -14,12 +14,14 @@ from typing import Any
 import numpy as np
 import yaml
 
+from spine_app.resources import config_dir
+
 Range = tuple[float, float]
 
 #: thoracic and lumbar levels the generator can model, top to bottom
 ALL_LEVELS: tuple[str, ...] = tuple(f"T{i}" for i in range(6, 13)) + tuple(f"L{i}" for i in range(1, 6))
 
-PRESET_DIR = Path(__file__).resolve().parents[2] / "configs" / "synthetic"
+PRESET_DIR = config_dir("synthetic")  # the checkout's configs/synthetic or the wheel's copy
 
 
 @dataclass
