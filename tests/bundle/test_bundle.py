@@ -168,3 +168,15 @@ def test_multi_process_training_with_gloo(tmp_path: Path) -> None:
     state = torch.load(run / "model.pt", map_location="cpu", weights_only=True)
     assert not any(k.startswith("module.") for k in state)
     assert np.isfinite(np.array([float(v.float().sum()) for v in state.values()])).all()
+
+
+def test_metadata_verifies_against_the_model_zoo_fields(tmp_path: Path) -> None:
+    from monai.bundle import verify_metadata
+
+    schema = str(CONFIGS.parent / "docs" / "meta_schema.json")
+    verify_metadata(meta_file=META, filepath=schema)  # raises on an error
+    broken = json.loads(Path(META).read_text())
+    del broken["network_data_format"]["outputs"]["pred"]["num_channels"]
+    (tmp_path / "metadata.json").write_text(json.dumps(broken))
+    with pytest.raises(Exception, match="num_channels"):
+        verify_metadata(meta_file=str(tmp_path / "metadata.json"), filepath=schema)
