@@ -145,6 +145,7 @@ def infer(
     bundle: str | None = None,
     split: str | None = None,
     explain: bool | str = False,
+    force: bool = False,
 ) -> None:
     """Run the model on new studies: masks, overlays, result.json per study; summary.csv, errors.json.
 
@@ -166,6 +167,8 @@ def infer(
             Damaged decision) and result.json's "explanation" (the vertebra under the strongest
             response). --explain alone = gradcam; or gradcampp, occlusion (much slower). Costs about
             one extra second per study on a 2-core CPU (docs/inference.md).
+        force: redo studies whose complete output is already in OUT (by default a re-run skips a
+            study written with the same model, films and settings, and lists it as skipped).
     """
     from spine_app.explain import METHODS
     from spine_app.infer import (
@@ -193,7 +196,8 @@ def infer(
         device = resolve_device(device)
         check_model(bundle or BUNDLE_DIR, model, **overrides)  # before the view guesses use the model
         entries, errors = resolve_inputs(list(inputs), view, split, model, out=out)
-        result = run_inference(entries, out, model, device, bundle or BUNDLE_DIR, errors, **overrides)
+        result = run_inference(entries, out, model, device, bundle or BUNDLE_DIR, errors, force=bool(force),
+                               progress=sys.stderr.isatty(), **overrides)  # fmt: skip
     except (BadArgument, PermissionError, FileNotFoundError) as err:
         _refuse(str(err))
     except OSError as err:  # e.g. summary.csv could not be written (a full disk): the run is incomplete

@@ -368,9 +368,15 @@ def run_inference(
     bundle_dir: str | Path = BUNDLE_DIR,
     errors: list[dict[str, str]] | None = None,
     on_evaluator: Callable[[Any], None] | None = None,
+    force: bool = False,
+    progress: bool = False,
     **overrides: Any,
 ) -> dict[str, Any]:
-    """Run the bundle's inference config on ``entries`` into ``out``; returns {"written", "errors"}.
+    """Run the bundle's inference config on ``entries`` into ``out``; returns {"written", "skipped", "errors"}.
+
+    A study whose complete output is already in ``out`` for the same model, films and settings is
+    skipped (listed in summary.csv as ``skipped``) unless ``force``; ``progress`` shows a per-study
+    progress bar with its ETA (Ignite's ProgressBar).
 
     ``errors`` from input resolution are merged into ``out/errors.json`` and ``out/summary.csv``
     (rewritten after every study, see :mod:`spine_app.engines.writer`).
@@ -405,8 +411,25 @@ def run_inference(
     workflow.initialize()
     writer = next(h for h in workflow.parser.get_parsed_content("handlers") if hasattr(h, "input_errors"))
     writer.input_errors = input_errors
+    dataset = workflow.parser.get_parsed_content("dataset")
+    if not force:
+        finished = {e["study_id"]: writer.finished(e) for e in dataset.data}
+        writer.skipped = [row for row in finished.values() if row is not None]
+        dataset.data = [e for e in dataset.data if finished[e["study_id"]] is None]
+    evaluator = workflow.parser.get_parsed_content("evaluator")
+    loader = workflow.parser.get_parsed_content("dataloader")
+    evaluator.state.epoch_length = len(loader)  # counted before the finished studies were taken out
+    if progress and dataset.data:
+        from ignite.contrib.handlers import ProgressBar
+
+        ProgressBar(persist=True, desc="studies").attach(evaluator)
     if on_evaluator is not None:
-        on_evaluator(workflow.parser.get_parsed_content("evaluator"))
+        on_evaluator(evaluator)
+    if not dataset.data:  # nothing left to do: still write this run's summary
+        writer.reset()
+        writer.finish()
+        rows, all_errors = writer.run_files()
+        return {"written": [], "skipped": writer.skipped, "errors": all_errors}
     try:
         workflow.run()
     except RuntimeError as err:  # MONAI wraps what the run raised ("Failed to evaluate ...")
@@ -418,14 +441,14 @@ def run_inference(
         raise cause from None
     workflow.finalize()
     rows, all_errors = writer.run_files()
-    return {"written": [r for r in rows if r.get("status") == "ok"], "errors": all_errors}
+    return {"written": [r for r in rows if r.get("status") == "ok"], "skipped": writer.skipped, "errors": all_errors}
 
 
 def summary_line(result: dict[str, Any], out: str | Path) -> str:
-    """One line for the console: how many studies were written and failed, and where."""
-    return (
-        f"{len(result['written'])} studies written, {len(result['errors'])} failed -> {out} (summary.csv, errors.json)"
-    )
+    """One line for the console: how many studies were written, skipped and failed, and where."""
+    skipped = len(result.get("skipped") or [])
+    done = f", {skipped} already done (skipped; --force redoes them)" if skipped else ""
+    return f"{len(result['written'])} studies written{done}, {len(result['errors'])} failed -> {out} (summary.csv, errors.json)"
 
 
 __all__ = [

@@ -418,12 +418,42 @@ def test_output_folder_inside_the_input_is_not_an_input(
     studies = tmp_path / "studies"
     write_png_study(studies / "Normal" / "s1", masks=False)
     out = studies / "predictions"
-    for _ in range(2):  # the second run finds the first run's output folder among the studies
+    for expected in ("1 studies written, 0 failed", "0 studies written, 1 already done"):
+        # the second run finds the first run's output folder among the studies (and s1 done already)
         status, stdout, stderr = cli(monkeypatch, capsys, "infer", str(studies), "--out", str(out),
                                      "--bundle", str(small_bundle))  # fmt: skip
         assert status == 0, stderr
-        assert "1 studies written, 0 failed" in stdout
+        assert expected in stdout
     assert [r["study_id"] for r in summary_rows(out)] == ["s1"]
+
+
+def test_rerun_skips_finished_studies_and_redoes_changed_or_incomplete_ones(
+    tmp_path: Path, small_bundle: Path, monkeypatch, capsys
+) -> None:
+    from tests.helpers import write_png_study
+
+    studies, out = tmp_path / "studies", tmp_path / "out"
+    for n, name in enumerate("ab"):
+        write_png_study(studies / name, masks=False, seed=n)
+
+    def infer(*extra: str) -> str:
+        status, stdout, stderr = cli(monkeypatch, capsys, "infer", str(studies), "--out", str(out),
+                                     "--bundle", str(small_bundle), *extra)  # fmt: skip
+        assert status == 0, stderr
+        return stdout
+
+    assert "2 studies written, 0 failed" in infer()
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("*/*")}
+    assert "0 studies written, 2 already done" in infer()
+    assert {p: p.stat().st_mtime_ns for p in out.glob("*/*")} == stamps  # nothing rewritten
+    assert [(r["study_id"], r["status"]) for r in summary_rows(out)] == [("a", "skipped"), ("b", "skipped")]
+    assert all(r["damaged_probability"] for r in summary_rows(out))  # the earlier results, listed
+    (out / "a" / "overlay_AP.png").unlink()  # an incomplete output
+    write_png(studies / "b" / "LAT.png", radiograph((128, 112), seed=7))  # a film that changed
+    assert "2 studies written, 0 failed" in infer()
+    assert "2 studies written, 0 failed" in infer("--damaged_threshold", "0.9")  # other settings: redone
+    assert "0 studies written, 2 already done" in infer("--damaged_threshold", "0.9")
+    assert "2 studies written, 0 failed" in infer("--damaged_threshold", "0.9", "--force")
 
 
 def test_interrupted_run_leaves_whole_studies_and_a_summary_of_them(tmp_path: Path, small_bundle: Path, monkeypatch,
@@ -460,7 +490,7 @@ def test_interrupted_run_leaves_whole_studies_and_a_summary_of_them(tmp_path: Pa
     status, _, stderr = cli(monkeypatch, capsys, "infer", str(new), "--out", str(out), "--bundle", str(small_bundle))
     assert status == 0, stderr
     assert assert_whole(out / "b")["inputs"]["AP"]["path"] == str(new / "b" / "AP.png")
-    assert [r["study_id"] for r in summary_rows(out)] == ["a", "b", "c"]
+    assert [(r["study_id"], r["status"]) for r in summary_rows(out)] == [("a", "skipped"), ("b", "ok"), ("c", "ok")]
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # the killed run's temporary folder is gone
 
 
@@ -537,7 +567,7 @@ def _weights(path: Path, kind: str) -> Path:
 @pytest.mark.parametrize(
     ("args", "reason"),
     [
-        (["--device", "gpu"], "--device gpu: unknown device"),
+        (["--device", "tpu"], "--device tpu: unknown device"),
         (["--device", "cuda"], "--device cuda: CUDA is not available on this machine"),
         (["--model", "text"], "not a PyTorch weights file"),
         (["--model", "empty"], "empty file (0 bytes)"),

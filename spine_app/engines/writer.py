@@ -306,6 +306,8 @@ class StudyPredictionWriter:
         )
         self.rows: list[dict[str, Any]] = []
         self.errors: list[dict[str, str]] = []
+        #: studies whose complete output was already there (set by ``spine_app.infer.run_inference``)
+        self.skipped: list[dict[str, Any]] = []
         #: inputs that never became a study (set by ``spine_app.infer.run_inference``): listed as failed
         self.input_errors: list[dict[str, str]] = []
 
@@ -323,10 +325,54 @@ class StudyPredictionWriter:
         remove_stale(self.output_dir)
         self.progress()
 
+    def settings(self) -> dict[str, Any]:
+        """The settings a study's output depends on besides the model and the films (in result.json;
+        a re-run with other settings redoes the study)."""
+        return {"mask_threshold": self.threshold, "damaged_threshold": self.damaged_threshold,
+                "decision": self.decision, "explain": self.explain, "lowest_level": self.lowest_level,
+                "nifti": bool(self.nifti), "overlays": bool(self.overlays)}  # fmt: skip
+
+    def finished(self, entry: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The summary row of ``entry``'s complete earlier output in OUT, made with the same model
+        (SHA-256), the same films (SHA-256 of each input) and the same settings; None when the study
+        must be (re)done. The row's status is ``skipped``."""
+        folder = self.output_dir / str(entry.get("study_id"))
+        try:
+            result = json.loads((folder / "result.json").read_text())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(result, dict) or not self.model or (result.get("model") or {}).get("sha256") != self.model["sha256"]:
+            return None
+        if result.get("settings") != self.settings():
+            return None
+        films = {view: entry.get(f"image_{view.lower()}") for view in ("AP", "LAT")}
+        inputs = result.get("inputs") or {}
+        if set(inputs) != {view for view, path in films.items() if path}:
+            return None
+        for view, item in inputs.items():
+            if not Path(films[view]).is_file() or sha256_of(films[view]) != item.get("sha256"):
+                return None
+        expected = {"result.json"} | {f"{name}.png" for name, c in zip(MASK_NAMES, CHANNEL_VIEW) if c in inputs}
+        expected |= {f"overlay_{view}.png" for view in inputs} if self.overlays else set()
+        expected |= {f"saliency_{view}.png" for view in inputs} if self.explain else set()
+        if self.nifti:
+            expected |= {f"{name}.nii.gz" for name, c in zip(MASK_NAMES, CHANNEL_VIEW) if c in inputs}
+        if not all((folder / name).is_file() for name in expected):
+            return None
+        row = {key: result.get(key) for key in ("damaged_probability", "label", "threshold", "network_probability",
+                                               "morphometry_probability")}  # fmt: skip
+        views = result.get("view_probabilities") or {}
+        morphometry = result.get("morphometry") or {}
+        row.update(study_id=entry["study_id"], status="skipped", output=str(folder), probability_ap=views.get("AP"),
+                   probability_lat=views.get("LAT"), vertebrae=len(morphometry.get("vertebrae") or []) or None,
+                   max_genant_grade=morphometry.get("max_grade"),
+                   graded_levels="; ".join(morphometry.get("fractured_levels") or []))  # fmt: skip
+        return row
+
     def run_files(self) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
-        """(summary rows, errors) of the run so far, input errors included."""
+        """(summary rows, errors) of the run so far: skipped studies, input errors included."""
         failed = [{"study_id": e["study_id"], "status": "failed", "error": e["error"]} for e in self.input_errors]
-        return self.rows + failed, self.input_errors + self.errors
+        return self.skipped + self.rows + failed, self.input_errors + self.errors
 
     def progress(self) -> None:
         """Rewrite summary.csv and errors.json with the studies finished so far (a failure is logged:
@@ -358,7 +404,8 @@ class StudyPredictionWriter:
         """Write summary.csv and errors.json for the run (OutputError when they cannot be written)."""
         write_run_files(self.output_dir, *self.run_files())
         done = sum(row.get("status") == "ok" for row in self.rows)
-        logger.warning("inference: %d studies written, %d failed -> %s", done, len(self.errors), self.output_dir)
+        logger.warning("inference: %d studies written, %d skipped (already done), %d failed -> %s", done,
+                       len(self.skipped), len(self.errors), self.output_dir)  # fmt: skip
 
     def write_study(self, study_id: str, pred: dict, target: dict, b: int) -> dict[str, Any]:
         """Write one study into a hidden temporary folder, then rename it onto ``OUT/<study_id>``
@@ -412,6 +459,7 @@ class StudyPredictionWriter:
             "warnings": [n for n in ((target.get("notes") or [""] * (b + 1))[b] or "").split(" | ") if n],
             "inputs": {},
             "model": self.model,
+            "settings": self.settings(),
             "bundle_version": self.model_version,
             "spine_app_version": __version__,
         }

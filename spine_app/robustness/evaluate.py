@@ -15,6 +15,7 @@ over corruptions (1.0 = no degradation, 2.0 = twice the clean error).
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from functools import lru_cache
 from pathlib import Path
@@ -76,6 +77,7 @@ class RobustnessRunner:
         self.device, self.batch_size = torch.device(device), batch_size
         self.reader, self.workers, self.cache_warm = _cached_reader(), workers, False
         self.forward_seconds: list[float] = []  # network time per batch of the last run
+        self.progress: Any = None  # a tqdm bar advanced by one per study (set by evaluate_robustness)
 
     def run(self, spec: CorruptionSpec | None = None, severity: int = 0, seed: int = 0) -> list[dict[str, Any]]:
         """Study records (StudyMetrics format) of the split under ``spec`` at ``severity`` (None: clean)."""
@@ -102,6 +104,8 @@ class RobustnessRunner:
                 pred = self.network.forward_study(inputs["ap"], inputs["lat"], inputs["present"])
             self.forward_seconds.append(time.perf_counter() - start)
             metric.update((pred, targets))
+            if self.progress is not None:
+                self.progress.update(len(targets["study_id"]))
         self.cache_warm = True
         return metric.records
 
@@ -134,6 +138,11 @@ def evaluate_robustness(
         raise ValueError(f"{datalist}: the {split!r} split is empty")
     network, default_canvas = load_bundle_network(bundle or BUNDLE_DIR, model)
     runner = RobustnessRunner(network, entries, [int(c) for c in canvas or default_canvas], device)
+    from tqdm import tqdm
+
+    distinct = sum(len(set(s.values)) for s in specs)  # a severity with the value of an earlier one is not rerun
+    runner.progress = tqdm(total=len(entries) * (1 + distinct), desc="studies x conditions", unit="study",
+                           disable=not sys.stderr.isatty())  # fmt: skip
     began = time.perf_counter()
     clean = condition_scores(runner.run())
     results: dict[str, Any] = {"clean": clean, "corruptions": {}}
@@ -144,6 +153,7 @@ def evaluate_robustness(
             per_severity.append(same or condition_scores(runner.run(spec, severity, seed)))  # binary: run once
         results["corruptions"][spec.name] = {"values": list(spec.values), "severities": per_severity}
         logger.warning("%s: mean Dice %s", spec.name, " ".join(f"{s['mean_dice']:.3f}" for s in per_severity))
+    runner.progress.close()
     results["summary"] = summarize(results)
     results.update(studies=len(entries), split=str(split), suite=str(suite), seconds=time.perf_counter() - began,
                    model=str(weights_path(bundle or BUNDLE_DIR, model)))  # fmt: skip

@@ -66,7 +66,7 @@ def test_suite_with_a_yaml_syntax_error_is_one_line_naming_file_and_line(tmp_pat
 
 
 def test_bad_device_is_one_line_and_exit_2(tmp_path: Path) -> None:
-    result = run(str(tmp_path / "missing.json"), "--device", "gpu", "--out", str(tmp_path / "o"))
+    result = run(str(tmp_path / "missing.json"), "--device", "tpu", "--out", str(tmp_path / "o"))
     assert result.returncode == 2 and result.stderr.strip().splitlines() == [
-        "error: --device gpu: unknown device; use auto, cpu, cuda or cuda:N"
+        "error: --device tpu: unknown device; use auto, cpu, cuda, cuda:N or gpu"
     ]
