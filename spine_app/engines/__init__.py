@@ -12,7 +12,7 @@ from spine_app.engines.inferer import StudyInferer, unwrap_network
 from spine_app.engines.metrics import StudyMetrics
 from spine_app.engines.report import evaluate_and_report
 from spine_app.engines.runs import as_flag, datalist_sha256, default_run_name, publish_model
-from spine_app.engines.writer import StudyPredictionWriter
+from spine_app.engines.writer import StudyPredictionWriter, shard_entries
 
 __all__ = [
     "AtomicCheckpointSaver",
@@ -27,6 +27,7 @@ __all__ = [
     "StudyMetrics",
     "datalist_split",
     "StudyPredictionWriter",
+    "shard_entries",
     "ensure_datalist",
     "evaluate_and_report",
     "inference_entries",

@@ -215,6 +215,22 @@ def hidden_folder(output_dir: Path, study_id: str, suffix: str) -> Path:
     return output_dir / f".{study_id}.{os.getpid()}-{secrets.token_hex(4)}{suffix}"
 
 
+def _rank_and_world() -> tuple[int, int]:
+    """(rank, world size) of this process in a torch.distributed run, (0, 1) outside one."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def shard_entries(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """This process's share of ``entries`` in a torch.distributed run (every ``world``-th study from
+    its rank: each study is done by exactly one rank), all of them outside one."""
+    rank, world = _rank_and_world()
+    return list(entries)[rank::world]
+
+
 def remove_stale(output_dir: Path) -> None:
     """Clean what a killed run left in ``output_dir``: delete its temporary study folders, and put an
     earlier study output it had moved aside back in place (or delete it when a newer one is there)."""
@@ -319,11 +335,19 @@ class StudyPredictionWriter:
         engine.add_event_handler(Events.COMPLETED, self.finish)
 
     def reset(self, engine: Any = None) -> None:
-        """Start a run: clean what a killed run left and write this run's (still empty) summary."""
+        """Start a run: clean what a killed run left and write this run's (still empty) summary.
+
+        Across processes (torchrun, ``multi_gpu_inference.yaml``) rank 0 cleans and the others wait."""
         self.rows, self.errors = [], []
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        remove_stale(self.output_dir)
-        self.progress()
+        rank, world = _rank_and_world()
+        if rank == 0:
+            remove_stale(self.output_dir)
+            self.progress()
+        if world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
 
     def settings(self) -> dict[str, Any]:
         """The settings a study's output depends on besides the model and the films (in result.json;
@@ -376,7 +400,10 @@ class StudyPredictionWriter:
 
     def progress(self) -> None:
         """Rewrite summary.csv and errors.json with the studies finished so far (a failure is logged:
-        the run goes on, and its end reports it)."""
+        the run goes on, and its end reports it). Across processes only rank 0 writes them while the
+        run goes on (its own studies); :meth:`finish` merges every rank's."""
+        if _rank_and_world()[0] != 0:
+            return
         try:
             write_run_files(self.output_dir, *self.run_files())
         except OSError as err:
@@ -401,7 +428,19 @@ class StudyPredictionWriter:
             self.progress()
 
     def finish(self, engine: Any = None) -> None:
-        """Write summary.csv and errors.json for the run (OutputError when they cannot be written)."""
+        """Write summary.csv and errors.json for the run (OutputError when they cannot be written).
+        Across processes every rank's rows are gathered and rank 0 writes them, in study-id order."""
+        rank, world = _rank_and_world()
+        if world > 1:
+            import torch.distributed as dist
+
+            gathered: list[Any] = [None] * world
+            dist.all_gather_object(gathered, (self.skipped, self.rows, self.errors))
+            if rank != 0:
+                return
+            self.skipped = sorted((r for g in gathered for r in g[0]), key=lambda r: str(r["study_id"]))
+            self.rows = sorted((r for g in gathered for r in g[1]), key=lambda r: str(r["study_id"]))
+            self.errors = sorted((e for g in gathered for e in g[2]), key=lambda e: str(e["study_id"]))
         write_run_files(self.output_dir, *self.run_files())
         done = sum(row.get("status") == "ok" for row in self.rows)
         logger.warning("inference: %d studies written, %d skipped (already done), %d failed -> %s", done,
@@ -460,6 +499,7 @@ class StudyPredictionWriter:
             "inputs": {},
             "model": self.model,
             "settings": self.settings(),
+            "process": dict(zip(("rank", "world_size"), _rank_and_world())),
             "bundle_version": self.model_version,
             "spine_app_version": __version__,
         }

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -180,3 +181,23 @@ def test_metadata_verifies_against_the_model_zoo_fields(tmp_path: Path) -> None:
     (tmp_path / "metadata.json").write_text(json.dumps(broken))
     with pytest.raises(Exception, match="num_channels"):
         verify_metadata(meta_file=str(tmp_path / "metadata.json"), filepath=schema)
+
+
+def test_inference_across_two_processes_writes_each_study_once(bundle_run, tmp_path: Path) -> None:
+    """torchrun with 2 CPU processes (gloo) through multi_gpu_inference.yaml: the studies are shared
+    between the ranks, each written once, and rank 0 merges the summary."""
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2",
+           "-m", "monai.bundle", "run", "--config_file", f"['{INFER}','{CONFIGS / 'multi_gpu_inference.yaml'}']",
+           "--meta_file", META, "--logging_file", LOGGING, "--dataset_dir", str(bundle_run["data"]),
+           "--bundle_root", str(bundle_run["root"]), "--output_dir", str(out), "--patch_size", "[128, 96]",
+           "--ckpt_path", str(bundle_run["run"] / "model.pt")]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    studies = sorted(p.name for p in bundle_run["data"].glob("*/*") if (p / "AP.png").is_file())
+    rows = list(csv.DictReader((out / "summary.csv").open()))
+    assert sorted(r["study_id"] for r in rows) == studies and all(r["status"] == "ok" for r in rows)
+    ranks = [json.loads((out / s / "result.json").read_text())["process"] for s in studies]
+    assert sorted(r["rank"] for r in ranks) == sorted([0, 1] * (len(studies) // 2) + [0] * (len(studies) % 2))
+    assert all(r["world_size"] == 2 for r in ranks) and json.loads((out / "errors.json").read_text()) == []
