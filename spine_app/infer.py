@@ -29,7 +29,7 @@ from typing import Any
 
 from spine_app.channels import VIEWS, view_for_image_stem
 from spine_app.data.importer import load_datalist
-from spine_app.data.io import dicom_view, image_format
+from spine_app.data.io import dicom_view, file_stem, image_format
 from spine_app.data.layout import find_studies, looks_like_study
 from spine_app.engines.dataset import study_entry, weights_path
 from spine_app.engines.writer import OutputError, is_run_output, is_study_output, write_run_files
@@ -185,8 +185,7 @@ def _entry_images(entry: dict[str, Any]) -> dict[str, Path]:
 
 def view_of_file(path: Path) -> str | None:
     """View of a single image from its name, else its DICOM tags."""
-    name = path.name[: -len(".nii.gz")] if path.name.lower().endswith(".nii.gz") else path.stem
-    found = view_for_image_stem(name)
+    found = view_for_image_stem(file_stem(path))
     if found is None and image_format(path) == "dicom":
         import pydicom
 

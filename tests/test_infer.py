@@ -129,7 +129,9 @@ def batch(tmp_path_factory: pytest.TempPathFactory, synth_root: Path, model_file
 def test_bad_input_is_one_clear_error_naming_the_file(batch: dict, study: str, reason: str) -> None:
     error = batch["errors"][study]
     assert reason.lower() in error.lower(), error
-    assert "AP" in error or "scan.png" in error  # names the file
+    bad_file = {"nan": "AP.nii.gz", "no_pixels": "AP.dcm", "scan": None}.get(study, "AP.png")
+    named = str(batch["studies"][study] / bad_file) if bad_file else "scan.png"
+    assert named in error, error  # names the bad file itself
     assert "\n" not in error
     assert not (batch["out"] / study).exists() or not any((batch["out"] / study).glob("*.png"))
 

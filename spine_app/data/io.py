@@ -60,6 +60,12 @@ class ImageMeta:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
 
+def file_stem(path: str | Path) -> str:
+    """A file name without its extension, ``.nii.gz`` counting as one (``AP.nii.gz`` -> ``AP``)."""
+    name = Path(path).name
+    return name[: -len(".nii.gz")] if name.lower().endswith(".nii.gz") else Path(name).stem
+
+
 def image_format(path: str | Path) -> str | None:
     """Format of ``path`` from its suffix (``.nii.gz`` included), or DICOM by its magic bytes."""
     name = str(path).lower()

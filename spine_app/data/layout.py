@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from spine_app.channels import mask_name_for, view_for_folder, view_for_image_stem
-from spine_app.data.io import dicom_view, image_format
+from spine_app.data.io import dicom_view, file_stem, image_format
 
 CLASS_NAMES: tuple[str, str] = ("Normal", "Damaged")
 SIDECAR_NAMES = {"truth.json"}
@@ -45,11 +45,6 @@ def class_for_folder(name: str) -> str | None:
     return {c.lower(): c for c in CLASS_NAMES}.get(name.lower())
 
 
-def _stem(path: Path) -> str:
-    name = path.name
-    return name[: -len(".nii.gz")] if name.lower().endswith(".nii.gz") else path.stem
-
-
 def _visible(path: Path) -> bool:
     return not path.name.startswith(".") and path.name.lower() not in IGNORED_NAMES
 
@@ -68,7 +63,7 @@ def looks_like_study(folder: Path) -> bool:
     for child in folder.iterdir():
         if child.is_dir() and view_for_folder(child.name):
             return True
-        if child.is_file() and image_format(child) and view_for_image_stem(_stem(child)):
+        if child.is_file() and image_format(child) and view_for_image_stem(file_stem(child)):
             return True
     return False
 
@@ -101,7 +96,7 @@ def scan_study(folder: Path, class_name: str | None = None) -> StudyFiles:
         if image_format(path) is None:
             study.unknown.append(path)
             continue
-        stem = _stem(path)
+        stem = file_stem(path)
         mask = mask_name_for(stem, hint)
         if mask is not None:
             _add(study, "mask", mask, path)

@@ -22,7 +22,7 @@ from typing import Any
 
 from spine_app.channels import VIEWS, view_for_image_stem
 from spine_app.data.importer import refuse_duplicates
-from spine_app.data.io import check_output_folder, write_atomic
+from spine_app.data.io import check_output_folder, file_stem, write_atomic
 from spine_app.data.layout import CLASS_NAMES, find_studies
 
 CLASSES_FILE = "study_classes.json"
@@ -102,7 +102,7 @@ def _link_atomic(target: Path, source: Path) -> None:
 
 def _image_id(name: str) -> str:
     """A file name without its extension (``.nii.gz`` counts as one)."""
-    return name[: -len(".nii.gz")] if name.lower().endswith(".nii.gz") else Path(name).stem
+    return file_stem(name)
 
 
 def prepare_studies(dataset: str | Path, out: str | Path, copy: bool = True, overwrite: bool = False) -> dict[str, Any]:

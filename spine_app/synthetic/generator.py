@@ -23,6 +23,7 @@ import numpy as np
 from spine_app import __version__
 from spine_app.channels import MASK_NAMES
 from spine_app.data.io import FolderNotEmptyError, check_output_folder, write_atomic, write_dicom, write_png
+from spine_app.data.layout import CLASS_NAMES
 from spine_app.synthetic.anatomy import SpineModel, Vertebra, sample_spine
 from spine_app.synthetic.config import SynthConfig, json_ready, load_preset
 from spine_app.synthetic.imaging import ExposureParams, chord_mask, expose, polygons_mask, polyline_mask, quantize
@@ -39,7 +40,6 @@ from spine_app.synthetic.render import (
 
 logger = logging.getLogger(__name__)
 
-CLASS_NAMES = ("Normal", "Damaged")
 #: mask file name -> (view, rendered structure); disk height and the two lines are drawn in 2-D
 STRUCTURE_OF_MASK = {
     "Ap_Vertebra": ("AP", "vertebra"),

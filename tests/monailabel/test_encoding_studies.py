@@ -61,7 +61,7 @@ def test_prepare_flattens_a_dataset_with_its_classes(tmp_path: Path) -> None:
     assert done == {"images": 5, "studies": 3, "classes": 3, "warnings": []}
     assert known_classes(tmp_path / "studies") == {"s1": 1, "s2": 0, "s3": 0}
     assert json.loads((tmp_path / "studies" / CLASSES_FILE).read_text())["s1"] == "Damaged"
-    assert len(MASK_NAMES) == len(LABEL_VALUES) == 8
+    assert sorted(LABEL_VALUES.values()) == [1 << k for k in range(len(MASK_NAMES))]  # one bit per structure, no two alike
 
 
 def test_prepare_into_a_used_studies_folder(tmp_path: Path) -> None:
