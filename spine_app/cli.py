@@ -146,6 +146,7 @@ def infer(
     split: str | None = None,
     explain: bool | str = False,
     force: bool = False,
+    no_dicom_out: bool = False,
 ) -> None:
     """Run the model on new studies: masks, overlays, result.json per study; summary.csv, errors.json.
 
@@ -169,6 +170,7 @@ def infer(
             one extra second per study on a 2-core CPU (docs/inference.md).
         force: redo studies whose complete output is already in OUT (by default a re-run skips a
             study written with the same model, films and settings, and lists it as skipped).
+        no_dicom_out: do not write seg_<VIEW>.dcm (a DICOM Segmentation of each film read from DICOM).
     """
     from spine_app.explain import METHODS
     from spine_app.infer import (
@@ -183,7 +185,7 @@ def infer(
 
     if not inputs:
         _refuse("give at least one study folder, image, DICOM folder or datalist (spine-app infer --help)")
-    overrides = {"write_nifti": bool(nifti)}
+    overrides = {"write_nifti": bool(nifti), "dicom_out": not no_dicom_out}
     if explain is True or (isinstance(explain, str) and explain.lower() in ("true", "yes", "1")):
         explain = "gradcam"
     if explain not in (False, None, "", "false", "no", "0"):

@@ -152,6 +152,41 @@ def test_good_studies_complete_beside_the_failures(batch: dict, synth_root: Path
     assert png["morphometry"]["units"] == "px" and any("spacing unknown" in w for w in png["warnings"])
 
 
+def dciodvfy_errors(path: Path) -> list[str]:
+    """The "Error" lines dciodvfy (Debian dicom3tools) prints for ``path`` (it exits 0 even with errors)."""
+    tool = shutil.which("dciodvfy")
+    if tool is None:
+        if os.environ.get("SPINE_APP_REQUIRE_EXTRAS") == "1":  # CI installs dicom3tools: there it must run
+            pytest.fail("dciodvfy not found (apt-get install dicom3tools)")
+        pytest.skip("dciodvfy not installed (apt-get install dicom3tools)")
+    done = subprocess.run([tool, str(path)], capture_output=True, text=True, timeout=60)
+    return [line for line in (done.stdout + done.stderr).splitlines() if line.startswith("Error")]
+
+
+def test_dicom_films_get_a_dicom_segmentation_per_view(batch: dict) -> None:
+    """seg_<VIEW>.dcm of a DICOM study: a valid DICOM SEG (dciodvfy), one coded segment per structure
+    of the view, the same pixels as the PNG masks, referencing its film; none for PNG films."""
+    folder, study = batch["out"] / "good_dicom", batch["studies"]["good_dicom"]
+    result = json.loads((folder / "result.json").read_text())
+    assert result["dicom_outputs"] == ["seg_AP.dcm", "seg_LAT.dcm"]
+    for view in ("AP", "LAT"):
+        seg, film = pydicom.dcmread(folder / f"seg_{view}.dcm"), pydicom.dcmread(study / f"{view}.dcm")
+        assert seg.SOPClassUID == "1.2.840.10008.5.1.4.1.1.66.4" and seg.SegmentationType == "BINARY"
+        names = [n for n in MASK_NAMES if n.startswith(view.capitalize()[:3])]
+        assert [s.SegmentLabel for s in seg.SegmentSequence] == names
+        assert seg.SegmentSequence[0].SegmentedPropertyTypeCodeSequence[0].CodeValue == "3572006"  # vertebral body
+        assert seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0].ReferencedSOPInstanceUID == film.SOPInstanceUID
+        assert seg.StudyInstanceUID == film.StudyInstanceUID and seg.PatientID == film.PatientID
+        frames = seg.pixel_array.reshape(len(names), int(seg.Rows), int(seg.Columns)) > 0
+        for k, name in enumerate(names):
+            assert np.array_equal(frames[k], np.array(Image.open(folder / f"{name}.png")) > 0), name
+        assert dciodvfy_errors(folder / f"seg_{view}.dcm") == []
+    lines = [s for s in seg.SegmentSequence if s.SegmentLabel == "Lat_Anterior_Vertebral_Line"][0]
+    modifier = lines.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence[0]
+    assert modifier.CodeMeaning == "Anterior"
+    assert not list((batch["out"] / "good_png").glob("*.dcm"))
+
+
 def test_rgba_is_converted_and_one_view_study_is_partial(batch: dict) -> None:
     out = batch["out"]
     assert (out / "rgba" / "Ap_Vertebra.png").is_file()
@@ -633,3 +668,18 @@ def test_summary_that_cannot_be_written_is_one_line_and_exit_1(
     assert stderr.strip().splitlines()[-1] == f"error: {out / 'summary.csv'}: cannot write (Is a directory)"
     assert (out / "summary.csv" / "keep.txt").read_text() == "mine"
     assert_whole(out / "S")  # the study itself was written
+
+
+def test_no_dicom_out_writes_no_dicom_files(tmp_path: Path, small_bundle: Path, monkeypatch, capsys) -> None:
+    study = tmp_path / "studies" / "d1"
+    study.mkdir(parents=True)
+    write_dicom(study / "AP.dcm", radiograph((160, 120), seed=1), view="AP")
+    write_dicom(study / "LAT.dcm", radiograph((160, 120), seed=2), view="LAT")
+    out = tmp_path / "out"
+    status, _, stderr = cli(monkeypatch, capsys, "infer", str(study), "--out", str(out), "--bundle", str(small_bundle),
+                            "--no-dicom-out")  # fmt: skip
+    assert status == 0, stderr
+    assert (out / "d1" / "result.json").is_file() and not list((out / "d1").glob("*.dcm"))
+    status, _, stderr = cli(monkeypatch, capsys, "infer", str(study), "--out", str(out), "--bundle", str(small_bundle))
+    assert status == 0, stderr  # another setting: the study is redone, now with its SEGs
+    assert sorted(p.name for p in (out / "d1").glob("*.dcm")) == ["seg_AP.dcm", "seg_LAT.dcm"]

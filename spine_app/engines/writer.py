@@ -51,7 +51,7 @@ from torch.nn import functional as F
 
 from spine_app import __version__
 from spine_app.channels import CHANNEL_VIEW, MASK_NAMES
-from spine_app.data.io import fsync_folder, read_image, write_atomic, write_nifti, write_png
+from spine_app.data.io import fsync_folder, image_format, read_image, write_atomic, write_nifti, write_png
 from spine_app.data.layout import CLASS_NAMES
 from spine_app.data.study_transforms import fit_geometry
 
@@ -101,7 +101,8 @@ NULL_REASONS: dict[str, str] = {
 }
 #: the files a study folder of this writer holds (``replaceable`` accepts no others)
 OUTPUT_FILES: frozenset[str] = frozenset(
-    {"result.json", "overlay_AP.png", "overlay_LAT.png", "saliency_AP.png", "saliency_LAT.png"}
+    {"result.json", "overlay_AP.png", "overlay_LAT.png", "saliency_AP.png", "saliency_LAT.png", "seg_AP.dcm",
+     "seg_LAT.dcm"}
     | {f"{name}.png" for name in MASK_NAMES}
     | {f"{name}.nii.gz" for name in MASK_NAMES}
 )
@@ -294,6 +295,8 @@ class StudyPredictionWriter:
             with the morphometry probability).
         explain: the saliency method the inferer ran (``StudyInferer(explain=...)``), or None: with
             a method, ``saliency_<VIEW>.png`` and result.json's ``explanation`` are written.
+        dicom_out: for a film read from DICOM, also write ``seg_<VIEW>.dcm``, a DICOM Segmentation
+            of its structures (:mod:`spine_app.engines.dicom_out`).
     """
 
     def __init__(
@@ -308,10 +311,11 @@ class StudyPredictionWriter:
         lowest_level: str | None = None,
         decision: str = "network",
         explain: str | None = None,
+        dicom_out: bool = True,
     ) -> None:
         if decision not in ("network", "combined"):
             raise ValueError(f"decision must be 'network' or 'combined', got {decision!r}")
-        self.decision, self.explain = decision, explain or None
+        self.decision, self.explain, self.dicom_out = decision, explain or None, bool(dicom_out)
         self.output_dir = Path(output_dir)
         self.threshold, self.damaged_threshold = float(threshold), float(damaged_threshold)
         self.model_version, self.nifti, self.overlays, self.lowest_level = model_version, nifti, overlays, lowest_level
@@ -354,7 +358,7 @@ class StudyPredictionWriter:
         a re-run with other settings redoes the study)."""
         return {"mask_threshold": self.threshold, "damaged_threshold": self.damaged_threshold,
                 "decision": self.decision, "explain": self.explain, "lowest_level": self.lowest_level,
-                "nifti": bool(self.nifti), "overlays": bool(self.overlays)}  # fmt: skip
+                "nifti": bool(self.nifti), "overlays": bool(self.overlays), "dicom_out": self.dicom_out}  # fmt: skip
 
     def finished(self, entry: Mapping[str, Any]) -> dict[str, Any] | None:
         """The summary row of ``entry``'s complete earlier output in OUT, made with the same model
@@ -381,6 +385,8 @@ class StudyPredictionWriter:
         expected |= {f"saliency_{view}.png" for view in inputs} if self.explain else set()
         if self.nifti:
             expected |= {f"{name}.nii.gz" for name, c in zip(MASK_NAMES, CHANNEL_VIEW) if c in inputs}
+        if self.dicom_out:
+            expected |= {f"seg_{view}.dcm" for view in inputs if image_format(Path(films[view])) == "dicom"}
         if not all((folder / name).is_file() for name in expected):
             return None
         row = {key: result.get(key) for key in ("damaged_probability", "label", "threshold", "network_probability",
@@ -534,6 +540,11 @@ class StudyPredictionWriter:
                 result["mask_area_mm2"][name] = (
                     round(float(mask.sum() * spacing[0] * spacing[1]), 1) if spacing else None
                 )
+            if self.dicom_out and image_format(Path(source)) == "dicom":
+                from spine_app.engines.dicom_out import write_seg
+
+                write_seg(source, masks, view, folder / f"seg_{view}.dcm", self.model_version)
+                result.setdefault("dicom_outputs", []).append(f"seg_{view}.dcm")
             bodies = []
             if view == "LAT":
                 bodies = measure_lat_film({MASK_NAMES[c]: m for c, m in masks.items()}, spacing or (1.0, 1.0),

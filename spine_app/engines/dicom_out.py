@@ -1,0 +1,120 @@
+"""Clinical outputs for DICOM input films: a DICOM Segmentation (SEG) per film with the view's
+structures as segments, written with highdicom.
+
+One SEG per film (a DX/CR film has no frame of reference, so highdicom allows one source frame):
+BINARY segments, one per structure of the view, numbered in the channel order of
+:data:`spine_app.channels.MASK_NAMES` restricted to the view; each segment carries coded anatomy
+(SNOMED CT where a concept exists, DICOM "Line" with an anterior/posterior modifier for the
+vertebral lines, a local code for the disk-height space), the algorithm's identification (name and
+bundle version) and references the source instance. Works with highdicom 0.22 (pydicom 2.4, the
+MONAI Label install) and highdicom >= 0.23 (pydicom 3, the default install).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from spine_app import __version__
+from spine_app.channels import CHANNEL_VIEW, MASK_NAMES
+
+#: local coding scheme for concepts without a standard code (declared in every SEG that uses it)
+LOCAL_SCHEME = "99SPINEAPP"
+#: patient/study attributes DICOM requires (Type 2: present, may be empty) that a source may lack
+TYPE2_COPIED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+                "ReferringPhysicianName", "StudyID", "AccessionNumber")  # fmt: skip
+
+
+def _numpy2_shim() -> None:
+    """highdicom 0.22 (the last for pydicom 2.4, which MONAI Label's install pins) still names
+    ``np.float_``, removed in NumPy 2: give it the alias it meant (float64). Newer highdicom does not
+    need it."""
+    if "float_" not in np.__dict__:
+        np.float_ = np.float64  # type: ignore[attr-defined]
+
+
+def _code(value: str, scheme: str, meaning: str) -> Any:
+    from pydicom.sr.coding import Code
+
+    return Code(value, scheme, meaning)
+
+
+def segment_codes(name: str) -> tuple[Any, Any, Any | None]:
+    """(category, type, type modifier or None) of one mask channel."""
+    anatomy = _code("123037004", "SCT", "Anatomical Structure")  # the code both pydicom 2.4 and 3 resolve the same
+    spatial = _code("309825002", "SCT", "Spatial and Relational Concept")
+    kinds = {
+        "Vertebra": (anatomy, _code("3572006", "SCT", "Vertebral body"), None),
+        "Pedicle": (anatomy, _code("78972004", "SCT", "Pedicle of vertebra"), None),
+        "Spinous_Process": (anatomy, _code("55678000", "SCT", "Spinous process of vertebra"), None),
+        "Disk_Height": (spatial, _code("DISKSPACE", LOCAL_SCHEME, "Intervertebral disk space"), None),
+        "Anterior_Vertebral_Line": (spatial, _code("112083", "DCM", "Line"), _code("255549009", "SCT", "Anterior")),
+        "Posterior_Vertebral_Line": (spatial, _code("112083", "DCM", "Line"), _code("255551008", "SCT", "Posterior")),
+    }
+    kind = name.split("_", 1)[1]
+    if kind not in kinds:
+        raise ValueError(f"no DICOM code for mask {name!r}")
+    return kinds[kind]
+
+
+def write_seg(
+    source_path: str | Path, masks: dict[int, np.ndarray], view: str, out_path: str | Path,
+    model_version: str = "unknown",
+) -> Path:  # fmt: skip
+    """Write the DICOM SEG of one film: ``masks`` channel index -> bool (rows, cols) of the view's
+    channels, ``source_path`` the film's DICOM file. Written atomically.
+
+    Raises:
+        ValueError: a mask whose shape differs from the film's, or a channel of another view.
+    """
+    _numpy2_shim()
+    import highdicom as hd
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    from spine_app.data.io import write_atomic
+
+    source = pydicom.dcmread(str(source_path))
+    for keyword in TYPE2_COPIED:  # (in memory) Type 2 attributes the film lacks: present and empty
+        if keyword not in source:
+            setattr(source, keyword, "")
+    channels = sorted(masks)
+    if any(CHANNEL_VIEW[c] != view for c in channels):
+        raise ValueError(f"{source_path}: masks of another view than {view} given for its SEG")
+    shape = (int(source.Rows), int(source.Columns))
+    if any(masks[c].shape != shape for c in channels):
+        raise ValueError(f"{source_path}: mask size differs from the film's {shape}")
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name="spine-app", family=_code("123109", "DCM", "Artificial Intelligence"), version=str(model_version)
+    )
+    descriptions, uses_local = [], False
+    for number, c in enumerate(channels, start=1):
+        category, kind, modifier = segment_codes(MASK_NAMES[c])
+        uses_local |= kind.scheme_designator == LOCAL_SCHEME
+        description = hd.seg.SegmentDescription(
+            segment_number=number, segment_label=MASK_NAMES[c], segmented_property_category=category,
+            segmented_property_type=kind, algorithm_type="AUTOMATIC", algorithm_identification=algorithm,
+            tracking_uid=generate_uid(), tracking_id=f"{MASK_NAMES[c]} ({view})",
+        )  # fmt: skip
+        if modifier is not None:  # DICOM: the modifier sits inside the property type's code item
+            item = description.SegmentedPropertyTypeCodeSequence[0]
+            item.SegmentedPropertyTypeModifierCodeSequence = [hd.sr.CodedConcept.from_code(modifier)]
+        descriptions.append(description)
+    pixels = np.stack([np.asarray(masks[c], dtype=bool) for c in channels], axis=-1)[None].astype(np.uint8)
+    extra: dict[str, Any] = {}
+    if uses_local:
+        from highdicom.coding_schemes import CodingSchemeIdentificationItem
+
+        extra["coding_schemes"] = [CodingSchemeIdentificationItem(designator=LOCAL_SCHEME, name="spine-app local codes")]
+    seg = hd.seg.Segmentation(
+        source_images=[source], pixel_array=pixels, segmentation_type="BINARY", segment_descriptions=descriptions,
+        series_instance_uid=generate_uid(), series_number=901, sop_instance_uid=generate_uid(), instance_number=1,
+        manufacturer="spine-app", manufacturer_model_name="spine-app multi-task network",
+        software_versions=f"spine-app {__version__}, bundle {model_version}", device_serial_number="none",
+        series_description=f"spine-app {view} structures", omit_empty_frames=False, **extra,
+    )  # fmt: skip
+    # highdicom does not copy Patient Orientation (Type 2C of the General Image module: present, may be empty)
+    seg.PatientOrientation = source.get("PatientOrientation", "")
+    return write_atomic(out_path, lambda tmp: seg.save_as(str(tmp)))
