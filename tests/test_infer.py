@@ -168,7 +168,7 @@ def test_dicom_films_get_a_dicom_segmentation_per_view(batch: dict) -> None:
     of the view, the same pixels as the PNG masks, referencing its film; none for PNG films."""
     folder, study = batch["out"] / "good_dicom", batch["studies"]["good_dicom"]
     result = json.loads((folder / "result.json").read_text())
-    assert result["dicom_outputs"] == ["seg_AP.dcm", "seg_LAT.dcm"]
+    assert result["dicom_outputs"] == ["seg_AP.dcm", "seg_LAT.dcm", "report.dcm"]
     for view in ("AP", "LAT"):
         seg, film = pydicom.dcmread(folder / f"seg_{view}.dcm"), pydicom.dcmread(study / f"{view}.dcm")
         assert seg.SOPClassUID == "1.2.840.10008.5.1.4.1.1.66.4" and seg.SegmentationType == "BINARY"
@@ -181,6 +181,18 @@ def test_dicom_films_get_a_dicom_segmentation_per_view(batch: dict) -> None:
         for k, name in enumerate(names):
             assert np.array_equal(frames[k], np.array(Image.open(folder / f"{name}.png")) > 0), name
         assert dciodvfy_errors(folder / f"seg_{view}.dcm") == []
+    report = pydicom.dcmread(folder / "report.dcm")
+    assert report.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.33" and dciodvfy_errors(folder / "report.dcm") == []
+    graded = [b for b in result["morphometry"]["vertebrae"] if b["grade"] >= 0]
+    groups = report.ContentSequence[-1].ContentSequence  # Imaging Measurements: one group per graded body + the study
+    assert len(groups) == len(graded) + 1
+    sequences = [report.get(k, []) for k in ("CurrentRequestedProcedureEvidenceSequence", "PertinentOtherEvidenceSequence")]
+    evidence = {i.ReferencedSOPInstanceUID for seq in sequences for s in seq for r in s.ReferencedSeriesSequence
+                for i in r.ReferencedSOPSequence}  # fmt: skip
+    assert pydicom.dcmread(folder / "seg_LAT.dcm").SOPInstanceUID in evidence and film.SOPInstanceUID in evidence
+    finding = [i.ConceptCodeSequence[0].CodeMeaning for i in groups[-1].ContentSequence
+               if i.ValueType == "CODE" and i.ConceptNameCodeSequence[0].CodeValue == "121071"][-1]  # fmt: skip
+    assert finding == ("Abnormal" if result["label"] == "Damaged" else "Normal")
     lines = [s for s in seg.SegmentSequence if s.SegmentLabel == "Lat_Anterior_Vertebral_Line"][0]
     modifier = lines.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence[0]
     assert modifier.CodeMeaning == "Anterior"
@@ -682,4 +694,4 @@ def test_no_dicom_out_writes_no_dicom_files(tmp_path: Path, small_bundle: Path, 
     assert (out / "d1" / "result.json").is_file() and not list((out / "d1").glob("*.dcm"))
     status, _, stderr = cli(monkeypatch, capsys, "infer", str(study), "--out", str(out), "--bundle", str(small_bundle))
     assert status == 0, stderr  # another setting: the study is redone, now with its SEGs
-    assert sorted(p.name for p in (out / "d1").glob("*.dcm")) == ["seg_AP.dcm", "seg_LAT.dcm"]
+    assert sorted(p.name for p in (out / "d1").glob("*.dcm")) == ["report.dcm", "seg_AP.dcm", "seg_LAT.dcm"]

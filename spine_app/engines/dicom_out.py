@@ -118,3 +118,108 @@ def write_seg(
     # highdicom does not copy Patient Orientation (Type 2C of the General Image module: present, may be empty)
     seg.PatientOrientation = source.get("PatientOrientation", "")
     return write_atomic(out_path, lambda tmp: seg.save_as(str(tmp)))
+
+
+#: local code values (at most 16 characters) of the morphometry's height ratios
+RATIO_CODES = {"anterior_posterior": "RATIO_AP", "middle_posterior": "RATIO_MP", "posterior_expected": "RATIO_PE"}
+
+
+def _local(value: str, meaning: str) -> Any:
+    return _code(value, LOCAL_SCHEME, meaning)
+
+
+def write_sr(
+    films: dict[str, str | Path], segs: list[str | Path], result: dict[str, Any], bodies: list[Any],
+    out_path: str | Path, model_version: str = "unknown",
+) -> Path:  # fmt: skip
+    """Write the study's DICOM Structured Report (Comprehensive SR, TID 1500 measurement report):
+    per measured vertebra of the LAT film (a circular region of the body's area around its centre) the
+    anterior/middle/posterior heights, the height ratios and reduction, the Genant grade and the
+    deformity type; for the study the Normal/Damaged finding and its probability. ``films``: view ->
+    the DICOM file of each view read from DICOM; ``segs``: the study's SEG files (evidence).
+    Written atomically.
+    """
+    _numpy2_shim()
+    import highdicom as hd
+    import pydicom
+    from highdicom.coding_schemes import CodingSchemeIdentificationItem
+    from pydicom.uid import generate_uid
+
+    from spine_app.data.io import write_atomic
+
+    datasets = {view: pydicom.dcmread(str(path)) for view, path in films.items()}
+    for ds in datasets.values():
+        for keyword in TYPE2_COPIED:
+            if keyword not in ds:
+                setattr(ds, keyword, "")
+    evidence = list(datasets.values()) + [pydicom.dcmread(str(p)) for p in segs]
+    observer = hd.sr.ObserverContext(
+        observer_type=_code("121007", "DCM", "Device"),
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=generate_uid(), name="spine-app", manufacturer_name="spine-app",
+            model_name=f"spine-app multi-task network, bundle {model_version}",
+        ),
+    )  # fmt: skip
+    mm = (result.get("morphometry") or {}).get("units", "mm") == "mm"
+    length_unit = _code("mm", "UCUM", "millimeter") if mm else _code("{pixels}", "UCUM", "pixels")
+    ratio_unit = _code("{ratio}", "UCUM", "ratio")
+    groups: list[Any] = []
+    lat = datasets.get("LAT")
+    for body in bodies if lat is not None else []:
+        if body.grade < 0:  # not measurable / not graded: listed in result.json with the reason
+            continue
+        name = body.level or f"#{body.index + 1} from the top of the field"
+        measurements = [
+            hd.sr.Measurement(name=_local(f"H{k[0].upper()}", f"{k.capitalize()} vertebral body height"),
+                              value=float(body.heights_mm[k]), unit=length_unit)
+            for k in ("anterior", "middle", "posterior")
+        ]  # fmt: skip
+        measurements += [
+            hd.sr.Measurement(name=_local(RATIO_CODES[key], f"Height ratio {key.replace('_', '/')}"),
+                              value=float(value), unit=ratio_unit)
+            for key, value in body.ratios.items() if key in RATIO_CODES and value == value
+        ]  # fmt: skip
+        measurements.append(hd.sr.Measurement(name=_local("REDUCTION", "Vertebral body height reduction"),
+                                              value=float(body.reduction), unit=ratio_unit))  # fmt: skip
+        row, col = body.centroid_px
+        radius = max(1.0, float(np.sqrt(body.area_px / np.pi)))
+        region = hd.sr.ImageRegion(
+            graphic_type="CIRCLE", graphic_data=np.array([[col, row], [col + radius, row]], dtype=float),
+            source_image=hd.sr.SourceImageForRegion(lat.SOPClassUID, lat.SOPInstanceUID),
+        )  # fmt: skip
+        groups.append(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier=f"vertebra {name}"),
+            referenced_region=region, finding_type=_code("51282000", "SCT", "Vertebra"),
+            measurements=measurements,
+            qualitative_evaluations=[
+                hd.sr.QualitativeEvaluation(_local("GENANT", "Genant semiquantitative grade"),
+                                            _local(f"G{body.grade}", f"Genant grade {body.grade}")),
+                hd.sr.QualitativeEvaluation(_local("DEFORMITY", "Vertebral deformity type"),
+                                            _local(body.deformity.upper(), f"deformity: {body.deformity}")),
+            ],
+        ))  # fmt: skip
+    damaged = result.get("label") == "Damaged"
+    groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier="study decision"),
+        finding_type=_local("SPINESTUDY", "Thoracolumbar spine, AP and lateral films"),
+        measurements=[hd.sr.Measurement(name=_local("DAMAGEDP", "Probability of a damaged (fractured) spine"),
+                                        value=float(result.get("damaged_probability") or 0.0),
+                                        unit=_code("1", "UCUM", "no units"))],
+        qualitative_evaluations=[hd.sr.QualitativeEvaluation(
+            _code("121071", "DCM", "Finding"),
+            _code("263654008", "SCT", "Abnormal") if damaged else _code("17621005", "SCT", "Normal"))],
+        source_images=[hd.sr.SourceImageForMeasurementGroup(ds.SOPClassUID, ds.SOPInstanceUID)
+                       for ds in datasets.values()],
+    ))  # fmt: skip
+    report = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(observer_device_context=observer),
+        procedure_reported=_local("SPINEXR", "Spine radiographs, AP and lateral"),
+        imaging_measurements=groups,
+    )
+    sr = hd.sr.ComprehensiveSR(
+        evidence=evidence, content=report[0], series_instance_uid=generate_uid(), series_number=902,
+        sop_instance_uid=generate_uid(), instance_number=1, manufacturer="spine-app", is_complete=True,
+        coding_schemes=[CodingSchemeIdentificationItem(designator=LOCAL_SCHEME, name="spine-app local codes")],
+        series_description="spine-app measurement report",
+    )  # fmt: skip
+    return write_atomic(out_path, lambda tmp: sr.save_as(str(tmp)))

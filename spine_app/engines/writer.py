@@ -102,7 +102,7 @@ NULL_REASONS: dict[str, str] = {
 #: the files a study folder of this writer holds (``replaceable`` accepts no others)
 OUTPUT_FILES: frozenset[str] = frozenset(
     {"result.json", "overlay_AP.png", "overlay_LAT.png", "saliency_AP.png", "saliency_LAT.png", "seg_AP.dcm",
-     "seg_LAT.dcm"}
+     "seg_LAT.dcm", "report.dcm"}
     | {f"{name}.png" for name in MASK_NAMES}
     | {f"{name}.nii.gz" for name in MASK_NAMES}
 )
@@ -296,7 +296,8 @@ class StudyPredictionWriter:
         explain: the saliency method the inferer ran (``StudyInferer(explain=...)``), or None: with
             a method, ``saliency_<VIEW>.png`` and result.json's ``explanation`` are written.
         dicom_out: for a film read from DICOM, also write ``seg_<VIEW>.dcm``, a DICOM Segmentation
-            of its structures (:mod:`spine_app.engines.dicom_out`).
+            of its structures, and for the study ``report.dcm``, a DICOM Structured Report (TID 1500)
+            of the measurements and the decision (:mod:`spine_app.engines.dicom_out`).
     """
 
     def __init__(
@@ -386,7 +387,8 @@ class StudyPredictionWriter:
         if self.nifti:
             expected |= {f"{name}.nii.gz" for name, c in zip(MASK_NAMES, CHANNEL_VIEW) if c in inputs}
         if self.dicom_out:
-            expected |= {f"seg_{view}.dcm" for view in inputs if image_format(Path(films[view])) == "dicom"}
+            segs = {f"seg_{view}.dcm" for view in inputs if image_format(Path(films[view])) == "dicom"}
+            expected |= segs | ({"report.dcm"} if segs else set())
         if not all((folder / name).is_file() for name in expected):
             return None
         row = {key: result.get(key) for key in ("damaged_probability", "label", "threshold", "network_probability",
@@ -512,6 +514,8 @@ class StudyPredictionWriter:
         row: dict[str, Any] = {"study_id": study_id, "status": "ok"}
         spacing = None
         overlays: list[tuple[str, str, dict, list, torch.Tensor]] = []
+        dicom_films: dict[str, str] = {}  # view -> DICOM source, for the SEG/SR outputs
+        lat_bodies: list = []
         for i, view in enumerate(("AP", "LAT")):
             key = view.lower()
             if float(target["present"][b, i]) <= 0:
@@ -545,11 +549,13 @@ class StudyPredictionWriter:
 
                 write_seg(source, masks, view, folder / f"seg_{view}.dcm", self.model_version)
                 result.setdefault("dicom_outputs", []).append(f"seg_{view}.dcm")
+                dicom_films[view] = source
             bodies = []
             if view == "LAT":
                 bodies = measure_lat_film({MASK_NAMES[c]: m for c, m in masks.items()}, spacing or (1.0, 1.0),
                                           self.lowest_level)  # fmt: skip
                 result["morphometry"] = _morphometry_summary(bodies, spacing, self.lowest_level)
+                lat_bodies = bodies
                 result["morphometry_probability"] = round(morphometry_probability(study_fracture_score(bodies)), 4)
                 row.update(vertebrae=len(bodies), max_genant_grade=result["morphometry"]["max_grade"],
                            graded_levels="; ".join(result["morphometry"]["fractured_levels"]))  # fmt: skip
@@ -560,6 +566,12 @@ class StudyPredictionWriter:
         result["combined_probability"] = round(combined, 4)
         result["damaged_probability"] = round(probability, 4)
         result["label"] = "Damaged" if probability >= self.damaged_threshold else "Normal"
+        if dicom_films:
+            from spine_app.engines.dicom_out import write_sr
+
+            segs = [folder / f"seg_{view}.dcm" for view in dicom_films]
+            write_sr(dicom_films, segs, result, lat_bodies, folder / "report.dcm", self.model_version)
+            result["dicom_outputs"].append("report.dcm")
         if self.overlays:
             from spine_app.viz.overlay import write_overlay
 
