@@ -147,6 +147,10 @@ def infer(
     explain: bool | str = False,
     force: bool = False,
     no_dicom_out: bool = False,
+    dicomweb: str | None = None,
+    study: str | tuple | None = None,
+    patient: str | None = None,
+    dates: str | None = None,
 ) -> None:
     """Run the model on new studies: masks, overlays, result.json per study; summary.csv, errors.json.
 
@@ -170,7 +174,14 @@ def infer(
             one extra second per study on a 2-core CPU (docs/inference.md).
         force: redo studies whose complete output is already in OUT (by default a re-run skips a
             study written with the same model, films and settings, and lists it as skipped).
-        no_dicom_out: do not write seg_<VIEW>.dcm (a DICOM Segmentation of each film read from DICOM).
+        no_dicom_out: do not write seg_<VIEW>.dcm / report.dcm (DICOM SEG and SR of films read from DICOM).
+        dicomweb: a DICOMweb PACS (e.g. http://127.0.0.1:8042/dicom-web) to read the studies from
+            instead of INPUTS; their DICOM SEG and SR are stored back (docs/pacs.md). Credentials
+            from SPINE_APP_DICOMWEB_USER / _PASSWORD or _TOKEN, never on the command line.
+        study: with --dicomweb, StudyInstanceUIDs (comma-separated or repeated); without it, every
+            CR/DX study the PACS lists (narrowed by --patient and --dates YYYYMMDD-YYYYMMDD).
+        patient: with --dicomweb and no --study, only this PatientID.
+        dates: with --dicomweb and no --study, a StudyDate range YYYYMMDD-YYYYMMDD.
     """
     from spine_app.explain import METHODS
     from spine_app.infer import (
@@ -183,8 +194,12 @@ def infer(
         summary_line,
     )
 
-    if not inputs:
-        _refuse("give at least one study folder, image, DICOM folder or datalist (spine-app infer --help)")
+    if dicomweb and inputs:
+        _refuse("give either study folders/files or --dicomweb, not both")
+    if not inputs and not dicomweb:
+        _refuse("give at least one study folder, image, DICOM folder or datalist, or --dicomweb URL (spine-app infer --help)")
+    if (study or patient or dates) and not dicomweb:
+        _refuse("--study, --patient and --dates select studies of a PACS: give --dicomweb URL too")
     overrides = {"write_nifti": bool(nifti), "dicom_out": not no_dicom_out}
     if explain is True or (isinstance(explain, str) and explain.lower() in ("true", "yes", "1")):
         explain = "gradcam"
@@ -197,9 +212,19 @@ def infer(
     try:
         device = resolve_device(device)
         check_model(bundle or BUNDLE_DIR, model, **overrides)  # before the view guesses use the model
-        entries, errors = resolve_inputs(list(inputs), view, split, model, out=out)
-        result = run_inference(entries, out, model, device, bundle or BUNDLE_DIR, errors, force=bool(force),
-                               progress=sys.stderr.isatty(), **overrides)  # fmt: skip
+        if dicomweb:
+            from spine_app.pacs.dicomweb import PacsError
+            from spine_app.pacs.run import infer_from_pacs
+
+            try:
+                result = infer_from_pacs(dicomweb, _names(study) or [], out, model, device, bundle or BUNDLE_DIR,
+                                         bool(force), sys.stderr.isatty(), patient, dates, **overrides)  # fmt: skip
+            except PacsError as err:
+                _refuse(str(err), 1)
+        else:
+            entries, errors = resolve_inputs(list(inputs), view, split, model, out=out)
+            result = run_inference(entries, out, model, device, bundle or BUNDLE_DIR, errors, force=bool(force),
+                                   progress=sys.stderr.isatty(), **overrides)  # fmt: skip
     except (BadArgument, PermissionError, FileNotFoundError) as err:
         _refuse(str(err))
     except OSError as err:  # e.g. summary.csv could not be written (a full disk): the run is incomplete
@@ -207,6 +232,9 @@ def infer(
     for error in result["errors"]:
         print(f"failed: {error['error']}", file=sys.stderr)
     print(summary_line(result, out))
+    if dicomweb:
+        print(f"PACS: results of {len(result['stored'])} studies stored, {len(result['already_in_pacs'])} studies "
+              f"already had them (--force redoes them)")  # fmt: skip
     if result["errors"]:
         sys.exit(1)
 

@@ -534,12 +534,14 @@ def write_dicom(
     rescale: tuple[float, float] = (1.0, 0.0),
     patient_id: str = "ANON",
     spacing_tag: str = "PixelSpacing",
+    study_uid: str | None = None,
 ) -> Path:
     """Write a single-frame DX image (uint8/uint16) with pydicom, atomically.
 
     ``photometric="MONOCHROME1"`` stores the inverted values, so reading gives back ``array``.
+    ``study_uid``: the StudyInstanceUID the films of one study share (default: a new one).
     """
-    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
     if array.dtype not in (np.uint8, np.uint16) or array.ndim != 2:
@@ -552,17 +554,36 @@ def write_dicom(
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
     ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-    ds.Modality, ds.PatientID, ds.PatientName = "DX", patient_id, patient_id
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid or generate_uid(), generate_uid()
+    ds.Modality, ds.PatientID, ds.PatientName = "DX", patient_id, f"{patient_id}^"
     ds.BodyPartExamined = "SPINE"
+    ds.ImageType = ["ORIGINAL", "PRIMARY"]
+    ds.PresentationIntentType = "FOR PRESENTATION"
+    ds.PresentationLUTShape = "INVERSE" if photometric == "MONOCHROME1" else "IDENTITY"
+    ds.StudyID, ds.SeriesNumber, ds.InstanceNumber = "1", {"AP": 1, "LAT": 2}.get(view or "", 3), 1
+    for keyword in ("StudyDate", "StudyTime", "ReferringPhysicianName", "AccessionNumber", "PatientBirthDate",
+                    "PatientSex", "PatientOrientation"):  # fmt: skip
+        setattr(ds, keyword, "")  # Type 2: present, unknown here
     if view:
         ds.ViewPosition = {"AP": "AP", "LAT": "LL"}.get(view, view)
+        ds.SeriesDescription = f"{view} spine"
+        ds.PatientOrientation = {"AP": ["L", "F"], "LAT": ["P", "F"]}.get(view, "")  # columns, rows point to
+    # the DX Image modules' attributes a validator (dciodvfy) expects
+    ds.Manufacturer, ds.DetectorType, ds.PositionerType = "spine-app", "", ""
+    ds.ImageLaterality, ds.BurnedInAnnotation, ds.LossyImageCompression = "U", "NO", "00"
+    ds.PixelIntensityRelationship, ds.PixelIntensityRelationshipSign, ds.RescaleType = "LIN", 1, "US"
+    region = Dataset()
+    region.CodeValue, region.CodingSchemeDesignator, region.CodeMeaning = "421060004", "SCT", "Spine"
+    ds.AnatomicRegionSequence, ds.AcquisitionContextSequence = [region], []
+    low, high = (float(v) for v in np.percentile(array, (0.5, 99.5)))
+    ds.WindowCenter, ds.WindowWidth = f"{(low + high) / 2:.1f}", f"{max(high - low, 1.0):.1f}"
     ds.Rows, ds.Columns = array.shape
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits, bits, bits - 1, 0
     ds.RescaleSlope, ds.RescaleIntercept = f"{rescale[0]:g}", f"{rescale[1]:g}"
     if spacing is not None:
         setattr(ds, spacing_tag, [f"{spacing[0]:.6g}", f"{spacing[1]:.6g}"])
+        ds.ImagerPixelSpacing = [f"{spacing[0]:.6g}", f"{spacing[1]:.6g}"]  # parallel beam: the same at the detector
     ds.PixelData = np.ascontiguousarray(stored).tobytes()
     return write_atomic(path, lambda tmp: _save_dicom_file(ds, tmp))
 

@@ -120,6 +120,14 @@ def write_seg(
     return write_atomic(out_path, lambda tmp: seg.save_as(str(tmp)))
 
 
+SR_DESCRIPTION = "spine-app measurement report"
+
+
+def report_description(model_sha: str | None) -> str:
+    """The SeriesDescription of our SR for a model: how a re-run against a PACS finds it."""
+    return f"{SR_DESCRIPTION} (model {model_sha[:12]})" if model_sha else SR_DESCRIPTION
+
+
 #: local code values (at most 16 characters) of the morphometry's height ratios
 RATIO_CODES = {"anterior_posterior": "RATIO_AP", "middle_posterior": "RATIO_MP", "posterior_expected": "RATIO_PE"}
 
@@ -130,7 +138,7 @@ def _local(value: str, meaning: str) -> Any:
 
 def write_sr(
     films: dict[str, str | Path], segs: list[str | Path], result: dict[str, Any], bodies: list[Any],
-    out_path: str | Path, model_version: str = "unknown",
+    out_path: str | Path, model_version: str = "unknown", model_sha: str | None = None,
 ) -> Path:  # fmt: skip
     """Write the study's DICOM Structured Report (Comprehensive SR, TID 1500 measurement report):
     per measured vertebra of the LAT film (a circular region of the body's area around its centre) the
@@ -220,6 +228,6 @@ def write_sr(
         evidence=evidence, content=report[0], series_instance_uid=generate_uid(), series_number=902,
         sop_instance_uid=generate_uid(), instance_number=1, manufacturer="spine-app", is_complete=True,
         coding_schemes=[CodingSchemeIdentificationItem(designator=LOCAL_SCHEME, name="spine-app local codes")],
-        series_description="spine-app measurement report",
+        series_description=report_description(model_sha),
     )  # fmt: skip
     return write_atomic(out_path, lambda tmp: sr.save_as(str(tmp)))

@@ -570,7 +570,8 @@ class StudyPredictionWriter:
             from spine_app.engines.dicom_out import write_sr
 
             segs = [folder / f"seg_{view}.dcm" for view in dicom_films]
-            write_sr(dicom_films, segs, result, lat_bodies, folder / "report.dcm", self.model_version)
+            write_sr(dicom_films, segs, result, lat_bodies, folder / "report.dcm", self.model_version,
+                     (self.model or {}).get("sha256"))  # fmt: skip
             result["dicom_outputs"].append("report.dcm")
         if self.overlays:
             from spine_app.viz.overlay import write_overlay

@@ -249,9 +249,15 @@ def image_suffix(cfg: SynthConfig, index: int) -> str:
 def _write_files(study: SyntheticStudy, folder: Path, suffix: str) -> None:
     """The study's films, masks and truth.json, written into ``folder``."""
     spacing = (study.pixel_spacing, study.pixel_spacing)
+    study_uid = None
+    if suffix == ".dcm":
+        from pydicom.uid import generate_uid
+
+        study_uid = generate_uid(entropy_srcs=["spine-app synthetic study", study.study_id])  # same for every run
     for view, image in study.images.items():
         if suffix == ".dcm":
-            write_dicom(folder / f"{view}.dcm", image, spacing=spacing, view=view, patient_id=study.study_id)
+            write_dicom(folder / f"{view}.dcm", image, spacing=spacing, view=view, patient_id=study.study_id,
+                        study_uid=study_uid)  # fmt: skip
         else:
             write_png(folder / f"{view}.png", image)
     for name, mask in study.masks.items():

@@ -1,0 +1,103 @@
+"""The hospital path against a real Orthanc (DICOMweb plugin) on 127.0.0.1: studies fetched by
+WADO-RS, results stored back by STOW-RS, re-runs skipped, one line per failure."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+import torch
+from PIL import Image
+
+from spine_app.infer import BUNDLE_DIR
+from spine_app.networks import SpineMultiTaskNet
+from spine_app.pacs import orthanc
+
+
+@pytest.fixture(scope="module")
+def pacs(tmp_path_factory: pytest.TempPathFactory):
+    if not orthanc.available():
+        if os.environ.get("SPINE_APP_REQUIRE_EXTRAS") == "1":  # CI installs Orthanc: there it must run
+            pytest.fail("Orthanc is not installed (apt-get install orthanc orthanc-dicomweb)")
+        pytest.skip("Orthanc is not installed (apt-get install orthanc orthanc-dicomweb)")
+    from spine_app.synthetic.generator import generate_dataset
+
+    tmp = tmp_path_factory.mktemp("pacs")
+    generate_dataset(tmp / "studies", 2, seed=8, preset="easy", workers=1, image_format="dcm")
+    files = sorted((tmp / "studies").glob("*/*/*.dcm"))
+    uids = sorted({str(pydicom.dcmread(f, stop_before_pixels=True).StudyInstanceUID) for f in files})
+    assert len(files) == 4 and len(uids) == 2  # a study's AP and LAT share one StudyInstanceUID
+    bundle = tmp / "bundle"  # the repository's bundle at 128 x 96 with seeded weights (fast)
+    shutil.copytree(BUNDLE_DIR / "configs", bundle / "configs")
+    config = bundle / "configs" / "inference.yaml"
+    config.write_text(config.read_text().replace("patch_size: [384, 288]", "patch_size: [128, 96]"))
+    (bundle / "models").mkdir()
+    torch.manual_seed(0)
+    torch.save(SpineMultiTaskNet().state_dict(), bundle / "models" / "model.pt")
+    server = orthanc.LocalOrthanc(tmp / "orthanc").start()
+    server.upload(files)
+    yield {"server": server, "uids": uids, "bundle": bundle, "tmp": tmp}
+    server.stop()
+
+
+def infer(pacs: dict, out: Path, *studies: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "spine_app.cli", "infer", "--dicomweb", pacs["server"].dicomweb_url, "--out", str(out),
+           "--bundle", str(pacs["bundle"]), "--study", ",".join(studies)]  # fmt: skip
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def series_of(pacs: dict, uid: str) -> list[dict]:
+    url = pacs["server"].url
+    found = json.loads(urllib.request.urlopen(f"{url}/tools/lookup", data=uid.encode()).read())
+    study = next(f["ID"] for f in found if f["Type"] == "Study")
+    return json.loads(urllib.request.urlopen(f"{url}/studies/{study}/series").read())
+
+
+def test_results_are_stored_back_and_a_rerun_skips_them(pacs: dict, tmp_path: Path) -> None:
+    from spine_app.pacs.dicomweb import connect
+
+    missing = "1.2.3.4.5"
+    done = infer(pacs, tmp_path / "out", *pacs["uids"], missing)
+    assert done.returncode == 1, done.stderr  # the missing study fails, the others complete
+    failed = [line for line in done.stderr.splitlines() if line.startswith("failed:")]
+    assert failed == [f"failed: study {missing}: not found on the server or no film in it"]
+    assert "PACS: results of 2 studies stored" in done.stdout
+    client = connect(pacs["server"].dicomweb_url)
+    for uid in pacs["uids"]:
+        modalities = sorted(s["MainDicomTags"]["Modality"] for s in series_of(pacs, uid))
+        assert modalities == ["DX", "DX", "SEG", "SEG", "SR"]
+    folders = [p for p in (tmp_path / "out").iterdir() if (p / "result.json").is_file()]
+    assert len(folders) == 2
+    for folder in folders:
+        local_seg = pydicom.dcmread(folder / "seg_LAT.dcm")
+        stored = client.retrieve_instance(local_seg.StudyInstanceUID, local_seg.SeriesInstanceUID,
+                                          local_seg.SOPInstanceUID)  # fmt: skip
+        frames = stored.pixel_array.reshape(len(stored.SegmentSequence), int(stored.Rows), int(stored.Columns)) > 0
+        labels = [s.SegmentLabel for s in stored.SegmentSequence]
+        for k, name in enumerate(labels):  # the PACS copy holds the masks of the folder run
+            assert np.array_equal(frames[k], np.array(Image.open(folder / f"{name}.png")) > 0), name
+        report = pydicom.dcmread(folder / "report.dcm")
+        stored_sr = client.retrieve_instance(report.StudyInstanceUID, report.SeriesInstanceUID, report.SOPInstanceUID)
+        assert stored_sr.ContentSequence == report.ContentSequence  # the same heights, grades and finding
+    again = infer(pacs, tmp_path / "out2", *pacs["uids"])
+    assert again.returncode == 0, again.stderr
+    assert "2 studies already had them" in again.stdout
+    assert all(len(series_of(pacs, uid)) == 5 for uid in pacs["uids"])  # nothing stored twice
+
+
+def test_a_stopped_server_is_one_line_per_study(pacs: dict, tmp_path: Path) -> None:
+    server = orthanc.LocalOrthanc(pacs["tmp"] / "stopped")
+    stopped = {**pacs, "server": server}  # a port nothing listens on
+    done = infer(stopped, tmp_path / "out", *pacs["uids"])
+    assert done.returncode == 1
+    failed = [line for line in done.stderr.splitlines() if line.startswith("failed:")]
+    assert len(failed) == 2 and all("cannot list its" in line for line in failed), done.stderr
+    assert "Traceback" not in done.stderr
