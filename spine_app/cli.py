@@ -645,6 +645,15 @@ def _synth_settings() -> list[str]:
     return [f.name for f in dataclasses.fields(SynthConfig)]
 
 
+def _train_settings() -> list[str]:
+    """The bundle settings (train.yaml ids) that the robustness experiments take as flags."""
+    import yaml
+
+    from spine_app.infer import BUNDLE_DIR
+
+    return list(yaml.safe_load((BUNDLE_DIR / "configs" / "train.yaml").read_text()))
+
+
 def _synth_settings_help() -> str:
     """One line per generator setting: name, default and the comment beside it in SynthConfig."""
     import dataclasses
@@ -708,7 +717,8 @@ def main(argv: list[str] | None = None) -> None:
 
     args = sys.argv[1:] if argv is None else list(argv)
     try:
-        line = check_command_line(args, COMMANDS, resolve_device, {synth: _synth_settings})
+        line = check_command_line(args, COMMANDS, resolve_device, {
+            synth: _synth_settings, robustness_train_size: _train_settings, robustness_noise_train: _train_settings})  # fmt: skip
     except CommandLineError as err:
         _refuse(str(err))
     if line.version:

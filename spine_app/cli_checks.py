@@ -81,14 +81,16 @@ def _resolve(argv: list[str], commands: Mapping[str, Any]) -> tuple[list[str], A
     return path, component, i
 
 
-def _flag_names(fn: Callable[..., Any], extra: list[str] = ()) -> tuple[list[str], set[str], bool, int]:
-    """(keyword names + ``extra``, boolean names, takes *args, number of positional slots) of ``fn``."""
+def _flag_names(fn: Callable[..., Any], extra: list[str] | None = None) -> tuple[list[str] | None, set[str], bool, int]:
+    """(keyword names + ``extra``, boolean names, takes *args, number of positional slots) of ``fn``;
+    names None when ``fn`` takes ``**kwargs`` and no ``extra`` list says which (any flag goes)."""
     sig = inspect.signature(fn)
-    names, booleans, var_args, slots = [], set(), False, 0
+    names, booleans, var_args, slots, open_kwargs = [], set(), False, 0, False
     for p in sig.parameters.values():
         if p.kind is p.VAR_POSITIONAL:
             var_args = True
         elif p.kind is p.VAR_KEYWORD:
+            open_kwargs = extra is None
             continue
         else:
             names.append(p.name)
@@ -96,10 +98,10 @@ def _flag_names(fn: Callable[..., Any], extra: list[str] = ()) -> tuple[list[str
                 slots += 1
             if p.default is False or p.default is True or p.annotation in (bool, "bool"):
                 booleans.add(p.name)
-    return names + list(extra), booleans, var_args, slots
+    return (None if open_kwargs else names + list(extra or [])), booleans, var_args, slots
 
 
-def check_arguments(fn: Callable[..., Any], args: list[str], where: str, extra: list[str] = ()) -> dict[str, str | None]:
+def check_arguments(fn: Callable[..., Any], args: list[str], where: str, extra: list[str] | None = None) -> dict[str, str | None]:
     """Check ``args`` (what follows the command) against ``fn``'s signature (plus the ``extra`` flag
     names a ``**kwargs`` command takes); returns {flag: value}.
 
@@ -124,20 +126,21 @@ def check_arguments(fn: Callable[..., Any], args: list[str], where: str, extra: 
             continue
         if not token.startswith("--"):
             raise CommandLineError(f"{where}: short flag {token.split('=')[0]} is not supported; use the full name"
-                                   f"{_closest(token.lstrip('-').split('=')[0], names)}")  # fmt: skip
+                                   f"{_closest(token.lstrip('-').split('=')[0], names or [])}")  # fmt: skip
         key, _, value = token[2:].partition("=")
         key = key.replace("-", "_")
         bare = "=" not in token and (i + 1 == len(args) or _is_flag(args[i + 1]))
         if key.startswith("no") and key[2:] in booleans and bare:
             key = key[2:]
-        elif key not in names:
+        elif names is not None and key not in names:
             raise CommandLineError(f"{where}: unknown flag --{key}{_closest(key, names)}")
         if "=" not in token and not bare:
             value = args[i + 1]
             i += 1
         given[key] = value if ("=" in token or not bare) else None
         i += 1
-    free = slots - sum(1 for name in given if name in names[:slots])
+    positional_names = list(inspect.signature(fn).parameters)[:slots]
+    free = slots - sum(1 for name in given if name in positional_names)
     if not var_args and len(positional) > max(free, 0):
         extra = positional[max(free, 0)]
         raise CommandLineError(f"{where}: unexpected argument {extra!r} (this command takes {slots} without a flag)")
@@ -177,7 +180,8 @@ def check_command_line(argv: list[str], commands: Mapping[str, Any], check_devic
             raise CommandLineError(f"{' '.join(['spine-app', *path])}: give a command before {rest[0]}")
         return out
     where = " ".join(["spine-app", *path])
-    extra = (extra_flags or {}).get(component, lambda: [])()
+    lister = (extra_flags or {}).get(component)
+    extra = lister() if lister is not None else None
     given = check_arguments(component, out.argv[i:], where, extra)
     if check_device is not None and given.get("device") is not None:
         try:
