@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -24,7 +25,19 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     tmp = tmp_path_factory.mktemp("wheel")
     if not (REPO_ROOT / "bundle" / "models" / "model.pt").is_file():
         pytest.skip("no shipped weights in this checkout")
-    build = subprocess.run([sys.executable, "-m", "pip", "wheel", str(REPO_ROOT), "--no-deps", "--no-build-isolation",
+    source = tmp / "source"  # a clean copy: no stale build/ of the checkout, nothing written into it
+    top = {".git", "data", "build", "dist"}  # the checkout's own data and build folders (top level only)
+    work = {"runs", "eval", "predictions"}  # bundle/ work folders
+
+    def skip(folder: str, names: list[str]) -> set[str]:
+        here = Path(folder).resolve()
+        drop = {n for n in names if n.startswith(".venv") or n.endswith(".egg-info") or n in ("__pycache__", ".pytest_cache", ".ruff_cache")}
+        drop |= top & set(names) if here == REPO_ROOT else set()
+        drop |= work & set(names) if here == REPO_ROOT / "bundle" else set()
+        return drop
+
+    shutil.copytree(REPO_ROOT, source, ignore=skip)
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "--no-build-isolation",
                             "-w", str(tmp / "dist"), "-q"], capture_output=True, text=True, timeout=600)  # fmt: skip
     assert build.returncode == 0, build.stderr
     wheel = next((tmp / "dist").glob("spine_app-*.whl"))
