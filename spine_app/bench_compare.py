@@ -24,6 +24,7 @@ from ``torch.utils.flop_counter``; latency is the median network time per study.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -143,7 +144,9 @@ def train_variant(
     opt = torch.optim.AdamW(model.parameters(), 1e-3, weight_decay=1e-4)
     batches = training_batches(datalist, batch, canvas, workers, seed)
     start = time.perf_counter()
-    for _ in range(steps):
+    from tqdm import tqdm
+
+    for _ in tqdm(range(steps), desc="training steps", disable=not sys.stderr.isatty()):
         b = to_device(next(batches), device)
         with precision.autocast():
             out = model.forward_study(precision.to_input(b["ap"]), precision.to_input(b["lat"]), b["present"])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import resource
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -48,7 +49,8 @@ def bench_inference(
         if device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
         began = time.perf_counter()
-        result = run_inference(entries, root / "out", model, device, bundle, errors, on_evaluator=attach)
+        result = run_inference(entries, root / "out", model, device, bundle, errors, on_evaluator=attach,
+                               progress=sys.stderr.isatty())  # fmt: skip
         wall = time.perf_counter() - began
     finally:
         if not keep:
