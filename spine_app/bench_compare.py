@@ -39,6 +39,7 @@ from spine_app.bench_speed import to_device, training_batches
 from spine_app.channels import CHANNEL_VIEW, MASK_NAMES
 from spine_app.losses import MultiTaskLoss
 from spine_app.networks import SpineMultiTaskNet
+from spine_app.networks.levels import LevelBatch
 from spine_app.networks.multitask import init_output_bias, set_prior_bias, traceable_shortcuts
 from spine_app.networks.precision import FP32, Precision, resolve_precision
 
@@ -65,7 +66,10 @@ class SeedStyleModels(nn.Module):
         self.lat_encoder = SpineMultiTaskNet(backbone, decoder_channels=decoder_channels).unet.encoder
         traceable_shortcuts(self.segmenters)  # the SpineMultiTaskNet encoders already have them
 
-    def forward_study(self, ap: torch.Tensor, lat: torch.Tensor, present: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward_study(
+        self, ap: torch.Tensor, lat: torch.Tensor, present: torch.Tensor, levels: object = None
+    ) -> dict[str, torch.Tensor]:
+        """Seed-style outputs (``levels`` ignored: the seed approach has no level head)."""
         seg = {"ap": torch.zeros(ap.shape[0], len(MASK_NAMES), *ap.shape[2:], device=ap.device),
                "lat": torch.zeros(lat.shape[0], len(MASK_NAMES), *lat.shape[2:], device=lat.device)}  # fmt: skip
         for c, view in enumerate(CHANNEL_VIEW):
@@ -148,8 +152,9 @@ def train_variant(
 
     for _ in tqdm(range(steps), desc="training steps", disable=not sys.stderr.isatty()):
         b = to_device(next(batches), device)
+        levels = LevelBatch.from_batch(b) if isinstance(model, SpineMultiTaskNet) else None  # ours: the level head too
         with precision.autocast():
-            out = model.forward_study(precision.to_input(b["ap"]), precision.to_input(b["lat"]), b["present"])
+            out = model.forward_study(precision.to_input(b["ap"]), precision.to_input(b["lat"]), b["present"], levels)
         loss = loss_fn({key: value.float() for key, value in out.items()}, b)  # the loss in fp32
         opt.zero_grad()
         loss.backward()

@@ -21,16 +21,19 @@ SHORT = {name: name.replace("Lat_", "L ").replace("Ap_", "A ").replace("_Vertebr
 
 
 def summarize(entry: dict[str, Any]) -> dict[str, Any]:
-    """Per-mask scores and the fused AUROC (95 % CI) of one variant's test records."""
+    """Per-mask scores and the AUROC (95 % CI) of the variant's study decision on its test records:
+    the level head's pooled probability where the variant has one (ours), else the fused head."""
     records = entry["records"]
     rows = [r for r in records if r["label"] >= 0]
-    labels, probs = [int(r["label"]) for r in rows], [r["prob_cls"] for r in rows]
+    key = "prob_cls_levels" if rows and all(r.get("prob_cls_levels") is not None for r in rows) else "prob_cls"
+    labels, probs = [int(r["label"]) for r in rows], [r[key] for r in rows]
     both = len(set(labels)) == 2
     return {
         "segmentation": segmentation_table(records),
         "line_side": line_side_summary(records),
         "auroc": auroc(labels, probs) if both else float("nan"),
         "auroc_ci": list(auroc_ci(labels, probs)) if both else None,
+        "decision": "levels" if key == "prob_cls_levels" else "fused",
     }
 
 
@@ -42,7 +45,7 @@ def markdown(results: dict[str, Any]) -> str:
         f"{results['canvas'][0]}x{results['canvas'][1]} for every variant, trained in "
         f"{results.get('precision', 'fp32')}; test split scores in fp32 (Dice, HD95 in px).",
         "",
-        f"| variant | {head} | line clDice (ant/post) | line side check | fused AUROC (95 % CI) | params (M) | GMACs/study | train (s) | latency/study (s) | peak train memory (MiB) |",
+        f"| variant | {head} | line clDice (ant/post) | line side check | decision AUROC (95 % CI; ours: level head) | params (M) | GMACs/study | train (s) | latency/study (s) | peak train memory (MiB) |",
         "|---|" + "---|" * (len(MASK_NAMES) + 7),
     ]
     for name, entry in results["variants"].items():
@@ -73,7 +76,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
     )
     axes[0].set(ylabel="test Dice", ylim=(0, 1))
     axes[0].legend(fontsize=8)
-    axes[1].set(ylabel="fused AUROC", ylim=(0, 1), xticks=[])
+    axes[1].set(ylabel="decision AUROC", ylim=(0, 1), xticks=[])
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)

@@ -38,19 +38,20 @@ def _random_batches(batch: int, canvas: tuple[int, int]):
 
 
 def training_batches(datalist: str, batch: int, canvas: tuple[int, int], workers: int, seed: int | None = None):
-    """Endless augmented training batches from the bundle's pipeline (LoadStudyd + augmentation);
-    with ``seed`` the order and the augmentation are reproducible."""
+    """Endless augmented training batches from the bundle's pipeline (LoadStudyd with the level map,
+    augmentation, the level boxes); with ``seed`` the order and the augmentation are reproducible."""
     from monai.data import DataLoader, Dataset
     from monai.transforms import Compose
     from monai.utils import set_determinism
 
     from spine_app.data.augment import study_augmentation
     from spine_app.data.importer import load_datalist
+    from spine_app.data.levels import LevelBoxesd
     from spine_app.data.study_transforms import LoadStudyd
 
     if seed is not None:
         set_determinism(seed)
-    transform = Compose([LoadStudyd(canvas), study_augmentation(canvas=canvas)])
+    transform = Compose([LoadStudyd(canvas, level_labels="auto"), study_augmentation(canvas=canvas), LevelBoxesd()])
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
     loader = DataLoader(Dataset(load_datalist(datalist)["training"], transform), batch_size=batch, shuffle=True,
                         num_workers=workers, persistent_workers=workers > 0, drop_last=True,
@@ -61,11 +62,10 @@ def training_batches(datalist: str, batch: int, canvas: tuple[int, int], workers
 
 def to_device(raw: dict[str, Any], device: torch.device) -> dict[str, torch.Tensor]:
     """The tensors a training step needs (inputs and targets of ``prepare_study_batch``) on ``device``."""
-    from spine_app.engines.batch import INPUT_KEYS, TARGET_KEYS
+    from spine_app.engines.batch import INPUT_KEYS, LEVEL_INPUT_KEYS, LEVEL_TARGET_KEYS, TARGET_KEYS
 
-    return {
-        k: torch.as_tensor(raw[k]).to(device) for k in {*INPUT_KEYS, *TARGET_KEYS} - {"geom_ap", "geom_lat"} if k in raw
-    }
+    keys = {*INPUT_KEYS, *TARGET_KEYS, *LEVEL_INPUT_KEYS, *LEVEL_TARGET_KEYS} - {"geom_ap", "geom_lat", "levels_lat"}
+    return {k: torch.as_tensor(raw[k]).to(device) for k in keys if k in raw}
 
 
 def training_speed(

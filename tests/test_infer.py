@@ -324,7 +324,20 @@ def test_shipped_model_runs_without_training(tmp_path: Path, synth_root: Path) -
     import yaml
 
     configured = yaml.safe_load((BUNDLE_DIR / "configs" / "inference.yaml").read_text())["damaged_threshold"]
-    assert saved["decision"] == "network" and saved["threshold"] == pytest.approx(configured)
+    assert saved["decision"] == "levels" and saved["threshold"] == pytest.approx(configured)
+    # per vertebra: the level head's bodies, top to bottom, each with a probability and a grade
+    levels = saved["levels"]
+    assert 5 <= len(levels["levels"]) <= 16
+    assert [lv["number"] for lv in levels["levels"]] == list(range(1, len(levels["levels"]) + 1))
+    rows = [lv["centre_px"][0] for lv in levels["levels"]]
+    assert rows == sorted(rows)
+    for lv in levels["levels"]:
+        assert 0.0 <= lv["fracture_probability"] <= 1.0 and lv["grade"] in (0, 1, 2, 3)
+        assert sum(lv["grade_probabilities"]) == pytest.approx(1.0, abs=1e-3)
+        assert lv["flagged"] == (lv["fracture_probability"] >= levels["level_threshold"])
+        assert (lv["grade"] > 0) == lv["flagged"]
+    assert levels["drives_decision"] and set(levels["drives_decision"]) <= {lv["number"] for lv in levels["levels"]}
+    assert saved["damaged_probability"] == pytest.approx(levels["study_probability"], abs=1e-4)
 
 
 # --- output folders, study ids and one-line errors (each test runs the real command line) -----------------

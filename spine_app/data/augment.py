@@ -65,7 +65,8 @@ def study_augmentation(
     """
     transforms = []
     for view in ("ap", "lat"):
-        spatial_keys = [view, f"seg_{view}"]
+        spatial_keys = [view, f"seg_{view}"] + (["levels_lat"] if view == "lat" else [])
+        modes = ("bilinear", "bilinear", "nearest")[: len(spatial_keys)]
         transforms += [
             RandAffined(
                 keys=spatial_keys,
@@ -73,7 +74,7 @@ def study_augmentation(
                 rotate_range=(math.radians(rotate_deg),),
                 scale_range=(scale, scale),
                 translate_range=(translate * canvas[0], translate * canvas[1]),
-                mode=("bilinear", "bilinear"),
+                mode=modes,
                 padding_mode="zeros",
             ),
             Rand2DElasticd(
@@ -81,7 +82,7 @@ def study_augmentation(
                 prob=elastic_prob,
                 spacing=(64, 64),
                 magnitude_range=(1.0, 3.0),
-                mode=("bilinear", "bilinear"),
+                mode=modes,
                 padding_mode="zeros",
             ),
             RandFlipd(keys=spatial_keys, prob=flip_prob, spatial_axis=1)

@@ -16,6 +16,9 @@ and fits it into a fixed canvas (aspect kept, area-downsampled, centred, zero-pa
   (then both views are blank and ``present`` is zero: the writer reports the study as failed)
 - ``notes``: the entry's ``notes`` (e.g. how a view was told), " | "-separated; the writer copies
   them into result.json's warnings
+- ``levels_lat``: (1, H, W) float level map of the LAT film (:mod:`spine_app.data.levels`: each
+  body's grade and fracture type, 0 where unknown), nearest-neighbour resized; zeros with
+  ``level_labels="study"``, without a LAT vertebra mask, or for inference
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from torch.nn import functional as F
 
 from spine_app.channels import CHANNEL_VIEW, LINE_CHANNELS, MASK_NAMES, VIEWS
 from spine_app.data.io import ImageReadError, read_image, read_mask
+from spine_app.data.levels import LEVEL_LABEL_SOURCES, level_map_from_morphometry, level_map_from_truth
 
 LINE_INDICES = [MASK_NAMES.index(name) for name in LINE_CHANNELS]
 
@@ -61,6 +65,34 @@ def fit_to_canvas(stack: np.ndarray, canvas: Sequence[int]) -> torch.Tensor:
     return out
 
 
+def fit_nearest(image: np.ndarray, canvas: Sequence[int]) -> torch.Tensor:
+    """(h, w) label image -> (1, H, W) float: nearest-neighbour resize with the aspect kept, centre zero-padding."""
+    _, rows, cols, top, left = fit_geometry(image.shape, canvas)
+    tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None]
+    out = torch.zeros((1, canvas[0], canvas[1]), dtype=torch.float32)
+    out[:, top : top + rows, left : left + cols] = F.interpolate(tensor, size=(rows, cols), mode="nearest")[0]
+    return out
+
+
+def film_level_map(masks: np.ndarray, truth_path: Any, spacing: Sequence[float] | None, source: str) -> np.ndarray | None:
+    """Level map of a LAT film from its reference masks (the LAT channels in channel order) and,
+    per ``source`` (:data:`spine_app.data.levels.LEVEL_LABEL_SOURCES`), its truth.json or
+    morphometry; None when there is nothing to label."""
+    import json
+
+    vertebra, spinous, disk, _, posterior = (masks[i] > 0.5 for i in range(5))
+    if source == "study" or not vertebra.any():
+        return None
+    disk = disk if disk.any() else None
+    if source in ("truth", "auto") and truth_path:
+        with open(truth_path) as handle:
+            return level_map_from_truth(vertebra, disk, json.load(handle))
+    if source == "truth":
+        return None
+    hint = spinous | posterior
+    return level_map_from_morphometry(vertebra, disk, hint if hint.any() else None, tuple(spacing or (1.0, 1.0)))
+
+
 class LoadStudyd(MapTransform):
     """Load one study (a datalist entry with absolute paths) into working-resolution tensors.
 
@@ -73,6 +105,8 @@ class LoadStudyd(MapTransform):
             after reading (image (H, W) in its grey levels, masks (n, H, W) float of the view's
             channels); robustness evaluation corrupts images here.
         reader: ``(read_image, read_mask)`` replacements (e.g. caching ones).
+        level_labels: where per-level labels come from (:data:`spine_app.data.levels.LEVEL_LABEL_SOURCES`)
+            or None (no level map: inference).
     """
 
     def __init__(
@@ -82,8 +116,12 @@ class LoadStudyd(MapTransform):
         on_error: str = "raise",
         view_hook: Callable[[str, np.ndarray, np.ndarray, Any], tuple[np.ndarray, np.ndarray]] | None = None,
         reader: tuple[Callable, Callable] | None = None,
+        level_labels: str | None = None,
     ) -> None:
         super().__init__(keys, allow_missing_keys=True)
+        if level_labels is not None and level_labels not in LEVEL_LABEL_SOURCES:
+            raise ValueError(f"level_labels must be one of {', '.join(LEVEL_LABEL_SOURCES)} or None, got {level_labels!r}")
+        self.level_labels = level_labels
         if on_error not in ("raise", "record"):
             raise ValueError(f"on_error must be 'raise' or 'record', got {on_error!r}")
         self.canvas = tuple(int(c) for c in canvas)
@@ -109,6 +147,7 @@ class LoadStudyd(MapTransform):
         label = data.get("label")
         out["label"] = torch.tensor(-1.0 if label is None else float(label))
         present = []
+        out["levels_lat"] = torch.zeros((1, *self.canvas))
         for view in VIEWS:
             key = view.lower()
             channels = [c for c, v in enumerate(CHANNEL_VIEW) if v == view]
@@ -142,6 +181,10 @@ class LoadStudyd(MapTransform):
                 scale, _, _, top, left = fit_geometry(image.shape, self.canvas)
                 spacing = (data.get(f"meta_{key}") or {}).get("spacing") or meta.spacing or (0.0, 0.0)
                 out[f"geom_{key}"] = torch.tensor([*image.shape, scale, top, left, *spacing], dtype=torch.float32)
+                if view == "LAT" and self.level_labels is not None and data["masks"][channels[0]]:
+                    level_map = film_level_map(masks, data.get("truth"), spacing if spacing[0] else None, self.level_labels)
+                    if level_map is not None:
+                        out["levels_lat"] = fit_nearest(level_map, self.canvas)
                 present.append(1.0)
             out[f"seg_{key}"] = seg
             out[f"avail_{key}"] = avail

@@ -173,6 +173,8 @@ def write_sr(
     ratio_unit = _code("{ratio}", "UCUM", "ratio")
     groups: list[Any] = []
     lat = datasets.get("LAT")
+    level_of_body = {lv["morphometry"]["body"]: lv for lv in (result.get("levels") or {}).get("levels", [])
+                     if lv.get("morphometry")}  # fmt: skip
     for body in bodies if lat is not None else []:
         if body.grade < 0:  # not measurable / not graded: listed in result.json with the reason
             continue
@@ -189,6 +191,11 @@ def write_sr(
         ]  # fmt: skip
         measurements.append(hd.sr.Measurement(name=_local("REDUCTION", "Vertebral body height reduction"),
                                               value=float(body.reduction), unit=ratio_unit))  # fmt: skip
+        level = level_of_body.get(body.index + 1)
+        if level is not None:  # the level head's fracture probability of the same body
+            measurements.append(hd.sr.Measurement(name=_local("FRACTUREP", "Vertebral fracture probability (level head)"),
+                                                  value=float(level["fracture_probability"]),
+                                                  unit=_code("1", "UCUM", "no units")))  # fmt: skip
         row, col = body.centroid_px
         radius = max(1.0, float(np.sqrt(body.area_px / np.pi)))
         region = hd.sr.ImageRegion(

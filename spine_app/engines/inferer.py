@@ -10,14 +10,43 @@ from monai.inferers import Inferer, SlidingWindowInferer
 from torch import nn
 
 from spine_app.channels import MASK_NAMES
+from spine_app.data.levels import MAX_LEVELS, film_level_boxes, pad_boxes
+from spine_app.networks.levels import LevelBatch
 from spine_app.networks.multitask import SpineMultiTaskNet, StudyModel
 from spine_app.networks.precision import FP32, Precision
+
+#: widening (canvas pixels) of the predicted disk spaces cut out of the predicted vertebra mask
+#: when the bodies are separated for the level head (a predicted mask bridges thin disks)
+PREDICTED_DISK_GAP_PX = 1
 
 
 def unwrap_network(network: nn.Module) -> SpineMultiTaskNet:
     """The SpineMultiTaskNet inside a StudyModel and/or DistributedDataParallel wrapper."""
     module = network.module if isinstance(network, nn.parallel.DistributedDataParallel) else network
     return module.net if isinstance(module, StudyModel) else module
+
+
+def predicted_levels(seg_lat: torch.Tensor, present_lat: torch.Tensor, max_levels: int = MAX_LEVELS) -> LevelBatch:
+    """Level boxes of each LAT film from its predicted masks (logits (B, 8, H, W)): the bodies of
+    ``Lat_Vertebra`` minus the widened ``Lat_Disk_Height`` (:mod:`spine_app.data.levels`)."""
+    vb, disk = MASK_NAMES.index("Lat_Vertebra"), MASK_NAMES.index("Lat_Disk_Height")
+    masks = (seg_lat[:, [vb, disk]].float() > 0).cpu().numpy()
+    rows = []
+    for b in range(masks.shape[0]):
+        vertebra = masks[b, 0] if float(present_lat[b]) > 0 else masks[b, 0] & False
+        rows.append(pad_boxes(film_level_boxes(vertebra, masks[b, 1], PREDICTED_DISK_GAP_PX), max_levels))
+    stacked = {key: torch.stack([r[key] for r in rows]).to(seg_lat.device) for key in rows[0]}
+    return LevelBatch(stacked["level_centre"], stacked["level_axis"], stacked["level_size"], stacked["level_valid"])
+
+
+def add_level_outputs(net: nn.Module, lat: torch.Tensor, present_lat: torch.Tensor, out: dict[str, torch.Tensor]) -> None:
+    """With a level head: find the bodies on ``out["seg_lat"]`` and add ``level_logits``,
+    ``cls_levels``, ``level_centre``, ``level_size``, ``level_valid`` to ``out`` (in place)."""
+    if getattr(net, "level_head", None) is None:
+        return
+    levels = predicted_levels(out["seg_lat"], present_lat)
+    out.update(net.level_logits(lat, levels))
+    out.update(level_centre=levels.centre, level_size=levels.size, level_valid=levels.valid)
 
 
 def lat_faces_right(seg_lat: torch.Tensor, min_pixels: int = 50) -> torch.Tensor:
@@ -44,6 +73,10 @@ class StudyInferer(Inferer):
     plus ``lat_mirrored`` (B,): 1 where the LAT film faced the other way (:func:`lat_faces_right`)
     and its masks were drawn on the mirrored film and mirrored back, so that the anterior and
     posterior lines land on their own walls (the lines are learnt on films facing the canonical way).
+
+    With a level head: ``level_logits`` (B, L, 3) of the bodies found on the predicted LAT masks,
+    their boxes ``level_centre`` (B, L, 2) / ``level_size`` (B, L) / ``level_valid`` (B, L) in canvas
+    pixels, and ``cls_levels`` (B,) the study logit pooled from them.
 
     ``explain`` (one of :data:`spine_app.explain.METHODS`, or None): also ``saliency_ap`` and
     ``saliency_lat`` (B, 1, H, W) in [0, 1], the map of the fused Damaged logit on each view
@@ -77,6 +110,7 @@ class StudyInferer(Inferer):
             if mirrored.any():
                 flipped = self.window(to_input(torch.flip(inputs["lat"][mirrored], dims=[-1])), net)
                 out["seg_lat"][mirrored] = torch.flip(flipped, dims=[-1]).to(out["seg_lat"].dtype)
+            add_level_outputs(net, to_input(inputs["lat"]), inputs["present"][:, 1], out)
         out["lat_mirrored"] = mirrored.float()
         if self.explain:
             from spine_app.explain import saliency_maps

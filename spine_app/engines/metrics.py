@@ -1,7 +1,8 @@
 """Ignite metric of the bundle: per-channel segmentation scores and Normal/Damaged classification
 over a validation run, computed with :mod:`spine_app.metrics` (the definitions used everywhere).
 
-The key value is ``score = (mean Dice over the eight channels + fused AUROC) / 2``. Every detail
+The key value is ``score = (mean Dice over the eight channels + AUROC of the study decision) / 2``,
+the decision being the level head's pooled logit where the network has one, else the fused head. Every detail
 (``dice_<channel>``, ``hd95_<channel>``, ``cldice_<line>``, ``line_side_pass`` (fraction of
 lateral films whose two predicted lines lie on their own walls), ``auroc``, ``auroc_ap``, ``auroc_lat``,
 ``mean_dice``) is also written to ``engine.state.metrics`` so StatsHandler and TensorBoard show it,
@@ -18,6 +19,7 @@ from ignite.engine import Engine
 from ignite.metrics import Metric
 
 from spine_app.channels import CHANNEL_VIEW, LINE_CHANNELS, MASK_NAMES, channels_of_view
+from spine_app.data.levels import FRACTURE_KINDS, film_level_boxes
 from spine_app.metrics.classification import auroc
 from spine_app.metrics.segmentation import lat_line_sides, score_masks
 from spine_app.morphometry import (
@@ -36,12 +38,16 @@ HEADS = {
     "LAT only": ("prob_cls_lat", 1, "_lat"),
     "morphometry": ("prob_morphometry", 1, "_morphometry"),
     "combined": ("prob_combined", None, "_combined"),
+    "levels": ("prob_cls_levels", 1, "_levels"),
+    "levels + fused": ("prob_levels_fused", 1, "_levels_fused"),
 }
 
 
-def head_rows(records: list[dict[str, Any]], view: int | None) -> list[dict[str, Any]]:
-    """The labelled studies a classifier head is scored on (those with its view, for single-view heads)."""
-    return [r for r in records if r["label"] >= 0 and (view is None or r["present"][view] > 0)]
+def head_rows(records: list[dict[str, Any]], view: int | None, key: str | None = None) -> list[dict[str, Any]]:
+    """The labelled studies a classifier head is scored on (those with its view, for single-view heads;
+    with ``key``, those that have that head's probability: a network without level head has none)."""
+    return [r for r in records if r["label"] >= 0 and (view is None or r["present"][view] > 0)
+            and (key is None or r.get(key) is not None)]  # fmt: skip
 
 
 def segmentation_table(records: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
@@ -102,6 +108,48 @@ def study_probabilities(
     return {"prob_morphometry": morph, "prob_combined": combine_probabilities(network, morph)}
 
 
+def levels_and_fused(levels: float, fused: float) -> float:
+    """The study probability of the levels and the global (fused) head together: the logistic of the
+    mean of their logits (both must agree to move it far)."""
+    eps = 1e-6
+    logit = [np.log(max(p, eps) / max(1.0 - p, eps)) for p in (levels, fused)]
+    return float(1.0 / (1.0 + np.exp(-np.mean(logit))))
+
+
+def level_records(pred: dict[str, torch.Tensor], target: dict[str, torch.Tensor], b: int) -> dict[str, Any]:
+    """Per-level outcome of study ``b``: the predicted levels (probability, grade, centre) and, where
+    the batch has a level map (``levels_lat``), the reference levels with their grade, type and the
+    predicted level matched to each (nearest centre within a quarter of the box side); scored by
+    :mod:`spine_app.metrics.levels`.
+
+    Returns {"predicted": [...], "truth": [...]}; ``truth`` is empty without a level map.
+    """
+    valid = pred["level_valid"][b] > 0
+    cumulative = torch.sigmoid(pred["level_logits"][b].float())[valid].cpu().numpy()
+    centres = pred["level_centre"][b][valid].float().cpu().numpy()
+    predicted = [{"cumulative": [round(float(v), 5) for v in cum], "centre": [float(c[0]), float(c[1])]}
+                 for cum, c in zip(cumulative, centres)]  # fmt: skip
+    truth: list[dict[str, Any]] = []
+    level_map = target.get("levels_lat")
+    if level_map is not None and float(level_map[b].max()) > 0:
+        seg = target["seg_lat"][b].float().cpu().numpy()
+        vb, disk = MASK_NAMES.index("Lat_Vertebra"), MASK_NAMES.index("Lat_Disk_Height")
+        boxes = film_level_boxes(seg[vb] > 0.5, seg[disk] > 0.5, 0, level_map[b, 0].cpu().numpy())
+        used: set[int] = set()
+        for i in range(len(boxes)):
+            if boxes.grade[i] < 0:
+                continue
+            match, best = None, 0.25 * float(boxes.size[i])
+            for j, p in enumerate(predicted):
+                d = float(np.hypot(*(np.asarray(p["centre"]) - boxes.centre[i])))
+                if j not in used and d <= best:
+                    match, best = j, d
+            if match is not None:
+                used.add(match)
+            truth.append({"grade": int(boxes.grade[i]), "kind": FRACTURE_KINDS[int(boxes.kind[i])], "match": match})
+    return {"predicted": predicted, "truth": truth}
+
+
 class StudyMetrics(Metric):
     """Accumulates per-study scores; ``compute()`` returns the key score (higher is better)."""
 
@@ -130,8 +178,12 @@ class StudyMetrics(Metric):
                 "label": float(target["label"][b]),
                 "present": [float(x) for x in target["present"][b]],
             }
-            for key in ("cls", "cls_ap", "cls_lat"):
-                record[f"prob_{key}"] = float(torch.sigmoid(pred[key][b].float()))
+            for key in ("cls", "cls_ap", "cls_lat", "cls_levels"):
+                if key in pred:
+                    record[f"prob_{key}"] = float(torch.sigmoid(pred[key][b].float()))
+            if "level_logits" in pred:
+                record["levels"] = level_records(pred, target, b)
+                record["prob_levels_fused"] = levels_and_fused(record["prob_cls_levels"], record["prob_cls"])
             record.update(
                 study_probabilities(
                     record["prob_cls"], masks["lat"][0], target["geom_lat"][b], record["present"][1] > 0
@@ -190,11 +242,14 @@ class StudyMetrics(Metric):
         if sides["n"]:
             summary["line_side_pass"] = sides["fraction"]
         for key, view, suffix in HEADS.values():
-            rows = head_rows(self.records, view)
+            rows = head_rows(self.records, view, key)
+            if not rows and key == "prob_cls_levels":
+                continue
             labels, probs = [int(r["label"]) for r in rows], [r[key] for r in rows]
             summary[f"auroc{suffix}"] = auroc(labels, probs) if rows else float("nan")
-        fused = summary["auroc"] if not np.isnan(summary["auroc"]) else 0.5
-        summary["score"] = 0.5 * (summary["mean_dice"] + fused)
+        decision = summary.get("auroc_levels", summary["auroc"])
+        decision = decision if not np.isnan(decision) else 0.5
+        summary["score"] = 0.5 * (summary["mean_dice"] + decision)
         self.summary = summary
         return summary["score"]
 

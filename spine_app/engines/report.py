@@ -26,6 +26,7 @@ from spine_app.channels import CHANNEL_VIEW, MASK_NAMES  # noqa: E402
 from spine_app.data.io import write_atomic  # noqa: E402
 from spine_app.engines.metrics import HEADS, StudyMetrics, head_rows, line_side_summary, segmentation_table  # noqa: E402
 from spine_app.metrics.classification import auroc, auroc_ci, threshold_scores, youden_threshold  # noqa: E402
+from spine_app.metrics.levels import level_markdown, level_scores, level_threshold  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ def classification_table(val: list[dict[str, Any]], test: list[dict[str, Any]], 
     """Per head: AUROC with a bootstrap 95 % CI on test, and threshold scores at the validation threshold."""
     out: dict[str, Any] = {}
     for head, (key, view, _) in HEADS.items():
-        val_rows, test_rows = head_rows(val, view), head_rows(test, view)
+        val_rows, test_rows = head_rows(val, view, key), head_rows(test, view, key)
         if not test_rows:
             continue
         threshold = youden_threshold([r["label"] for r in val_rows], [r[key] for r in val_rows]) if val_rows else 0.5
@@ -64,7 +65,8 @@ def side_line(sides: dict[str, Any] | None) -> str:
     return f"Line side check (both predicted lines on their own wall): {sides['pass']}/{sides['n']} lateral films pass{failed}.\n"
 
 
-def markdown(seg: dict[str, dict[str, float]], cls: dict[str, Any], sides: dict[str, Any] | None = None) -> str:
+def markdown(seg: dict[str, dict[str, float]], cls: dict[str, Any], sides: dict[str, Any] | None = None,
+             levels: dict[str, Any] | None = None) -> str:  # fmt: skip
     """The results as Markdown tables (one row per mask, then one row per classification head),
     with the line side check between them."""
     lines = [
@@ -86,6 +88,9 @@ def markdown(seg: dict[str, dict[str, float]], cls: dict[str, Any], sides: dict[
         lines.append(
             f"| {head} | {ci} | {e['accuracy']:.3f} | {e['sensitivity']:.3f} | {e['specificity']:.3f} | {e['f1']:.3f} | {e['threshold']:.3f} | {e['confusion_matrix']} |"
         )
+    if levels:
+        lines += ["", "Per vertebra (level head; reference levels of the LAT films, threshold from validation):", "",
+                  level_markdown(levels, "test").strip()]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -122,7 +127,7 @@ def _roc_points(labels: list[int], probs: list[float]) -> tuple[np.ndarray, np.n
 def plot_roc(test: list[dict[str, Any]], cls: dict[str, Any], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
     for head, (key, view, _) in HEADS.items():
-        rows = head_rows(test, view)
+        rows = head_rows(test, view, key)
         if head in cls and rows:
             fpr, tpr = _roc_points([int(r["label"]) for r in rows], [r[key] for r in rows])
             ax.plot(fpr, tpr, label=f"{head} (AUROC {cls[head]['auroc']:.3f})")
@@ -190,19 +195,20 @@ def write_report(val: list[dict[str, Any]], test: list[dict[str, Any]], examples
     seg = segmentation_table(test)
     cls = classification_table(val, test)
     sides = line_side_summary(test)
+    levels = level_scores(test, level_threshold(val))
     metrics = {"spine_app_version": __version__, "n_validation": len(val), "n_test": len(test),
-               "segmentation": seg, "line_side": sides, "classification": cls, **(extra or {})}  # fmt: skip
+               "segmentation": seg, "line_side": sides, "classification": cls, "levels": levels, **(extra or {})}  # fmt: skip
     write_atomic(out / "metrics.json", lambda tmp: tmp.write_text(json.dumps(metrics, indent=2)))
-    write_atomic(out / "results.md", lambda tmp: tmp.write_text(markdown(seg, cls, sides)))
+    write_atomic(out / "results.md", lambda tmp: tmp.write_text(markdown(seg, cls, sides, levels)))
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(
-        ["study_id", "label", "prob_fused", "prob_ap", "prob_lat", "prob_morphometry", "prob_combined"]
+        ["study_id", "label", "prob_fused", "prob_ap", "prob_lat", "prob_morphometry", "prob_combined", "prob_levels"]
         + [f"dice_{n}" for n in MASK_NAMES]
         + [f"hd95_px_{n}" for n in MASK_NAMES]
     )
     for r in test:
-        writer.writerow([r["study_id"], int(r["label"]), r["prob_cls"], r["prob_cls_ap"], r["prob_cls_lat"], r.get("prob_morphometry"), r.get("prob_combined")]
+        writer.writerow([r["study_id"], int(r["label"]), r["prob_cls"], r["prob_cls_ap"], r["prob_cls_lat"], r.get("prob_morphometry"), r.get("prob_combined"), r.get("prob_cls_levels")]
                         + [r[n]["dice"] if n in r else "" for n in MASK_NAMES] + [r[n]["hd95_px"] if n in r else "" for n in MASK_NAMES])  # fmt: skip
     write_atomic(out / "per_study.csv", lambda tmp: tmp.write_text(buffer.getvalue()))
     plot_dice_bars(seg, out / "per_mask_dice.png")
@@ -243,5 +249,5 @@ def evaluate_and_report(evaluator: Any, val_loader: Any, test_loader: Any, metri
         metrics["embedding_map"] = write_embedding_map(evaluator.network, test_loader, test, threshold, output_dir)
         write_atomic(Path(output_dir) / "metrics.json", lambda tmp: tmp.write_text(json.dumps(metrics, indent=2)))
     logger.warning("evaluation report written to %s", output_dir)
-    print(markdown(metrics["segmentation"], metrics["classification"], metrics["line_side"]))
+    print(markdown(metrics["segmentation"], metrics["classification"], metrics["line_side"], metrics.get("levels")))
     return metrics

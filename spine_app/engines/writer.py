@@ -8,10 +8,14 @@ For a study ``S`` the handler writes into ``OUT/S/``:
   pixel spacing when ``nifti`` is on;
 - ``overlay_AP.png`` / ``overlay_LAT.png``: masks on the radiograph with a legend; the LAT overlay
   labels each vertebra with its level and Genant grade;
-- ``result.json``: Damaged probability (by default the network's fused probability; with
-  ``decision="combined"`` its noisy-OR with the morphometry's, see
-  :func:`spine_app.morphometry.combine_probabilities`; all three are recorded, with the AP-only /
-  LAT-only network probabilities), label and the threshold used,
+- ``result.json``: Damaged probability (``decision="levels"``: pooled from the level head's
+  per-vertebra fracture probabilities; ``"network"``: the network's fused (global) probability;
+  ``"combined"``: the fused probability's noisy-OR with the morphometry's, see
+  :func:`spine_app.morphometry.combine_probabilities`; all are recorded, with the AP-only /
+  LAT-only network probabilities), label and the threshold used; ``levels``: every vertebral
+  body the level head scored (number from the top, name where morphometry names it, centre on the
+  film, fracture probability, Genant grade, height measurements) and which levels drive the
+  decision (the overlay circles them),
   per-mask area (px, mm²), per-vertebra morphometry (:mod:`spine_app.morphometry`), model file and
   versions, and the SHA-256 of each input file.
 
@@ -57,9 +61,12 @@ from spine_app.data.study_transforms import fit_geometry
 
 logger = logging.getLogger(__name__)
 
+#: what decides Normal/Damaged (see StudyPredictionWriter)
+DECISIONS: tuple[str, ...] = ("levels", "levels_network", "network", "combined")
+
 SUMMARY_COLUMNS = (
     "study_id", "status", "damaged_probability", "label", "threshold", "network_probability",
-    "morphometry_probability", "probability_ap", "probability_lat",
+    "morphometry_probability", "levels_probability", "suspected_levels", "probability_ap", "probability_lat",
     "vertebrae", "max_genant_grade", "graded_levels", "output", "error",
 )  # fmt: skip
 
@@ -291,8 +298,11 @@ class StudyPredictionWriter:
         nifti: also write each mask as NIfTI with the pixel spacing.
         overlays: write the overlay PNGs.
         lowest_level: level name of the lowest vertebra on the LAT film (morphometry labels).
-        decision: "network" (the fused network probability decides) or "combined" (its noisy-OR
-            with the morphometry probability).
+        decision: "levels" (the level head's pooled probability decides), "levels_network" (the
+            logistic of the mean of its logit and the fused head's), "network" (the fused network
+            probability) or "combined" (its noisy-OR with the morphometry probability).
+        level_threshold: fracture probability at or above which a level is flagged (the
+            evaluation report's validation-chosen level threshold).
         explain: the saliency method the inferer ran (``StudyInferer(explain=...)``), or None: with
             a method, ``saliency_<VIEW>.png`` and result.json's ``explanation`` are written.
         dicom_out: for a film read from DICOM, also write ``seg_<VIEW>.dcm``, a DICOM Segmentation
@@ -313,9 +323,11 @@ class StudyPredictionWriter:
         decision: str = "network",
         explain: str | None = None,
         dicom_out: bool = True,
+        level_threshold: float = 0.5,
     ) -> None:
-        if decision not in ("network", "combined"):
-            raise ValueError(f"decision must be 'network' or 'combined', got {decision!r}")
+        if decision not in DECISIONS:
+            raise ValueError(f"decision must be one of {', '.join(DECISIONS)}, got {decision!r}")
+        self.level_threshold = float(level_threshold)
         self.decision, self.explain, self.dicom_out = decision, explain or None, bool(dicom_out)
         self.output_dir = Path(output_dir)
         self.threshold, self.damaged_threshold = float(threshold), float(damaged_threshold)
@@ -358,7 +370,7 @@ class StudyPredictionWriter:
         """The settings a study's output depends on besides the model and the films (in result.json;
         a re-run with other settings redoes the study)."""
         return {"mask_threshold": self.threshold, "damaged_threshold": self.damaged_threshold,
-                "decision": self.decision, "explain": self.explain, "lowest_level": self.lowest_level,
+                "decision": self.decision, "level_threshold": self.level_threshold, "explain": self.explain, "lowest_level": self.lowest_level,
                 "nifti": bool(self.nifti), "overlays": bool(self.overlays), "dicom_out": self.dicom_out}  # fmt: skip
 
     def finished(self, entry: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -392,7 +404,8 @@ class StudyPredictionWriter:
         if not all((folder / name).is_file() for name in expected):
             return None
         row = {key: result.get(key) for key in ("damaged_probability", "label", "threshold", "network_probability",
-                                               "morphometry_probability")}  # fmt: skip
+                                               "morphometry_probability", "levels_probability")}  # fmt: skip
+        row["suspected_levels"] = "; ".join(text for _, text in _suspect_marks(result.get("levels")))
         views = result.get("view_probabilities") or {}
         morphometry = result.get("morphometry") or {}
         row.update(study_id=entry["study_id"], status="skipped", output=str(folder), probability_ap=views.get("AP"),
@@ -561,8 +574,22 @@ class StudyPredictionWriter:
                            graded_levels="; ".join(result["morphometry"]["fractured_levels"]))  # fmt: skip
             overlays.append((view, source, masks, bodies, geom))
         combined = combine_probabilities(network, result["morphometry_probability"])
-        probability = combined if self.decision == "combined" else network
-        result["decision"] = self.decision
+        decision = self.decision
+        levels_block = None
+        if "level_logits" in pred and float(target["present"][b, 1]) > 0:
+            levels_block = level_summary(pred, b, target["geom_lat"][b], lat_bodies, self.level_threshold)
+            result["levels"] = levels_block
+            result["levels_probability"] = levels_block["study_probability"]
+        elif decision in ("levels", "levels_network"):
+            decision = "network"
+            result["warnings"].append("no level head output (no LAT film, or a network without level head): "
+                                      "the network's fused probability decides")  # fmt: skip
+        probability = {"levels": result.get("levels_probability"), "combined": combined}.get(decision, network)
+        if decision == "levels_network":
+            from spine_app.engines.metrics import levels_and_fused
+
+            probability = levels_and_fused(result["levels_probability"], network)
+        result["decision"] = decision
         result["combined_probability"] = round(combined, 4)
         result["damaged_probability"] = round(probability, 4)
         result["label"] = "Damaged" if probability >= self.damaged_threshold else "Normal"
@@ -582,20 +609,99 @@ class StudyPredictionWriter:
                 image, _ = read_image(source)
                 title = (f"{study_id} {view} | prediction: {result['label']} "
                          f"(P(Damaged) {probability:.2f}, threshold {self.damaged_threshold:.2f}){title_end}")  # fmt: skip
-                write_overlay(folder / f"overlay_{view}.png", image, masks, title, bodies)
+                marks = _suspect_marks(levels_block) if view == "LAT" else ()
+                write_overlay(folder / f"overlay_{view}.png", image, masks, title, bodies, marks)
         if self.explain and "saliency_ap" in pred:
             result["explanation"] = self._explain(folder, study_id, probability, pred, b, overlays)
         if spacing is None and result["inputs"]:
             result["warnings"].append("pixel spacing unknown: areas and heights are in pixels")
-        probabilities = [network, combined, *result["view_probabilities"].values()]
+        probabilities = [network, combined, *result["view_probabilities"].values(), result.get("levels_probability", 0.0)]
         if not all(math.isfinite(p) for p in probabilities):
             raise ValueError("the network's probabilities are not finite numbers (NaN/inf): broken weights?")
         result = finite_json(result)
         write_json(folder / "result.json", result, strict=True)
         row.update(damaged_probability=result["damaged_probability"], label=result["label"], threshold=self.damaged_threshold,
                    network_probability=result["network_probability"], morphometry_probability=result["morphometry_probability"],
-                   probability_ap=result["view_probabilities"].get("AP"), probability_lat=result["view_probabilities"].get("LAT"))  # fmt: skip
+                   probability_ap=result["view_probabilities"].get("AP"), probability_lat=result["view_probabilities"].get("LAT"),
+                   levels_probability=result.get("levels_probability"),
+                   suspected_levels="; ".join(text for _, text in _suspect_marks(levels_block)))  # fmt: skip
         return row
+
+
+def level_summary(pred: dict, b: int, geom: torch.Tensor, bodies: list, threshold: float) -> dict[str, Any]:
+    """result.json's ``levels`` block of study ``b``: every body the level head scored, top to bottom.
+
+    Each level: ``number`` (1 = top of the field), ``name`` (the morphometry level name at its
+    centre, when the films are named by ``lowest_level``, else None), ``centre_px`` on the film,
+    ``fracture_probability`` (P(grade >= 1)), ``grade`` (at ``threshold``, see
+    :func:`spine_app.metrics.levels.graded`), ``grade_probabilities`` (0-3), ``flagged``, and the
+    morphometry of the same body (heights, ratios, ``not_measurable``) where it measured one.
+    ``drives_decision``: the flagged levels, or the most suspicious one when none is.
+    """
+    from spine_app.metrics.levels import graded
+    from spine_app.networks.levels import grade_probabilities
+
+    valid = pred["level_valid"][b] > 0
+    logits = pred["level_logits"][b].float()[valid]
+    cumulative = torch.sigmoid(logits).cpu().numpy()
+    grades = grade_probabilities(logits).cpu().numpy()
+    centres = pred["level_centre"][b][valid].float().cpu().numpy()
+    scale, top, left = float(geom[2]), float(geom[3]), float(geom[4])
+    levels = []
+    for i, (cum, probs, centre) in enumerate(zip(cumulative, grades, centres)):
+        film = ((float(centre[0]) - top) / scale, (float(centre[1]) - left) / scale)
+        body = _nearest_body(bodies, film)
+        entry = {
+            "number": i + 1,
+            "name": body.level if body is not None else None,
+            "centre_px": [round(film[0], 1), round(film[1], 1)],
+            "fracture_probability": round(float(cum[0]), 4),
+            "grade": graded([float(v) for v in cum], threshold),
+            "grade_probabilities": [round(float(v), 4) for v in probs],
+            "flagged": bool(cum[0] >= threshold),
+            "morphometry": None if body is None else {
+                "body": body.index + 1, "heights": {k: round(float(v), 2) for k, v in body.heights_mm.items()},
+                "ratios": {k: round(float(v), 3) for k, v in body.ratios.items()}, "genant_grade": body.grade,
+                "not_measurable": body.not_measurable,
+            },
+        }  # fmt: skip
+        levels.append(entry)
+    flagged = [lv["number"] for lv in levels if lv["flagged"]]
+    top_level = max(levels, key=lambda lv: lv["fracture_probability"])["number"] if levels else None
+    return {
+        "method": "level head of the shared network (spine_app.networks.levels), bodies from the predicted LAT masks",
+        "level_threshold": threshold,
+        "study_probability": round(float(torch.sigmoid(pred["cls_levels"][b].float())), 4),
+        "numbering": "1 = top-most body of the LAT film",
+        "levels": levels,
+        "drives_decision": flagged or ([top_level] if top_level is not None else []),
+    }
+
+
+def _nearest_body(bodies: list, centre: tuple[float, float]) -> Any:
+    """The morphometry body whose centroid is nearest ``centre`` (film px), within half its height."""
+    best, best_d = None, float("inf")
+    for body in bodies:
+        d = math.hypot(body.centroid_px[0] - centre[0], body.centroid_px[1] - centre[1])
+        if d < best_d:
+            best, best_d = body, d
+    if best is None:
+        return None
+    reach = 0.6 * math.sqrt(max(best.area_px, 1))
+    return best if best_d <= reach else None
+
+
+def _suspect_marks(levels_block: dict[str, Any] | None) -> list[tuple[tuple[float, float], str]]:
+    """Overlay marks of the levels that drive the decision: (centre on the film, label)."""
+    if not levels_block:
+        return []
+    by_number = {lv["number"]: lv for lv in levels_block["levels"]}
+    marks = []
+    for number in levels_block["drives_decision"]:
+        lv = by_number[number]
+        name = lv["name"] or f"#{number}"
+        marks.append((tuple(lv["centre_px"]), f"{name} P(fracture) {lv['fracture_probability']:.2f} G{lv['grade']}"))
+    return marks
 
 
 def _explanation_views(pred: dict, b: int, overlays: list) -> dict:

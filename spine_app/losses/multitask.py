@@ -14,6 +14,12 @@ from torch.nn import functional as F
 from spine_app.channels import CHANNEL_VIEW, LINE_CHANNELS, MASK_NAMES
 
 
+def cumulative_targets(grade: torch.Tensor, grades: int = 3) -> torch.Tensor:
+    """(...,) Genant grades 0-3 -> (..., 3) ordinal targets [grade >= 1, >= 2, >= 3] of the level head."""
+    thresholds = torch.arange(1, grades + 1, device=grade.device)
+    return (grade[..., None] >= thresholds).to(torch.float32)
+
+
 def masked_dice_bce(
     logits: torch.Tensor, target: torch.Tensor, available: torch.Tensor, smooth: float = 1.0
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -51,6 +57,13 @@ class MultiTaskLoss(nn.Module):
         view_cls_weight: weight of the single-view logits' BCE relative to the fused one.
         line_cldice_weight: weight of an extra soft-clDice term (Shit et al. 2021) on the line
             channels; 0 disables it (the measured default, see docs/results.md).
+        level_weight: weight of the per-level loss (BCE of the cumulative grade logits on the levels
+            whose grade is known: ``level_grade`` >= 0 where ``level_valid``).
+        level_positive_weight: weight of a fractured level against a normal one in that loss
+            (about one body in ten is fractured in a Damaged study).
+        level_study_weight: weight of the BCE of the study logit pooled from the levels
+            (``cls_levels``) against the study label: multiple-instance learning, the only level
+            signal when a dataset has study labels alone.
     """
 
     def __init__(
@@ -62,8 +75,13 @@ class MultiTaskLoss(nn.Module):
         line_weight: float = 1.0,
         view_cls_weight: float = 0.5,
         line_cldice_weight: float = 0.0,
+        level_weight: float = 1.0,
+        level_positive_weight: float = 3.0,
+        level_study_weight: float = 0.5,
     ) -> None:
         super().__init__()
+        self.level_weight, self.level_positive_weight = level_weight, level_positive_weight
+        self.level_study_weight = level_study_weight
         self.line_cldice_weight = line_cldice_weight
         self.cldice = SoftclDiceLoss(iter_=3, sigmoid=True, reduction="none") if line_cldice_weight > 0 else None
         self.seg_weight, self.cls_weight = seg_weight, cls_weight
@@ -97,7 +115,29 @@ class MultiTaskLoss(nn.Module):
             cls = cls + self.view_cls_weight * (per_study * weight).sum() / weight.sum().clamp(min=1.0)
         total = self.seg_weight * seg + self.cls_weight * cls
         self.last = {"seg": float(seg.detach()), "cls": float(cls.detach())}
+        if "level_logits" in pred:
+            level = self._level_loss(pred, target, label, known * present[:, 1])
+            total = total + level
+            self.last["level"] = float(level.detach())
         return total
+
+    def _level_loss(
+        self, pred: dict[str, torch.Tensor], target: dict[str, torch.Tensor], label: torch.Tensor, weight: torch.Tensor
+    ) -> torch.Tensor:
+        """Per-level cumulative BCE on the known levels + the pooled study BCE (``weight``: labelled
+        studies with a LAT film)."""
+        logits = pred["level_logits"].float()
+        valid = target["level_valid"].to(logits.dtype)
+        grade = target["level_grade"].to(logits.device)
+        known = valid * (grade >= 0).to(logits.dtype)
+        targets = cumulative_targets(grade.clamp(min=0))
+        per_level = F.binary_cross_entropy_with_logits(logits, targets, reduction="none").mean(dim=-1)
+        level_w = known * (1.0 + (self.level_positive_weight - 1.0) * (grade > 0).to(logits.dtype))
+        level = (per_level * level_w).sum() / level_w.sum().clamp(min=1.0)
+        has_levels = weight * (valid.sum(dim=1) > 0).to(logits.dtype)
+        pooled = F.binary_cross_entropy_with_logits(pred["cls_levels"].float(), label.float(), reduction="none")
+        study = (pooled * has_levels).sum() / has_levels.sum().clamp(min=1.0)
+        return self.level_weight * level + self.level_study_weight * study
 
     def _line_cldice(self, pred: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -> torch.Tensor:
         """Soft-clDice loss of the line channels, averaged over the images where they are annotated."""

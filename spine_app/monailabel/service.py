@@ -59,7 +59,8 @@ def segmentation_label(prediction: StudyPrediction, view: str) -> np.ndarray:
 
 def classification_json(prediction: StudyPrediction) -> dict[str, Any]:
     """MONAI Label's classification answer ({"prediction": [{idx, label, score}]}) plus the bundle's
-    decision (label, threshold, which views were used, per-view probabilities, versions)."""
+    decision (label, threshold, which views were used, per-view probabilities, the suspected
+    vertebrae of the level head, versions)."""
     result = prediction.result
     damaged = float(result["damaged_probability"])
     return {
@@ -72,6 +73,11 @@ def classification_json(prediction: StudyPrediction) -> dict[str, Any]:
         "decision": result.get("decision"),
         "views": sorted(result.get("inputs", {})),
         "view_probabilities": result.get("view_probabilities", {}),
+        "suspected_levels": [
+            {key: lv[key] for key in ("number", "name", "centre_px", "fracture_probability", "grade")}
+            for lv in (result.get("levels") or {}).get("levels", [])
+            if lv["number"] in (result.get("levels") or {}).get("drives_decision", [])
+        ],
         "bundle_version": result.get("bundle_version"),
         "spine_app_version": result.get("spine_app_version"),
     }

@@ -9,7 +9,12 @@ Shapes (B = batch, H x W = working resolution, any size; multiples of 32 avoid p
 - ``forward_study(ap, lat, present)``: ap (B, 1, Ha, Wa), lat (B, 1, Hl, Wl), present (B, 2) float
   (1 = view exists, AP then LAT) -> dict with ``seg_ap`` (B, 8, Ha, Wa), ``seg_lat`` (B, 8, Hl, Wl),
   ``cls`` (B,) fused logit, ``cls_ap`` and ``cls_lat`` (B,) single-view logits. A missing view's
-  image may be anything (zeros); it is excluded from the fused logit.
+  image may be anything (zeros); it is excluded from the fused logit. With ``levels`` (the boxes of
+  the LAT film's vertebral bodies, :class:`spine_app.networks.levels.LevelBatch`) also
+  ``level_logits`` (B, L, 3) cumulative Genant-grade logits per body and ``cls_levels`` (B,) the
+  study logit pooled from the levels (:func:`spine_app.networks.levels.mil_pool`).
+- ``level_logits(lat, levels)``: only the level outputs of LAT films (inference, where the boxes
+  come from the predicted masks).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from spine_app.channels import MASK_NAMES
+from spine_app.networks.levels import LevelBatch, LevelHead, mil_pool
 from spine_app.networks.precision import FP32, Precision
 
 SUPPORTED_BACKBONES = (
@@ -81,6 +87,10 @@ class SpineMultiTaskNet(nn.Module):
         cls_grad_scale: factor on the gradient the classification loss sends into the shared
             encoder (1 = plain multi-task training, 0 = the classifier reads the encoder without
             training it). Forward values do not depend on it, so weights load whatever its value.
+        level_head: build the per-vertebra level head (False: the network of bundle 0.3.x and
+            earlier, whose weights have none).
+        level_pooling: how the study logit is pooled from the level logits (``max``, ``lse``,
+            ``noisy_or``; :func:`spine_app.networks.levels.mil_pool`).
     """
 
     def __init__(
@@ -92,6 +102,8 @@ class SpineMultiTaskNet(nn.Module):
         dropout: float = 0.2,
         decoder_channels: tuple[int, ...] = (128, 64, 32, 16, 16),
         cls_grad_scale: float = 1.0,
+        level_head: bool = True,
+        level_pooling: str = "lse",
     ) -> None:
         super().__init__()
         self.cls_grad_scale = float(cls_grad_scale)
@@ -113,6 +125,10 @@ class SpineMultiTaskNet(nn.Module):
         )
         self.view_heads = nn.Linear(embed_dim, 2)  # column 0: AP-only logit, column 1: LAT-only logit
         self.fusion_head = nn.Linear(2 * embed_dim + 2, 1)
+        self.level_pooling = level_pooling
+        fine = int(decoder_channels[-1]) + in_channels + 2  # decoder features, the film, vertebra + disk
+        context = int(FLEXUNET_BACKBONE.register_dict[backbone]["feature_channel"][-2])
+        self.level_head = LevelHead(fine, context) if level_head else None
 
     def _embedding(self, deepest: torch.Tensor) -> torch.Tensor:
         """(B, C, h, w) deepest encoder features -> (B, embed_dim) view embedding."""
@@ -121,9 +137,38 @@ class SpineMultiTaskNet(nn.Module):
 
     def encode(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(mask logits (B, 8, H, W), view embedding (B, embed_dim)) of one batch of radiographs."""
+        seg, embedding, _ = self._encode_all(image, None)
+        return seg, embedding
+
+    def _encode_all(
+        self, image: torch.Tensor, levels: LevelBatch | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(mask logits, view embedding, level logits (B, L, 3) or None without ``levels``)."""
         features = self.unet.encoder(image)
         decoded = self.unet.decoder(features, self.unet.skip_connect)
-        return self.unet.segmentation_head(decoded), self._embedding(features[-1])
+        seg = self.unet.segmentation_head(decoded)
+        level_logits = None
+        if levels is not None and self.level_head is not None:
+            level_logits = self._levels(image, features[-2], decoded, seg, levels)
+        return seg, self._embedding(features[-1]), level_logits
+
+    def _levels(
+        self, image: torch.Tensor, context: torch.Tensor, decoded: torch.Tensor, seg: torch.Tensor, levels: LevelBatch
+    ) -> torch.Tensor:
+        """Level logits from the full-resolution stack [decoder features, film, vertebra and disk
+        probabilities (not back-propagated into the masks)] and the stride-16 encoder features."""
+        vb, disk = MASK_NAMES.index("Lat_Vertebra"), MASK_NAMES.index("Lat_Disk_Height")
+        masks = torch.sigmoid(seg[:, [vb, disk]]).detach()
+        fine = torch.cat([decoded, image.to(decoded.dtype), masks.to(decoded.dtype)], dim=1)
+        return self.level_head(fine, context, levels)
+
+    def level_logits(self, lat: torch.Tensor, levels: LevelBatch) -> dict[str, torch.Tensor]:
+        """``level_logits`` (B, L, 3) and ``cls_levels`` (B,) of LAT films (B, 1, H, W) with the
+        bodies' boxes ``levels`` (in the films' pixels)."""
+        if self.level_head is None:
+            raise RuntimeError("this network has no level head (level_head=False)")
+        _, _, logits = self._encode_all(lat, levels)
+        return {"level_logits": logits, "cls_levels": mil_pool(logits[..., 0], levels.valid, self.level_pooling)}
 
     def _study_logits(
         self, emb_ap: torch.Tensor, emb_lat: torch.Tensor, present: torch.Tensor
@@ -154,16 +199,25 @@ class SpineMultiTaskNet(nn.Module):
         """Mask logits (B, 8, H, W) of radiographs (B, 1, H, W)."""
         return self.unet(image)
 
-    def forward_study(self, ap: torch.Tensor, lat: torch.Tensor, present: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Masks of both views and the study's Normal/Damaged logits (see the module docstring)."""
+    def forward_study(
+        self, ap: torch.Tensor, lat: torch.Tensor, present: torch.Tensor, levels: LevelBatch | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Masks of both views, the study's Normal/Damaged logits and, with ``levels``, the level
+        outputs (see the module docstring)."""
         seg_ap, emb_ap = self.encode(ap)
-        seg_lat, emb_lat = self.encode(lat)
-        return {"seg_ap": seg_ap, "seg_lat": seg_lat, **self._study_logits(emb_ap, emb_lat, present)}
+        seg_lat, emb_lat, level_logits = self._encode_all(lat, levels)
+        out = {"seg_ap": seg_ap, "seg_lat": seg_lat, **self._study_logits(emb_ap, emb_lat, present)}
+        if level_logits is not None:
+            valid = levels.valid * present[:, 1:2].to(levels.valid.dtype)
+            out["level_logits"] = level_logits
+            out["cls_levels"] = mil_pool(level_logits[..., 0].float(), valid, self.level_pooling)
+        return out
 
 
 class StudyModel(nn.Module):
     """Calls ``net.forward_study`` from ``forward``: the module the trainer (and DDP) wraps.
 
+    The batch's level boxes (``level_*`` keys, training: from the reference masks) are passed on.
     The checkpoint saves ``net`` itself, so the weights load into the plain network (``network_def``)
     used for inference and export. ``precision`` (see :mod:`spine_app.networks.precision`) sets the
     autocast dtype and memory format of the forward pass; the outputs are always fp32, so the loss
@@ -178,7 +232,9 @@ class StudyModel(nn.Module):
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         to_input = self.precision.to_input
         with self.precision.autocast():
-            out = self.net.forward_study(to_input(batch["ap"]), to_input(batch["lat"]), batch["present"])
+            out = self.net.forward_study(
+                to_input(batch["ap"]), to_input(batch["lat"]), batch["present"], LevelBatch.from_batch(batch)
+            )
         return {key: value.float().contiguous() for key, value in out.items()}
 
 

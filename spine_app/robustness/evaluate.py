@@ -30,6 +30,7 @@ from spine_app.data.io import read_image, read_mask
 from spine_app.data.study_transforms import LoadStudyd
 from spine_app.engines.batch import prepare_study_batch
 from spine_app.engines.dataset import weights_path
+from spine_app.engines.inferer import add_level_outputs
 from spine_app.engines.metrics import HEADS, StudyMetrics, head_rows, segmentation_table
 from spine_app.metrics.classification import auroc
 from spine_app.robustness.corruptions import CorruptionSpec, full_scale, load_suite
@@ -54,7 +55,7 @@ def condition_scores(records: list[dict[str, Any]]) -> dict[str, Any]:
     out["mean_dice"] = float(np.mean(list(out["dice"].values()))) if out["dice"] else float("nan")
     out["auroc"] = {}
     for head, (key, view, _) in HEADS.items():
-        rows = head_rows(records, view)
+        rows = head_rows(records, view, key)
         out["auroc"][head] = auroc([int(r["label"]) for r in rows], [r[key] for r in rows]) if rows else float("nan")
     return out
 
@@ -102,6 +103,7 @@ class RobustnessRunner:
             start = time.perf_counter()
             with torch.no_grad():
                 pred = self.network.forward_study(inputs["ap"], inputs["lat"], inputs["present"])
+                add_level_outputs(self.network, inputs["lat"], inputs["present"][:, 1], pred)  # the level decision
             self.forward_seconds.append(time.perf_counter() - start)
             metric.update((pred, targets))
             if self.progress is not None:

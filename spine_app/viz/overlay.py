@@ -23,12 +23,15 @@ def write_overlay(
     masks: dict[int, np.ndarray],
     title: str,
     bodies: Sequence[VertebralBody] = (),
+    suspects: Sequence[tuple[tuple[float, float], str]] = (),
     max_height: int = 1024,
 ) -> Path:
     """Draw ``masks`` (channel index -> (H, W) bool) on ``image`` (H, W) and save a PNG atomically.
 
     The picture is scaled to at most ``max_height`` rows; a title line and the legend of the drawn
-    channels frame it; ``bodies`` (LAT morphometry) are labelled "level G<grade> <type> <loss %>".
+    channels frame it; ``bodies`` (LAT morphometry) are labelled "level G<grade> <type> <loss %>";
+    ``suspects`` ((row, col) on the film, label): the levels that drive the decision, circled in
+    magenta with their label on the left.
     """
     picture = Image.fromarray(overlay(image, masks))
     scale = min(1.0, max_height / picture.height)
@@ -50,6 +53,13 @@ def write_overlay(
         draw.text(
             (col + 4, row - 6), text, fill=GRADE_COLORS[body.grade], font=font, stroke_width=2, stroke_fill=(0, 0, 0)
         )
+    radius = max(8, picture.height // 40)
+    for (row, col), text in suspects:
+        row, col = row * scale, col * scale
+        draw.ellipse((col - radius, row - radius, col + radius, row + radius), outline=(255, 0, 255), width=3)
+        width = draw.textlength(text, font=font)
+        draw.text((max(2, col - radius - 6 - width), row - 6), text, fill=(255, 0, 255), font=font,
+                  stroke_width=2, stroke_fill=(0, 0, 0))  # fmt: skip
     names = [(MASK_NAMES[c], CHANNEL_COLORS[c]) for c in sorted(masks)]
     legend = legend_strip(picture.width, font, names)
     header = 8 + font.size + 8

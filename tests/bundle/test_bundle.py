@@ -79,8 +79,13 @@ def test_evaluate_writes_the_report(bundle_run, tmp_path: Path) -> None:
     assert set(metrics["segmentation"]) == {
         "Ap_Vertebra", "Ap_Pedicle", "Ap_Spinous_Process", "Lat_Vertebra", "Lat_Spinous_Process",
         "Lat_Disk_Height", "Lat_Anterior_Vertebral_Line", "Lat_Posterior_Vertebral_Line"}  # fmt: skip
-    assert set(metrics["classification"]) == {"fused", "AP only", "LAT only", "morphometry", "combined"}
+    assert set(metrics["classification"]) == {"fused", "AP only", "LAT only", "morphometry", "combined",
+                                              "levels", "levels + fused"}  # fmt: skip
     assert "| Ap_Vertebra |" in (tmp_path / "results.md").read_text()
+    # per-vertebra scores from the truth.json level labels (a small network: values, not quality)
+    levels = metrics["levels"]
+    assert levels["levels"] > 0 and 0.0 <= levels["threshold"] <= 1.0
+    assert levels["fractured_found"]["n"] > 0 and levels["normal_flagged"]["n"] > 0
 
 
 def test_inference_writes_masks_at_original_size(bundle_run, tmp_path: Path) -> None:

@@ -1,0 +1,321 @@
+"""Vertebral levels of a lateral film for the level head: body instances, their boxes and labels.
+
+A *level* is one vertebral body on the LAT film. Its instance is a connected component of the
+``Lat_Vertebra`` mask with the ``Lat_Disk_Height`` mask (widened by ``gap_px``) cut out, the same
+separation morphometry uses. Training takes the reference masks, inference the predicted ones.
+
+Per-level labels come from what a dataset has (``level_labels``):
+
+- ``truth``: the generator's ``truth.json`` (Genant grade and fracture type of every level);
+- ``morphometry``: pseudo-labels, the Genant grade measured on the reference masks
+  (:func:`spine_app.morphometry.measure_lat_film`; any dataset with the LAT masks has them);
+- ``study``: none; the level head then learns from the study label alone (multiple-instance
+  pooling, :func:`spine_app.networks.levels.mil_pool`);
+- ``auto``: ``truth`` where the study has a truth.json, else ``morphometry``.
+
+The labels travel through augmentation as a *level map*: an image whose body pixels hold
+:func:`encode_level` (grade and type), 0 elsewhere or where unknown; flips, rotations and elastic
+deformations move it with the masks (nearest-neighbour interpolation).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from monai.transforms import MapTransform, Randomizable
+from scipy import ndimage
+
+from spine_app.channels import MASK_NAMES
+
+#: fracture types, in level-map code order (0 = no fracture)
+FRACTURE_KINDS: tuple[str, ...] = ("none", "wedge", "biconcave", "crush")
+#: how per-level labels are obtained (see the module docstring)
+LEVEL_LABEL_SOURCES: tuple[str, ...] = ("auto", "truth", "morphometry", "study")
+#: most levels handled per film (a lateral film shows 5-12 bodies)
+MAX_LEVELS = 16
+#: grade code of a level whose grade is unknown
+UNKNOWN = -1
+
+_VB, _DISK = MASK_NAMES.index("Lat_Vertebra"), MASK_NAMES.index("Lat_Disk_Height")
+
+
+def encode_level(grade: int, kind: str = "none") -> int:
+    """Level-map value of a body: 1 + grade (0-3) + 4 x fracture type index (1..16; 0 = no label)."""
+    return 1 + int(grade) + 4 * FRACTURE_KINDS.index(kind if grade > 0 else "none")
+
+
+def decode_level(value: int) -> tuple[int, str]:
+    """(grade, type) of a level-map value; (UNKNOWN, "none") for 0."""
+    value = int(value)
+    if value <= 0:
+        return UNKNOWN, "none"
+    return (value - 1) % 4, FRACTURE_KINDS[min((value - 1) // 4, len(FRACTURE_KINDS) - 1)]
+
+
+def body_instances(
+    vertebra: np.ndarray, disk: np.ndarray | None = None, gap_px: int = 0, min_fraction: float = 0.25
+) -> tuple[np.ndarray, int]:
+    """Labelled bodies (H, W) int (0 background, 1..n) and n: ``vertebra`` minus ``disk`` widened by
+    ``gap_px``, connected components, fragments below ``min_fraction`` of the median body dropped."""
+    body = np.asarray(vertebra) > 0
+    if disk is not None and np.any(disk):
+        cut = np.asarray(disk) > 0
+        if gap_px > 0:
+            cut = ndimage.binary_dilation(cut, iterations=int(gap_px))
+        body = body & ~cut
+    labels, n = ndimage.label(body)
+    if n == 0:
+        return labels, 0
+    labels, n = split_merged(labels, n)
+    areas = ndimage.sum_labels(np.ones_like(labels), labels, index=np.arange(1, n + 1))
+    keep = np.flatnonzero((areas >= 20) & (areas >= min_fraction * np.median(areas))) + 1
+    remap = np.zeros(n + 1, dtype=np.int32)
+    remap[keep] = np.arange(1, keep.size + 1)
+    return remap[labels], int(keep.size)
+
+
+def _column_axis(labels: np.ndarray) -> np.ndarray:
+    """Unit vector (row, col) along the column: the principal axis of every labelled pixel."""
+    rows, cols = np.nonzero(labels)
+    if rows.size < 3:
+        return np.array([1.0, 0.0])
+    _, vectors = np.linalg.eigh(np.cov(np.stack([rows, cols]).astype(float)))
+    axis = vectors[:, -1]
+    return axis if axis[0] >= 0 else -axis
+
+
+def _axis_extent(rows: np.ndarray, cols: np.ndarray, axis: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """(position of every pixel of a blob along ``axis``, its length along it, median width across)."""
+    points = np.stack([rows, cols], axis=1).astype(float)
+    u = points @ axis
+    v = points @ np.array([-axis[1], axis[0]])
+    bins = np.round(u - u.min()).astype(int)
+    widths = [np.ptp(v[bins == k]) + 1 for k in np.unique(bins)]
+    return u, float(np.ptp(u) + 1), float(np.median(widths))
+
+
+def split_merged(labels: np.ndarray, n: int) -> tuple[np.ndarray, int]:
+    """Split blobs that hold several bodies (no disk between them on the mask, e.g. levels whose
+    disk is not annotated, or a predicted mask that bridges a disk) at the narrowest cross-sections
+    near where a typical body would end, measured along the column's principal axis. The typical body length is the median length of the
+    blobs, or 0.8 x the column's width when fewer than three blobs give no reliable median."""
+    blobs = []
+    axis = _column_axis(labels)
+    for label in range(1, n + 1):
+        rows, cols = np.nonzero(labels == label)
+        u, length, width = _axis_extent(rows, cols, axis)
+        blobs.append((rows, cols, u, length, width))
+    lengths = np.array([b[3] for b in blobs])
+    widths = np.array([b[4] for b in blobs])
+    typical = float(np.median(lengths)) if n >= 3 else 0.8 * float(np.median(widths))
+    typical = min(typical, 0.8 * float(np.median(widths)) * 1.6)  # a body is never much taller than wide
+    out = np.zeros_like(labels)
+    count = 0
+    for rows, cols, u, length, _ in blobs:
+        pieces = int(round(length / typical)) if typical > 0 else 1
+        if pieces <= 1 or length < 1.5 * typical:
+            count += 1
+            out[rows, cols] = count
+            continue
+        start = u.min()
+        profile = np.bincount(np.round(u - start).astype(int)).astype(float)
+        profile = ndimage.gaussian_filter1d(profile, 1.5)
+        cuts = []
+        for k in range(1, pieces):
+            centre = k * len(profile) / pieces
+            lo, hi = int(max(1, centre - 0.25 * typical)), int(min(len(profile) - 1, centre + 0.25 * typical))
+            cuts.append(lo + int(np.argmin(profile[lo:hi])) if hi > lo else int(centre))
+        piece = np.searchsorted(np.asarray(cuts) + start, u, side="right")
+        for k in range(pieces):
+            sel = piece == k
+            if sel.any():
+                count += 1
+                out[rows[sel], cols[sel]] = count
+    return out, count
+
+
+@dataclass
+class LevelBoxes:
+    """The bodies of one film as oriented square boxes (canvas pixels, row then col), top to bottom.
+
+    ``centre`` (L, 2); ``axis`` (L, 2) unit vector along the column (top to bottom); ``size`` (L,)
+    box side (twice the distance to the neighbouring bodies, so the box shows the body and half of
+    each neighbour); ``grade`` (L,) Genant grade from the level map (UNKNOWN without label);
+    ``kind`` (L,) fracture type index; ``instance`` (L,) the body's label in the instance image.
+    """
+
+    centre: np.ndarray
+    axis: np.ndarray
+    size: np.ndarray
+    grade: np.ndarray
+    kind: np.ndarray
+    instance: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.centre.shape[0])
+
+
+def level_boxes(instances: np.ndarray, n: int, level_map: np.ndarray | None = None) -> LevelBoxes:
+    """Boxes of the ``n`` labelled bodies of ``instances`` (see :class:`LevelBoxes`), sorted top to
+    bottom; a body's label is the most frequent non-zero level-map value under it."""
+    if n == 0:
+        empty = np.zeros((0, 2), np.float32)
+        return LevelBoxes(empty, empty.copy(), np.zeros(0, np.float32), np.zeros(0, np.int64),
+                          np.zeros(0, np.int64), np.zeros(0, np.int64))  # fmt: skip
+    index = np.arange(1, n + 1)
+    centres = np.asarray(ndimage.center_of_mass(np.ones_like(instances), instances, index), dtype=np.float64)
+    order = np.argsort(centres[:, 0])
+    centres, index = centres[order], index[order]
+    areas = ndimage.sum_labels(np.ones_like(instances), instances, index=index)
+    axes = np.zeros_like(centres)
+    sizes = np.zeros(len(index))
+    for i in range(len(index)):
+        lo, hi = max(i - 1, 0), min(i + 1, len(index) - 1)
+        chord = centres[hi] - centres[lo]
+        norm = float(np.linalg.norm(chord))
+        axes[i] = chord / norm if norm > 0 else (1.0, 0.0)
+        steps = [np.linalg.norm(centres[j] - centres[i]) for j in (i - 1, i + 1) if 0 <= j < len(index)]
+        # a lone body: its own extent (square root of its area as the spacing)
+        sizes[i] = 2.0 * (float(np.mean(steps)) if steps else 1.3 * float(np.sqrt(areas[i])))
+    grades = np.full(len(index), UNKNOWN, np.int64)
+    kinds = np.zeros(len(index), np.int64)
+    if level_map is not None:
+        values = np.asarray(level_map).astype(np.int64)
+        for i, label in enumerate(index):
+            under = values[(instances == label) & (values > 0)]
+            if under.size:
+                grades[i], kind = decode_level(int(np.bincount(under).argmax()))
+                kinds[i] = FRACTURE_KINDS.index(kind)
+    return LevelBoxes(centres.astype(np.float32), axes.astype(np.float32), sizes.astype(np.float32),
+                      grades, kinds, index.astype(np.int64))  # fmt: skip
+
+
+def film_level_boxes(
+    vertebra: np.ndarray, disk: np.ndarray | None, gap_px: int = 0, level_map: np.ndarray | None = None
+) -> LevelBoxes:
+    """:func:`body_instances` then :func:`level_boxes`: the levels of one LAT film's masks."""
+    instances, n = body_instances(vertebra, disk, gap_px)
+    return level_boxes(instances, n, level_map)
+
+
+def pad_boxes(boxes: LevelBoxes, max_levels: int = MAX_LEVELS) -> dict[str, torch.Tensor]:
+    """Batch-ready fixed-size tensors: ``level_centre`` (L, 2), ``level_axis`` (L, 2), ``level_size``
+    (L,), ``level_valid`` (L,) 1 for a real body, ``level_grade`` (L,) (UNKNOWN for padding),
+    ``level_kind`` (L,). Bodies beyond ``max_levels`` (top to bottom) are dropped."""
+    k = min(len(boxes), max_levels)
+    out = {
+        "level_centre": torch.zeros(max_levels, 2),
+        "level_axis": torch.zeros(max_levels, 2),
+        "level_size": torch.ones(max_levels),
+        "level_valid": torch.zeros(max_levels),
+        "level_grade": torch.full((max_levels,), UNKNOWN, dtype=torch.long),
+        "level_kind": torch.zeros(max_levels, dtype=torch.long),
+    }
+    out["level_axis"][:, 0] = 1.0
+    if k:
+        out["level_centre"][:k] = torch.from_numpy(boxes.centre[:k])
+        out["level_axis"][:k] = torch.from_numpy(boxes.axis[:k])
+        out["level_size"][:k] = torch.from_numpy(boxes.size[:k])
+        out["level_valid"][:k] = 1.0
+        out["level_grade"][:k] = torch.from_numpy(boxes.grade[:k])
+        out["level_kind"][:k] = torch.from_numpy(boxes.kind[:k])
+    return out
+
+
+def level_map_from_truth(vertebra: np.ndarray, disk: np.ndarray | None, truth: Mapping[str, Any]) -> np.ndarray:
+    """Level map (H, W) uint8 of one LAT film at its own resolution from the reference masks and the
+    generator's ``truth.json``: each truth level in view paints the body under its centre (or the
+    nearest body within half its posterior height) with its grade and type."""
+    instances, n = body_instances(vertebra, disk)
+    out = np.zeros(instances.shape, np.uint8)
+    if n == 0:
+        return out
+    spacing = float(np.mean(truth.get("pixel_spacing_mm") or (1.0, 1.0)))
+    distance, (near_r, near_c) = ndimage.distance_transform_edt(instances == 0, return_indices=True)
+    for level in truth.get("levels", []):
+        if not level.get("in_view_lat"):
+            continue
+        r, c = (int(round(v)) for v in level["center_lat_px"])
+        if not (0 <= r < out.shape[0] and 0 <= c < out.shape[1]):
+            continue
+        reach = 0.5 * level["heights_mm"]["posterior"] / spacing
+        if distance[r, c] > reach:
+            continue
+        label = instances[near_r[r, c], near_c[r, c]]
+        fracture = level.get("fracture") or {}
+        out[instances == label] = encode_level(int(fracture.get("grade", 0)), str(fracture.get("kind", "none")))
+    return out
+
+
+def level_map_from_morphometry(
+    vertebra: np.ndarray, disk: np.ndarray | None, posterior: np.ndarray | None, spacing_mm: tuple[float, float]
+) -> np.ndarray:
+    """Level map (H, W) uint8 of pseudo-labels: the Genant grade and deformity type that
+    morphometry measures on the reference masks; bodies it cannot grade stay 0 (unknown)."""
+    from spine_app.morphometry import measure_vertebrae
+
+    instances, n = body_instances(vertebra, disk)
+    out = np.zeros(instances.shape, np.uint8)
+    if n == 0:
+        return out
+    bodies = measure_vertebrae(instances > 0, spacing_mm, posterior)
+    for body in bodies:
+        if body.grade < 0:
+            continue
+        r, c = (int(round(v)) for v in body.centroid_px)
+        label = instances[min(max(r, 0), out.shape[0] - 1), min(max(c, 0), out.shape[1] - 1)]
+        if label > 0:
+            out[instances == label] = encode_level(body.grade, body.deformity)
+    return out
+
+
+def jitter_boxes(boxes: LevelBoxes, rng: np.random.RandomState, shift: float, scale: float, turn_deg: float) -> LevelBoxes:
+    """Boxes moved by up to ``shift`` x their side, resized by up to +-``scale`` and turned by up to
+    ``turn_deg``: the reference boxes of training made as uncertain as those found on predicted masks."""
+    k = len(boxes)
+    if k == 0:
+        return boxes
+    centre = boxes.centre + rng.uniform(-shift, shift, (k, 2)).astype(np.float32) * boxes.size[:, None]
+    size = boxes.size * rng.uniform(1.0 - scale, 1.0 + scale, k).astype(np.float32)
+    angle = np.radians(rng.uniform(-turn_deg, turn_deg, k))
+    cos, sin = np.cos(angle), np.sin(angle)
+    axis = np.stack([cos * boxes.axis[:, 0] - sin * boxes.axis[:, 1], sin * boxes.axis[:, 0] + cos * boxes.axis[:, 1]], 1)
+    return LevelBoxes(centre, axis.astype(np.float32), size, boxes.grade, boxes.kind, boxes.instance)
+
+
+class LevelBoxesd(MapTransform, Randomizable):
+    """Adds the padded level boxes of the LAT film (see :func:`pad_boxes`) from the reference masks
+    ``seg_lat`` and the level map ``levels_lat`` (after augmentation, so the boxes follow the film).
+    A study without a LAT vertebra mask gets no valid level. ``shift``, ``scale``, ``turn_deg``:
+    random jitter of every box (:func:`jitter_boxes`; 0 = exact boxes)."""
+
+    def __init__(
+        self, max_levels: int = MAX_LEVELS, shift: float = 0.06, scale: float = 0.12, turn_deg: float = 6.0,
+        keys: tuple[Hashable, ...] = ("seg_lat",),
+    ) -> None:  # fmt: skip
+        super().__init__(keys, allow_missing_keys=True)
+        self.max_levels = max_levels
+        self.shift, self.scale, self.turn_deg = shift, scale, turn_deg
+
+    def randomize(self, data: Any = None) -> None:
+        pass
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        out = dict(data)
+        seg = np.asarray(torch.as_tensor(data["seg_lat"]).detach().cpu())
+        avail = np.asarray(torch.as_tensor(data["avail_lat"]).detach().cpu())
+        level_map = data.get("levels_lat")
+        level_map = None if level_map is None else np.asarray(torch.as_tensor(level_map).detach().cpu())[0]
+        if avail[_VB] > 0:
+            disk = seg[_DISK] > 0.5 if avail[_DISK] > 0 else None
+            boxes = film_level_boxes(seg[_VB] > 0.5, disk, 0, level_map)
+            if self.shift or self.scale or self.turn_deg:
+                boxes = jitter_boxes(boxes, self.R, self.shift, self.scale, self.turn_deg)
+        else:
+            boxes = film_level_boxes(np.zeros(seg.shape[1:], bool), None)
+        out.update(pad_boxes(boxes, self.max_levels))
+        return out

@@ -1,0 +1,125 @@
+"""Per-vertebra fracture detection scores (the level head), from the evaluation's per-study records.
+
+A record's ``levels`` (see :func:`spine_app.engines.metrics.level_records`) lists the predicted
+levels (``cumulative``: P(grade >= 1), P(grade >= 2), P(grade >= 3); ``centre``) and the reference
+levels (``grade``, ``kind``, ``match``: the index of the predicted level on it, or None when no
+predicted body was found there). A reference level without a match counts as not flagged (grade 0).
+
+Definitions (docs/design.md, "Metrics"):
+
+- a level is *flagged* when its fracture probability is at or above the level threshold (chosen on
+  validation, Youden's J over the validation levels); its grade is then 1 + the number of the
+  higher cumulative probabilities at or above 0.5, else 0;
+- fractured levels found = flagged fractured levels / fractured levels; normal levels flagged =
+  flagged normal levels / normal levels (both over the reference levels);
+- top level right = Damaged studies whose most suspicious predicted level lies on a fractured
+  reference level / Damaged studies;
+- grade agreement: linearly weighted Cohen's kappa over all reference levels, and exact grade on
+  the fractured ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from spine_app.metrics.classification import auroc, youden_threshold
+
+
+def graded(cumulative: Sequence[float], threshold: float) -> int:
+    """Genant grade of a predicted level at the level ``threshold`` (see the module docstring)."""
+    if cumulative[0] < threshold:
+        return 0
+    return 1 + int(cumulative[1] >= 0.5) + int(cumulative[1] >= 0.5 and cumulative[2] >= 0.5)
+
+
+def reference_levels(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every reference level of the records, with the matched predicted level's probabilities
+    (``cumulative`` zeros when none was found) and its study's label."""
+    rows = []
+    for record in records:
+        levels = record.get("levels") or {}
+        predicted = levels.get("predicted", [])
+        for truth in levels.get("truth", []):
+            match = truth.get("match")
+            cumulative = predicted[match]["cumulative"] if match is not None else [0.0, 0.0, 0.0]
+            rows.append({"study_id": record["study_id"], "label": record["label"], "grade": truth["grade"],
+                         "kind": truth["kind"], "found_body": match is not None, "cumulative": cumulative})  # fmt: skip
+    return rows
+
+
+def level_threshold(records: list[dict[str, Any]]) -> float:
+    """Level threshold from (validation) records: Youden's J over their reference levels (0.5 without any)."""
+    rows = reference_levels(records)
+    if not rows:
+        return 0.5
+    return youden_threshold([int(r["grade"] > 0) for r in rows], [r["cumulative"][0] for r in rows])
+
+
+def _fraction(hits: int, total: int) -> dict[str, Any]:
+    return {"n": total, "hits": hits, "fraction": hits / total if total else None}
+
+
+def level_scores(records: list[dict[str, Any]], threshold: float) -> dict[str, Any]:
+    """The per-level figures of the module docstring at the level ``threshold`` (empty dict when
+    the records hold no reference level)."""
+    from sklearn.metrics import cohen_kappa_score
+
+    rows = reference_levels(records)
+    if not rows:
+        return {}
+    truth = np.array([r["grade"] for r in rows])
+    prob = np.array([r["cumulative"][0] for r in rows])
+    pred = np.array([graded(r["cumulative"], threshold) for r in rows])
+    fractured, flagged = truth > 0, pred > 0
+    out: dict[str, Any] = {
+        "threshold": float(threshold),
+        "levels": len(rows),
+        "bodies_found": _fraction(int(sum(r["found_body"] for r in rows)), len(rows)),
+        "level_auroc": auroc(fractured.astype(int).tolist(), prob.tolist()) if fractured.any() and (~fractured).any() else None,
+        "fractured_found": _fraction(int((flagged & fractured).sum()), int(fractured.sum())),
+        "normal_flagged": _fraction(int((flagged & ~fractured).sum()), int((~fractured).sum())),
+        "kappa_linear": float(cohen_kappa_score(truth, pred, weights="linear", labels=[0, 1, 2, 3])),
+        "exact_grade_fractured": _fraction(int(((pred == truth) & fractured).sum()), int(fractured.sum())),
+        "by_grade": {str(g): _fraction(int((flagged & (truth == g)).sum()), int((truth == g).sum())) for g in (1, 2, 3)},
+        "by_kind": {},
+    }  # fmt: skip
+    kinds = np.array([r["kind"] for r in rows])
+    for kind in sorted(set(kinds[fractured])):
+        sel = fractured & (kinds == kind)
+        out["by_kind"][kind] = _fraction(int((flagged & sel).sum()), int(sel.sum()))
+    top_hits, damaged = 0, 0
+    for record in records:
+        levels = record.get("levels") or {}
+        if record["label"] != 1 or not levels.get("truth"):
+            continue
+        damaged += 1
+        predicted = levels.get("predicted", [])
+        if not predicted:
+            continue
+        top = int(np.argmax([p["cumulative"][0] for p in predicted]))
+        top_hits += any(t.get("match") == top and t["grade"] > 0 for t in levels["truth"])
+    out["top_level_fractured"] = _fraction(top_hits, damaged)
+    return out
+
+
+def level_markdown(scores: dict[str, Any], name: str = "levels") -> str:
+    """One Markdown table row set of :func:`level_scores` (header included)."""
+    if not scores:
+        return ""
+
+    def cell(entry: dict[str, Any]) -> str:
+        return f"{entry['hits']}/{entry['n']} = {entry['fraction']:.2f}" if entry["n"] else "-"
+
+    kinds = ", ".join(f"{k} {v['hits']}/{v['n']}" for k, v in scores["by_kind"].items())
+    grades = ", ".join(f"{g}: {v['hits']}/{v['n']}" for g, v in scores["by_grade"].items())
+    auc = f"{scores['level_auroc']:.3f}" if scores["level_auroc"] is not None else "-"
+    return "\n".join([
+        "| levels | level AUROC | fractured levels found | by grade | by type | normal levels flagged | most suspicious level is fractured (Damaged studies) | kappa (linear) | exact grade (fractured) | level threshold | bodies found on the predicted masks |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+        f"| {name} | {auc} | {cell(scores['fractured_found'])} | {grades} | {kinds} | {cell(scores['normal_flagged'])} | "
+        f"{cell(scores['top_level_fractured'])} | {scores['kappa_linear']:.3f} | {cell(scores['exact_grade_fractured'])} | "
+        f"{scores['threshold']:.3f} | {cell(scores['bodies_found'])} |",
+    ]) + "\n"  # fmt: skip

@@ -1,0 +1,55 @@
+"""Per-vertebra fracture detection scores on hand-made records."""
+
+from __future__ import annotations
+
+import pytest
+
+from spine_app.metrics.levels import graded, level_scores, level_threshold
+
+
+def study(study_id: str, label: int, truth: list[tuple[int, str, int | None]], predicted: list[list[float]]) -> dict:
+    """A record: reference levels (grade, kind, index of the matched predicted level) and predicted levels."""
+    return {
+        "study_id": study_id,
+        "label": float(label),
+        "levels": {
+            "predicted": [{"cumulative": c, "centre": [10.0 * i, 5.0]} for i, c in enumerate(predicted)],
+            "truth": [{"grade": g, "kind": k, "match": m} for g, k, m in truth],
+        },
+    }
+
+
+def test_grade_follows_the_level_threshold_then_the_higher_thresholds():
+    assert graded([0.2, 0.9, 0.9], 0.3) == 0
+    assert graded([0.4, 0.2, 0.9], 0.3) == 1  # P(>=3) does not count without P(>=2)
+    assert graded([0.9, 0.6, 0.1], 0.3) == 2
+    assert graded([0.9, 0.6, 0.7], 0.3) == 3
+
+
+def test_found_flagged_top_level_and_grade_agreement():
+    records = [
+        # Damaged: the grade-2 wedge is found and is the most suspicious level; the normal one is clean
+        study("a", 1, [(0, "none", 0), (2, "wedge", 1), (0, "none", 2)], [[0.1, 0, 0], [0.9, 0.7, 0.1], [0.2, 0, 0]]),
+        # Damaged: the grade-1 crush is missed, a normal level is flagged and is the most suspicious
+        study("b", 1, [(1, "crush", 0), (0, "none", 1)], [[0.2, 0, 0], [0.8, 0.1, 0.1]]),
+        # Normal, one reference level whose body was not found on the predicted masks
+        study("c", 0, [(0, "none", None), (0, "none", 0)], [[0.05, 0, 0]]),
+    ]
+    scores = level_scores(records, threshold=0.5)
+    assert scores["fractured_found"] == {"n": 2, "hits": 1, "fraction": 0.5}
+    assert scores["normal_flagged"]["hits"] == 1 and scores["normal_flagged"]["n"] == 5
+    assert scores["top_level_fractured"] == {"n": 2, "hits": 1, "fraction": 0.5}
+    assert scores["by_grade"]["2"]["hits"] == 1 and scores["by_grade"]["1"]["hits"] == 0
+    assert scores["by_kind"] == {"crush": {"n": 1, "hits": 0, "fraction": 0.0}, "wedge": {"n": 1, "hits": 1, "fraction": 1.0}}
+    assert scores["exact_grade_fractured"]["hits"] == 1
+    assert scores["bodies_found"]["hits"] == 6 and scores["bodies_found"]["n"] == 7
+    assert -1.0 <= scores["kappa_linear"] < 1.0
+    perfect = level_scores([study("a", 1, [(0, "none", 0), (2, "wedge", 1)], [[0.1, 0, 0], [0.9, 0.7, 0.1]])], 0.5)
+    assert perfect["kappa_linear"] == pytest.approx(1.0)
+
+
+def test_level_threshold_separates_validation_levels_and_empty_records_give_nothing():
+    records = [study("a", 1, [(0, "none", 0), (3, "crush", 1)], [[0.2, 0, 0], [0.7, 0.6, 0.6]])]
+    assert 0.2 < level_threshold(records) <= 0.7
+    assert level_threshold([]) == 0.5
+    assert level_scores([{"study_id": "x", "label": 0.0}], 0.5) == {}

@@ -1,0 +1,177 @@
+"""The level head: ROI pooling per body, MIL pooling, the level loss and the body boxes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from spine_app.data.levels import (
+    LevelBoxesd,
+    body_instances,
+    decode_level,
+    encode_level,
+    film_level_boxes,
+    level_map_from_truth,
+    pad_boxes,
+)
+from spine_app.losses import MultiTaskLoss
+from spine_app.losses.multitask import cumulative_targets
+from spine_app.networks import SpineMultiTaskNet
+from spine_app.networks.levels import (
+    LevelBatch,
+    LevelHead,
+    grade_probabilities,
+    mil_pool,
+    predicted_grade,
+    sample_rois,
+)
+
+
+def column(n: int = 5, height: int = 14, gap: int = 4, top: int = 10, shape=(128, 64)) -> tuple[np.ndarray, np.ndarray]:
+    """A straight column of ``n`` bodies (rectangles) with disks between them: (vertebra, disk) masks."""
+    vertebra = np.zeros(shape, bool)
+    disk = np.zeros(shape, bool)
+    row = top
+    for i in range(n):
+        vertebra[row : row + height, 20:44] = True
+        if i < n - 1:
+            disk[row + height : row + height + gap, 22:42] = True
+        row += height + gap
+    return vertebra, disk
+
+
+def boxes_of(vertebra: np.ndarray, disk: np.ndarray | None) -> LevelBatch:
+    padded = pad_boxes(film_level_boxes(vertebra, disk))
+    return LevelBatch(*(padded[k][None] for k in ("level_centre", "level_axis", "level_size", "level_valid")))
+
+
+def test_bodies_are_separated_by_the_disks_and_merged_ones_are_split():
+    vertebra, disk = column()
+    boxes = film_level_boxes(vertebra, disk)
+    assert len(boxes) == 5
+    assert np.all(np.diff(boxes.centre[:, 0]) > 0)  # top to bottom
+    np.testing.assert_allclose(boxes.axis[:, 0], 1.0, atol=1e-6)  # a vertical column
+    # without the disk mask the column is one blob of touching bodies: split at the narrow waists
+    narrow = vertebra.copy()
+    narrow[disk] = True
+    narrow[:, 20:22] &= ~disk[:, 22:24]  # the disk spaces are narrower than the bodies
+    narrow[:, 42:44] &= ~disk[:, 22:24]
+    _, n = body_instances(narrow, None)
+    assert 4 <= n <= 6
+
+
+def test_level_map_labels_each_body_with_its_truth_grade():
+    vertebra, disk = column()
+    boxes = film_level_boxes(vertebra, disk)
+    truth = {"pixel_spacing_mm": [1.0, 1.0], "levels": [
+        {"in_view_lat": True, "center_lat_px": list(map(float, c)), "heights_mm": {"posterior": 14.0},
+         "fracture": {"grade": 2, "kind": "wedge"} if i == 3 else None}
+        for i, c in enumerate(boxes.centre)]}  # fmt: skip
+    level_map = level_map_from_truth(vertebra, disk, truth)
+    labelled = film_level_boxes(vertebra, disk, 0, level_map)
+    assert labelled.grade.tolist() == [0, 0, 0, 2, 0]
+    assert decode_level(encode_level(2, "wedge")) == (2, "wedge")
+    assert decode_level(0)[0] == -1
+
+
+def test_level_boxes_transform_pads_and_keeps_grades_through_jitter():
+    vertebra, disk = column()
+    seg = torch.zeros(8, *vertebra.shape)
+    seg[3], seg[5] = torch.from_numpy(vertebra).float(), torch.from_numpy(disk).float()
+    avail = torch.zeros(8)
+    avail[[3, 5]] = 1
+    level_map = torch.zeros(1, *vertebra.shape)
+    level_map[0][torch.from_numpy(vertebra)] = float(encode_level(0))
+    transform = LevelBoxesd(max_levels=8)
+    transform.set_random_state(0)
+    out = transform({"seg_lat": seg, "avail_lat": avail, "levels_lat": level_map})
+    assert out["level_valid"].tolist() == [1.0] * 5 + [0.0] * 3
+    assert out["level_grade"][:5].tolist() == [0] * 5 and out["level_grade"][5:].tolist() == [-1] * 3
+
+
+def test_roi_pooling_gives_one_logit_per_body_and_a_masked_body_contributes_nothing():
+    torch.manual_seed(0)
+    head = LevelHead(fine_channels=3, deep_channels=4, roi=16).eval()
+    vertebra, disk = column(n=2, height=20, gap=6)
+    boxes = boxes_of(vertebra, disk)
+    fine = torch.rand(1, 3, *vertebra.shape)
+    deep = torch.rand(1, 4, vertebra.shape[0] // 16, vertebra.shape[1] // 16)
+    logits = head(fine, deep, boxes)
+    assert logits.shape == (1, 16, 3)
+    assert int(boxes.valid.sum()) == 2
+    # changing the pixels below both boxes changes nothing; changing body 2 changes its logits
+    changed = fine.clone()
+    changed[..., 100:, :] = 1.0 - changed[..., 100:, :]
+    torch.testing.assert_close(head(changed, deep[..., :0 + deep.shape[-2], :], boxes)[0, :2], logits[0, :2])
+    changed[..., 40:60, :] = 1.0 - changed[..., 40:60, :]
+    assert not torch.allclose(head(changed, deep, boxes)[0, 1], logits[0, 1])
+    patches = sample_rois(fine, boxes, 16, tuple(vertebra.shape))
+    assert patches.shape == (16, 3, 16, 16)
+    # MIL: a masked-out (padding) level never changes the study logit, whatever its value
+    level = logits[..., 0].detach().clone()
+    level[0, 5] = 50.0
+    for method in ("max", "lse", "noisy_or"):
+        assert torch.allclose(mil_pool(level, boxes.valid, method), mil_pool(logits[..., 0].detach(), boxes.valid, method))
+
+
+def test_roi_pooling_reads_only_inside_the_box():
+    vertebra, disk = column(n=2, height=20, gap=6)
+    boxes = boxes_of(vertebra, disk)
+    fine = torch.zeros(1, 1, *vertebra.shape)
+    fine[..., 90:, :] = 1.0  # far below both bodies
+    patches = sample_rois(fine, boxes, 8, tuple(vertebra.shape))
+    assert float(patches[:2].abs().max()) == 0.0
+    fine[..., 4:14, 24:40] = 5.0  # inside body 1, outside the box of body 2
+    patches = sample_rois(fine, boxes, 8, tuple(vertebra.shape))
+    assert float(patches[0].max()) > 0 and float(patches[1].max()) == 0.0
+
+
+@pytest.mark.parametrize("method", ["max", "lse", "noisy_or"])
+def test_mil_gradients_reach_only_the_levels_that_drive_the_study(method):
+    logits = torch.tensor([[-4.0, 3.0, -5.0, 8.0]], requires_grad=True)
+    valid = torch.tensor([[1.0, 1.0, 1.0, 0.0]])  # the last level is padding
+    mil_pool(logits, valid, method).sum().backward()
+    grad = logits.grad[0]
+    assert grad[3] == 0.0  # padding gets nothing
+    assert grad[1] == grad.abs().max()  # the most suspicious level gets the most
+    if method == "max":
+        assert grad[0] == 0.0 and grad[2] == 0.0
+    else:
+        assert float(grad[0] + grad[2]) < 0.05 * float(grad[1])
+
+
+def test_no_level_gives_a_confident_normal_logit():
+    out = mil_pool(torch.zeros(2, 3), torch.zeros(2, 3))
+    assert torch.all(out < -5)
+
+
+def test_ordinal_outputs_are_consistent():
+    cumulative = torch.tensor([[3.0, -1.0, 2.0], [-3.0, -4.0, -5.0], [4.0, 3.0, 2.0]])
+    probs = grade_probabilities(cumulative)
+    torch.testing.assert_close(probs.sum(dim=-1), torch.ones(3))
+    assert probs.min() >= 0
+    assert predicted_grade(cumulative).tolist() == [1, 0, 3]  # P(>=3) above P(>=2) is capped
+    assert cumulative_targets(torch.tensor([0, 2])).tolist() == [[0, 0, 0], [1, 1, 0]]
+
+
+def test_network_and_loss_train_the_level_head_from_level_labels_only_where_known():
+    torch.manual_seed(0)
+    net = SpineMultiTaskNet(decoder_channels=(32, 16, 16, 8, 8))
+    vertebra, disk = column(n=4, height=20, gap=6, shape=(128, 96))
+    boxes = boxes_of(vertebra, disk)
+    image = torch.rand(1, 1, 128, 96)
+    out = net.forward_study(image, image, torch.ones(1, 2), boxes)
+    assert out["level_logits"].shape == (1, 16, 3) and out["cls_levels"].shape == (1,)
+    target = {
+        "seg_ap": torch.zeros(1, 8, 128, 96), "seg_lat": torch.zeros(1, 8, 128, 96),
+        "avail_ap": torch.zeros(1, 8), "avail_lat": torch.zeros(1, 8), "label": torch.tensor([-1.0]),
+        "present": torch.ones(1, 2), "level_valid": boxes.valid,
+        "level_grade": torch.tensor([[0, -1, 3, 0] + [-1] * 12]),
+    }  # fmt: skip
+    loss = MultiTaskLoss()(out, target)
+    net.zero_grad()
+    grads = torch.autograd.grad(loss, out["level_logits"], retain_graph=True)[0][0]
+    assert grads[1].abs().sum() == 0  # unknown grade
+    assert grads[4:].abs().sum() == 0  # padding
+    assert grads[2, 0] < 0 and grads[0, 0] > 0  # fractured up, normal down
