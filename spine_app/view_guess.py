@@ -8,7 +8,8 @@ fractions (one whole-film pass at the working canvas, no sliding window)::
     score = ln((frac(Ap_Pedicle) + frac(Ap_Spinous_Process) + 0.001) / (frac(Lat_Spinous_Process) + 0.001))
 
 AP when ``score > 0``. The guess is refused when ``|score| < MIN_MARGIN`` or when no vertebral
-column is found (both vertebra channels under 1 % of the canvas). ``spine-app bench view`` measures
+column is found (both vertebra channels under 1 % of the canvas, or no disk space between its bodies:
+``Lat_Disk_Height`` under 0.2 %; the 0.4.0 weights draw vertebra masks on textured noise, never disks). ``spine-app bench view`` measures
 it on a datalist split (docs/inference.md).
 """
 
@@ -30,6 +31,7 @@ LAT_EVIDENCE = ("Lat_Spinous_Process",)
 COLUMN = ("Ap_Vertebra", "Lat_Vertebra")
 MIN_MARGIN = 0.25  # |log-ratio| below this is not trusted
 MIN_COLUMN = 0.01  # fraction of the canvas a vertebral column covers at least
+MIN_DISK = 0.002  # ... and its disk spaces (a column of bodies without disks is not a spine)
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,8 @@ def view_score(image: np.ndarray, network: torch.nn.Module, canvas: tuple[int, i
         return sum(float(fractions[MASK_NAMES.index(n)]) for n in names)
 
     column = max(float(fractions[MASK_NAMES.index(n)]) for n in COLUMN)
+    if float(fractions[MASK_NAMES.index("Lat_Disk_Height")]) < MIN_DISK:
+        column = 0.0
     return float(np.log((total(AP_EVIDENCE) + 1e-3) / (total(LAT_EVIDENCE) + 1e-3))), column
 
 
