@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from monai.inferers import Inferer, SlidingWindowInferer
 from torch import nn
@@ -33,7 +34,7 @@ def predicted_levels(seg_lat: torch.Tensor, present_lat: torch.Tensor, max_level
     masks = (seg_lat[:, [vb, disk]].float() > 0).cpu().numpy()
     rows = []
     for b in range(masks.shape[0]):
-        vertebra = masks[b, 0] if float(present_lat[b]) > 0 else masks[b, 0] & False
+        vertebra = masks[b, 0] if float(present_lat[b]) > 0 else np.zeros_like(masks[b, 0])
         rows.append(pad_boxes(film_level_boxes(vertebra, masks[b, 1], PREDICTED_DISK_GAP_PX), max_levels))
     stacked = {key: torch.stack([r[key] for r in rows]).to(seg_lat.device) for key in rows[0]}
     return LevelBatch(stacked["level_centre"], stacked["level_axis"], stacked["level_size"], stacked["level_valid"])
