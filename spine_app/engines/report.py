@@ -200,6 +200,7 @@ def write_report(val: list[dict[str, Any]], test: list[dict[str, Any]], examples
                "segmentation": seg, "line_side": sides, "classification": cls, "levels": levels, **(extra or {})}  # fmt: skip
     write_atomic(out / "metrics.json", lambda tmp: tmp.write_text(json.dumps(metrics, indent=2)))
     write_atomic(out / "results.md", lambda tmp: tmp.write_text(markdown(seg, cls, sides, levels)))
+    write_atomic(out / "records.json", lambda tmp: tmp.write_text(json.dumps({"validation": val, "test": test}, default=float)))
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(

@@ -8,7 +8,8 @@ predicted body was found there). A reference level without a match counts as not
 Definitions (docs/design.md, "Metrics"):
 
 - a level is *flagged* when its fracture probability is at or above the level threshold (chosen on
-  validation, Youden's J over the validation levels); its grade is then 1 + the number of the
+  validation: the lowest that flags at most 3 % of the validation split's normal levels,
+  :data:`LEVEL_FLAG_RATE`); its grade is then 1 + the number of the
   higher cumulative probabilities at or above 0.5, else 0;
 - fractured levels found = flagged fractured levels / fractured levels; normal levels flagged =
   flagged normal levels / normal levels (both over the reference levels);
@@ -50,12 +51,29 @@ def reference_levels(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def level_threshold(records: list[dict[str, Any]]) -> float:
-    """Level threshold from (validation) records: Youden's J over their reference levels (0.5 without any)."""
+LEVEL_FLAG_RATE = 0.03
+"""Largest share of the validation split's normal levels the level threshold may flag (a margin under
+the 5 % product target: validation and test normal-level scores differ by about that much)."""
+
+
+def level_threshold(records: list[dict[str, Any]], max_flag_rate: float | None = LEVEL_FLAG_RATE) -> float:
+    """Level threshold from (validation) records: the lowest fracture probability at which at most
+    ``max_flag_rate`` of their normal reference levels are flagged (midway between the last normal
+    score let through and the next one up), or Youden's J over all their levels when
+    ``max_flag_rate`` is None; 0.5 without reference levels."""
     rows = reference_levels(records)
     if not rows:
         return 0.5
-    return youden_threshold([int(r["grade"] > 0) for r in rows], [r["cumulative"][0] for r in rows])
+    if max_flag_rate is None:
+        return youden_threshold([int(r["grade"] > 0) for r in rows], [r["cumulative"][0] for r in rows])
+    normal = np.sort([float(r["cumulative"][0]) for r in rows if r["grade"] == 0])[::-1]
+    if normal.size == 0:
+        return 0.5
+    allowed = int(np.floor(max_flag_rate * normal.size + 1e-9))
+    if allowed >= normal.size:
+        return float(normal[-1])
+    above = float(normal[allowed - 1]) if allowed > 0 else 1.0
+    return float(min(1.0, (above + float(normal[allowed])) / 2 if above > normal[allowed] else np.nextafter(normal[allowed], 2.0)))
 
 
 def _fraction(hits: int, total: int) -> dict[str, Any]:

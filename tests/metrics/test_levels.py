@@ -51,5 +51,20 @@ def test_found_flagged_top_level_and_grade_agreement():
 def test_level_threshold_separates_validation_levels_and_empty_records_give_nothing():
     records = [study("a", 1, [(0, "none", 0), (3, "crush", 1)], [[0.2, 0, 0], [0.7, 0.6, 0.6]])]
     assert 0.2 < level_threshold(records) <= 0.7
+    assert 0.2 < level_threshold(records, max_flag_rate=None) <= 0.7
     assert level_threshold([]) == 0.5
+
+
+def test_level_threshold_flags_at_most_the_allowed_share_of_normal_levels():
+    # 100 normal levels scored 0.00..0.99 and one fractured level at 0.5: Youden would sit near 0.5
+    # and flag half the normals; the rate rule lets through at most 3 of them, whatever the fractured score.
+    normal = [[i / 100, 0.0, 0.0] for i in range(100)]
+    records = [study("n", 0, [(0, "none", i) for i in range(100)], normal),
+               study("d", 1, [(2, "wedge", 0)], [[0.5, 0.4, 0.1]])]  # fmt: skip
+    threshold = level_threshold(records, max_flag_rate=0.03)
+    assert 0.96 < threshold <= 0.97
+    flagged = level_scores(records, threshold)["normal_flagged"]
+    assert flagged["hits"] == 3 and flagged["n"] == 100
+    assert level_threshold(records, max_flag_rate=0.0) > 0.99
+    assert level_threshold(records, max_flag_rate=None) < 0.6
     assert level_scores([{"study_id": "x", "label": 0.0}], 0.5) == {}
