@@ -9,7 +9,7 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import fire
 import fire.helptext
@@ -553,10 +553,13 @@ def _repeated_flag(names: tuple[str, ...]) -> list[str]:
 def monailabel_serve(studies: str, app: str | None = None, host: str = "127.0.0.1", port: int = 8000,
                      model: str | None = None, cors_origin: str | list[str] | tuple[str, ...] | None = None,
                      allow_delete: bool = False, max_upload_mb: float = 64.0, insecure: bool = False,
-                     **conf: str) -> None:  # fmt: skip
+                     dicomweb: str | None = None, study: str | list[str] | tuple[str, ...] | None = None,
+                     patient: str | None = None, dates: str | None = None, **conf: str) -> None:  # fmt: skip
     """Start the MONAI Label server on a studies folder (writes the app folder first if needed).
 
-    Ids and tags must be plain names (no paths); see docs/monailabel.md, "Security".
+    Ids and tags must be plain names (no paths); see docs/monailabel.md, "Security". With --dicomweb,
+    the CR/DX films of the PACS studies are first pulled into STUDIES (<StudyInstanceUID>_<VIEW>.dcm)
+    and final labels saved through the server go back to the PACS as DICOM SEG (docs/pacs.md).
 
     Args:
         studies: folder of films (<study>_AP.png, <study>_LAT.dcm, ...).
@@ -571,6 +574,12 @@ def monailabel_serve(studies: str, app: str | None = None, host: str = "127.0.0.
         max_upload_mb: largest request body (label or film upload) in MB; larger answers HTTP 413.
         insecure: bind a non-loopback --host without authentication (anyone who reaches the port
             can read the films, overwrite labels and retrain the model).
+        dicomweb: DICOMweb URL of a PACS (e.g. http://127.0.0.1:8042/dicom-web; credentials from
+            SPINE_APP_DICOMWEB_USER/PASSWORD or SPINE_APP_DICOMWEB_TOKEN, never the command line).
+        study: StudyInstanceUID(s) to pull (comma-separated); default every CR/DX study found,
+            narrowed by --patient and --dates YYYYMMDD-YYYYMMDD.
+        patient: PatientID to search for (with --dicomweb).
+        dates: StudyDate range to search for (with --dicomweb).
         conf: extra --conf key value pairs for the app (e.g. --bundle PATH).
     """
     import ipaddress
@@ -592,6 +601,10 @@ def monailabel_serve(studies: str, app: str | None = None, host: str = "127.0.0.
         _refuse(str(err))
     if isinstance(max_upload_mb, bool) or not isinstance(max_upload_mb, (int, float)) or not max_upload_mb > 0:
         _refuse(f"--max-upload-mb must be a number > 0, got {max_upload_mb!r}")
+    if dicomweb is None and (study or patient or dates):
+        _refuse("--study, --patient and --dates choose studies of a PACS: give --dicomweb URL too")
+    if dicomweb is not None:
+        _pull_from_pacs(dicomweb, studies, study, patient, dates, model)
     if not Path(studies).is_dir():
         raise FileNotFoundError(f"{studies}: no such studies folder")
     folder = write_app(app, model)
@@ -606,6 +619,26 @@ def monailabel_serve(studies: str, app: str | None = None, host: str = "127.0.0.
           f"{', '.join(origins) or 'none (same origin only)'}", file=sys.stderr, flush=True)  # fmt: skip
     cmd = server_command(folder, Path(studies), host, port, conf)
     os.execv(cmd[0], cmd)  # the server takes this process (and its id): stop it with that id
+
+
+def _pull_from_pacs(url: str, studies: str, study: Any, patient: str | None, dates: str | None,
+                    model: str | None) -> None:  # fmt: skip
+    """``monailabel serve --dicomweb``: pull the studies' films into STUDIES; one line per failing
+    study; exit 1 when the folder then holds no film to serve."""
+    from spine_app.monailabel.pacs import pull_studies
+
+    if not str(url).startswith(("http://", "https://")):
+        _refuse(f"--dicomweb must be an http(s) URL, got {url!r}")
+    uids = [u.strip() for part in ([study] if isinstance(study, str) else list(study or [])) for u in str(part).split(",") if u.strip()]
+    summary = pull_studies(url, studies, uids, patient, dates, model)
+    for line in summary.warnings:
+        print(f"warning: {line}", file=sys.stderr)
+    for line in summary.errors:
+        print(f"failed: {line}", file=sys.stderr)
+    print(f"PACS: {len(summary.images)} films of {len(summary.studies)} studies pulled into {studies}", file=sys.stderr, flush=True)
+    if not any(p.is_file() and not p.name.startswith(".") and p.name != "pacs_sources.json" for p in Path(studies).iterdir()):
+        print(f"error: {studies}: no film to serve (nothing pulled from {url})", file=sys.stderr)
+        raise SystemExit(1)
 
 
 def publish(run_dir: str, bundle: str | None = None) -> None:

@@ -61,10 +61,12 @@ def segment_codes(name: str) -> tuple[Any, Any, Any | None]:
 
 def write_seg(
     source_path: str | Path, masks: dict[int, np.ndarray], view: str, out_path: str | Path,
-    model_version: str = "unknown",
+    model_version: str = "unknown", algorithm_type: str = "AUTOMATIC", series_description: str | None = None,
 ) -> Path:  # fmt: skip
     """Write the DICOM SEG of one film: ``masks`` channel index -> bool (rows, cols) of the view's
-    channels, ``source_path`` the film's DICOM file. Written atomically.
+    channels, ``source_path`` the film's DICOM file. Written atomically. ``algorithm_type``:
+    AUTOMATIC (the model's masks) or SEMIAUTOMATIC (an annotator corrected them); ``series_description``:
+    the series description (default "spine-app <VIEW> structures").
 
     Raises:
         ValueError: a mask whose shape differs from the film's, or a channel of another view.
@@ -95,7 +97,7 @@ def write_seg(
         uses_local |= kind.scheme_designator == LOCAL_SCHEME
         description = hd.seg.SegmentDescription(
             segment_number=number, segment_label=MASK_NAMES[c], segmented_property_category=category,
-            segmented_property_type=kind, algorithm_type="AUTOMATIC", algorithm_identification=algorithm,
+            segmented_property_type=kind, algorithm_type=algorithm_type, algorithm_identification=algorithm,
             tracking_uid=generate_uid(), tracking_id=f"{MASK_NAMES[c]} ({view})",
         )  # fmt: skip
         if modifier is not None:  # DICOM: the modifier sits inside the property type's code item
@@ -113,7 +115,7 @@ def write_seg(
         series_instance_uid=generate_uid(), series_number=901, sop_instance_uid=generate_uid(), instance_number=1,
         manufacturer="spine-app", manufacturer_model_name="spine-app multi-task network",
         software_versions=f"spine-app {__version__}, bundle {model_version}", device_serial_number="none",
-        series_description=f"spine-app {view} structures", omit_empty_frames=False, **extra,
+        series_description=series_description or f"spine-app {view} structures", omit_empty_frames=False, **extra,
     )  # fmt: skip
     # highdicom does not copy Patient Orientation (Type 2C of the General Image module: present, may be empty)
     seg.PatientOrientation = source.get("PatientOrientation", "")

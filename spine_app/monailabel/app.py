@@ -25,6 +25,7 @@ from spine_app.engines.dataset import bundle_version
 from spine_app.infer import BUNDLE_DIR
 from spine_app.monailabel.appdir import SERVED_MODEL
 from spine_app.monailabel.encoding import LABEL_VALUES
+from spine_app.monailabel.pacs import push_quietly
 from spine_app.monailabel.security import label_problem, plain_name_problem
 from spine_app.monailabel.studies import split_image_id
 from spine_app.monailabel.tasks import SpineClassification, SpineFineTune, SpineSegmentation
@@ -43,7 +44,9 @@ def _check_name(what: str, value: str) -> None:
 class GuardedDatastore(LocalDatastore):
     """MONAI Label's local datastore that writes only inside the studies folder and keeps users' films:
     plain ids and tags (422), film types only, no replacing an existing film (409), labels that
-    decode as 8-bit images of their film's size (422 naming the id)."""
+    decode as 8-bit images of their film's size (422 naming the id). A final label of a film pulled
+    from a PACS (:mod:`spine_app.monailabel.pacs`) is also stored there as a DICOM SEG; when the PACS
+    refuses it, the label stays saved locally and the server log says why."""
 
     def add_image(self, image_id: str, image_filename: str, image_info: dict[str, Any]) -> str:
         image_id = image_id or self._to_id(Path(image_filename).name)[0]
@@ -63,7 +66,10 @@ class GuardedDatastore(LocalDatastore):
         problem = label_problem(label_filename, film, split_image_id(image_id)[1])
         if problem:
             raise HTTPException(422, f"label for {image_id!r} refused: {problem}")
-        return super().save_label(image_id, label_filename, label_tag, label_info)
+        label_id = super().save_label(image_id, label_filename, label_tag, label_info)
+        if label_tag == "final":  # a film pulled from a PACS: the final label also goes back as a DICOM SEG
+            push_quietly(self._datastore_path, image_id, self.get_label_uri(image_id, label_tag), bundle_version(str(BUNDLE_DIR)))
+        return label_id
 
     def remove_image(self, image_id: str) -> None:
         _check_name("image", image_id)
