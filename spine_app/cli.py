@@ -183,9 +183,9 @@ def infer(
         patient: with --dicomweb and no --study, only this PatientID.
         dates: with --dicomweb and no --study, a StudyDate range YYYYMMDD-YYYYMMDD.
     """
+    from spine_app.bundle import BUNDLE_DIR
     from spine_app.explain import METHODS
-    from spine_app.infer import (
-        BUNDLE_DIR,
+    from spine_app.inference.run import (
         BadArgument,
         check_model,
         resolve_device,
@@ -248,8 +248,9 @@ def export(out: str = "export", model: str | None = None, bundle: str | None = N
         bundle: bundle folder (default: the repository's bundle/).
         onnx: also OUT/model.onnx and OUT/study.onnx, checked with onnxruntime (pip install -e ".[onnx]").
     """
-    from spine_app.export import export_onnx, export_torchscript
-    from spine_app.infer import BUNDLE_DIR, check_model
+    from spine_app.bundle import BUNDLE_DIR
+    from spine_app.inference.export import export_onnx, export_torchscript
+    from spine_app.inference.run import check_model
 
     check_model(bundle or BUNDLE_DIR, model)  # BadArgument (exit 2) for a missing or unusable file
     info = export_torchscript(out, bundle or BUNDLE_DIR, model)
@@ -277,7 +278,7 @@ def bench_infer(
         json_out: also write the figures as JSON.
         keep: keep the generated studies and outputs in this folder.
     """
-    from spine_app.bench_infer import bench_inference, format_inference_bench
+    from spine_app.bench.infer import bench_inference, format_inference_bench
 
     report = bench_inference(n=n, seed=seed, model=model, device=device, keep=keep)
     print(format_inference_bench(report))
@@ -301,8 +302,8 @@ def bench_speed(
         workers: loader processes with --data.
         json_out: also write the rows as JSON.
     """
-    from spine_app.bench_speed import bench_speed as run_bench
-    from spine_app.bench_speed import format_speed
+    from spine_app.bench.speed import bench_speed as run_bench
+    from spine_app.bench.speed import format_speed
 
     rows = run_bench(device, batch, tuple(int(c) for c in canvas), steps, n, data, workers)
     print(format_speed(rows))
@@ -325,7 +326,7 @@ def bench_compare(
         variants: comma-separated subset: ours, seed-style, no-cls, cls-only, other-sharing (default: all).
         amp: training precision of every variant (auto, bf16, fp16, off), as the bundle's ``amp``.
     """
-    from spine_app.bench_compare import compare
+    from spine_app.bench.compare import compare
 
     chosen = _names(variants)
     compare(data, out, steps, batch, tuple(int(c) for c in canvas), seed, workers, device, chosen, amp)
@@ -341,7 +342,7 @@ def bench_morphometry(datalist: str, split: str = "test", pred: str | None = Non
         pred: an inference output folder (masks of `spine-app infer`); default: the reference masks.
         json_out: also write the figures as JSON.
     """
-    from spine_app.morphometry_eval import evaluate_morphometry, format_morphometry
+    from spine_app.morphometry.evaluate import evaluate_morphometry, format_morphometry
 
     report = evaluate_morphometry(datalist, split, pred)
     print(format_morphometry(report))
@@ -371,7 +372,8 @@ def robustness_evaluate(
         only: comma-separated corruption names to run (default: the whole suite).
         canvas: working size the model was trained at, e.g. "[256, 192]" (default the bundle's).
     """
-    from spine_app.infer import BUNDLE_DIR, BadArgument, check_model, resolve_device
+    from spine_app.bundle import BUNDLE_DIR
+    from spine_app.inference.run import BadArgument, check_model, resolve_device
     from spine_app.robustness.corruptions import load_suite
     from spine_app.robustness.evaluate import evaluate_robustness
     from spine_app.robustness.report import markdown
@@ -456,7 +458,7 @@ def bench_all(
         compare_variants: comma-separated subset of bench compare's variants (ours, seed-style, no-cls, cls-only,
             other-sharing; default: all).
     """
-    from spine_app.bench_all import BenchSettings, run_all
+    from spine_app.bench.suite import BenchSettings, run_all
 
     settings = BenchSettings(
         data, Path(out), model, device, split, workers, infer_studies, speed_steps, speed_passes,
@@ -490,7 +492,7 @@ def bench_view(data: str, split: str = "test", model: str | None = None) -> None
         split: split whose films are guessed.
         model: weights (default the shipped model).
     """
-    from spine_app.view_guess import MIN_MARGIN, bench_views
+    from spine_app.inference.view_guess import MIN_MARGIN, bench_views
 
     r = bench_views(data, split, model)
     print(
@@ -617,8 +619,8 @@ def publish(run_dir: str, bundle: str | None = None) -> None:
         run_dir: a training run folder, e.g. bundle/runs/synthetic-384x288-resnet18.
         bundle: bundle folder (default: the repository's bundle/).
     """
+    from spine_app.bundle import BUNDLE_DIR
     from spine_app.engines.runs import PROVENANCE, publish_model
-    from spine_app.infer import BUNDLE_DIR
 
     if not Path(run_dir).is_dir():
         _refuse(f"{run_dir}: no such run folder")
@@ -649,7 +651,7 @@ def _train_settings() -> list[str]:
     """The bundle settings (train.yaml ids) that the robustness experiments take as flags."""
     import yaml
 
-    from spine_app.infer import BUNDLE_DIR
+    from spine_app.bundle import BUNDLE_DIR
 
     return list(yaml.safe_load((BUNDLE_DIR / "configs" / "train.yaml").read_text()))
 
@@ -713,7 +715,7 @@ COMMANDS = {
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: the command line is checked (flags, device) before fire runs anything."""
-    from spine_app.infer import resolve_device
+    from spine_app.inference.run import resolve_device
 
     args = sys.argv[1:] if argv is None else list(argv)
     try:
@@ -731,7 +733,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         fire.Fire(COMMANDS, command=line.argv, name="spine-app")
     except (ValueError, FileNotFoundError) as err:
-        _refuse(str(err), getattr(err, "exit_status", 1))  # 2 for spine_app.infer.BadArgument
+        _refuse(str(err), getattr(err, "exit_status", 1))  # 2 for spine_app.inference.run.BadArgument
 
 
 if __name__ == "__main__":

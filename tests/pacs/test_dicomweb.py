@@ -17,7 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
-from spine_app.infer import BUNDLE_DIR
+from spine_app.bundle import BUNDLE_DIR
 from spine_app.networks import SpineMultiTaskNet
 from spine_app.pacs import orthanc
 
