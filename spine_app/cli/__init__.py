@@ -15,7 +15,7 @@ import fire
 import fire.helptext
 
 from spine_app import __version__
-from spine_app.cli_checks import CommandLineError, Group, check_command_line
+from spine_app.cli.checks import CommandLineError, Group, check_command_line
 
 
 def _refuse(message: str, status: int = 2) -> NoReturn:
@@ -735,6 +735,3 @@ def main(argv: list[str] | None = None) -> None:
     except (ValueError, FileNotFoundError) as err:
         _refuse(str(err), getattr(err, "exit_status", 1))  # 2 for spine_app.inference.run.BadArgument
 
-
-if __name__ == "__main__":
-    main()
