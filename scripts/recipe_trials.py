@@ -22,7 +22,7 @@ import fire
 import numpy as np
 import torch
 
-from spine_app.bench_speed import to_device
+from spine_app.bench.speed import to_device
 from spine_app.channels import MASK_NAMES
 from spine_app.data.importer import load_datalist
 from spine_app.engines.dataset import mask_priors

@@ -17,7 +17,7 @@ import json
 import time
 from pathlib import Path
 
-CONFIGS = Path(__file__).resolve().parents[1] / "bundle" / "configs"
+BUNDLE = Path(__file__).resolve().parents[1] / "bundle"
 
 
 def main() -> None:
@@ -31,10 +31,10 @@ def main() -> None:
     parser.add_argument("--speed", action="store_true", help="time training steps first")
     args = parser.parse_args()
 
-    from monai.bundle import ConfigWorkflow
+    from spine_app.bundle import config_workflow
 
     if args.speed:
-        from spine_app.bench_speed import bench_speed, format_speed
+        from spine_app.bench.speed import bench_speed, format_speed
 
         print(format_speed(bench_speed(batch=8, canvas=(512, 384))))
     common = {
@@ -43,17 +43,16 @@ def main() -> None:
         "num_workers": args.num_workers,
         **json.loads(args.overrides),
     }
-    files = {"meta_file": str(CONFIGS / "metadata.json"), "logging_file": str(CONFIGS / "logging.conf")}
     start = time.perf_counter()
-    train = ConfigWorkflow(str(CONFIGS / "train.yaml"), workflow_type="train", run_id="training", epochs=args.epochs,
-                           val_interval=args.val_interval, **files, **common)  # fmt: skip
+    train = config_workflow("train.yaml", BUNDLE, workflow_type="train", run_id="training", epochs=args.epochs,
+                            val_interval=args.val_interval, **common)  # fmt: skip
     train.initialize()
     train.run()
     train.finalize()
     trained = time.perf_counter()
     run_dir = train.parser.get_parsed_content("ckpt_dir")  # the run folder: evaluate its best model
-    evaluate = ConfigWorkflow([str(CONFIGS / "train.yaml"), str(CONFIGS / "evaluate.yaml")], workflow_type="train",
-                              run_id="evaluate", **files, **{**common, "ckpt_dir": run_dir})  # fmt: skip
+    evaluate = config_workflow(["train.yaml", "evaluate.yaml"], BUNDLE, workflow_type="train",
+                               run_id="evaluate", **{**common, "ckpt_dir": run_dir})  # fmt: skip
     evaluate.initialize()
     evaluate.run()
     evaluate.finalize()

@@ -8,8 +8,8 @@ from types import ModuleType
 __version__ = "0.2.0"
 
 _SUBPACKAGES = {
-    "channels", "cli", "data", "engines", "explain", "losses", "metrics", "networks", "resources", "robustness",
-    "synthetic", "viz",
+    "bench", "bundle", "channels", "cli", "data", "engines", "explain", "inference", "losses", "metrics", "morphometry",
+    "networks", "resources", "robustness", "synthetic", "viz",
 }  # fmt: skip
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from spine_app.bench_speed import bench_speed, format_speed
+from spine_app.bench.speed import bench_speed, format_speed
 
 
 def test_bench_speed_rows_and_table() -> None:
@@ -22,7 +22,7 @@ def test_bench_speed_rows_and_table() -> None:
 def test_compare_runs_every_variant_with_a_one_step_budget(synth_root, tmp_path) -> None:
     import json
 
-    from spine_app.bench_compare import VARIANTS, compare
+    from spine_app.bench.compare import VARIANTS, compare
     from spine_app.data.importer import import_dataset
     from spine_app.engines.metrics import segmentation_table
 
@@ -43,7 +43,7 @@ def test_compare_runs_every_variant_with_a_one_step_budget(synth_root, tmp_path)
 def test_bench_all_rewrites_only_the_marked_blocks(synth_root, tmp_path) -> None:
     import json
 
-    from spine_app.bench_all import BenchSettings, run_all
+    from spine_app.bench.suite import BenchSettings, run_all
     from spine_app.data.importer import import_dataset
 
     datalist = tmp_path / "datalist.json"
@@ -65,7 +65,7 @@ def test_bench_all_rewrites_only_the_marked_blocks(synth_root, tmp_path) -> None
 def test_bench_all_reports_a_failing_part_and_runs_the_others(tmp_path) -> None:
     import json
 
-    from spine_app.bench_all import BenchSettings, run_all
+    from spine_app.bench.suite import BenchSettings, run_all
 
     missing = tmp_path / "missing.pt"
     result = run_all(

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import torch
 
-from spine_app.export import STUDY_OUTPUTS, export_torchscript, load_bundle_network
-from spine_app.infer import BUNDLE_DIR
+from spine_app.bundle import BUNDLE_DIR, load_bundle_network
+from spine_app.inference.export import STUDY_OUTPUTS, export_torchscript
 from spine_app.networks import SpineMultiTaskNet
 
 
@@ -43,7 +43,7 @@ def test_onnx_export_matches_eager(tmp_path: Path) -> None:
     import numpy as np
     import onnxruntime as ort
 
-    from spine_app.export import export_onnx
+    from spine_app.inference.export import export_onnx
 
     torch.manual_seed(2)
     weights = tmp_path / "model.pt"

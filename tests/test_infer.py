@@ -21,9 +21,10 @@ import pytest
 import torch
 from PIL import Image
 
+from spine_app.bundle import BUNDLE_DIR
 from spine_app.channels import MASK_NAMES
 from spine_app.data.io import read_image, write_dicom, write_png
-from spine_app.infer import BUNDLE_DIR, resolve_inputs, run_inference
+from spine_app.inference.run import resolve_inputs, run_inference
 from spine_app.networks import SpineMultiTaskNet
 from tests.helpers import radiograph
 
@@ -310,8 +311,8 @@ def test_datalist_input_with_a_split(tmp_path: Path, synth_root: Path) -> None:
 
 
 def test_shipped_model_runs_without_training(tmp_path: Path, synth_root: Path) -> None:
+    from spine_app.bundle import BUNDLE_DIR
     from spine_app.engines.writer import sha256_of
-    from spine_app.infer import BUNDLE_DIR
 
     shipped = BUNDLE_DIR / "models" / "model.pt"
     assert shipped.stat().st_size <= 25 * 1024 * 1024  # the limit for committed weights
@@ -411,7 +412,7 @@ def test_repeated_study_ids_never_take_another_studys_id(
 
 
 def test_study_ids_become_safe_unique_folder_names() -> None:
-    from spine_app.infer import unique_ids
+    from spine_app.inference.run import unique_ids
 
     ids = ["../up", "summary.csv", "A", "a", "a_2", "", "x/y", ".hidden"]
     made = [e["study_id"] for e in unique_ids([{"study_id": i} for i in ids])]

@@ -10,7 +10,13 @@ import pytest
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
-from spine_app.morphometry import genant_grade, match_truth, measure_lat_film, measure_vertebrae, study_fracture_score
+from spine_app.morphometry.measure import (
+    genant_grade,
+    match_truth,
+    measure_lat_film,
+    measure_vertebrae,
+    study_fracture_score,
+)
 
 SPACING = (0.5, 0.5)
 
@@ -110,7 +116,7 @@ def test_generator_masks_agree_with_truth(synth_root: Path) -> None:
 
 def test_evaluation_reads_reference_and_predicted_masks_alike(synth_root: Path, tmp_path: Path) -> None:
     from spine_app.data.importer import import_dataset
-    from spine_app.morphometry_eval import evaluate_morphometry, format_morphometry
+    from spine_app.morphometry.evaluate import evaluate_morphometry, format_morphometry
 
     datalist = tmp_path / "datalist.json"
     import_dataset(synth_root, datalist, seed=0, fractions=(0.0, 0.0, 1.0), workers=1)
@@ -133,7 +139,7 @@ def test_evaluation_reads_reference_and_predicted_masks_alike(synth_root: Path, 
 
 
 def test_morphometry_probability_and_noisy_or() -> None:
-    from spine_app.morphometry import combine_probabilities, morphometry_probability
+    from spine_app.morphometry.measure import combine_probabilities, morphometry_probability
 
     probs = [morphometry_probability(r) for r in (0.0, 0.15, 0.2, 0.25, 0.4)]
     assert probs == sorted(probs) and probs[2] == pytest.approx(0.5) and probs[0] < 0.01 and probs[-1] > 0.99
@@ -197,7 +203,7 @@ def test_quality_control_refuses_implausible_bodies() -> None:
 
 
 def test_plausibility_problem_names_the_reason() -> None:
-    from spine_app.morphometry import VertebralBody, plausibility_problem
+    from spine_app.morphometry.measure import VertebralBody, plausibility_problem
 
     def body(ha: float, hm: float, hp: float, area: int = 1000, depth: float = 30.0) -> VertebralBody:
         return VertebralBody(index=0, level=None, centroid_px=(0.0, 0.0), area_px=area,

@@ -256,7 +256,7 @@ def level_map_from_morphometry(
 ) -> np.ndarray:
     """Level map (H, W) uint8 of pseudo-labels: the Genant grade and deformity type that
     morphometry measures on the reference masks; bodies it cannot grade stay 0 (unknown)."""
-    from spine_app.morphometry import measure_vertebrae
+    from spine_app.morphometry.measure import measure_vertebrae
 
     instances, n = body_instances(vertebra, disk)
     out = np.zeros(instances.shape, np.uint8)

@@ -1,7 +1,7 @@
 """Glue between spine_app and MONAI/Ignite engines, referenced by the bundle configs."""
 
 from spine_app.engines.batch import output_loss, prepare_study_batch
-from spine_app.engines.dataset import bundle_version, datalist_split, ensure_datalist, inference_entries, mask_priors
+from spine_app.engines.dataset import datalist_split, ensure_datalist, inference_entries, mask_priors
 from spine_app.engines.handlers import (
     AtomicCheckpointSaver,
     EpochCheckpoint,
@@ -18,7 +18,6 @@ __all__ = [
     "AtomicCheckpointSaver",
     "ValidationState",
     "as_flag",
-    "bundle_version",
     "datalist_sha256",
     "default_run_name",
     "publish_model",

@@ -104,19 +104,3 @@ def inference_entries(dataset_dir: str) -> list[dict[str, Any]]:
     if not entries:
         raise ValueError(f"{dataset_dir}: no study with an AP or LAT image")
     return entries
-
-
-def weights_path(bundle_dir: str | Path, model: str | Path | None = None, must_exist: bool = True) -> Path:
-    """``model``, or the bundle's ``models/model.pt``; FileNotFoundError naming it when it is missing."""
-    path = Path(model) if model else Path(bundle_dir) / "models" / "model.pt"
-    if must_exist and not path.is_file():
-        raise FileNotFoundError(f"{path}: no model weights (train one, see README, or pass --model)")
-    return path
-
-
-def bundle_version(bundle_root: str) -> str:
-    """The ``version`` of ``bundle_root/configs/metadata.json`` ("unknown" without one)."""
-    import json
-
-    meta = Path(bundle_root) / "configs" / "metadata.json"
-    return str(json.loads(meta.read_text()).get("version", "unknown")) if meta.is_file() else "unknown"

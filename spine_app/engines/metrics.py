@@ -22,7 +22,7 @@ from spine_app.channels import CHANNEL_VIEW, LINE_CHANNELS, MASK_NAMES, channels
 from spine_app.data.levels import FRACTURE_KINDS, film_level_boxes
 from spine_app.metrics.classification import auroc
 from spine_app.metrics.segmentation import lat_line_sides, score_masks
-from spine_app.morphometry import (
+from spine_app.morphometry.measure import (
     combine_probabilities,
     measure_lat_film,
     morphometry_probability,
@@ -31,7 +31,7 @@ from spine_app.morphometry import (
 
 #: classifier heads: report name -> (record key of the probability, view that must be present, metric suffix).
 #: "fused", "AP only", "LAT only" are the network's heads; "morphometry" is the Genant height reduction
-#: measured on the predicted LAT vertebra mask; "combined" is their noisy-OR (spine_app.morphometry).
+#: measured on the predicted LAT vertebra mask; "combined" is their noisy-OR (spine_app.morphometry.measure).
 HEADS = {
     "fused": ("prob_cls", None, ""),
     "AP only": ("prob_cls_ap", 0, "_ap"),

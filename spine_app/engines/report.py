@@ -27,6 +27,7 @@ from spine_app.data.io import write_atomic  # noqa: E402
 from spine_app.engines.metrics import HEADS, StudyMetrics, head_rows, line_side_summary, segmentation_table  # noqa: E402
 from spine_app.metrics.classification import auroc, auroc_ci, threshold_scores, youden_threshold  # noqa: E402
 from spine_app.metrics.levels import level_markdown, level_scores, level_threshold  # noqa: E402
+from spine_app.viz.figures import save_figure  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -94,13 +95,6 @@ def markdown(seg: dict[str, dict[str, float]], cls: dict[str, Any], sides: dict[
     return "\n".join(lines) + "\n"
 
 
-def _save_figure(fig: plt.Figure, path: Path) -> None:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    write_atomic(path, lambda tmp: tmp.write_bytes(buffer.getvalue()))
-
-
 def plot_dice_bars(seg: dict[str, dict[str, float]], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(8, 3.5))
     names = list(seg)
@@ -113,7 +107,7 @@ def plot_dice_bars(seg: dict[str, dict[str, float]], path: Path) -> None:
     ax.set_ylim(0, 1)
     ax.set_ylabel("Dice (test)")
     ax.set_title("Per-mask Dice (red: AP, blue: LAT)")
-    _save_figure(fig, path)
+    save_figure(fig, path)
 
 
 def _roc_points(labels: list[int], probs: list[float]) -> tuple[np.ndarray, np.ndarray]:
@@ -136,7 +130,7 @@ def plot_roc(test: list[dict[str, Any]], cls: dict[str, Any], path: Path) -> Non
     ax.set_ylabel("sensitivity")
     ax.legend(loc="lower right", fontsize=8)
     ax.set_title("Normal vs Damaged (test)")
-    _save_figure(fig, path)
+    save_figure(fig, path)
 
 
 def plot_training_curves(log_dir: Path, path: Path) -> bool:
@@ -163,7 +157,7 @@ def plot_training_curves(log_dir: Path, path: Path) -> bool:
     axes[1].set_title("validation")
     axes[1].set_xlabel("epoch")
     axes[1].legend(fontsize=8)
-    _save_figure(fig, path)
+    save_figure(fig, path)
     return True
 
 
@@ -184,7 +178,7 @@ def plot_examples(examples: list[dict[str, Any]], path: Path) -> None:
             axes[row, col].imshow(rgb)
             axes[row, col].set_axis_off()
             axes[row, col].set_title(f"{view.upper()}: prediction (colour), truth (white)", fontsize=8)
-    _save_figure(fig, path)
+    save_figure(fig, path)
 
 
 def write_report(val: list[dict[str, Any]], test: list[dict[str, Any]], examples: list[dict[str, Any]], output_dir: str,

@@ -16,7 +16,7 @@ For a study ``S`` the handler writes into ``OUT/S/``:
   body the level head scored (number from the top, name where morphometry names it, centre on the
   film, fracture probability, Genant grade, height measurements) and which levels drive the
   decision (the overlay circles them),
-  per-mask area (px, mm²), per-vertebra morphometry (:mod:`spine_app.morphometry`), model file and
+  per-mask area (px, mm²), per-vertebra morphometry (:mod:`spine_app.morphometry.measure`), model file and
   versions, and the SHA-256 of each input file.
 
 ``OUT/summary.csv`` has one row per study of this run (failed ones too) and ``OUT/errors.json``
@@ -339,9 +339,9 @@ class StudyPredictionWriter:
         )
         self.rows: list[dict[str, Any]] = []
         self.errors: list[dict[str, str]] = []
-        #: studies whose complete output was already there (set by ``spine_app.infer.run_inference``)
+        #: studies whose complete output was already there (set by ``spine_app.inference.run.run_inference``)
         self.skipped: list[dict[str, Any]] = []
-        #: inputs that never became a study (set by ``spine_app.infer.run_inference``): listed as failed
+        #: inputs that never became a study (set by ``spine_app.inference.run.run_inference``): listed as failed
         self.input_errors: list[dict[str, str]] = []
 
     def attach(self, engine: Any) -> None:
@@ -496,7 +496,7 @@ class StudyPredictionWriter:
 
     def _write_files(self, study_id: str, folder: Path, pred: dict, target: dict, b: int) -> dict[str, Any]:
         """Write one study's files into ``folder``; returns its summary row."""
-        from spine_app.morphometry import (
+        from spine_app.morphometry.measure import (
             combine_probabilities,
             measure_lat_film,
             morphometry_probability,
@@ -729,7 +729,7 @@ def _morphometry_summary(bodies: list, spacing: tuple[float, float] | None,
     units = "mm" if spacing else "px"
     return {
         "units": units,
-        "method": "quantitative morphometry, Genant thresholds 20/25/40 % (spine_app.morphometry)",
+        "method": "quantitative morphometry, Genant thresholds 20/25/40 % (spine_app.morphometry.measure)",
         "level_naming": (f"counted up from {lowest_level} (lowest_level: the lowest body on the film)" if lowest_level
                          else "numbered from the top of the field (#1 = top-most body); set lowest_level when "
                               "the films show which vertebra is the lowest"),  # fmt: skip

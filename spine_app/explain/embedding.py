@@ -89,7 +89,7 @@ def plot_embedding_map(
     """
     import matplotlib.pyplot as plt
 
-    from spine_app.engines.report import _save_figure
+    from spine_app.viz.figures import save_figure
 
     xy = project_2d(emb.vectors, seed)
     prob = np.asarray([probabilities.get(i, np.nan) for i in emb.study_ids])
@@ -114,7 +114,7 @@ def plot_embedding_map(
         ax.set_xticks([])
         ax.set_yticks([])
     fig.suptitle("t-SNE of the study classifier's input (AP + LAT embeddings)")
-    _save_figure(fig, Path(path))
+    save_figure(fig, Path(path))
     points = [{"study_id": s, "x": round(float(x), 3), "y": round(float(y), 3), "label": int(lab),
                "worst_grade": int(g), "misclassified": bool(w)}
               for s, (x, y), lab, g, w in zip(emb.study_ids, xy, emb.labels, emb.grades, wrong)]  # fmt: skip

@@ -21,8 +21,7 @@ from fastapi import HTTPException
 from monailabel.config import settings
 from monailabel.datastore.local import LocalDatastore
 
-from spine_app.engines.dataset import bundle_version
-from spine_app.infer import BUNDLE_DIR
+from spine_app.bundle import BUNDLE_DIR, bundle_version
 from spine_app.monailabel.appdir import SERVED_MODEL
 from spine_app.monailabel.encoding import LABEL_VALUES
 from spine_app.monailabel.pacs import push_quietly

@@ -42,8 +42,7 @@ def default_app_dir() -> Path:
 def write_app(out: str | Path | None = None, model: str | Path | None = None, force: bool = False) -> Path:
     """Write ``main.py`` into the app folder and copy the weights to serve (default: the bundle's shipped
     model) to ``model/model.pt``; existing served weights (perhaps fine-tuned) are kept unless ``force``."""
-    from spine_app.engines.dataset import weights_path
-    from spine_app.infer import BUNDLE_DIR
+    from spine_app.bundle import BUNDLE_DIR, weights_path
 
     app = Path(out) if out else default_app_dir()
     write_atomic(app / "main.py", lambda tmp: tmp.write_text(MAIN_PY))

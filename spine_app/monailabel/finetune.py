@@ -98,8 +98,8 @@ def _entry(study: str, views: dict[str, LabelledImage], workdir: Path) -> dict[s
 
 def validation_score(model: Path, datalist: Path, bundle: Path, canvas: list[int]) -> dict[str, float]:
     """The bundle's key metric (``StudyMetrics`` score) and mean Dice of ``model`` on the validation split."""
+    from spine_app.bundle import load_bundle_network
     from spine_app.engines.metrics import StudyMetrics
-    from spine_app.export import load_bundle_network
     from spine_app.robustness.evaluate import RobustnessRunner
 
     network, _ = load_bundle_network(bundle, model)

@@ -58,8 +58,8 @@ def _film_view(path: Path, model: str | Path | None) -> str:
     Raises:
         ValueError: neither tells the view (one line naming the film).
     """
-    from spine_app.infer import view_of_file
-    from spine_app.view_guess import guess_view
+    from spine_app.inference.run import view_of_file
+    from spine_app.inference.view_guess import guess_view
 
     view = view_of_file(path)
     if view:

@@ -1,5 +1,5 @@
 """What the MONAI Label tasks compute, without MONAI Label: one study through the bundle's own
-inference config (``spine_app.infer.run_inference``, the code path of ``spine-app infer`` and of
+inference config (``spine_app.inference.run.run_inference``, the code path of ``spine-app infer`` and of
 ``python -m monai.bundle run --config_file bundle/configs/inference.yaml``), read back as masks and
 ``result.json``. Results therefore match ``spine-app infer`` on the same files exactly.
 """
@@ -37,7 +37,7 @@ def predict_study(
     images: dict[str, str | Path], study_id: str, model: str | Path, bundle_dir: str | Path, device: str = "auto"
 ) -> StudyPrediction:
     """Run the bundle on one study ("AP"/"LAT" -> film path; one view is enough)."""
-    from spine_app.infer import run_inference
+    from spine_app.inference.run import run_inference
 
     with tempfile.TemporaryDirectory(prefix="spine-monailabel-") as tmp:
         outcome = run_inference(

@@ -3,7 +3,7 @@ back to studies, views and classes.
 
 Naming: ``<study>_<VIEW>.<ext>`` (``_AP`` / ``_LAT``, any case; ``-`` or ``.`` also separate), so the
 two films of a study pair up by name. A file whose name names no view gets it from its DICOM tags
-(ViewPosition, then descriptions), else from its pixels (:mod:`spine_app.view_guess`), and is a
+(ViewPosition, then descriptions), else from its pixels (:mod:`spine_app.inference.view_guess`), and is a
 study of its own; a request may name the view itself (``{"view": "LAT"}``). The Normal/Damaged class of a study comes from the label's info
 (``{"study_class": "Damaged"}`` sent with the label), else from ``study_classes.json`` in the studies
 folder (written by ``spine-app monailabel prepare`` from a dataset's class folders), else it is
@@ -43,13 +43,13 @@ def resolve_view(
     path: str | Path, image_id: str, requested: str | None = None, model: str | Path | None = None
 ) -> tuple[str, str]:
     """(view, how it was told) of one radiograph: the request's, else its name's, else its DICOM tags',
-    else guessed from its pixels with ``model`` (:mod:`spine_app.view_guess`).
+    else guessed from its pixels with ``model`` (:mod:`spine_app.inference.view_guess`).
 
     Raises:
         ValueError: nothing names the view and the image does not show it clearly (one line naming the file).
     """
-    from spine_app.infer import view_of_file
-    from spine_app.view_guess import guess_view
+    from spine_app.inference.run import view_of_file
+    from spine_app.inference.view_guess import guess_view
 
     if requested:
         if str(requested).upper() not in VIEWS:

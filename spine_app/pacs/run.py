@@ -28,7 +28,7 @@ def infer_from_pacs(
     """Run the PACS round trip; returns run_inference's {"written", "skipped", "errors"} plus
     "stored" (study UIDs whose results the PACS accepted) and "already_in_pacs"."""
     from spine_app.engines.writer import sha256_of, write_run_files
-    from spine_app.infer import check_model, resolve_inputs, run_inference
+    from spine_app.inference.run import check_model, resolve_inputs, run_inference
 
     model_path = check_model(bundle_dir, model, **overrides)
     model_sha = sha256_of(model_path)

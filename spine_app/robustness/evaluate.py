@@ -24,12 +24,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from spine_app.bundle import weights_path
 from spine_app.channels import MASK_NAMES
 from spine_app.data.importer import load_datalist
 from spine_app.data.io import read_image, read_mask
 from spine_app.data.study_transforms import LoadStudyd
 from spine_app.engines.batch import prepare_study_batch
-from spine_app.engines.dataset import weights_path
 from spine_app.engines.inferer import add_level_outputs
 from spine_app.engines.metrics import HEADS, StudyMetrics, head_rows, segmentation_table
 from spine_app.metrics.classification import auroc
@@ -126,8 +126,7 @@ def evaluate_robustness(
     """Evaluate clean and every (corruption, severity) of ``suite``; write results into ``out``.
 
     ``canvas`` is the working size (H, W) the model was trained at (default the inference config's)."""
-    from spine_app.export import load_bundle_network
-    from spine_app.infer import BUNDLE_DIR
+    from spine_app.bundle import BUNDLE_DIR, load_bundle_network
 
     specs = load_suite(suite)
     if corruptions:

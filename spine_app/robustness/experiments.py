@@ -34,16 +34,15 @@ def train_bundle(datalist: str | Path, run_dir: Path, bundle: Path, **overrides:
     A run that already finished with the same overrides (``run_dir/train_done.json``) is reused, so
     an interrupted experiment continues with the runs it has not done yet.
     """
-    from monai.bundle import ConfigWorkflow
+    from spine_app.bundle import config_workflow
 
     done, model = run_dir / "train_done.json", run_dir / "models" / "model.pt"
     settings = json.loads(json.dumps({"datalist": str(Path(datalist).resolve()), **overrides}, default=str))
     if done.is_file() and model.is_file() and json.loads(done.read_text()).get("settings") == settings:
         logger.warning("%s: finished run reused", run_dir)
         return model
-    configs = bundle / "configs"
-    workflow = ConfigWorkflow(
-        str(configs / "train.yaml"), meta_file=str(configs / "metadata.json"), logging_file=str(configs / "logging.conf"),
+    workflow = config_workflow(
+        "train.yaml", bundle,
         workflow_type="train", **{"datalist": str(Path(datalist).resolve()), "bundle_root": str(run_dir),
                                   "ckpt_dir": str(run_dir / "models"), "resume": False, **overrides},
     )  # fmt: skip
@@ -59,7 +58,7 @@ def _test_scores(
 ) -> dict[str, Any]:
     """Scores of ``model`` on the test split for each named condition (spec, severity) or (None, 0),
     at the training canvas (``canvas``, default the inference config's)."""
-    from spine_app.export import load_bundle_network
+    from spine_app.bundle import load_bundle_network
 
     network, default_canvas = load_bundle_network(bundle, model)
     runner = RobustnessRunner(network, load_datalist(datalist)["test"], list(canvas or default_canvas))
@@ -100,7 +99,7 @@ def train_size(
 
     With ``steps``, each size trains for about that many optimisation steps (epochs scaled to N,
     validated once at the end); otherwise every size uses the ``epochs`` override."""
-    from spine_app.infer import BUNDLE_DIR
+    from spine_app.bundle import BUNDLE_DIR
 
     bundle, out = Path(bundle or BUNDLE_DIR), Path(out)
     available = len(load_datalist(datalist)["training"])
@@ -143,7 +142,7 @@ def noise_train(
 ) -> dict[str, Any]:  # fmt: skip
     """The seed study's noise experiment: a model trained clean and one trained with ``corruption``
     as training-time augmentation, each tested on clean and on corrupted (``severity``) test films."""
-    from spine_app.infer import BUNDLE_DIR
+    from spine_app.bundle import BUNDLE_DIR
 
     bundle, out = Path(bundle or BUNDLE_DIR), Path(out)
     spec = next((s for s in load_suite(suite) if s.name == corruption), None)

@@ -11,7 +11,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from spine_app.channels import MASK_NAMES
 from spine_app.data.io import atomic_path
-from spine_app.morphometry import VertebralBody
+from spine_app.morphometry.measure import VertebralBody
 from spine_app.viz.contact_sheet import CHANNEL_COLORS, legend_strip, overlay
 
 GRADE_COLORS = {0: (255, 255, 255), 1: (255, 220, 60), 2: (255, 150, 40), 3: (255, 60, 60), -1: (170, 170, 170)}

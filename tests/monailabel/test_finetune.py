@@ -8,11 +8,11 @@ from pathlib import Path
 
 import numpy as np
 
+from spine_app.bundle import BUNDLE_DIR
 from spine_app.channels import MASK_NAMES, channels_of_view
 from spine_app.data.io import read_mask, write_png
 from spine_app.data.layout import find_studies
 from spine_app.engines.writer import sha256_of
-from spine_app.infer import BUNDLE_DIR
 from spine_app.monailabel.encoding import encode_masks
 from spine_app.monailabel.finetune import LabelledImage, finetune
 

@@ -19,7 +19,7 @@ from spine_app.channels import MASK_NAMES, channels_of_view
 from spine_app.data.io import read_image, read_mask
 from spine_app.engines.dataset import study_entry
 from spine_app.engines.writer import sha256_of
-from spine_app.infer import run_inference
+from spine_app.inference.run import run_inference
 from spine_app.monailabel.appdir import SERVED_MODEL
 from spine_app.monailabel.encoding import LABEL_VALUES, decode_masks, encode_masks
 

@@ -11,7 +11,7 @@ import pydicom
 import pytest
 import torch
 
-from spine_app.infer import BUNDLE_DIR
+from spine_app.bundle import BUNDLE_DIR
 from spine_app.networks import SpineMultiTaskNet
 from spine_app.pacs import orthanc
 

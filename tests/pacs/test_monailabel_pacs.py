@@ -18,7 +18,7 @@ from scipy import ndimage
 from spine_app.channels import MASK_NAMES, channels_of_view
 from spine_app.data.io import read_mask
 from spine_app.engines.dataset import study_entry
-from spine_app.infer import run_inference
+from spine_app.inference.run import run_inference
 from spine_app.monailabel.appdir import SERVED_MODEL, free_port
 from spine_app.monailabel.encoding import encode_masks
 from spine_app.monailabel.pacs import SOURCES_FILE, pull_studies, push_quietly, read_sources

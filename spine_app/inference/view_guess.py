@@ -52,7 +52,7 @@ class ViewGuess:
 def _network(bundle_dir: str, model: str | None, stamp: float) -> tuple[torch.nn.Module, tuple[int, int]]:
     """The bundle's network with ``model``'s weights; ``stamp`` (the file's mtime) keys the cache, so
     weights replaced in place (MONAI Label fine-tuning) are loaded again."""
-    from spine_app.export import load_bundle_network
+    from spine_app.bundle import load_bundle_network
 
     net, canvas = load_bundle_network(bundle_dir, model)
     return net, (int(canvas[0]), int(canvas[1]))
@@ -75,8 +75,7 @@ def view_score(image: np.ndarray, network: torch.nn.Module, canvas: tuple[int, i
 
 def guess_view(path: str | Path, bundle_dir: str | Path | None = None, model: str | Path | None = None) -> ViewGuess:
     """Guess the view of the film at ``path`` with the bundle's network (ImageReadError if unreadable)."""
-    from spine_app.engines.dataset import weights_path
-    from spine_app.infer import BUNDLE_DIR
+    from spine_app.bundle import BUNDLE_DIR, weights_path
 
     bundle = str(bundle_dir or BUNDLE_DIR)
     stamp = weights_path(bundle, model).stat().st_mtime_ns

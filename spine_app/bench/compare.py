@@ -35,7 +35,7 @@ import yaml
 from monai.networks.nets import FlexibleUNet
 from torch import nn
 
-from spine_app.bench_speed import to_device, training_batches
+from spine_app.bench.speed import to_device, training_batches
 from spine_app.channels import CHANNEL_VIEW, MASK_NAMES
 from spine_app.losses import MultiTaskLoss
 from spine_app.networks import SpineMultiTaskNet
@@ -83,7 +83,7 @@ class SeedStyleModels(nn.Module):
 
 def bundle_cls_grad_scale() -> float:
     """The bundle's default ``cls_grad_scale`` (bundle/configs/train.yaml)."""
-    from spine_app.infer import BUNDLE_DIR
+    from spine_app.bundle import BUNDLE_DIR
 
     config = yaml.safe_load((BUNDLE_DIR / "configs" / "train.yaml").read_text())
     return float(config.get("cls_grad_scale", 1.0))
@@ -181,7 +181,7 @@ def compare(
     Every variant trains in the same ``amp`` setting as the bundle (``auto``: bf16 autocast and
     channels-last on CPUs with native bf16, see :mod:`spine_app.networks.precision`) and is scored in fp32.
     """
-    from spine_app.bench_compare_report import write_compare_report
+    from spine_app.bench.compare_report import write_compare_report
     from spine_app.engines.dataset import mask_priors
 
     dev = torch.device(device)

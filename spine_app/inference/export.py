@@ -29,10 +29,10 @@ import torch
 from torch import nn
 
 from spine_app import __version__
+from spine_app.bundle import bundle_version, load_bundle_network, weights_path
 from spine_app.data.io import fsync_folder, write_atomic
-from spine_app.engines.dataset import bundle_version, weights_path
 from spine_app.engines.writer import sha256_of, write_json
-from spine_app.networks.multitask import SpineMultiTaskNet, load_weights
+from spine_app.networks.multitask import SpineMultiTaskNet
 
 STUDY_OUTPUTS = ("seg_ap", "seg_lat", "cls", "cls_ap", "cls_lat")
 
@@ -47,18 +47,6 @@ class StudyForward(nn.Module):
     def forward(self, ap: torch.Tensor, lat: torch.Tensor, present: torch.Tensor) -> tuple[torch.Tensor, ...]:
         out = self.net.forward_study(ap, lat, present)
         return tuple(out[k] for k in STUDY_OUTPUTS)
-
-
-def load_bundle_network(bundle_dir: str | Path, model: str | Path | None = None) -> tuple[SpineMultiTaskNet, list[int]]:
-    """(network in eval mode with the weights loaded, working canvas [H, W]) from the inference config."""
-    from monai.bundle import ConfigParser
-
-    bundle_dir = Path(bundle_dir)
-    parser = ConfigParser()
-    parser.read_config(str(bundle_dir / "configs" / "inference.yaml"))
-    parser["bundle_root"] = str(bundle_dir)
-    net = load_weights(parser.get_parsed_content("network_def"), str(weights_path(bundle_dir, model)))
-    return net.eval(), [int(v) for v in parser.get_parsed_content("patch_size")]
 
 
 def export_torchscript(out_dir: str | Path, bundle_dir: str | Path, model: str | Path | None = None) -> dict[str, Any]:

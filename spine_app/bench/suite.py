@@ -91,7 +91,7 @@ def part_machine(s: BenchSettings) -> PartResult:
 
 def part_infer(s: BenchSettings) -> PartResult:
     """Per-study latency and throughput of the whole ``spine-app infer`` pipeline on ~1500 px studies."""
-    from spine_app.bench_infer import bench_inference
+    from spine_app.bench.infer import bench_inference
 
     r = bench_inference(n=s.infer_studies, model=s.model, device=s.device)
     lat = r["latency_s"]
@@ -103,7 +103,7 @@ def part_infer(s: BenchSettings) -> PartResult:
 
 
 def _speed(s: BenchSettings, data: str | None) -> PartResult:
-    from spine_app.bench_speed import bench_speed, format_speed
+    from spine_app.bench.speed import bench_speed, format_speed
 
     rows = bench_speed(s.device, 4, s.speed_canvas, s.speed_steps, s.speed_passes, data, s.workers)
     return format_speed(rows), rows, []
@@ -121,7 +121,7 @@ def part_speed_data(s: BenchSettings) -> PartResult:
 
 def part_view(s: BenchSettings) -> PartResult:
     """Telling AP from LAT by the pixels on the split's films."""
-    from spine_app.view_guess import bench_views
+    from spine_app.inference.view_guess import bench_views
 
     r = bench_views(s.datalist, s.split, s.model)
     header = ["films", "correct", "wrong", "refused", "lowest AP score", "highest LAT score", "time per film"]
@@ -155,8 +155,8 @@ MORPHOMETRY_HEADER = ["masks", "height MAE (bias) anterior / middle / posterior 
 
 def part_morphometry(s: BenchSettings) -> PartResult:
     """Morphometry against truth.json: the reference masks (the method) and the model's (end to end)."""
-    from spine_app.infer import resolve_inputs, run_inference
-    from spine_app.morphometry_eval import evaluate_morphometry
+    from spine_app.inference.run import resolve_inputs, run_inference
+    from spine_app.morphometry.evaluate import evaluate_morphometry
 
     pred = s.out / f"predictions_{s.split}"
     entries, errors = resolve_inputs([s.datalist], split=s.split, model=s.model)
@@ -170,8 +170,8 @@ def part_morphometry(s: BenchSettings) -> PartResult:
 
 def part_compare(s: BenchSettings) -> PartResult:
     """Ours vs the seed approach and the ablations at an equal step budget."""
-    from spine_app.bench_compare import compare
-    from spine_app.bench_compare_report import markdown
+    from spine_app.bench.compare import compare
+    from spine_app.bench.compare_report import markdown
 
     folder = s.out / "compare"
     results = compare(s.datalist, folder, s.compare_steps, s.compare_batch, s.compare_canvas, 0, s.workers, s.device,

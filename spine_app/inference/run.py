@@ -27,17 +27,16 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from spine_app.bundle import BUNDLE_DIR, config_workflow, weights_path
 from spine_app.channels import VIEWS, view_for_image_stem
 from spine_app.data.importer import load_datalist
 from spine_app.data.io import dicom_view, file_stem, image_format
 from spine_app.data.layout import find_studies, looks_like_study
-from spine_app.engines.dataset import study_entry, weights_path
+from spine_app.engines.dataset import study_entry
 from spine_app.engines.writer import OutputError, is_run_output, is_study_output, write_run_files
-from spine_app.resources import bundle_dir
 
 logger = logging.getLogger(__name__)
 
-BUNDLE_DIR = bundle_dir()  # the checkout's bundle/ or the installed wheel's copy (spine_app.resources)
 RUN_FILES = ("summary.csv", "errors.json")  # names in the output folder no study id may take
 
 
@@ -49,9 +48,9 @@ class BadArgument(ValueError):
 
 
 def pixel_view(path: Path, model: str | Path | None, notes: list[str]) -> str | None:
-    """The view of ``path`` guessed from its pixels (:mod:`spine_app.view_guess`), with a note saying so;
+    """The view of ``path`` guessed from its pixels (:mod:`spine_app.inference.view_guess`), with a note saying so;
     None when the guess is not confident or the file cannot be read (it is reported when read)."""
-    from spine_app.view_guess import guess_view
+    from spine_app.inference.view_guess import guess_view
 
     try:
         guess = guess_view(path, model=model)
@@ -388,7 +387,6 @@ def run_inference(
         OutputError: summary.csv / errors.json could not be written at the end (a full disk, ...).
     """
     import torch
-    from monai.bundle import ConfigWorkflow
 
     out, bundle_dir = Path(out), Path(bundle_dir)
     device = resolve_device(device)
@@ -399,10 +397,9 @@ def run_inference(
         rows = [{"study_id": e["study_id"], "status": "failed", "error": e["error"]} for e in input_errors]
         write_run_files(out, rows, input_errors)
         return {"written": [], "errors": input_errors}
-    workflow = ConfigWorkflow(
-        str(bundle_dir / "configs" / "inference.yaml"),
-        meta_file=str(bundle_dir / "configs" / "metadata.json"),
-        logging_file=str(bundle_dir / "configs" / "logging.conf"),
+    workflow = config_workflow(
+        "inference.yaml",
+        bundle_dir,
         workflow_type="infer",
         **{"bundle_root": str(bundle_dir), "output_dir": str(out), "ckpt_path": str(model_path),
            "device": torch.device(device), "dataset#data": entries, **overrides},
@@ -451,6 +448,6 @@ def summary_line(result: dict[str, Any], out: str | Path) -> str:
 
 
 __all__ = [
-    "BUNDLE_DIR", "BadArgument", "check_model", "check_writable", "pixel_view", "resolve_device", "resolve_inputs",
+    "BadArgument", "check_model", "check_writable", "pixel_view", "resolve_device", "resolve_inputs",
     "run_inference", "safe_id", "summary_line", "unique_ids", "view_of_file",
 ]  # fmt: skip

@@ -19,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from spine_app.infer import BUNDLE_DIR, resolve_inputs, run_inference
+from spine_app.bundle import BUNDLE_DIR
+from spine_app.inference.run import resolve_inputs, run_inference
 
 
 def bench_inference(

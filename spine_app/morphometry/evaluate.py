@@ -18,7 +18,7 @@ from spine_app.channels import MASK_NAMES, channels_of_view
 from spine_app.data.importer import load_datalist
 from spine_app.data.io import read_image, read_mask
 from spine_app.metrics.classification import auroc, auroc_ci
-from spine_app.morphometry import DISK_GAP_MM, match_truth, measure_lat_film, study_fracture_score
+from spine_app.morphometry.measure import DISK_GAP_MM, match_truth, measure_lat_film, study_fracture_score
 
 HEIGHTS = ("anterior", "middle", "posterior")
 

@@ -1,0 +1,163 @@
+"""``spine-app infer``, ``export``, ``publish``: running, exporting and publishing the model."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from spine_app.cli.common import _names, _refuse
+
+
+def infer(
+    *inputs: str,
+    out: str = "predictions",
+    model: str | None = None,
+    device: str = "auto",
+    view: str | None = None,
+    nifti: bool = False,
+    damaged_threshold: float | None = None,
+    bundle: str | None = None,
+    split: str | None = None,
+    explain: bool | str = False,
+    force: bool = False,
+    no_dicom_out: bool = False,
+    dicomweb: str | None = None,
+    study: str | tuple | None = None,
+    patient: str | None = None,
+    dates: str | None = None,
+) -> None:
+    """Run the model on new studies: masks, overlays, result.json per study; summary.csv, errors.json.
+
+    INPUTS: study folders, folders of studies, DICOM folders, single images or datalist JSON files.
+    Exits with status 1 when any study failed (listed in OUT/errors.json) or the summary could not be
+    written, 2 for a bad command line (no input, unknown device, unusable model, unwritable OUT).
+
+    Args:
+        out: output folder (created); a study's earlier output there is replaced whole when its new
+            one is complete; a folder with files this command did not write is never touched.
+        model: weights (default: the bundle's models/model.pt).
+        device: "auto" (CUDA when present), "cpu", "cuda" or "cuda:N".
+        view: AP or LAT, for single images whose name and tags do not say (else guessed from the image).
+        nifti: also write each mask as NIfTI with the pixel spacing.
+        damaged_threshold: override the bundle's Damaged threshold.
+        bundle: bundle folder (default: the repository's bundle/).
+        split: for datalist inputs, only this split (e.g. test).
+        explain: also write saliency_AP.png / saliency_LAT.png (where the network looks for its
+            Damaged decision) and result.json's "explanation" (the vertebra under the strongest
+            response). --explain alone = gradcam; or gradcampp, occlusion (much slower). Costs about
+            one extra second per study on a 2-core CPU (docs/inference.md).
+        force: redo studies whose complete output is already in OUT (by default a re-run skips a
+            study written with the same model, films and settings, and lists it as skipped).
+        no_dicom_out: do not write seg_<VIEW>.dcm / report.dcm (DICOM SEG and SR of films read from DICOM).
+        dicomweb: a DICOMweb PACS (e.g. http://127.0.0.1:8042/dicom-web) to read the studies from
+            instead of INPUTS; their DICOM SEG and SR are stored back (docs/pacs.md). Credentials
+            from SPINE_APP_DICOMWEB_USER / _PASSWORD or _TOKEN, never on the command line.
+        study: with --dicomweb, StudyInstanceUIDs (comma-separated or repeated); without it, every
+            CR/DX study the PACS lists (narrowed by --patient and --dates YYYYMMDD-YYYYMMDD).
+        patient: with --dicomweb and no --study, only this PatientID.
+        dates: with --dicomweb and no --study, a StudyDate range YYYYMMDD-YYYYMMDD.
+    """
+    from spine_app.bundle import BUNDLE_DIR
+    from spine_app.explain import METHODS
+    from spine_app.inference.run import (
+        BadArgument,
+        check_model,
+        resolve_device,
+        resolve_inputs,
+        run_inference,
+        summary_line,
+    )
+
+    if dicomweb and inputs:
+        _refuse("give either study folders/files or --dicomweb, not both")
+    if not inputs and not dicomweb:
+        _refuse("give at least one study folder, image, DICOM folder or datalist, or --dicomweb URL (spine-app infer --help)")
+    if (study or patient or dates) and not dicomweb:
+        _refuse("--study, --patient and --dates select studies of a PACS: give --dicomweb URL too")
+    overrides = {"write_nifti": bool(nifti), "dicom_out": not no_dicom_out}
+    if explain is True or (isinstance(explain, str) and explain.lower() in ("true", "yes", "1")):
+        explain = "gradcam"
+    if explain not in (False, None, "", "false", "no", "0"):
+        if str(explain).lower() not in METHODS:
+            _refuse(f"--explain {explain!r} is not one of {', '.join(METHODS)}")
+        overrides["explain"] = str(explain).lower()
+    if damaged_threshold is not None:
+        overrides["damaged_threshold"] = float(damaged_threshold)
+    try:
+        device = resolve_device(device)
+        check_model(bundle or BUNDLE_DIR, model, **overrides)  # before the view guesses use the model
+        if dicomweb:
+            from spine_app.pacs.dicomweb import PacsError
+            from spine_app.pacs.run import infer_from_pacs
+
+            try:
+                result = infer_from_pacs(dicomweb, _names(study) or [], out, model, device, bundle or BUNDLE_DIR,
+                                         bool(force), sys.stderr.isatty(), patient, dates, **overrides)  # fmt: skip
+            except PacsError as err:
+                _refuse(str(err), 1)
+        else:
+            entries, errors = resolve_inputs(list(inputs), view, split, model, out=out)
+            result = run_inference(entries, out, model, device, bundle or BUNDLE_DIR, errors, force=bool(force),
+                                   progress=sys.stderr.isatty(), **overrides)  # fmt: skip
+    except (BadArgument, PermissionError, FileNotFoundError) as err:
+        _refuse(str(err))
+    except OSError as err:  # e.g. summary.csv could not be written (a full disk): the run is incomplete
+        _refuse(str(err), 1)
+    for error in result["errors"]:
+        print(f"failed: {error['error']}", file=sys.stderr)
+    print(summary_line(result, out))
+    if dicomweb:
+        print(f"PACS: results of {len(result['stored'])} studies stored, {len(result['already_in_pacs'])} studies "
+              f"already had them (--force redoes them)")  # fmt: skip
+    if result["errors"]:
+        sys.exit(1)
+
+
+def export(out: str = "export", model: str | None = None, bundle: str | None = None, onnx: bool = False) -> None:
+    """Export the network to TorchScript: OUT/model.ts (masks), OUT/study.ts (masks + Damaged logits).
+
+    Args:
+        out: output folder.
+        model: weights (default: the bundle's models/model.pt).
+        bundle: bundle folder (default: the repository's bundle/).
+        onnx: also OUT/model.onnx and OUT/study.onnx, checked with onnxruntime (pip install -e ".[onnx]").
+    """
+    from spine_app.bundle import BUNDLE_DIR
+    from spine_app.inference.export import export_onnx, export_torchscript
+    from spine_app.inference.run import check_model
+
+    check_model(bundle or BUNDLE_DIR, model)  # BadArgument (exit 2) for a missing or unusable file
+    info = export_torchscript(out, bundle or BUNDLE_DIR, model)
+    print(
+        f"wrote {out}/model.ts and {out}/study.ts (canvas {info['canvas']}, weights {info['weights']['sha256'][:12]})"
+    )
+    if onnx:
+        try:
+            checked = export_onnx(out, bundle or BUNDLE_DIR, model)
+        except ImportError as err:
+            sys.exit(f'error: ONNX export needs the onnx extra (pip install -e ".[onnx]"): {err}')
+        worst = max(checked["max_abs_difference_vs_eager"].values())
+        print(f"wrote {out}/model.onnx and {out}/study.onnx (onnxruntime vs eager: max abs difference {worst:.1e})")
+
+
+def publish(run_dir: str, bundle: str | None = None) -> None:
+    """Make a training run's best model the bundle's model: copy RUN_DIR/model.pt onto
+    BUNDLE/models/model.pt (written to a temporary file, then renamed) with models/model_provenance.json
+    beside it (run folder, settings, datalist hash, best score and epoch, git commit, versions).
+
+    Args:
+        run_dir: a training run folder, e.g. bundle/runs/synthetic-384x288-resnet18.
+        bundle: bundle folder (default: the repository's bundle/).
+    """
+    from spine_app.bundle import BUNDLE_DIR
+    from spine_app.engines.runs import PROVENANCE, publish_model
+
+    if not Path(run_dir).is_dir():
+        _refuse(f"{run_dir}: no such run folder")
+    try:
+        target = publish_model(run_dir, bundle or BUNDLE_DIR)
+    except FileNotFoundError as err:
+        _refuse(str(err))
+    except ValueError as err:
+        _refuse(str(err), 1)
+    print(f"published {Path(run_dir) / 'model.pt'} -> {target} (provenance: {Path(target).with_name(PROVENANCE)})")
