@@ -70,3 +70,23 @@ def test_graph_sees_the_package() -> None:
 def test_no_import_cycles() -> None:
     cycle = find_cycle(import_graph())
     assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+
+def test_library_modules_leave_the_matplotlib_backend_alone(tmp_path: Path) -> None:
+    """Importing the report modules must not switch a user's backend (e.g. in a notebook); their
+    figures still render to PNG."""
+    import subprocess
+    import sys
+
+    code = (
+        "import matplotlib; matplotlib.use('pdf')\n"
+        "import spine_app.engines.report, spine_app.robustness.report, spine_app.robustness.experiments\n"
+        "import spine_app.bench.compare_report, spine_app.explain.embedding\n"
+        "from spine_app.viz.figures import save_figure, subplots\n"
+        "assert matplotlib.get_backend() == 'pdf', matplotlib.get_backend()\n"
+        "fig, axes = subplots(1, 2, figsize=(4, 2)); axes[0].plot([0, 1], [1, 0])\n"
+        f"save_figure(fig, {str(tmp_path / 'f.png')!r})\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "f.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

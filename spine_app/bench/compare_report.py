@@ -5,16 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from spine_app.channels import LINE_CHANNELS, MASK_NAMES  # noqa: E402
-from spine_app.data.io import atomic_path, write_atomic  # noqa: E402
-from spine_app.engines.metrics import line_side_summary, segmentation_table  # noqa: E402
-from spine_app.engines.writer import write_json  # noqa: E402
-from spine_app.metrics.classification import auroc, auroc_ci  # noqa: E402
+from spine_app.channels import LINE_CHANNELS, MASK_NAMES
+from spine_app.data.io import write_atomic
+from spine_app.engines.metrics import line_side_summary, segmentation_table
+from spine_app.engines.writer import write_json
+from spine_app.metrics.classification import auroc, auroc_ci
+from spine_app.viz.figures import save_figure, subplots
 
 SHORT = {name: name.replace("Lat_", "L ").replace("Ap_", "A ").replace("_Vertebral_Line", " line").replace("_", " ")
          for name in MASK_NAMES}  # fmt: skip
@@ -64,7 +60,7 @@ def markdown(results: dict[str, Any]) -> str:
 
 def plot(results: dict[str, Any], path: Path) -> None:
     names = list(results["variants"])
-    fig, axes = plt.subplots(1, 2, figsize=(14, 4.5), gridspec_kw={"width_ratios": [4, 1]})
+    fig, axes = subplots(1, 2, figsize=(14, 4.5), gridspec_kw={"width_ratios": [4, 1]})
     width = 0.8 / len(names)
     for i, name in enumerate(names):
         seg = results["variants"][name]["summary"]["segmentation"]
@@ -77,9 +73,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
     axes[0].set(ylabel="test Dice", ylim=(0, 1))
     axes[0].legend(fontsize=8)
     axes[1].set(ylabel="decision AUROC", ylim=(0, 1), xticks=[])
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def write_compare_report(results: dict[str, Any], out: str | Path) -> None:

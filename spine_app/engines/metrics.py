@@ -21,6 +21,7 @@ from ignite.metrics import Metric
 from spine_app.channels import CHANNEL_VIEW, LINE_CHANNELS, MASK_NAMES, channels_of_view
 from spine_app.data.levels import FRACTURE_KINDS, film_level_boxes
 from spine_app.metrics.classification import auroc
+from spine_app.metrics.matching import nearest_matches
 from spine_app.metrics.segmentation import lat_line_sides, score_masks
 from spine_app.morphometry.measure import (
     combine_probabilities,
@@ -135,17 +136,10 @@ def level_records(pred: dict[str, torch.Tensor], target: dict[str, torch.Tensor]
         seg = target["seg_lat"][b].float().cpu().numpy()
         vb, disk = MASK_NAMES.index("Lat_Vertebra"), MASK_NAMES.index("Lat_Disk_Height")
         boxes = film_level_boxes(seg[vb] > 0.5, seg[disk] > 0.5, 0, level_map[b, 0].cpu().numpy())
-        used: set[int] = set()
-        for i in range(len(boxes)):
-            if boxes.grade[i] < 0:
-                continue
-            match, best = None, 0.25 * float(boxes.size[i])
-            for j, p in enumerate(predicted):
-                d = float(np.hypot(*(np.asarray(p["centre"]) - boxes.centre[i])))
-                if j not in used and d <= best:
-                    match, best = j, d
-            if match is not None:
-                used.add(match)
+        known = [i for i in range(len(boxes)) if boxes.grade[i] >= 0]
+        matches = nearest_matches([boxes.centre[i] for i in known], [p["centre"] for p in predicted],
+                                  lambda k, _j: 0.25 * float(boxes.size[known[k]]))  # fmt: skip
+        for i, match in zip(known, matches):
             truth.append({"grade": int(boxes.grade[i]), "kind": FRACTURE_KINDS[int(boxes.kind[i])], "match": match})
     return {"predicted": predicted, "truth": truth}
 

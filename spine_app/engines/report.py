@@ -15,19 +15,15 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from spine_app import __version__  # noqa: E402
-from spine_app.channels import CHANNEL_VIEW, MASK_NAMES  # noqa: E402
-from spine_app.data.io import write_atomic  # noqa: E402
-from spine_app.engines.metrics import HEADS, StudyMetrics, head_rows, line_side_summary, segmentation_table  # noqa: E402
-from spine_app.metrics.classification import auroc, auroc_ci, threshold_scores, youden_threshold  # noqa: E402
-from spine_app.metrics.levels import level_markdown, level_scores, level_threshold  # noqa: E402
-from spine_app.viz.figures import save_figure  # noqa: E402
+from spine_app import __version__
+from spine_app.channels import CHANNEL_VIEW, MASK_NAMES
+from spine_app.data.io import write_atomic
+from spine_app.engines.metrics import HEADS, StudyMetrics, head_rows, line_side_summary, segmentation_table
+from spine_app.metrics.classification import auroc, auroc_ci, threshold_scores, youden_threshold
+from spine_app.metrics.levels import level_markdown, level_scores, level_threshold
+from spine_app.viz.figures import save_figure, subplots
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +92,7 @@ def markdown(seg: dict[str, dict[str, float]], cls: dict[str, Any], sides: dict[
 
 
 def plot_dice_bars(seg: dict[str, dict[str, float]], path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(8, 3.5))
+    fig, ax = subplots(figsize=(8, 3.5))
     names = list(seg)
     ax.bar(
         range(len(names)),
@@ -119,7 +115,7 @@ def _roc_points(labels: list[int], probs: list[float]) -> tuple[np.ndarray, np.n
 
 
 def plot_roc(test: list[dict[str, Any]], cls: dict[str, Any], path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    fig, ax = subplots(figsize=(4.5, 4.5))
     for head, (key, view, _) in HEADS.items():
         rows = head_rows(test, view, key)
         if head in cls and rows:
@@ -146,7 +142,7 @@ def plot_training_curves(log_dir: Path, path: Path) -> bool:
     wanted = [t for t in ("train_loss", "val_score", "val_score_mean_dice", "val_score_auroc") if t in series]
     if not wanted:
         return False
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    fig, axes = subplots(1, 2, figsize=(9, 3.5))
     steps, values = zip(*sorted(series["train_loss"])) if "train_loss" in series else ((), ())
     axes[0].plot(steps, values, lw=0.8)
     axes[0].set_title("training loss")
@@ -167,7 +163,7 @@ def plot_examples(examples: list[dict[str, Any]], path: Path) -> None:
 
     from spine_app.viz.contact_sheet import overlay
 
-    fig, axes = plt.subplots(len(examples), 2, figsize=(6, 4 * len(examples)), squeeze=False)
+    fig, axes = subplots(len(examples), 2, figsize=(6, 4 * len(examples)), squeeze=False)
     for row, ex in enumerate(examples):
         for col, view in enumerate(("ap", "lat")):
             channels = np.nonzero(ex[f"avail_{view}"])[0]
@@ -181,17 +177,20 @@ def plot_examples(examples: list[dict[str, Any]], path: Path) -> None:
     save_figure(fig, path)
 
 
+def report_metrics(val: list[dict[str, Any]], test: list[dict[str, Any]]) -> dict[str, Any]:
+    """The metrics dictionary of metrics.json: test scores at thresholds chosen on validation."""
+    return {"spine_app_version": __version__, "n_validation": len(val), "n_test": len(test),
+            "segmentation": segmentation_table(test), "line_side": line_side_summary(test),
+            "classification": classification_table(val, test), "levels": level_scores(test, level_threshold(val))}  # fmt: skip
+
+
 def write_report(val: list[dict[str, Any]], test: list[dict[str, Any]], examples: list[dict[str, Any]], output_dir: str,
-                 log_dir: str | None = None, extra: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
-    """Write every report file; returns the metrics dictionary."""
+                 log_dir: str | None = None, metrics: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+    """Write every report file (``metrics``: :func:`report_metrics`, computed when not given); returns the metrics."""
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    seg = segmentation_table(test)
-    cls = classification_table(val, test)
-    sides = line_side_summary(test)
-    levels = level_scores(test, level_threshold(val))
-    metrics = {"spine_app_version": __version__, "n_validation": len(val), "n_test": len(test),
-               "segmentation": seg, "line_side": sides, "classification": cls, "levels": levels, **(extra or {})}  # fmt: skip
+    metrics = metrics if metrics is not None else report_metrics(val, test)
+    seg, cls, sides, levels = metrics["segmentation"], metrics["classification"], metrics["line_side"], metrics["levels"]
     write_atomic(out / "metrics.json", lambda tmp: tmp.write_text(json.dumps(metrics, indent=2)))
     write_atomic(out / "results.md", lambda tmp: tmp.write_text(markdown(seg, cls, sides, levels)))
     write_atomic(out / "records.json", lambda tmp: tmp.write_text(json.dumps({"validation": val, "test": test}, default=float)))
@@ -238,11 +237,12 @@ def evaluate_and_report(evaluator: Any, val_loader: Any, test_loader: Any, metri
     val = list(metric.records)
     run_on(evaluator, test_loader)
     test = list(metric.records)
-    metrics = write_report(val, test, list(metric.examples), output_dir, log_dir)
+    metrics = report_metrics(val, test)
     if embedding_map:
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
         threshold = metrics["classification"].get("fused", {}).get("threshold", 0.5)
         metrics["embedding_map"] = write_embedding_map(evaluator.network, test_loader, test, threshold, output_dir)
-        write_atomic(Path(output_dir) / "metrics.json", lambda tmp: tmp.write_text(json.dumps(metrics, indent=2)))
+    write_report(val, test, list(metric.examples), output_dir, log_dir, metrics)
     logger.warning("evaluation report written to %s", output_dir)
     print(markdown(metrics["segmentation"], metrics["classification"], metrics["line_side"], metrics.get("levels")))
     return metrics

@@ -58,6 +58,7 @@ from spine_app.channels import CHANNEL_VIEW, MASK_NAMES
 from spine_app.data.io import fsync_folder, image_format, read_image, write_atomic, write_nifti, write_png
 from spine_app.data.layout import CLASS_NAMES
 from spine_app.data.study_transforms import fit_geometry
+from spine_app.metrics.matching import nearest_matches
 
 logger = logging.getLogger(__name__)
 
@@ -680,15 +681,9 @@ def level_summary(pred: dict, b: int, geom: torch.Tensor, bodies: list, threshol
 
 def _nearest_body(bodies: list, centre: tuple[float, float]) -> Any:
     """The morphometry body whose centroid is nearest ``centre`` (film px), within half its height."""
-    best, best_d = None, float("inf")
-    for body in bodies:
-        d = math.hypot(body.centroid_px[0] - centre[0], body.centroid_px[1] - centre[1])
-        if d < best_d:
-            best, best_d = body, d
-    if best is None:
-        return None
-    reach = 0.6 * math.sqrt(max(best.area_px, 1))
-    return best if best_d <= reach else None
+    match = nearest_matches([centre], [b.centroid_px for b in bodies],
+                            lambda _i, j: 0.6 * math.sqrt(max(bodies[j].area_px, 1)))[0]  # fmt: skip
+    return None if match is None else bodies[match]
 
 
 def _suspect_marks(levels_block: dict[str, Any] | None) -> list[tuple[tuple[float, float], str]]:

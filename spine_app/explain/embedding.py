@@ -87,14 +87,12 @@ def plot_embedding_map(
     ``probabilities``: study id -> the decision's Damaged probability; a study is misclassified
     when ``probability >= threshold`` differs from its label.
     """
-    import matplotlib.pyplot as plt
-
-    from spine_app.viz.figures import save_figure
+    from spine_app.viz.figures import save_figure, subplots
 
     xy = project_2d(emb.vectors, seed)
     prob = np.asarray([probabilities.get(i, np.nan) for i in emb.study_ids])
     wrong = (emb.labels >= 0) & np.isfinite(prob) & ((prob >= threshold) != (emb.labels == 1))
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.5))
+    fig, axes = subplots(1, 2, figsize=(10, 4.5))
     for label, name, colour in ((0, "Normal", "tab:blue"), (1, "Damaged", "tab:red")):
         pick = emb.labels == label
         axes[0].scatter(xy[pick, 0], xy[pick, 1], s=22, c=colour, label=f"{name} ({int(pick.sum())})")

@@ -41,6 +41,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from scipy import ndimage
 
+from spine_app.metrics.matching import nearest_matches
+
 #: Genant semiquantitative thresholds on the height reduction: grade = number of thresholds reached
 GENANT_THRESHOLDS: tuple[float, float, float] = (0.20, 0.25, 0.40)
 #: a split inside a run of the mask is trusted where the cross-section dips below this fraction of
@@ -412,18 +414,9 @@ def match_truth(bodies: list[VertebralBody], truth: dict) -> list[tuple[Vertebra
     """
     spacing = float(np.mean(truth["pixel_spacing_mm"]))
     levels = [lv for lv in truth["levels"] if lv.get("in_view_lat")]
-    used: set[int] = set()
-    pairs = []
-    for body in bodies:
-        best, best_d = None, np.inf
-        for j, lv in enumerate(levels):
-            d = float(np.hypot(*(np.asarray(body.centroid_px) - lv["center_lat_px"])))
-            if j not in used and d < best_d:
-                best, best_d = j, d
-        if best is not None and best_d * spacing < 0.5 * levels[best]["heights_mm"]["posterior"]:
-            used.add(best)
-            pairs.append((body, levels[best]))
-    return pairs
+    matches = nearest_matches([b.centroid_px for b in bodies], [lv["center_lat_px"] for lv in levels],
+                              lambda _i, j: 0.5 * levels[j]["heights_mm"]["posterior"] / spacing)  # fmt: skip
+    return [(body, levels[j]) for body, j in zip(bodies, matches) if j is not None]
 
 
 def morphometry_probability(reduction: float, scale: float = 0.03) -> float:

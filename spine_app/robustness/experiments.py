@@ -13,16 +13,12 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from spine_app.data.importer import load_datalist  # noqa: E402
-from spine_app.data.io import atomic_path, write_atomic  # noqa: E402
-from spine_app.engines.writer import write_json  # noqa: E402
-from spine_app.robustness.corruptions import load_suite  # noqa: E402
-from spine_app.robustness.evaluate import RobustnessRunner, condition_scores  # noqa: E402
+from spine_app.data.importer import load_datalist
+from spine_app.data.io import write_atomic
+from spine_app.engines.writer import write_json
+from spine_app.robustness.corruptions import load_suite
+from spine_app.robustness.evaluate import RobustnessRunner, condition_scores
+from spine_app.viz.figures import save_figure, subplots
 
 logger = logging.getLogger(__name__)
 TRAIN_SIZES = (5, 10, 15, 20, 25, 45, 65, 85, 105)
@@ -66,7 +62,7 @@ def _test_scores(
 
 
 def _plot(x: list[int], runs: list[dict[str, Any]], path: Path) -> None:
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, axes = subplots(1, 2, figsize=(12, 4.5))
     for name in runs[0]["clean"]["dice"]:
         axes[0].plot(x, [r["clean"]["dice"][name] for r in runs], marker="o", label=name)
     for ax in axes:  # learning curves: sizes on a log axis, labelled as they are
@@ -79,9 +75,7 @@ def _plot(x: list[int], runs: list[dict[str, Any]], path: Path) -> None:
         axes[1].plot(x, [r["clean"]["auroc"][head] for r in runs], marker="o", label=head)
     axes[1].set(xlabel="training studies", ylabel="test AUROC", ylim=(0.3, 1), title="Normal/Damaged AUROC")
     axes[1].legend()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def epochs_for_steps(steps: int, studies: int, batch_size: int) -> int:

@@ -8,23 +8,14 @@ import io
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from spine_app.channels import MASK_NAMES  # noqa: E402
-from spine_app.data.io import atomic_path, read_image, write_atomic  # noqa: E402
-from spine_app.engines.writer import write_json  # noqa: E402
-from spine_app.robustness.corruptions import CorruptionSpec, full_scale  # noqa: E402
-from spine_app.viz.contact_sheet import to_display  # noqa: E402
-
-
-def _save(fig: plt.Figure, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
+from spine_app.channels import MASK_NAMES
+from spine_app.data.io import read_image, write_atomic
+from spine_app.engines.writer import write_json
+from spine_app.robustness.corruptions import CorruptionSpec, full_scale
+from spine_app.viz.contact_sheet import to_display
+from spine_app.viz.figures import save_figure, subplots
 
 
 def rows(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -82,7 +73,7 @@ def markdown(results: dict[str, Any]) -> str:
 
 def plot_dice(results: dict[str, Any], path: Path) -> None:
     masks = list(results["clean"]["dice"])
-    fig, axes = plt.subplots(2, (len(masks) + 1) // 2, figsize=(4 * ((len(masks) + 1) // 2), 7), sharey=True)
+    fig, axes = subplots(2, (len(masks) + 1) // 2, figsize=(4 * ((len(masks) + 1) // 2), 7), sharey=True)
     for ax, name in zip(axes.ravel(), masks):
         for corruption, entry in results["corruptions"].items():
             ax.plot(range(6), [results["clean"]["dice"][name]] + [s["dice"][name] for s in entry["severities"]],
@@ -92,11 +83,11 @@ def plot_dice(results: dict[str, Any], path: Path) -> None:
         ax.set_ylim(0, 1)
     axes.ravel()[0].set_ylabel("Dice")
     axes.ravel()[0].legend(fontsize=6, ncol=2)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_auroc(results: dict[str, Any], path: Path) -> None:
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    fig, axes = subplots(1, 2, figsize=(11, 4), sharey=True)
     for ax, head in zip(axes, ("fused", "combined")):
         for corruption, entry in results["corruptions"].items():
             ax.plot(range(6), [results["clean"]["auroc"][head]] + [s["auroc"][head] for s in entry["severities"]],
@@ -106,7 +97,7 @@ def plot_auroc(results: dict[str, Any], path: Path) -> None:
         ax.set_xlabel("severity")
     axes[0].set_ylabel("AUROC")
     axes[1].legend(fontsize=6, ncol=2)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_heatmap(results: dict[str, Any], path: Path) -> None:
@@ -114,7 +105,7 @@ def plot_heatmap(results: dict[str, Any], path: Path) -> None:
     names = list(results["corruptions"])
     drop = np.array([[results["clean"]["dice"][m] - np.mean([s["dice"][m] for s in results["corruptions"][c]["severities"]])
                       for m in masks] for c in names])  # fmt: skip
-    fig, ax = plt.subplots(figsize=(1.1 * len(masks) + 3, 0.35 * len(names) + 2))
+    fig, ax = subplots(figsize=(1.1 * len(masks) + 3, 0.35 * len(names) + 2))
     image = ax.imshow(drop, cmap="magma_r", vmin=0, vmax=max(0.05, float(drop.max())))
     ax.set_xticks(range(len(masks)), masks, rotation=40, ha="right", fontsize=8)
     ax.set_yticks(range(len(names)), names, fontsize=8)
@@ -130,14 +121,14 @@ def plot_heatmap(results: dict[str, Any], path: Path) -> None:
                 color="white" if drop[i, j] > 0.3 else "black",
             )
     fig.colorbar(image, ax=ax, label="Dice drop (mean over severities)")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_examples(entry: dict[str, Any], specs: list[CorruptionSpec], seed: int, path: Path) -> None:
     """One LAT film under each corruption at severities 1, 3 and 5."""
     image, meta = read_image(entry["image_lat"])
     full = full_scale(image, meta)
-    fig, axes = plt.subplots(3, len(specs) + 1, figsize=(1.6 * (len(specs) + 1), 7))
+    fig, axes = subplots(3, len(specs) + 1, figsize=(1.6 * (len(specs) + 1), 7))
     for r, severity in enumerate((1, 3, 5)):
         axes[r, 0].imshow(to_display(image), cmap="gray")
         axes[r, 0].set_title("clean" if r == 0 else "", fontsize=7)
@@ -150,7 +141,7 @@ def plot_examples(entry: dict[str, Any], specs: list[CorruptionSpec], seed: int,
     for ax in axes.ravel():
         ax.set_xticks([])
         ax.set_yticks([])
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def write_robustness_report(results: dict[str, Any], out: str | Path, example: dict[str, Any],
