@@ -62,10 +62,10 @@ def training_batches(datalist: str, batch: int, canvas: tuple[int, int], workers
 
 def to_device(raw: dict[str, Any], device: torch.device) -> dict[str, torch.Tensor]:
     """The tensors a training step needs (inputs and targets of ``prepare_study_batch``) on ``device``."""
-    from spine_app.engines.batch import INPUT_KEYS, LEVEL_INPUT_KEYS, LEVEL_TARGET_KEYS, TARGET_KEYS
+    from spine_app.engines.batch import INPUT_KEYS, LEVEL_INPUT_KEYS, LEVEL_TARGET_KEYS, TARGET_KEYS, plain_tensor
 
     keys = {*INPUT_KEYS, *TARGET_KEYS, *LEVEL_INPUT_KEYS, *LEVEL_TARGET_KEYS} - {"geom_ap", "geom_lat", "levels_lat"}
-    return {k: torch.as_tensor(raw[k]).to(device) for k in keys if k in raw}
+    return {k: plain_tensor(raw[k]).to(device) for k in keys if k in raw}
 
 
 def training_speed(
