@@ -4,6 +4,7 @@ films' resolution (docs/results.md, "The shipped model").
 
     python scripts/lat_mirror_check.py [N] [--root data/synthetic] [--out /tmp/mirror]
 """
+
 import json
 import shutil
 import subprocess
@@ -30,7 +31,9 @@ for e in entries:
         dst = out / "in" / (e["study_id"] + tag)
         shutil.copytree(src, dst)
         if flip:
-            for f in ["LAT.png"] + [f"{n}.png" for n in ("Lat_Vertebra", "Lat_Spinous_Process", "Lat_Disk_Height", *LINE_CHANNELS)]:
+            for f in ["LAT.png"] + [
+                f"{n}.png" for n in ("Lat_Vertebra", "Lat_Spinous_Process", "Lat_Disk_Height", *LINE_CHANNELS)
+            ]:
                 pixels = np.array(Image.open(dst / f))
                 Image.fromarray(pixels[:, ::-1].copy()).save(dst / f)
         studies.append(dst)

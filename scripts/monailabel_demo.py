@@ -67,9 +67,13 @@ def main() -> None:
                     masks = decode_masks(np.asarray(Image.open(io.BytesIO(label))), view)
                     verdict, cls_seconds = post(f"{url}/infer/spine_cls?image={image_id}&output=json")
                     verdict_json = json.loads(verdict)
-                    answers[image_id] = {"format": film.suffix, "seg_seconds": round(seconds, 2),
-                                         "cls_seconds": round(cls_seconds, 2), "classification": verdict_json,
-                                         "label_values": sorted(np.unique(np.asarray(Image.open(io.BytesIO(label)))).tolist())}  # fmt: skip
+                    answers[image_id] = {
+                        "format": film.suffix,
+                        "seg_seconds": round(seconds, 2),
+                        "cls_seconds": round(cls_seconds, 2),
+                        "classification": verdict_json,
+                        "label_values": sorted(np.unique(np.asarray(Image.open(io.BytesIO(label)))).tolist()),
+                    }
                     damaged = next(p["score"] for p in verdict_json["prediction"] if p["label"] == "Damaged")
                     title = f"{image_id} ({film.suffix[1:]}): spine_seg | spine_cls Damaged p={damaged:.2f}"
                     drawn = write_overlay(root / f"{image_id}.png", read_image(film)[0], masks, title, max_height=700)
@@ -83,13 +87,23 @@ def main() -> None:
         sheet.paste(picture, (left, 0))
         left += picture.width
     write_atomic(out / "presegmented.png", lambda path: sheet.save(path, format="PNG", optimize=True))
-    summary = {"server_ready_seconds": round(ready, 1), "models": sorted(info["models"]), "trainers": sorted(info["trainers"]),
-               "labels": info["labels"], "answers": answers}  # fmt: skip
+    summary = {
+        "server_ready_seconds": round(ready, 1),
+        "models": sorted(info["models"]),
+        "trainers": sorted(info["trainers"]),
+        "labels": info["labels"],
+        "answers": answers,
+    }
     write_json(out / "demo.json", summary)
     print(json.dumps({k: v for k, v in summary.items() if k != "answers"}, indent=1))
     for image_id, answer in answers.items():
-        print(image_id, answer["format"], f"seg {answer['seg_seconds']} s, cls {answer['cls_seconds']} s,",
-              "label values", answer["label_values"])  # fmt: skip
+        print(
+            image_id,
+            answer["format"],
+            f"seg {answer['seg_seconds']} s, cls {answer['cls_seconds']} s,",
+            "label values",
+            answer["label_values"],
+        )
     print(f"-> {out / 'presegmented.png'}")
 
 

@@ -46,19 +46,39 @@ def cached_batches(datalist: str, batch: int, canvas: tuple[int, int], workers: 
     set_determinism(seed)
     transform = Compose([LoadStudyd(canvas), study_augmentation(canvas=canvas)])
     dataset = CacheDataset(load_datalist(datalist)["training"], transform, num_workers=2, progress=False)
-    loader = DataLoader(dataset, batch_size=batch, shuffle=True, num_workers=workers, drop_last=True,
-                        persistent_workers=workers > 0, generator=torch.Generator().manual_seed(seed))  # fmt: skip
+    loader = DataLoader(
+        dataset,
+        batch_size=batch,
+        shuffle=True,
+        num_workers=workers,
+        drop_last=True,
+        persistent_workers=workers > 0,
+        generator=torch.Generator().manual_seed(seed),
+    )
     while True:
         yield from loader
 
 
 def trial(
-    datalist: str, name: str, steps: int = 400, canvas: tuple[int, int] = (256, 192), batch: int = 4,
-    seed: int = 0, amp: str = "auto", bias_init: bool = False, lr: float = 1e-3, schedule: str = "constant",
-    warmup: float = 0.1, decoder_channels: tuple[int, ...] = (128, 64, 32, 16, 16), backbone: str = "resnet18",
-    cls_weight: float = 0.5, line_weight: float = 2.0, workers: int = 1, out: str = "recipe_trials.jsonl",
+    datalist: str,
+    name: str,
+    steps: int = 400,
+    canvas: tuple[int, int] = (256, 192),
+    batch: int = 4,
+    seed: int = 0,
+    amp: str = "auto",
+    bias_init: bool = False,
+    lr: float = 1e-3,
+    schedule: str = "constant",
+    warmup: float = 0.1,
+    decoder_channels: tuple[int, ...] = (128, 64, 32, 16, 16),
+    backbone: str = "resnet18",
+    cls_weight: float = 0.5,
+    line_weight: float = 2.0,
+    workers: int = 1,
+    out: str = "recipe_trials.jsonl",
     split: str = "validation",
-) -> dict:  # fmt: skip
+) -> dict:
     """Train one variant for ``steps`` and score it on ``split``; append the result to ``out``."""
     torch.manual_seed(seed)
     precision = resolve_precision(amp, "cpu")
@@ -90,22 +110,34 @@ def trial(
             sched.step()
     train_s = time.perf_counter() - start
     model.eval()
-    runner = RobustnessRunner(net, load_datalist(datalist)[split], list(canvas), torch.device("cpu"), batch_size=1,
-                              workers=0)  # fmt: skip
+    runner = RobustnessRunner(
+        net, load_datalist(datalist)[split], list(canvas), torch.device("cpu"), batch_size=1, workers=0
+    )
     records = runner.run()
     seg = segmentation_table(records)
     rows = [r for r in records if r["label"] >= 0]
     from spine_app.metrics.classification import auroc
 
     result = {
-        "name": name, "steps": steps, "canvas": list(canvas), "precision": precision.name, "bias_init": bias_init,
-        "lr": lr, "schedule": schedule, "decoder_channels": list(decoder_channels), "backbone": backbone,
-        "cls_weight": cls_weight, "line_weight": line_weight, "seed": seed, "split": split, "train_s": round(train_s, 1),
+        "name": name,
+        "steps": steps,
+        "canvas": list(canvas),
+        "precision": precision.name,
+        "bias_init": bias_init,
+        "lr": lr,
+        "schedule": schedule,
+        "decoder_channels": list(decoder_channels),
+        "backbone": backbone,
+        "cls_weight": cls_weight,
+        "line_weight": line_weight,
+        "seed": seed,
+        "split": split,
+        "train_s": round(train_s, 1),
         "dice": {m: round(seg[m]["dice"], 4) for m in MASK_NAMES if m in seg},
         "cldice": {m: round(seg[m]["cldice"], 4) for m in MASK_NAMES if m in seg and "cldice" in seg[m]},
-        "line_side": line_side_summary(records), "auroc": round(auroc([int(r["label"]) for r in rows],
-                                                                      [r["prob_cls"] for r in rows]), 4),
-    }  # fmt: skip
+        "line_side": line_side_summary(records),
+        "auroc": round(auroc([int(r["label"]) for r in rows], [r["prob_cls"] for r in rows]), 4),
+    }
     result["mean_dice"] = round(float(np.mean(list(result["dice"].values()))), 4)
     with open(out, "a") as f:
         f.write(json.dumps(result) + "\n")
@@ -115,16 +147,23 @@ def trial(
 
 def table(results: str = "recipe_trials.jsonl") -> str:
     """Markdown table of the trials in ``results`` (one row per trial, Dice per channel)."""
-    short = {m: m.replace("Lat_", "L ").replace("Ap_", "A ").replace("_Vertebral_Line", " line").replace("_", " ")
-             for m in MASK_NAMES}  # fmt: skip
-    lines = ["| trial | precision | " + " | ".join(short.values()) + " | mean Dice | line clDice (ant/post) | "
-             "line side check | fused AUROC | train (s) |", "|---|---|" + "---|" * (len(MASK_NAMES) + 5)]  # fmt: skip
+    short = {
+        m: m.replace("Lat_", "L ").replace("Ap_", "A ").replace("_Vertebral_Line", " line").replace("_", " ")
+        for m in MASK_NAMES
+    }
+    lines = [
+        "| trial | precision | " + " | ".join(short.values()) + " | mean Dice | line clDice (ant/post) | "
+        "line side check | fused AUROC | train (s) |",
+        "|---|---|" + "---|" * (len(MASK_NAMES) + 5),
+    ]
     for row in (json.loads(line) for line in Path(results).read_text().splitlines() if line.strip()):
         cells = [f"{row['dice'].get(m, float('nan')):.3f}" for m in MASK_NAMES]
         cl = "/".join(f"{v:.3f}" for v in row["cldice"].values())
         side = row["line_side"]
-        lines.append(f"| {row['name']} | {row['precision']} | " + " | ".join(cells) + f" | {row['mean_dice']:.3f} | {cl} | "
-                     f"{side['pass']}/{side['n']} | {row['auroc']:.3f} | {row['train_s']:.0f} |")  # fmt: skip
+        lines.append(
+            f"| {row['name']} | {row['precision']} | " + " | ".join(cells) + f" | {row['mean_dice']:.3f} | {cl} | "
+            f"{side['pass']}/{side['n']} | {row['auroc']:.3f} | {row['train_s']:.0f} |"
+        )
     return "\n".join(lines)
 
 

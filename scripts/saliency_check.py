@@ -50,10 +50,16 @@ def _truth_levels(entry: dict, key: str) -> tuple[dict[str, tuple[float, float]]
 
 
 def check(
-    datalist: str, out: str = "docs/figures/explain", model: str = "bundle/models/model.pt", split: str = "test",
-    canvas: tuple[int, int] = (384, 288), occlusion: int = 8, figure_studies: int = 3, seed: int = 0,
+    datalist: str,
+    out: str = "docs/figures/explain",
+    model: str = "bundle/models/model.pt",
+    split: str = "test",
+    canvas: tuple[int, int] = (384, 288),
+    occlusion: int = 8,
+    figure_studies: int = 3,
+    seed: int = 0,
     limit: int | None = None,
-) -> None:  # fmt: skip
+) -> None:
     """Run the checks; writes OUT/saliency_check.json and OUT/saliency_check.png and prints the summary."""
     torch.manual_seed(seed)
     net = load_weights(SpineMultiTaskNet(), model).eval()
@@ -72,8 +78,13 @@ def check(
         random_maps = saliency_maps(randomised, ap, lat, present, "gradcam")
         do_occlusion = int(entry["label"]) == 1 and sum(r["occlusion"] is not None for r in rows) < occlusion
         occluded = saliency_maps(net, ap, lat, present, "occlusion") if do_occlusion else None
-        row = {"study_id": entry["study_id"], "label": int(entry["label"]), "gradcam_s": round(seconds, 3),
-               "views": {}, "occlusion": {} if occluded else None}  # fmt: skip
+        row = {
+            "study_id": entry["study_id"],
+            "label": int(entry["label"]),
+            "gradcam_s": round(seconds, 3),
+            "views": {},
+            "occlusion": {} if occluded else None,
+        }
         for key, view in VIEWS:
             if float(present[0, 0 if key == "ap" else 1]) <= 0:
                 continue
@@ -102,8 +113,14 @@ def check(
     summary = _summary(rows)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    payload = {"datalist": datalist, "model": model, "split": split, "canvas": list(canvas), "summary": summary,
-               "studies": rows}  # fmt: skip
+    payload = {
+        "datalist": datalist,
+        "model": model,
+        "split": split,
+        "canvas": list(canvas),
+        "summary": summary,
+        "studies": rows,
+    }
     write_atomic(out_dir / "saliency_check.json", lambda tmp: tmp.write_text(json.dumps(payload, indent=1)))
     _figure(figure, out_dir / "saliency_check.png")
     print(json.dumps(summary, indent=1))
@@ -145,8 +162,9 @@ def _figure(items: list, path: Path) -> None:
         image, _ = read_image(entry["image_lat"])
         truth = json.loads(Path(entry["truth"]).read_text())
         grades = ", ".join(f"{f['level']} G{f['grade']}" for f in truth.get("fractures") or [])
-        panels = [np.zeros_like(image)] + [resize_to_original(m["lat"][0], geom)[0].numpy()
-                                            for m in (trained, random_maps, occluded)]  # fmt: skip
+        panels = [np.zeros_like(image)] + [
+            resize_to_original(m["lat"][0], geom)[0].numpy() for m in (trained, random_maps, occluded)
+        ]
         for c, (panel, title) in enumerate(zip(panels, titles)):
             shown = saliency_picture(image, panel) if c else saliency_picture(image, panel, max_alpha=0.0)
             axes[r, c].imshow(shown)

@@ -44,15 +44,27 @@ def main() -> None:
         **json.loads(args.overrides),
     }
     start = time.perf_counter()
-    train = config_workflow("train.yaml", BUNDLE, workflow_type="train", run_id="training", epochs=args.epochs,
-                            val_interval=args.val_interval, **common)  # fmt: skip
+    train = config_workflow(
+        "train.yaml",
+        BUNDLE,
+        workflow_type="train",
+        run_id="training",
+        epochs=args.epochs,
+        val_interval=args.val_interval,
+        **common,
+    )
     train.initialize()
     train.run()
     train.finalize()
     trained = time.perf_counter()
     run_dir = train.parser.get_parsed_content("ckpt_dir")  # the run folder: evaluate its best model
-    evaluate = config_workflow(["train.yaml", "evaluate.yaml"], BUNDLE, workflow_type="train",
-                               run_id="evaluate", **{**common, "ckpt_dir": run_dir})  # fmt: skip
+    evaluate = config_workflow(
+        ["train.yaml", "evaluate.yaml"],
+        BUNDLE,
+        workflow_type="train",
+        run_id="evaluate",
+        **{**common, "ckpt_dir": run_dir},
+    )
     evaluate.initialize()
     evaluate.run()
     evaluate.finalize()

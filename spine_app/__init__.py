@@ -8,9 +8,23 @@ from types import ModuleType
 __version__ = "0.2.0"
 
 _SUBPACKAGES = {
-    "bench", "bundle", "channels", "cli", "data", "engines", "explain", "inference", "losses", "metrics", "morphometry",
-    "networks", "resources", "robustness", "synthetic", "viz",
-}  # fmt: skip
+    "bench",
+    "bundle",
+    "channels",
+    "cli",
+    "data",
+    "engines",
+    "explain",
+    "inference",
+    "losses",
+    "metrics",
+    "morphometry",
+    "networks",
+    "resources",
+    "robustness",
+    "synthetic",
+    "viz",
+}
 
 
 def __getattr__(name: str) -> ModuleType:

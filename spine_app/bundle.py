@@ -55,9 +55,7 @@ def load_bundle_network(bundle_dir: str | Path, model: str | Path | None = None)
     return net.eval(), [int(v) for v in parser.get_parsed_content("patch_size")]
 
 
-def config_workflow(
-    configs: str | Sequence[str], bundle_dir: str | Path = BUNDLE_DIR, **kwargs: Any
-) -> ConfigWorkflow:
+def config_workflow(configs: str | Sequence[str], bundle_dir: str | Path = BUNDLE_DIR, **kwargs: Any) -> ConfigWorkflow:
     """A ``ConfigWorkflow`` over ``bundle_dir/configs/<configs>`` (one file name, or several merged in
     order, e.g. ``["train.yaml", "evaluate.yaml"]``) with the bundle's ``metadata.json`` and
     ``logging.conf``; ``kwargs`` are ConfigWorkflow's own arguments (``workflow_type``, ``run_id``,

@@ -17,7 +17,9 @@ def module_name(path: Path) -> str:
 def import_graph() -> dict[str, set[str]]:
     """module -> the spine_app modules it imports (``from pkg import name`` counts pkg.name when that
     is a module, else pkg); resources/ (data a wheel carries) holds no modules of its own."""
-    files = {module_name(p): p for p in sorted(PACKAGE.rglob("*.py")) if "resources" not in p.relative_to(PACKAGE).parts}
+    files = {
+        module_name(p): p for p in sorted(PACKAGE.rglob("*.py")) if "resources" not in p.relative_to(PACKAGE).parts
+    }
     graph: dict[str, set[str]] = {}
     for name, path in files.items():
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]

@@ -50,8 +50,10 @@ def test_bench_all_rewrites_only_the_marked_blocks(synth_root, tmp_path) -> None
     import_dataset(synth_root, datalist, seed=0, fractions=(0.0, 0.0, 1.0), workers=1)
     doc = tmp_path / "benchmarks.md"
     prose = "Reading of the figures, kept as written.\n"
-    doc.write_text(f"# B\n{prose}<!-- bench:morphometry -->\nold table\n<!-- /bench:morphometry -->\n"
-                   "<!-- bench:machine -->\n<!-- /bench:machine -->\n<!-- bench:compare -->\nkept\n<!-- /bench:compare -->\n")  # fmt: skip
+    doc.write_text(
+        f"# B\n{prose}<!-- bench:morphometry -->\nold table\n<!-- /bench:morphometry -->\n"
+        "<!-- bench:machine -->\n<!-- /bench:machine -->\n<!-- bench:compare -->\nkept\n<!-- /bench:compare -->\n"
+    )
     result = run_all(BenchSettings(str(datalist), tmp_path / "out", device="cpu"), ["machine", "morphometry"], [doc])
     assert result["errors"] == {} and result["docs"] == {str(doc): ["machine", "morphometry"]}
     text = doc.read_text()

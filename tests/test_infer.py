@@ -176,7 +176,10 @@ def test_dicom_films_get_a_dicom_segmentation_per_view(batch: dict) -> None:
         names = [n for n in MASK_NAMES if n.startswith(view.capitalize()[:3])]
         assert [s.SegmentLabel for s in seg.SegmentSequence] == names
         assert seg.SegmentSequence[0].SegmentedPropertyTypeCodeSequence[0].CodeValue == "3572006"  # vertebral body
-        assert seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0].ReferencedSOPInstanceUID == film.SOPInstanceUID
+        assert (
+            seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0].ReferencedSOPInstanceUID
+            == film.SOPInstanceUID
+        )
         assert seg.StudyInstanceUID == film.StudyInstanceUID and seg.PatientID == film.PatientID
         frames = seg.pixel_array.reshape(len(names), int(seg.Rows), int(seg.Columns)) > 0
         for k, name in enumerate(names):
@@ -187,12 +190,22 @@ def test_dicom_films_get_a_dicom_segmentation_per_view(batch: dict) -> None:
     graded = [b for b in result["morphometry"]["vertebrae"] if b["grade"] >= 0]
     groups = report.ContentSequence[-1].ContentSequence  # Imaging Measurements: one group per graded body + the study
     assert len(groups) == len(graded) + 1
-    sequences = [report.get(k, []) for k in ("CurrentRequestedProcedureEvidenceSequence", "PertinentOtherEvidenceSequence")]
-    evidence = {i.ReferencedSOPInstanceUID for seq in sequences for s in seq for r in s.ReferencedSeriesSequence
-                for i in r.ReferencedSOPSequence}  # fmt: skip
+    sequences = [
+        report.get(k, []) for k in ("CurrentRequestedProcedureEvidenceSequence", "PertinentOtherEvidenceSequence")
+    ]
+    evidence = {
+        i.ReferencedSOPInstanceUID
+        for seq in sequences
+        for s in seq
+        for r in s.ReferencedSeriesSequence
+        for i in r.ReferencedSOPSequence
+    }
     assert pydicom.dcmread(folder / "seg_LAT.dcm").SOPInstanceUID in evidence and film.SOPInstanceUID in evidence
-    finding = [i.ConceptCodeSequence[0].CodeMeaning for i in groups[-1].ContentSequence
-               if i.ValueType == "CODE" and i.ConceptNameCodeSequence[0].CodeValue == "121071"][-1]  # fmt: skip
+    finding = [
+        i.ConceptCodeSequence[0].CodeMeaning
+        for i in groups[-1].ContentSequence
+        if i.ValueType == "CODE" and i.ConceptNameCodeSequence[0].CodeValue == "121071"
+    ][-1]
     assert finding == ("Abnormal" if result["label"] == "Damaged" else "Normal")
     lines = [s for s in seg.SegmentSequence if s.SegmentLabel == "Lat_Anterior_Vertebral_Line"][0]
     modifier = lines.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence[0]
@@ -249,9 +262,16 @@ def test_bundle_config_and_cli_write_the_same_masks(tmp_path: Path, synth_root: 
     data = tmp_path / "new"
     _copy_study(sorted((synth_root / "Normal").iterdir())[0], data / "s1")
     bundle = Path(__file__).resolve().parents[1] / "bundle" / "configs"
-    workflow = ConfigWorkflow(str(bundle / "inference.yaml"), str(bundle / "metadata.json"), str(bundle / "logging.conf"),
-                              workflow_type="infer", dataset_dir=str(data), output_dir=str(tmp_path / "b"),
-                              ckpt_path=str(model_file), **SMALL)  # fmt: skip
+    workflow = ConfigWorkflow(
+        str(bundle / "inference.yaml"),
+        str(bundle / "metadata.json"),
+        str(bundle / "logging.conf"),
+        workflow_type="infer",
+        dataset_dir=str(data),
+        output_dir=str(tmp_path / "b"),
+        ckpt_path=str(model_file),
+        **SMALL,
+    )
     workflow.initialize()
     workflow.run()
     workflow.finalize()
@@ -393,12 +413,15 @@ def test_repeated_study_ids_never_take_another_studys_id(
 ) -> None:
     from tests.helpers import write_png_study
 
-    studies = [write_png_study(tmp_path / "a" / "X", masks=False, seed=1),
-               write_png_study(tmp_path / "b" / "X", masks=False, seed=2),
-               write_png_study(tmp_path / "b" / "X_2", masks=False, seed=3)]  # fmt: skip
+    studies = [
+        write_png_study(tmp_path / "a" / "X", masks=False, seed=1),
+        write_png_study(tmp_path / "b" / "X", masks=False, seed=2),
+        write_png_study(tmp_path / "b" / "X_2", masks=False, seed=3),
+    ]
     out = tmp_path / "out"
-    status, stdout, stderr = cli(monkeypatch, capsys, "infer", *map(str, studies), "--out", str(out),
-                                 "--bundle", str(small_bundle))  # fmt: skip
+    status, stdout, stderr = cli(
+        monkeypatch, capsys, "infer", *map(str, studies), "--out", str(out), "--bundle", str(small_bundle)
+    )
     assert status == 0, stderr
     rows = summary_rows(out)
     assert len({r["study_id"] for r in rows}) == 3 and {r["status"] for r in rows} == {"ok"}
@@ -429,8 +452,21 @@ def test_rerun_replaces_a_study_output_whole_and_summarizes_only_this_run(
     both = write_png_study(tmp_path / "first" / "S", masks=False, seed=1)
     other = write_png_study(tmp_path / "first" / "T", masks=False, seed=2)
     out = tmp_path / "out"
-    assert cli(monkeypatch, capsys, "infer", str(both), str(other), "--out", str(out), "--nifti",
-               "--bundle", str(small_bundle))[0] == 0  # fmt: skip
+    assert (
+        cli(
+            monkeypatch,
+            capsys,
+            "infer",
+            str(both),
+            str(other),
+            "--out",
+            str(out),
+            "--nifti",
+            "--bundle",
+            str(small_bundle),
+        )[0]
+        == 0
+    )
     assert (out / "S" / "Ap_Vertebra.nii.gz").is_file() and (out / "S" / "overlay_AP.png").is_file()
     lat_only = tmp_path / "second" / "S"  # another patient's study with the same id: LAT only
     lat_only.mkdir(parents=True)
@@ -483,8 +519,9 @@ def test_output_folder_inside_the_input_is_not_an_input(
     out = studies / "predictions"
     for expected in ("1 studies written, 0 failed", "0 studies written, 1 already done"):
         # the second run finds the first run's output folder among the studies (and s1 done already)
-        status, stdout, stderr = cli(monkeypatch, capsys, "infer", str(studies), "--out", str(out),
-                                     "--bundle", str(small_bundle))  # fmt: skip
+        status, stdout, stderr = cli(
+            monkeypatch, capsys, "infer", str(studies), "--out", str(out), "--bundle", str(small_bundle)
+        )
         assert status == 0, stderr
         assert expected in stdout
     assert [r["study_id"] for r in summary_rows(out)] == ["s1"]
@@ -500,8 +537,9 @@ def test_rerun_skips_finished_studies_and_redoes_changed_or_incomplete_ones(
         write_png_study(studies / name, masks=False, seed=n)
 
     def infer(*extra: str) -> str:
-        status, stdout, stderr = cli(monkeypatch, capsys, "infer", str(studies), "--out", str(out),
-                                     "--bundle", str(small_bundle), *extra)  # fmt: skip
+        status, stdout, stderr = cli(
+            monkeypatch, capsys, "infer", str(studies), "--out", str(out), "--bundle", str(small_bundle), *extra
+        )
         assert status == 0, stderr
         return stdout
 
@@ -519,8 +557,9 @@ def test_rerun_skips_finished_studies_and_redoes_changed_or_incomplete_ones(
     assert "2 studies written, 0 failed" in infer("--damaged_threshold", "0.9", "--force")
 
 
-def test_interrupted_run_leaves_whole_studies_and_a_summary_of_them(tmp_path: Path, small_bundle: Path, monkeypatch,
-                                                                    capsys) -> None:  # fmt: skip
+def test_interrupted_run_leaves_whole_studies_and_a_summary_of_them(
+    tmp_path: Path, small_bundle: Path, monkeypatch, capsys
+) -> None:
     """A real run killed with SIGKILL while a study is being written (held there by the writer's test
     switch) leaves the earlier output of that study untouched and a summary of what finished."""
     from tests.helpers import write_png_study
@@ -602,9 +641,12 @@ def test_finite_json_gives_strict_json_for_the_monailabel_answers() -> None:
 
     answer = finite_json({"p": np.float32("nan"), "m": {"v": [{"h": float("inf")}, 1.5]}, "n": None, "s": "x"})
     assert json.loads(json.dumps(answer, allow_nan=False)) == {
-        "p": None, "m": {"v": [{"h": None}, 1.5]}, "n": None, "s": "x",
+        "p": None,
+        "m": {"v": [{"h": None}, 1.5]},
+        "n": None,
+        "s": "x",
         "null_values": {"p": "not a finite number (nan)", "m.v[0].h": "not a finite number (inf)"},
-    }  # fmt: skip
+    }
 
 
 def _weights(path: Path, kind: str) -> Path:
@@ -667,10 +709,12 @@ def test_summary_on_a_full_disk_is_one_line_and_exit_1(tmp_path: Path, small_bun
     study = write_png_study(tmp_path / "S", masks=False)
     disk = tmp_path / "disk"
     disk.mkdir()
-    script = (f'mount -t tmpfs -o size=64k tmpfs "{disk}" && mkdir "{disk}/out" && '
-              f'(head -c 200000 /dev/zero > "{disk}/out/filler" 2>/dev/null; true) && '
-              f'"{sys.executable}" -m spine_app.cli infer "{study}" --out "{disk}/out" --bundle "{small_bundle}"; '
-              f'echo "status $?"; ls -A "{disk}/out"')  # fmt: skip
+    script = (
+        f'mount -t tmpfs -o size=64k tmpfs "{disk}" && mkdir "{disk}/out" && '
+        f'(head -c 200000 /dev/zero > "{disk}/out/filler" 2>/dev/null; true) && '
+        f'"{sys.executable}" -m spine_app.cli infer "{study}" --out "{disk}/out" --bundle "{small_bundle}"; '
+        f'echo "status $?"; ls -A "{disk}/out"'
+    )
     result = subprocess.run(["unshare", "-Urm", "sh", "-c", script], capture_output=True, text=True, timeout=600)
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
     assert (
@@ -702,8 +746,9 @@ def test_no_dicom_out_writes_no_dicom_files(tmp_path: Path, small_bundle: Path, 
     write_dicom(study / "AP.dcm", radiograph((160, 120), seed=1), view="AP")
     write_dicom(study / "LAT.dcm", radiograph((160, 120), seed=2), view="LAT")
     out = tmp_path / "out"
-    status, _, stderr = cli(monkeypatch, capsys, "infer", str(study), "--out", str(out), "--bundle", str(small_bundle),
-                            "--no-dicom-out")  # fmt: skip
+    status, _, stderr = cli(
+        monkeypatch, capsys, "infer", str(study), "--out", str(out), "--bundle", str(small_bundle), "--no-dicom-out"
+    )
     assert status == 0, stderr
     assert (out / "d1" / "result.json").is_file() and not list((out / "d1").glob("*.dcm"))
     status, _, stderr = cli(monkeypatch, capsys, "infer", str(study), "--out", str(out), "--bundle", str(small_bundle))

@@ -41,8 +41,19 @@ def column(
     for ha, hp in heights:
         bottom = top + hp
         c, right, up = chamfer, left + depth, bottom - ha
-        draw_v.polygon([(left, up + c), (left + c, up), (right - c, top), (right, top + c), (right, bottom - c),
-                        (right - c, bottom), (left + c, bottom), (left, bottom - c)], fill=255)  # fmt: skip
+        draw_v.polygon(
+            [
+                (left, up + c),
+                (left + c, up),
+                (right - c, top),
+                (right, top + c),
+                (right, bottom - c),
+                (right - c, bottom),
+                (left + c, bottom),
+                (left, bottom - c),
+            ],
+            fill=255,
+        )
         draw_s.rectangle([left + depth + 40, top + 4, left + depth + 70, bottom - 4], fill=255)
         top = bottom + gap
     if tilt_deg:
@@ -206,10 +217,19 @@ def test_plausibility_problem_names_the_reason() -> None:
     from spine_app.morphometry.measure import VertebralBody, plausibility_problem
 
     def body(ha: float, hm: float, hp: float, area: int = 1000, depth: float = 30.0) -> VertebralBody:
-        return VertebralBody(index=0, level=None, centroid_px=(0.0, 0.0), area_px=area,
-                             heights_mm={"anterior": ha, "middle": hm, "posterior": hp}, ratios={},
-                             expected_posterior_mm=None, reduction=0.0, grade=0, deformity="none",
-                             depth_mm=depth)  # fmt: skip
+        return VertebralBody(
+            index=0,
+            level=None,
+            centroid_px=(0.0, 0.0),
+            area_px=area,
+            heights_mm={"anterior": ha, "middle": hm, "posterior": hp},
+            ratios={},
+            expected_posterior_mm=None,
+            reduction=0.0,
+            grade=0,
+            deformity="none",
+            depth_mm=depth,
+        )
 
     assert plausibility_problem(body(24, 24, 25), 1000) is None
     assert "ratio 6.50" in plausibility_problem(body(26, 25, 4), 1000)

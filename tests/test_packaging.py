@@ -31,19 +31,42 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
     def skip(folder: str, names: list[str]) -> set[str]:
         here = Path(folder).resolve()
-        drop = {n for n in names if n.startswith(".venv") or n.endswith(".egg-info") or n in ("__pycache__", ".pytest_cache", ".ruff_cache")}
+        drop = {
+            n
+            for n in names
+            if n.startswith(".venv") or n.endswith(".egg-info") or n in ("__pycache__", ".pytest_cache", ".ruff_cache")
+        }
         drop |= top & set(names) if here == REPO_ROOT else set()
         drop |= work & set(names) if here == REPO_ROOT / "bundle" else set()
         return drop
 
     shutil.copytree(REPO_ROOT, source, ignore=skip)
-    build = subprocess.run([sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "--no-build-isolation",
-                            "-w", str(tmp / "dist"), "-q"], capture_output=True, text=True, timeout=600)  # fmt: skip
+    build = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            str(source),
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(tmp / "dist"),
+            "-q",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert build.returncode == 0, build.stderr
     wheel = next((tmp / "dist").glob("spine_app-*.whl"))
     site = tmp / "site"
-    install = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--target", str(site), str(wheel),
-                              "-q"], capture_output=True, text=True, timeout=600)  # fmt: skip
+    install = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "--target", str(site), str(wheel), "-q"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert install.returncode == 0, install.stderr
     return {"site": site, "work": tmp / "work", "wheel": wheel}
 
@@ -52,8 +75,9 @@ def run_installed(installed: dict[str, Path], *args: str) -> subprocess.Complete
     """``spine-app ARGS`` with the installed copy first on the path, from a folder outside the checkout."""
     installed["work"].mkdir(exist_ok=True)
     env = {**os.environ, "PYTHONPATH": str(installed["site"]), "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-c", CLI, *args], cwd=installed["work"], env=env, capture_output=True,
-                          text=True, timeout=900)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-c", CLI, *args], cwd=installed["work"], env=env, capture_output=True, text=True, timeout=900
+    )
 
 
 def test_wheel_carries_the_bundle_and_infers_from_any_folder(installed: dict[str, Path]) -> None:
@@ -61,8 +85,14 @@ def test_wheel_carries_the_bundle_and_infers_from_any_folder(installed: dict[str
     where = run_installed(installed, "version")
     assert where.returncode == 0, where.stderr
     packaged = site / "spine_app" / "resources"
-    for name in ("bundle/configs/inference.yaml", "bundle/configs/metadata.json", "bundle/models/model.pt",
-                 "bundle/large_files.yml", "configs/synthetic/easy.yaml", "configs/robustness/default.yaml"):  # fmt: skip
+    for name in (
+        "bundle/configs/inference.yaml",
+        "bundle/configs/metadata.json",
+        "bundle/models/model.pt",
+        "bundle/large_files.yml",
+        "configs/synthetic/easy.yaml",
+        "configs/robustness/default.yaml",
+    ):
         assert (packaged / name).is_file(), name
     assert not (packaged / "bundle" / "runs").exists()  # a checkout's work folders stay out
     synth = run_installed(installed, "synth", "--out", "studies", "--n", "2", "--preset", "easy", "--workers", "1")
@@ -98,9 +128,23 @@ def test_bundle_config_runs_from_another_working_directory(tmp_path: Path) -> No
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     run = subprocess.run(
-        [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(REPO_ROOT / "bundle" / "configs" / "inference.yaml"),
-         "--dataset_dir", str(tmp_path / "studies"), "--output_dir", str(tmp_path / "out")],
-        cwd=elsewhere, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "run",
+            "--config_file",
+            str(REPO_ROOT / "bundle" / "configs" / "inference.yaml"),
+            "--dataset_dir",
+            str(tmp_path / "studies"),
+            "--output_dir",
+            str(tmp_path / "out"),
+        ],
+        cwd=elsewhere,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     assert len(list((tmp_path / "out").glob("*/result.json"))) == 1

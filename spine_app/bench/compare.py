@@ -70,8 +70,10 @@ class SeedStyleModels(nn.Module):
         self, ap: torch.Tensor, lat: torch.Tensor, present: torch.Tensor, levels: object = None
     ) -> dict[str, torch.Tensor]:
         """Seed-style outputs (``levels`` ignored: the seed approach has no level head)."""
-        seg = {"ap": torch.zeros(ap.shape[0], len(MASK_NAMES), *ap.shape[2:], device=ap.device),
-               "lat": torch.zeros(lat.shape[0], len(MASK_NAMES), *lat.shape[2:], device=lat.device)}  # fmt: skip
+        seg = {
+            "ap": torch.zeros(ap.shape[0], len(MASK_NAMES), *ap.shape[2:], device=ap.device),
+            "lat": torch.zeros(lat.shape[0], len(MASK_NAMES), *lat.shape[2:], device=lat.device),
+        }
         for c, view in enumerate(CHANNEL_VIEW):
             image = ap if view == "AP" else lat
             seg[view.lower()][:, c : c + 1] = self.segmenters[c](image)
@@ -137,9 +139,17 @@ def macs_per_study(model: nn.Module, canvas: tuple[int, int]) -> float:
 
 
 def train_variant(
-    model: nn.Module, loss_weights: dict[str, float], datalist: str, steps: int, batch: int,
-    canvas: tuple[int, int], seed: int, workers: int, device: torch.device, precision: Precision = FP32,
-) -> float:  # fmt: skip
+    model: nn.Module,
+    loss_weights: dict[str, float],
+    datalist: str,
+    steps: int,
+    batch: int,
+    canvas: tuple[int, int],
+    seed: int,
+    workers: int,
+    device: torch.device,
+    precision: Precision = FP32,
+) -> float:
     """Train ``model`` for ``steps`` AdamW steps (forward pass in ``precision``, loss in fp32);
     returns the wall time in seconds."""
     torch.manual_seed(seed)
@@ -173,9 +183,17 @@ def evaluate_variant(model: nn.Module, datalist: str, canvas: tuple[int, int], d
 
 
 def compare(
-    datalist: str, out: str | Path, steps: int = 300, batch: int = 4, canvas: tuple[int, int] = (384, 288),
-    seed: int = 0, workers: int = 1, device: str = "cpu", variants: list[str] | None = None, amp: str = "auto",
-) -> dict[str, Any]:  # fmt: skip
+    datalist: str,
+    out: str | Path,
+    steps: int = 300,
+    batch: int = 4,
+    canvas: tuple[int, int] = (384, 288),
+    seed: int = 0,
+    workers: int = 1,
+    device: str = "cpu",
+    variants: list[str] | None = None,
+    amp: str = "auto",
+) -> dict[str, Any]:
     """Train and evaluate every variant with the same budget; write compare.json/.md/.png into ``out``.
 
     Every variant trains in the same ``amp`` setting as the bundle (``auto``: bf16 autocast and
@@ -187,8 +205,14 @@ def compare(
     dev = torch.device(device)
     priors = mask_priors(datalist, tuple(canvas))
     precision = resolve_precision(amp, dev)
-    results: dict[str, Any] = {"steps": steps, "batch": batch, "canvas": list(canvas), "seed": seed,
-                               "precision": precision.name, "variants": {}}  # fmt: skip
+    results: dict[str, Any] = {
+        "steps": steps,
+        "batch": batch,
+        "canvas": list(canvas),
+        "seed": seed,
+        "precision": precision.name,
+        "variants": {},
+    }
     for name in [variant_name(v) for v in variants] if variants else list(VARIANTS):
         build, weights = VARIANTS[name]
         torch.manual_seed(seed)
@@ -202,8 +226,14 @@ def compare(
         model.to(memory_format=torch.contiguous_format)  # scored in fp32, the standard layout
         peak = torch.cuda.max_memory_allocated() / 2**20 if dev.type == "cuda" else None
         evaluation = evaluate_variant(model, datalist, canvas, dev)
-        results["variants"][name] = {"params": params, "macs_per_study": macs, "train_s": seconds,
-                                     "peak_train_mib": peak, "loss_weights": weights, **evaluation}  # fmt: skip
+        results["variants"][name] = {
+            "params": params,
+            "macs_per_study": macs,
+            "train_s": seconds,
+            "peak_train_mib": peak,
+            "loss_weights": weights,
+            **evaluation,
+        }
         logger.warning("compare: %s trained %d steps in %.0f s", name, steps, seconds)  # progress of a long run
     write_compare_report(results, out)
     return results

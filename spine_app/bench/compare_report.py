@@ -12,8 +12,10 @@ from spine_app.engines.writer import write_json
 from spine_app.metrics.classification import auroc, auroc_ci
 from spine_app.viz.figures import save_figure, subplots
 
-SHORT = {name: name.replace("Lat_", "L ").replace("Ap_", "A ").replace("_Vertebral_Line", " line").replace("_", " ")
-         for name in MASK_NAMES}  # fmt: skip
+SHORT = {
+    name: name.replace("Lat_", "L ").replace("Ap_", "A ").replace("_Vertebral_Line", " line").replace("_", " ")
+    for name in MASK_NAMES
+}
 
 
 def summarize(entry: dict[str, Any]) -> dict[str, Any]:
@@ -53,8 +55,12 @@ def markdown(results: dict[str, Any]) -> str:
         sides = f"{side['pass']}/{side['n']}" if side.get("n") else "-"
         ci = f" ({s['auroc_ci'][0]:.2f}-{s['auroc_ci'][1]:.2f})" if s["auroc_ci"] else ""
         peak = f"{entry['peak_train_mib']:.0f}" if entry["peak_train_mib"] is not None else "n/a (CPU)"
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {cl} | {sides} | {s['auroc']:.3f}{ci} | {entry['params'] / 1e6:.1f} | "
-                     f"{entry['macs_per_study'] / 1e9:.1f} | {entry['train_s']:.0f} | {entry['latency_s']:.3f} | {peak} |")  # fmt: skip
+        lines.append(
+            f"| {name} | "
+            + " | ".join(cells)
+            + f" | {cl} | {sides} | {s['auroc']:.3f}{ci} | {entry['params'] / 1e6:.1f} | "
+            f"{entry['macs_per_study'] / 1e9:.1f} | {entry['train_s']:.0f} | {entry['latency_s']:.3f} | {peak} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -64,8 +70,12 @@ def plot(results: dict[str, Any], path: Path) -> None:
     width = 0.8 / len(names)
     for i, name in enumerate(names):
         seg = results["variants"][name]["summary"]["segmentation"]
-        axes[0].bar([m + i * width for m in range(len(MASK_NAMES))], [seg[m]["dice"] if m in seg else 0 for m in MASK_NAMES],
-                    width, label=name)  # fmt: skip
+        axes[0].bar(
+            [m + i * width for m in range(len(MASK_NAMES))],
+            [seg[m]["dice"] if m in seg else 0 for m in MASK_NAMES],
+            width,
+            label=name,
+        )
         axes[1].bar(i, results["variants"][name]["summary"]["auroc"], label=name)
     axes[0].set_xticks(
         [m + 0.4 - width / 2 for m in range(len(MASK_NAMES))], [SHORT[m] for m in MASK_NAMES], fontsize=8

@@ -24,9 +24,14 @@ from spine_app.inference.run import resolve_inputs, run_inference
 
 
 def bench_inference(
-    n: int = 50, seed: int = 0, model: str | None = None, device: str = "cpu", bundle: str | Path = BUNDLE_DIR,
-    pixel_spacing_mm: tuple[float, float] = (0.27, 0.28), keep: str | None = None,
-) -> dict[str, Any]:  # fmt: skip
+    n: int = 50,
+    seed: int = 0,
+    model: str | None = None,
+    device: str = "cpu",
+    bundle: str | Path = BUNDLE_DIR,
+    pixel_spacing_mm: tuple[float, float] = (0.27, 0.28),
+    keep: str | None = None,
+) -> dict[str, Any]:
     """Generate ``n`` default-preset studies at ~1500 px and time ``run_inference`` over them."""
     import torch
     from ignite.engine import Events
@@ -50,8 +55,9 @@ def bench_inference(
         if device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
         began = time.perf_counter()
-        result = run_inference(entries, root / "out", model, device, bundle, errors, on_evaluator=attach,
-                               progress=sys.stderr.isatty())  # fmt: skip
+        result = run_inference(
+            entries, root / "out", model, device, bundle, errors, on_evaluator=attach, progress=sys.stderr.isatty()
+        )
         wall = time.perf_counter() - began
     finally:
         if not keep:
@@ -63,13 +69,17 @@ def bench_inference(
         "device": device,
         "torch_threads": torch.get_num_threads(),
         "long_side_px": [int(min(sizes)), int(max(sizes))],
-        "latency_s": {"median": float(np.median(lat)), "p95": float(np.percentile(lat, 95)),
-                      "first": float(lat[0]), "mean": float(lat.mean())},
+        "latency_s": {
+            "median": float(np.median(lat)),
+            "p95": float(np.percentile(lat, 95)),
+            "first": float(lat[0]),
+            "mean": float(lat.mean()),
+        },
         "throughput_studies_per_s": n / float(lat.sum()),
         "wall_s_with_setup": wall,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "peak_cuda_mib": torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else None,
-    }  # fmt: skip
+    }
 
 
 def _long_side(path: str) -> int:
@@ -82,11 +92,13 @@ def _long_side(path: str) -> int:
 def format_inference_bench(report: dict[str, Any]) -> str:
     """The figures as printed lines."""
     lat = report["latency_s"]
-    return "\n".join([
-        f"device {report['device']} ({report['torch_threads']} threads), {report['studies']} studies "
-        f"(AP+LAT, long side {report['long_side_px'][0]}-{report['long_side_px'][1]} px), {report['failed']} failed",
-        f"per-study latency: median {lat['median']:.2f} s, p95 {lat['p95']:.2f} s (first {lat['first']:.2f} s)",
-        f"throughput: {report['throughput_studies_per_s']:.3f} studies/s; whole run with set-up {report['wall_s_with_setup']:.1f} s",
-        f"peak memory: {report['peak_rss_mib']:.0f} MiB RSS"
-        + (f", {report['peak_cuda_mib']:.0f} MiB CUDA" if report["peak_cuda_mib"] is not None else ""),
-    ])  # fmt: skip
+    return "\n".join(
+        [
+            f"device {report['device']} ({report['torch_threads']} threads), {report['studies']} studies "
+            f"(AP+LAT, long side {report['long_side_px'][0]}-{report['long_side_px'][1]} px), {report['failed']} failed",
+            f"per-study latency: median {lat['median']:.2f} s, p95 {lat['p95']:.2f} s (first {lat['first']:.2f} s)",
+            f"throughput: {report['throughput_studies_per_s']:.3f} studies/s; whole run with set-up {report['wall_s_with_setup']:.1f} s",
+            f"peak memory: {report['peak_rss_mib']:.0f} MiB RSS"
+            + (f", {report['peak_cuda_mib']:.0f} MiB CUDA" if report["peak_cuda_mib"] is not None else ""),
+        ]
+    )

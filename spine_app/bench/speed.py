@@ -53,9 +53,15 @@ def training_batches(datalist: str, batch: int, canvas: tuple[int, int], workers
         set_determinism(seed)
     transform = Compose([LoadStudyd(canvas, level_labels="auto"), study_augmentation(canvas=canvas), LevelBoxesd()])
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
-    loader = DataLoader(Dataset(load_datalist(datalist)["training"], transform), batch_size=batch, shuffle=True,
-                        num_workers=workers, persistent_workers=workers > 0, drop_last=True,
-                        generator=generator)  # fmt: skip
+    loader = DataLoader(
+        Dataset(load_datalist(datalist)["training"], transform),
+        batch_size=batch,
+        shuffle=True,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        drop_last=True,
+        generator=generator,
+    )
     while True:
         yield from loader
 
@@ -69,9 +75,15 @@ def to_device(raw: dict[str, Any], device: torch.device) -> dict[str, torch.Tens
 
 
 def training_speed(
-    device: torch.device, precision: Precision, batch: int = 4, canvas: tuple[int, int] = (384, 288),
-    steps: int = 10, warmup: int = 3, data: str | None = None, workers: int = 1,
-) -> dict[str, float]:  # fmt: skip
+    device: torch.device,
+    precision: Precision,
+    batch: int = 4,
+    canvas: tuple[int, int] = (384, 288),
+    steps: int = 10,
+    warmup: int = 3,
+    data: str | None = None,
+    workers: int = 1,
+) -> dict[str, float]:
     """Seconds per training step (forward, masked multi-task loss, backward, AdamW) and loader wait."""
     model = StudyModel(SpineMultiTaskNet(), precision).to(device)
     loss_fn, opt = MultiTaskLoss().to(device), torch.optim.AdamW(model.parameters(), 1e-3)
@@ -100,8 +112,12 @@ def training_speed(
 
 
 def inference_latency(
-    device: torch.device, precision: Precision, canvas: tuple[int, int] = (384, 288), n: int = 20, warmup: int = 3,
-) -> dict[str, float]:  # fmt: skip
+    device: torch.device,
+    precision: Precision,
+    canvas: tuple[int, int] = (384, 288),
+    n: int = 20,
+    warmup: int = 3,
+) -> dict[str, float]:
     """Network latency of one study (AP + LAT masks and the Damaged logits), median and p95 seconds."""
     model = StudyModel(SpineMultiTaskNet(), precision).to(device).eval()
     fp16 = torch.autocast(device.type, dtype=torch.float16, enabled=precision.engine_amp)
@@ -131,9 +147,14 @@ def precision_options(device: torch.device) -> list[Precision]:
 
 
 def bench_speed(
-    device: str = "auto", batch: int = 4, canvas: tuple[int, int] = (384, 288), steps: int = 10, n: int = 20,
-    data: str | None = None, workers: int = 1,
-) -> list[dict[str, Any]]:  # fmt: skip
+    device: str = "auto",
+    batch: int = 4,
+    canvas: tuple[int, int] = (384, 288),
+    steps: int = 10,
+    n: int = 20,
+    data: str | None = None,
+    workers: int = 1,
+) -> list[dict[str, Any]]:
     """One row per option: training step, images/s, loader wait, inference median/p95."""
     dev = torch.device(
         "cuda:0" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
@@ -142,9 +163,19 @@ def bench_speed(
     for precision in precision_options(dev):
         train = training_speed(dev, precision, batch, tuple(canvas), steps, data=data, workers=workers)
         infer = inference_latency(dev, precision, tuple(canvas), n)
-        rows.append({"device": str(dev), "amp": precision.name, "channels_last": precision.channels_last,
-                     "batch": batch, "canvas": list(canvas), "threads": torch.get_num_threads(),
-                     "data": "real" if data else "random", **train, **{f"infer_{k}": v for k, v in infer.items()}})  # fmt: skip
+        rows.append(
+            {
+                "device": str(dev),
+                "amp": precision.name,
+                "channels_last": precision.channels_last,
+                "batch": batch,
+                "canvas": list(canvas),
+                "threads": torch.get_num_threads(),
+                "data": "real" if data else "random",
+                **train,
+                **{f"infer_{k}": v for k, v in infer.items()},
+            }
+        )
     return rows
 
 
@@ -155,7 +186,9 @@ def format_speed(rows: list[dict[str, Any]]) -> str:
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        lines.append(f"| {r['device']} ({r['threads']} threads) | {r['amp']} | {r['channels_last']} | {r['batch']} | "
-                     f"{r['canvas'][0]}x{r['canvas'][1]} | {r['step_s']:.3f} | {r['images_per_s']:.1f} | "
-                     f"{r['loader_wait_s']:.3f} ({r['data']} data) | {r['infer_median_s']:.3f} | {r['infer_p95_s']:.3f} |")  # fmt: skip
+        lines.append(
+            f"| {r['device']} ({r['threads']} threads) | {r['amp']} | {r['channels_last']} | {r['batch']} | "
+            f"{r['canvas'][0]}x{r['canvas'][1]} | {r['step_s']:.3f} | {r['images_per_s']:.1f} | "
+            f"{r['loader_wait_s']:.3f} ({r['data']} data) | {r['infer_median_s']:.3f} | {r['infer_p95_s']:.3f} |"
+        )
     return "\n".join(lines)

@@ -77,15 +77,38 @@ def part_machine(s: BenchSettings) -> PartResult:
     )
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).parent, check=True).stdout.strip()  # fmt: skip
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).parent,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         commit = "unknown"
-    info = {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(memory, 1), "gpu": gpu, "torch": torch.__version__,
-            "monai": monai.__version__, "spine_app": spine_app.__version__, "commit": commit,
-            "date": datetime.date.today().isoformat()}  # fmt: skip
+    info = {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gib": round(memory, 1),
+        "gpu": gpu,
+        "torch": torch.__version__,
+        "monai": monai.__version__,
+        "spine_app": spine_app.__version__,
+        "commit": commit,
+        "date": datetime.date.today().isoformat(),
+    }
     header = ["CPU", "cores", "memory", "GPU", "torch", "MONAI", "spine-app", "commit", "date"]
-    row = [cpu, str(info["cores"]), f"{info['memory_gib']} GiB", gpu, info["torch"], info["monai"], info["spine_app"], commit, info["date"]]  # fmt: skip
+    row = [
+        cpu,
+        str(info["cores"]),
+        f"{info['memory_gib']} GiB",
+        gpu,
+        info["torch"],
+        info["monai"],
+        info["spine_app"],
+        commit,
+        info["date"],
+    ]
     return _table(header, [row]), info, []
 
 
@@ -95,10 +118,22 @@ def part_infer(s: BenchSettings) -> PartResult:
 
     r = bench_inference(n=s.infer_studies, model=s.model, device=s.device)
     lat = r["latency_s"]
-    header = ["studies (long side)", "per-study latency, median", "p95", "first study", "throughput", "peak memory (process RSS)"]  # fmt: skip
-    row = [f"{r['studies']} ({r['long_side_px'][0]}-{r['long_side_px'][1]} px), {r['failed']} failed",
-           f"{lat['median']:.2f} s", f"{lat['p95']:.2f} s", f"{lat['first']:.2f} s",
-           f"{r['throughput_studies_per_s']:.2f} studies/s", f"{r['peak_rss_mib']:.0f} MiB"]  # fmt: skip
+    header = [
+        "studies (long side)",
+        "per-study latency, median",
+        "p95",
+        "first study",
+        "throughput",
+        "peak memory (process RSS)",
+    ]
+    row = [
+        f"{r['studies']} ({r['long_side_px'][0]}-{r['long_side_px'][1]} px), {r['failed']} failed",
+        f"{lat['median']:.2f} s",
+        f"{lat['p95']:.2f} s",
+        f"{lat['first']:.2f} s",
+        f"{r['throughput_studies_per_s']:.2f} studies/s",
+        f"{r['peak_rss_mib']:.0f} MiB",
+    ]
     return _table(header, [row]), r, []
 
 
@@ -125,8 +160,15 @@ def part_view(s: BenchSettings) -> PartResult:
 
     r = bench_views(s.datalist, s.split, s.model)
     header = ["films", "correct", "wrong", "refused", "lowest AP score", "highest LAT score", "time per film"]
-    row = [str(r["films"]), str(r["correct"]), str(r["wrong"]), str(r["refused"]), f"{r['ap_score_min']:+.3f}",
-           f"{r['lat_score_max']:+.3f}", f"{r['median_seconds']:.2f} s"]  # fmt: skip
+    row = [
+        str(r["films"]),
+        str(r["correct"]),
+        str(r["wrong"]),
+        str(r["refused"]),
+        f"{r['ap_score_min']:+.3f}",
+        f"{r['lat_score_max']:+.3f}",
+        f"{r['median_seconds']:.2f} s",
+    ]
     return _table(header, [row]), r, []
 
 
@@ -148,9 +190,16 @@ def morphometry_row(name: str, r: dict[str, Any]) -> list[str]:
     ]
 
 
-MORPHOMETRY_HEADER = ["masks", "height MAE (bias) anterior / middle / posterior (mm)", "exact Genant grade", "fractured levels found",
-                      "normal levels flagged", "Damaged studies: a fractured level found",
-                      "Damaged studies: most reduced level is the fractured one", "study AUROC (largest reduction)"]  # fmt: skip
+MORPHOMETRY_HEADER = [
+    "masks",
+    "height MAE (bias) anterior / middle / posterior (mm)",
+    "exact Genant grade",
+    "fractured levels found",
+    "normal levels flagged",
+    "Damaged studies: a fractured level found",
+    "Damaged studies: most reduced level is the fractured one",
+    "study AUROC (largest reduction)",
+]
 
 
 def part_morphometry(s: BenchSettings) -> PartResult:
@@ -161,10 +210,14 @@ def part_morphometry(s: BenchSettings) -> PartResult:
     pred = s.out / f"predictions_{s.split}"
     entries, errors = resolve_inputs([s.datalist], split=s.split, model=s.model)
     run_inference(entries, pred, s.model, s.device, errors=errors)
-    reports = {"reference": evaluate_morphometry(s.datalist, s.split),
-               "model": evaluate_morphometry(s.datalist, s.split, pred)}  # fmt: skip
-    rows = [morphometry_row("reference (the method alone)", reports["reference"]),
-            morphometry_row("the model's predictions (end to end)", reports["model"])]  # fmt: skip
+    reports = {
+        "reference": evaluate_morphometry(s.datalist, s.split),
+        "model": evaluate_morphometry(s.datalist, s.split, pred),
+    }
+    rows = [
+        morphometry_row("reference (the method alone)", reports["reference"]),
+        morphometry_row("the model's predictions (end to end)", reports["model"]),
+    ]
     return _table(MORPHOMETRY_HEADER, rows), reports, []
 
 
@@ -174,8 +227,17 @@ def part_compare(s: BenchSettings) -> PartResult:
     from spine_app.bench.compare_report import markdown
 
     folder = s.out / "compare"
-    results = compare(s.datalist, folder, s.compare_steps, s.compare_batch, s.compare_canvas, 0, s.workers, s.device,
-                      s.compare_variants)
+    results = compare(
+        s.datalist,
+        folder,
+        s.compare_steps,
+        s.compare_batch,
+        s.compare_canvas,
+        0,
+        s.workers,
+        s.device,
+        s.compare_variants,
+    )
     return markdown(results).strip(), results, [folder / name for name in ("compare.png", "compare.md", "compare.json")]
 
 

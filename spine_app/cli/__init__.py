@@ -45,28 +45,35 @@ COMMANDS = {
     "synth": synth,
     "import": import_,
     "check": check,
-    "bench": Group("Benchmarks: generator speed, inference speed, training speed, the equal-budget comparison, "
-                   "morphometry, view guessing; `bench all` runs them and rewrites the docs' tables.", {
-        "synth": bench_synth,
-        "infer": bench_infer,
-        "speed": bench_speed,
-        "compare": bench_compare,
-        "morphometry": bench_morphometry,
-        "view": bench_view,
-        "all": bench_all,
-    }),  # fmt: skip
+    "bench": Group(
+        "Benchmarks: generator speed, inference speed, training speed, the equal-budget comparison, "
+        "morphometry, view guessing; `bench all` runs them and rewrites the docs' tables.",
+        {
+            "synth": bench_synth,
+            "infer": bench_infer,
+            "speed": bench_speed,
+            "compare": bench_compare,
+            "morphometry": bench_morphometry,
+            "view": bench_view,
+            "all": bench_all,
+        },
+    ),
     "contact-sheet": contact_sheet,
     "infer": infer,
     "export": export,
     "publish": publish,
-    "robustness": Group("Robustness: the model under corruptions, learning curve by training-set size, "
-                        "training with noise.", {
-        "evaluate": robustness_evaluate,
-        "train-size": robustness_train_size,
-        "noise-train": robustness_noise_train,
-    }),  # fmt: skip
-    "monailabel": Group("MONAI Label: build the app, prepare a studies folder, serve it (loopback by default).",
-                        {"app": monailabel_app, "prepare": monailabel_prepare, "serve": monailabel_serve}),  # fmt: skip
+    "robustness": Group(
+        "Robustness: the model under corruptions, learning curve by training-set size, training with noise.",
+        {
+            "evaluate": robustness_evaluate,
+            "train-size": robustness_train_size,
+            "noise-train": robustness_noise_train,
+        },
+    ),
+    "monailabel": Group(
+        "MONAI Label: build the app, prepare a studies folder, serve it (loopback by default).",
+        {"app": monailabel_app, "prepare": monailabel_prepare, "serve": monailabel_serve},
+    ),
     "version": version,
 }
 
@@ -77,8 +84,12 @@ def main(argv: list[str] | None = None) -> None:
 
     args = sys.argv[1:] if argv is None else list(argv)
     try:
-        line = check_command_line(args, COMMANDS, resolve_device, {
-            synth: _synth_settings, robustness_train_size: _train_settings, robustness_noise_train: _train_settings})  # fmt: skip
+        line = check_command_line(
+            args,
+            COMMANDS,
+            resolve_device,
+            {synth: _synth_settings, robustness_train_size: _train_settings, robustness_noise_train: _train_settings},
+        )
     except CommandLineError as err:
         _refuse(str(err))
     if line.version:

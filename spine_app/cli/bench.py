@@ -32,9 +32,13 @@ def bench_synth(
 
 
 def bench_infer(
-    n: int = 50, seed: int = 0, model: str | None = None, device: str = "cpu", json_out: str | None = None,
+    n: int = 50,
+    seed: int = 0,
+    model: str | None = None,
+    device: str = "cpu",
+    json_out: str | None = None,
     keep: str | None = None,
-) -> None:  # fmt: skip
+) -> None:
     """Inference speed: per-study latency (median, p95) and throughput over N studies of ~1500 px.
 
     Args:
@@ -52,9 +56,15 @@ def bench_infer(
 
 
 def bench_speed(
-    device: str = "auto", batch: int = 4, canvas: tuple = (384, 288), steps: int = 10, n: int = 20,
-    data: str | None = None, workers: int = 1, json_out: str | None = None,
-) -> None:  # fmt: skip
+    device: str = "auto",
+    batch: int = 4,
+    canvas: tuple = (384, 288),
+    steps: int = 10,
+    n: int = 20,
+    data: str | None = None,
+    workers: int = 1,
+    json_out: str | None = None,
+) -> None:
     """Training throughput (images/s, loader wait per step) and per-study network latency, per option.
 
     Args:
@@ -77,9 +87,17 @@ def bench_speed(
 
 
 def bench_compare(
-    data: str, out: str = "compare", steps: int = 300, batch: int = 4, canvas: tuple = (384, 288), seed: int = 0,
-    workers: int = 1, device: str = "cpu", variants: str | None = None, amp: str = "auto",
-) -> None:  # fmt: skip
+    data: str,
+    out: str = "compare",
+    steps: int = 300,
+    batch: int = 4,
+    canvas: tuple = (384, 288),
+    seed: int = 0,
+    workers: int = 1,
+    device: str = "cpu",
+    variants: str | None = None,
+    amp: str = "auto",
+) -> None:
     """Ours vs eight single-task models + a two-view classifier, and two ablations, at equal steps.
 
     Args:
@@ -116,11 +134,23 @@ def bench_morphometry(datalist: str, split: str = "test", pred: str | None = Non
 
 
 def bench_all(
-    data: str, out: str = "bench_out", docs: str | None = None, only: str | None = None, model: str | None = None,
-    device: str = "auto", split: str = "test", workers: int = 1, infer_studies: int = 50, speed_steps: int = 10,
-    speed_passes: int = 20, speed_canvas: tuple = (384, 288), compare_steps: int = 500,
-    compare_canvas: tuple = (256, 192), compare_batch: int = 4, compare_variants: str | None = None,
-) -> None:  # fmt: skip
+    data: str,
+    out: str = "bench_out",
+    docs: str | None = None,
+    only: str | None = None,
+    model: str | None = None,
+    device: str = "auto",
+    split: str = "test",
+    workers: int = 1,
+    infer_studies: int = 50,
+    speed_steps: int = 10,
+    speed_passes: int = 20,
+    speed_canvas: tuple = (384, 288),
+    compare_steps: int = 500,
+    compare_canvas: tuple = (256, 192),
+    compare_batch: int = 4,
+    compare_variants: str | None = None,
+) -> None:
     """Every benchmark in one command; with --docs their tables replace the marked blocks of the docs.
 
     Parts, in order: machine, infer, speed, speed_data, view, morphometry, compare (about 90 min on a
@@ -141,10 +171,21 @@ def bench_all(
     from spine_app.bench.suite import BenchSettings, run_all
 
     settings = BenchSettings(
-        data, Path(out), model, device, split, workers, infer_studies, speed_steps, speed_passes,
-        tuple(int(c) for c in speed_canvas), compare_steps, tuple(int(c) for c in compare_canvas), compare_batch,
+        data,
+        Path(out),
+        model,
+        device,
+        split,
+        workers,
+        infer_studies,
+        speed_steps,
+        speed_passes,
+        tuple(int(c) for c in speed_canvas),
+        compare_steps,
+        tuple(int(c) for c in compare_canvas),
+        compare_batch,
         _names(compare_variants),
-    )  # fmt: skip
+    )
     result = run_all(settings, _names(only), [Path(d) for d in _names(docs) or []])
     for part, table in result["tables"].items():
         print(f"## {part}\n\n{table}\n")
@@ -170,5 +211,7 @@ def bench_view(data: str, split: str = "test", model: str | None = None) -> None
     print(
         f"{r['films']} films: {r['correct']} correct, {r['wrong']} wrong, {r['refused']} refused (|score| < {MIN_MARGIN} or no column)"
     )
-    print(f"lowest AP score {r['ap_score_min']:+.3f}, highest LAT score {r['lat_score_max']:+.3f}; "
-          f"{r['median_seconds']:.2f} s per film")  # fmt: skip
+    print(
+        f"lowest AP score {r['ap_score_min']:+.3f}, highest LAT score {r['lat_score_max']:+.3f}; "
+        f"{r['median_seconds']:.2f} s per film"
+    )

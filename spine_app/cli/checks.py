@@ -101,7 +101,9 @@ def _flag_names(fn: Callable[..., Any], extra: list[str] | None = None) -> tuple
     return (None if open_kwargs else names + list(extra or [])), booleans, var_args, slots
 
 
-def check_arguments(fn: Callable[..., Any], args: list[str], where: str, extra: list[str] | None = None) -> dict[str, str | None]:
+def check_arguments(
+    fn: Callable[..., Any], args: list[str], where: str, extra: list[str] | None = None
+) -> dict[str, str | None]:
     """Check ``args`` (what follows the command) against ``fn``'s signature (plus the ``extra`` flag
     names a ``**kwargs`` command takes); returns {flag: value}.
 
@@ -125,8 +127,10 @@ def check_arguments(fn: Callable[..., Any], args: list[str], where: str, extra: 
             i += 1
             continue
         if not token.startswith("--"):
-            raise CommandLineError(f"{where}: short flag {token.split('=')[0]} is not supported; use the full name"
-                                   f"{_closest(token.lstrip('-').split('=')[0], names or [])}")  # fmt: skip
+            raise CommandLineError(
+                f"{where}: short flag {token.split('=')[0]} is not supported; use the full name"
+                f"{_closest(token.lstrip('-').split('=')[0], names or [])}"
+            )
         key, _, value = token[2:].partition("=")
         key = key.replace("-", "_")
         bare = "=" not in token and (i + 1 == len(args) or _is_flag(args[i + 1]))
@@ -147,8 +151,12 @@ def check_arguments(fn: Callable[..., Any], args: list[str], where: str, extra: 
     return given
 
 
-def check_command_line(argv: list[str], commands: Mapping[str, Any], check_device: Callable[[str], str] | None = None,
-                       extra_flags: Mapping[Callable, Callable[[], list[str]]] | None = None) -> CommandLine:  # fmt: skip
+def check_command_line(
+    argv: list[str],
+    commands: Mapping[str, Any],
+    check_device: Callable[[str], str] | None = None,
+    extra_flags: Mapping[Callable, Callable[[], list[str]]] | None = None,
+) -> CommandLine:
     """Check ``argv`` (without the program name) before fire runs.
 
     Global flags, anywhere before ``--``: ``--version``; ``-q``/``--quiet`` (errors only) and

@@ -10,9 +10,14 @@ from spine_app.cli.common import _refuse
 
 
 def synth(
-    out: str, n: int = 100, seed: int = 0, preset: str = "default", workers: int | None = None,
-    overwrite: bool = False, **overrides,
-) -> None:  # fmt: skip
+    out: str,
+    n: int = 100,
+    seed: int = 0,
+    preset: str = "default",
+    workers: int | None = None,
+    overwrite: bool = False,
+    **overrides,
+) -> None:
     """Generate N synthetic studies (canonical layout, 16-bit PNG by default) into OUT.
 
     Args:
@@ -35,8 +40,7 @@ def synth(
     except ValueError as err:
         _refuse(str(err))
     try:
-        manifest = generate_dataset(out, n, seed=seed, preset=preset, workers=workers, overwrite=overwrite,
-                                    **overrides)  # fmt: skip
+        manifest = generate_dataset(out, n, seed=seed, preset=preset, workers=workers, overwrite=overwrite, **overrides)
     except (FolderNotEmptyError, NotADirectoryError) as err:
         _refuse(str(err))
     counts = ", ".join(f"{k} {v}" for k, v in manifest["class_counts"].items())
@@ -46,9 +50,14 @@ def synth(
 
 
 def import_(
-    root: str, out: str = "datalist.json", seed: int = 0, val: float = 0.15, test: float = 0.15, workers: int | None = None,
+    root: str,
+    out: str = "datalist.json",
+    seed: int = 0,
+    val: float = 0.15,
+    test: float = 0.15,
+    workers: int | None = None,
     strict: bool = False,
-) -> None:  # fmt: skip
+) -> None:
     """Validate the studies under ROOT and write a datalist JSON with a seeded, stratified split.
 
     Args:
@@ -129,7 +138,7 @@ def _synth_settings_help() -> str:
 
 synth.__doc__ = (synth.__doc__ or "").replace(
     "\n\n    Args:",
-    "\n\n    Generator settings, each a flag (e.g. --scoliosis_deg \"[0, 20]\"; what they do: docs/data.md):\n"
+    '\n\n    Generator settings, each a flag (e.g. --scoliosis_deg "[0, 20]"; what they do: docs/data.md):\n'
     + "\n".join("      " + line.strip() for line in _synth_settings_help().splitlines())
     + "\n\n    Args:",
     1,

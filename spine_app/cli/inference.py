@@ -71,7 +71,9 @@ def infer(
     if dicomweb and inputs:
         _refuse("give either study folders/files or --dicomweb, not both")
     if not inputs and not dicomweb:
-        _refuse("give at least one study folder, image, DICOM folder or datalist, or --dicomweb URL (spine-app infer --help)")
+        _refuse(
+            "give at least one study folder, image, DICOM folder or datalist, or --dicomweb URL (spine-app infer --help)"
+        )
     if (study or patient or dates) and not dicomweb:
         _refuse("--study, --patient and --dates select studies of a PACS: give --dicomweb URL too")
     overrides = {"write_nifti": bool(nifti), "dicom_out": not no_dicom_out}
@@ -91,14 +93,34 @@ def infer(
             from spine_app.pacs.run import infer_from_pacs
 
             try:
-                result = infer_from_pacs(dicomweb, _names(study) or [], out, model, device, bundle or BUNDLE_DIR,
-                                         bool(force), sys.stderr.isatty(), patient, dates, **overrides)  # fmt: skip
+                result = infer_from_pacs(
+                    dicomweb,
+                    _names(study) or [],
+                    out,
+                    model,
+                    device,
+                    bundle or BUNDLE_DIR,
+                    bool(force),
+                    sys.stderr.isatty(),
+                    patient,
+                    dates,
+                    **overrides,
+                )
             except PacsError as err:
                 _refuse(str(err), 1)
         else:
             entries, errors = resolve_inputs(list(inputs), view, split, model, out=out)
-            result = run_inference(entries, out, model, device, bundle or BUNDLE_DIR, errors, force=bool(force),
-                                   progress=sys.stderr.isatty(), **overrides)  # fmt: skip
+            result = run_inference(
+                entries,
+                out,
+                model,
+                device,
+                bundle or BUNDLE_DIR,
+                errors,
+                force=bool(force),
+                progress=sys.stderr.isatty(),
+                **overrides,
+            )
     except (BadArgument, PermissionError, FileNotFoundError) as err:
         _refuse(str(err))
     except OSError as err:  # e.g. summary.csv could not be written (a full disk): the run is incomplete
@@ -107,8 +129,10 @@ def infer(
         print(f"failed: {error['error']}", file=sys.stderr)
     print(summary_line(result, out))
     if dicomweb:
-        print(f"PACS: results of {len(result['stored'])} studies stored, {len(result['already_in_pacs'])} studies "
-              f"already had them (--force redoes them)")  # fmt: skip
+        print(
+            f"PACS: results of {len(result['stored'])} studies stored, {len(result['already_in_pacs'])} studies "
+            f"already had them (--force redoes them)"
+        )
     if result["errors"]:
         sys.exit(1)
 

@@ -60,11 +60,22 @@ def _repeated_flag(names: tuple[str, ...]) -> list[str]:
     return values if len(values) > 1 else []
 
 
-def monailabel_serve(studies: str, app: str | None = None, host: str = "127.0.0.1", port: int = 8000,
-                     model: str | None = None, cors_origin: str | list[str] | tuple[str, ...] | None = None,
-                     allow_delete: bool = False, max_upload_mb: float = 64.0, insecure: bool = False,
-                     dicomweb: str | None = None, study: str | list[str] | tuple[str, ...] | None = None,
-                     patient: str | None = None, dates: str | None = None, **conf: str) -> None:  # fmt: skip
+def monailabel_serve(
+    studies: str,
+    app: str | None = None,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    model: str | None = None,
+    cors_origin: str | list[str] | tuple[str, ...] | None = None,
+    allow_delete: bool = False,
+    max_upload_mb: float = 64.0,
+    insecure: bool = False,
+    dicomweb: str | None = None,
+    study: str | list[str] | tuple[str, ...] | None = None,
+    patient: str | None = None,
+    dates: str | None = None,
+    **conf: str,
+) -> None:
     """Start the MONAI Label server on a studies folder (writes the app folder first if needed).
 
     Ids and tags must be plain names (no paths); see docs/monailabel.md, "Security". With --dicomweb,
@@ -103,8 +114,10 @@ def monailabel_serve(studies: str, app: str | None = None, host: str = "127.0.0.
         loopback = False
     auth = os.environ.get("MONAI_LABEL_AUTH_ENABLE", "").strip().lower() in ("1", "true", "yes", "on")
     if not loopback and not auth and not insecure:
-        _refuse(f"--host {host} would let anyone who reaches the port read the films and change the model: "
-                "set MONAI_LABEL_AUTH_ENABLE=true (with a Keycloak realm) or pass --insecure")  # fmt: skip
+        _refuse(
+            f"--host {host} would let anyone who reaches the port read the films and change the model: "
+            "set MONAI_LABEL_AUTH_ENABLE=true (with a Keycloak realm) or pass --insecure"
+        )
     try:
         origins = parse_origins(_repeated_flag(("--cors-origin", "--cors_origin")) or cors_origin)
     except ValueError as err:
@@ -125,27 +138,43 @@ def monailabel_serve(studies: str, app: str | None = None, host: str = "127.0.0.
     policy = ServerPolicy(origins, bool(allow_delete), int(max_upload_mb * 2**20))
     os.environ.update(policy.environment())
     os.environ["MONAI_LABEL_SESSIONS"] = "false"  # sessions keep uploads outside the studies folder
-    print(f"app {folder}; serving {studies} on http://{host}:{port}; CORS origins: "
-          f"{', '.join(origins) or 'none (same origin only)'}", file=sys.stderr, flush=True)  # fmt: skip
+    print(
+        f"app {folder}; serving {studies} on http://{host}:{port}; CORS origins: "
+        f"{', '.join(origins) or 'none (same origin only)'}",
+        file=sys.stderr,
+        flush=True,
+    )
     cmd = server_command(folder, Path(studies), host, port, conf)
     os.execv(cmd[0], cmd)  # the server takes this process (and its id): stop it with that id
 
 
-def _pull_from_pacs(url: str, studies: str, study: Any, patient: str | None, dates: str | None,
-                    model: str | None) -> None:  # fmt: skip
+def _pull_from_pacs(
+    url: str, studies: str, study: Any, patient: str | None, dates: str | None, model: str | None
+) -> None:
     """``monailabel serve --dicomweb``: pull the studies' films into STUDIES; one line per failing
     study; exit 1 when the folder then holds no film to serve."""
     from spine_app.monailabel.pacs import pull_studies
 
     if not str(url).startswith(("http://", "https://")):
         _refuse(f"--dicomweb must be an http(s) URL, got {url!r}")
-    uids = [u.strip() for part in ([study] if isinstance(study, str) else list(study or [])) for u in str(part).split(",") if u.strip()]
+    uids = [
+        u.strip()
+        for part in ([study] if isinstance(study, str) else list(study or []))
+        for u in str(part).split(",")
+        if u.strip()
+    ]
     summary = pull_studies(url, studies, uids, patient, dates, model)
     for line in summary.warnings:
         print(f"warning: {line}", file=sys.stderr)
     for line in summary.errors:
         print(f"failed: {line}", file=sys.stderr)
-    print(f"PACS: {len(summary.images)} films of {len(summary.studies)} studies pulled into {studies}", file=sys.stderr, flush=True)
-    if not any(p.is_file() and not p.name.startswith(".") and p.name != "pacs_sources.json" for p in Path(studies).iterdir()):
+    print(
+        f"PACS: {len(summary.images)} films of {len(summary.studies)} studies pulled into {studies}",
+        file=sys.stderr,
+        flush=True,
+    )
+    if not any(
+        p.is_file() and not p.name.startswith(".") and p.name != "pacs_sources.json" for p in Path(studies).iterdir()
+    ):
         print(f"error: {studies}: no film to serve (nothing pulled from {url})", file=sys.stderr)
         raise SystemExit(1)

@@ -8,10 +8,18 @@ from spine_app.cli.common import _names
 
 
 def robustness_evaluate(
-    data: str, out: str = "robustness", suite: str = "configs/robustness/default.yaml", model: str | None = None,
-    split: str = "test", device: str = "cpu", seed: int = 0, limit: int | None = None, only: str | None = None,
-    bundle: str | None = None, canvas: tuple | None = None,
-) -> None:  # fmt: skip
+    data: str,
+    out: str = "robustness",
+    suite: str = "configs/robustness/default.yaml",
+    model: str | None = None,
+    split: str = "test",
+    device: str = "cpu",
+    seed: int = 0,
+    limit: int | None = None,
+    only: str | None = None,
+    bundle: str | None = None,
+    canvas: tuple | None = None,
+) -> None:
     """Run the model on DATA's test split under every corruption of SUITE at five severities.
 
     Writes OUT/results.json, results.csv, results.md, dice_vs_severity.png, auroc_vs_severity.png,
@@ -42,8 +50,9 @@ def robustness_evaluate(
     device = resolve_device(device)
     check_model(bundle or BUNDLE_DIR, model)
     names = _names(only)
-    results = evaluate_robustness(data, suite, out, model, bundle, split, device, seed, limit, names,
-                                  [int(c) for c in canvas] if canvas else None)  # fmt: skip
+    results = evaluate_robustness(
+        data, suite, out, model, bundle, split, device, seed, limit, names, [int(c) for c in canvas] if canvas else None
+    )
     print(markdown(results))
     print(
         f"{results['studies']} studies x {1 + 5 * len(results['corruptions'])} conditions in {results['seconds']:.0f} s -> {out}"

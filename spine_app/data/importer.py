@@ -145,8 +145,13 @@ def _check_job(args: tuple[StudyFiles, Path]) -> StudyCheck:
         return check_study(study, root)
     except Exception as err:  # noqa: BLE001 - one bad study must not stop the others
         reason = str(err).strip().splitlines()[0][:300] if str(err).strip() else ""
-        return StudyCheck(study.study_id, str(study.folder), error=f"{study.folder}: {type(err).__name__}: {reason}",
-                          error_kind="unexpected error", warnings=list(study.notes))  # fmt: skip
+        return StudyCheck(
+            study.study_id,
+            str(study.folder),
+            error=f"{study.folder}: {type(err).__name__}: {reason}",
+            error_kind="unexpected error",
+            warnings=list(study.notes),
+        )
 
 
 def duplicate_ids(studies: list[StudyFiles]) -> dict[str, list[Path]]:
@@ -193,8 +198,15 @@ def _check_studies(studies: list[StudyFiles], root: Path, workers: int | None) -
         if study.study_id in duplicates:
             others = " and ".join(str(f) for f in duplicates[study.study_id] if f != study.folder)
             error = f"{study.folder}: study id {study.study_id!r} is also in {others}"
-            checks.append(StudyCheck(study.study_id, str(study.folder), error=error, error_kind="duplicate study id",
-                                     warnings=list(study.notes)))  # fmt: skip
+            checks.append(
+                StudyCheck(
+                    study.study_id,
+                    str(study.folder),
+                    error=error,
+                    error_kind="duplicate study id",
+                    warnings=list(study.notes),
+                )
+            )
         else:
             checks.append(by_folder[str(study.folder)])
     return checks
@@ -204,8 +216,11 @@ def _size_stats(shapes: list[list[int]]) -> dict[str, Any] | None:
     if not shapes:
         return None
     arr = np.asarray(shapes)
-    return {"min": arr.min(axis=0).tolist(), "median": np.median(arr, axis=0).astype(int).tolist(),
-            "max": arr.max(axis=0).tolist()}  # fmt: skip
+    return {
+        "min": arr.min(axis=0).tolist(),
+        "median": np.median(arr, axis=0).astype(int).tolist(),
+        "max": arr.max(axis=0).tolist(),
+    }
 
 
 def summarize(checks: list[StudyCheck]) -> dict[str, Any]:
@@ -275,9 +290,12 @@ def _rebase_entry(entry: dict[str, Any], root: Path, folder: Path) -> dict[str, 
 
 
 def build_datalist(
-    root: str | Path, checks: list[StudyCheck], seed: int = 0, fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
+    root: str | Path,
+    checks: list[StudyCheck],
+    seed: int = 0,
+    fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
     folder: str | Path | None = None,
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     """The datalist: settings, summary, errors and the split (labelled studies) plus unlabelled ones.
 
     ``folder`` is where the datalist will be written (default ``root``): ``root`` and every file path

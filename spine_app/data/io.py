@@ -26,8 +26,17 @@ from PIL import Image, UnidentifiedImageError
 
 logger = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".tif": "tiff", ".tiff": "tiff",
-                  ".dcm": "dicom", ".dicom": "dicom", ".nii": "nifti", ".nii.gz": "nifti"}  # fmt: skip
+IMAGE_SUFFIXES = {
+    ".png": "png",
+    ".jpg": "jpeg",
+    ".jpeg": "jpeg",
+    ".tif": "tiff",
+    ".tiff": "tiff",
+    ".dcm": "dicom",
+    ".dicom": "dicom",
+    ".nii": "nifti",
+    ".nii.gz": "nifti",
+}
 MAX_SIDE = 8000  # larger images are refused before decoding (a 16-bit 8000^2 film is 128 MB)
 MIN_SIDE = 64
 
@@ -136,8 +145,16 @@ def _read_pil(path: str | Path, fmt: str, min_side: int, max_side: int) -> tuple
     spacing = None
     if fmt == "tiff" and dpi and dpi[0] > 1 and dpi[0] != 72:
         spacing = (25.4 / float(dpi[1]), 25.4 / float(dpi[0]))
-    meta = ImageMeta(str(path), fmt, array.shape[:2], bits, str(np.asarray(array).dtype), spacing,
-                     "TIFF resolution" if spacing else None, converted_from_rgb=rgb)  # fmt: skip
+    meta = ImageMeta(
+        str(path),
+        fmt,
+        array.shape[:2],
+        bits,
+        str(np.asarray(array).dtype),
+        spacing,
+        "TIFF resolution" if spacing else None,
+        converted_from_rgb=rgb,
+    )
     return array, meta
 
 
@@ -161,12 +178,21 @@ def _read_itk(path: str | Path, fmt: str, min_side: int, max_side: int) -> tuple
     sx, sy = (float(s) for s in list(image.GetSpacing())[:2])
     spacing = (sy, sx) if (sx, sy) != (1.0, 1.0) else None
     bits = array.dtype.itemsize * 8
-    return array, ImageMeta(str(path), fmt, array.shape, bits, str(array.dtype), spacing,
-                            "ITK" if spacing else None, converted_from_rgb=rgb)  # fmt: skip
+    return array, ImageMeta(
+        str(path), fmt, array.shape, bits, str(array.dtype), spacing, "ITK" if spacing else None, converted_from_rgb=rgb
+    )
 
 
-_VIEW_POSITIONS = {"AP": "AP", "PA": "AP", "LL": "LAT", "RL": "LAT", "LAT": "LAT", "LATERAL": "LAT",
-                   "LLD": "LAT", "RLD": "LAT"}  # fmt: skip
+_VIEW_POSITIONS = {
+    "AP": "AP",
+    "PA": "AP",
+    "LL": "LAT",
+    "RL": "LAT",
+    "LAT": "LAT",
+    "LATERAL": "LAT",
+    "LLD": "LAT",
+    "RLD": "LAT",
+}
 
 
 def dicom_view(ds: Any) -> str | None:
@@ -296,8 +322,9 @@ def _read_dicom(path: str | Path, min_side: int, max_side: int) -> tuple[np.ndar
             spacing, source = (float(value[0]), float(value[1])), tag
             break
     bits = int(getattr(ds, "BitsStored", stored.dtype.itemsize * 8))
-    meta = ImageMeta(str(path), "dicom", array.shape[:2], bits, str(stored.dtype), spacing, source,
-                     dicom_view(ds), photometric, rgb)  # fmt: skip
+    meta = ImageMeta(
+        str(path), "dicom", array.shape[:2], bits, str(stored.dtype), spacing, source, dicom_view(ds), photometric, rgb
+    )
     return array, meta
 
 
@@ -321,8 +348,9 @@ def _read_nifti(path: str | Path, min_side: int, max_side: int) -> tuple[np.ndar
     zooms = [float(z) for z in img.header.get_zooms()[:2]]
     spacing = (zooms[1], zooms[0]) if len(zooms) == 2 and zooms != [1.0, 1.0] else None
     bits = data.dtype.itemsize * 8
-    return array, ImageMeta(str(path), "nifti", array.shape, bits, str(data.dtype), spacing,
-                            "NIfTI header" if spacing else None)  # fmt: skip
+    return array, ImageMeta(
+        str(path), "nifti", array.shape, bits, str(data.dtype), spacing, "NIfTI header" if spacing else None
+    )
 
 
 def read_image(
@@ -561,8 +589,15 @@ def write_dicom(
     ds.PresentationIntentType = "FOR PRESENTATION"
     ds.PresentationLUTShape = "INVERSE" if photometric == "MONOCHROME1" else "IDENTITY"
     ds.StudyID, ds.SeriesNumber, ds.InstanceNumber = "1", {"AP": 1, "LAT": 2}.get(view or "", 3), 1
-    for keyword in ("StudyDate", "StudyTime", "ReferringPhysicianName", "AccessionNumber", "PatientBirthDate",
-                    "PatientSex", "PatientOrientation"):  # fmt: skip
+    for keyword in (
+        "StudyDate",
+        "StudyTime",
+        "ReferringPhysicianName",
+        "AccessionNumber",
+        "PatientBirthDate",
+        "PatientSex",
+        "PatientOrientation",
+    ):
         setattr(ds, keyword, "")  # Type 2: present, unknown here
     if view:
         ds.ViewPosition = {"AP": "AP", "LAT": "LL"}.get(view, view)

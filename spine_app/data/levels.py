@@ -164,8 +164,14 @@ def level_boxes(instances: np.ndarray, n: int, level_map: np.ndarray | None = No
     bottom; a body's label is the most frequent non-zero level-map value under it."""
     if n == 0:
         empty = np.zeros((0, 2), np.float32)
-        return LevelBoxes(empty, empty.copy(), np.zeros(0, np.float32), np.zeros(0, np.int64),
-                          np.zeros(0, np.int64), np.zeros(0, np.int64))  # fmt: skip
+        return LevelBoxes(
+            empty,
+            empty.copy(),
+            np.zeros(0, np.float32),
+            np.zeros(0, np.int64),
+            np.zeros(0, np.int64),
+            np.zeros(0, np.int64),
+        )
     index = np.arange(1, n + 1)
     centres = np.asarray(ndimage.center_of_mass(np.ones_like(instances), instances, index), dtype=np.float64)
     order = np.argsort(centres[:, 0])
@@ -190,8 +196,14 @@ def level_boxes(instances: np.ndarray, n: int, level_map: np.ndarray | None = No
             if under.size:
                 grades[i], kind = decode_level(int(np.bincount(under).argmax()))
                 kinds[i] = FRACTURE_KINDS.index(kind)
-    return LevelBoxes(centres.astype(np.float32), axes.astype(np.float32), sizes.astype(np.float32),
-                      grades, kinds, index.astype(np.int64))  # fmt: skip
+    return LevelBoxes(
+        centres.astype(np.float32),
+        axes.astype(np.float32),
+        sizes.astype(np.float32),
+        grades,
+        kinds,
+        index.astype(np.int64),
+    )
 
 
 def film_level_boxes(
@@ -273,7 +285,9 @@ def level_map_from_morphometry(
     return out
 
 
-def jitter_boxes(boxes: LevelBoxes, rng: np.random.RandomState, shift: float, scale: float, turn_deg: float) -> LevelBoxes:
+def jitter_boxes(
+    boxes: LevelBoxes, rng: np.random.RandomState, shift: float, scale: float, turn_deg: float
+) -> LevelBoxes:
     """Boxes moved by up to ``shift`` x their side, resized by up to +-``scale`` and turned by up to
     ``turn_deg``: the reference boxes of training made as uncertain as those found on predicted masks."""
     k = len(boxes)
@@ -283,7 +297,9 @@ def jitter_boxes(boxes: LevelBoxes, rng: np.random.RandomState, shift: float, sc
     size = boxes.size * rng.uniform(1.0 - scale, 1.0 + scale, k).astype(np.float32)
     angle = np.radians(rng.uniform(-turn_deg, turn_deg, k))
     cos, sin = np.cos(angle), np.sin(angle)
-    axis = np.stack([cos * boxes.axis[:, 0] - sin * boxes.axis[:, 1], sin * boxes.axis[:, 0] + cos * boxes.axis[:, 1]], 1)
+    axis = np.stack(
+        [cos * boxes.axis[:, 0] - sin * boxes.axis[:, 1], sin * boxes.axis[:, 0] + cos * boxes.axis[:, 1]], 1
+    )
     return LevelBoxes(centre, axis.astype(np.float32), size, boxes.grade, boxes.kind, boxes.instance)
 
 
@@ -294,9 +310,13 @@ class LevelBoxesd(MapTransform, Randomizable):
     random jitter of every box (:func:`jitter_boxes`; 0 = exact boxes)."""
 
     def __init__(
-        self, max_levels: int = MAX_LEVELS, shift: float = 0.06, scale: float = 0.12, turn_deg: float = 6.0,
+        self,
+        max_levels: int = MAX_LEVELS,
+        shift: float = 0.06,
+        scale: float = 0.12,
+        turn_deg: float = 6.0,
         keys: tuple[Hashable, ...] = ("seg_lat",),
-    ) -> None:  # fmt: skip
+    ) -> None:
         super().__init__(keys, allow_missing_keys=True)
         self.max_levels = max_levels
         self.shift, self.scale, self.turn_deg = shift, scale, turn_deg

@@ -74,7 +74,9 @@ def fit_nearest(image: np.ndarray, canvas: Sequence[int]) -> torch.Tensor:
     return out
 
 
-def film_level_map(masks: np.ndarray, truth_path: Any, spacing: Sequence[float] | None, source: str) -> np.ndarray | None:
+def film_level_map(
+    masks: np.ndarray, truth_path: Any, spacing: Sequence[float] | None, source: str
+) -> np.ndarray | None:
     """Level map of a LAT film from its reference masks (the LAT channels in channel order) and,
     per ``source`` (:data:`spine_app.data.levels.LEVEL_LABEL_SOURCES`), its truth.json or
     morphometry; None when there is nothing to label."""
@@ -120,7 +122,9 @@ class LoadStudyd(MapTransform):
     ) -> None:
         super().__init__(keys, allow_missing_keys=True)
         if level_labels is not None and level_labels not in LEVEL_LABEL_SOURCES:
-            raise ValueError(f"level_labels must be one of {', '.join(LEVEL_LABEL_SOURCES)} or None, got {level_labels!r}")
+            raise ValueError(
+                f"level_labels must be one of {', '.join(LEVEL_LABEL_SOURCES)} or None, got {level_labels!r}"
+            )
         self.level_labels = level_labels
         if on_error not in ("raise", "record"):
             raise ValueError(f"on_error must be 'raise' or 'record', got {on_error!r}")
@@ -163,10 +167,12 @@ class LoadStudyd(MapTransform):
                 image, meta = self.read_image(path)
                 if float(image.max()) <= float(image.min()):
                     raise ImageReadError(path, "constant image (every pixel is the same value)")
-                masks = np.stack([
-                    self.read_mask(m, image.shape).astype(np.float32) if m else np.zeros(image.shape, np.float32)
-                    for m in (data["masks"][c] for c in channels)
-                ])  # fmt: skip
+                masks = np.stack(
+                    [
+                        self.read_mask(m, image.shape).astype(np.float32) if m else np.zeros(image.shape, np.float32)
+                        for m in (data["masks"][c] for c in channels)
+                    ]
+                )
                 if self.view_hook is not None:
                     image, masks = self.view_hook(view, image, masks, meta)
                 fitted = fit_to_canvas(np.concatenate([normalize_intensity(image)[None], masks]), self.canvas)
@@ -182,7 +188,9 @@ class LoadStudyd(MapTransform):
                 spacing = (data.get(f"meta_{key}") or {}).get("spacing") or meta.spacing or (0.0, 0.0)
                 out[f"geom_{key}"] = torch.tensor([*image.shape, scale, top, left, *spacing], dtype=torch.float32)
                 if view == "LAT" and self.level_labels is not None and data["masks"][channels[0]]:
-                    level_map = film_level_map(masks, data.get("truth"), spacing if spacing[0] else None, self.level_labels)
+                    level_map = film_level_map(
+                        masks, data.get("truth"), spacing if spacing[0] else None, self.level_labels
+                    )
                     if level_map is not None:
                         out["levels_lat"] = fit_nearest(level_map, self.canvas)
                 present.append(1.0)

@@ -44,8 +44,13 @@ def _prepare(root: Path, datalist: Path, synthetic_studies: int, seed: int, pres
     if not has_studies:
         from spine_app.synthetic.generator import generate_dataset
 
-        logger.warning("no studies in %s: generating the default synthetic dataset (%d studies, preset %s, seed %d)",
-                       root, synthetic_studies, preset, seed)  # fmt: skip
+        logger.warning(
+            "no studies in %s: generating the default synthetic dataset (%d studies, preset %s, seed %d)",
+            root,
+            synthetic_studies,
+            preset,
+            seed,
+        )
         # no study here: overwrite only lets it write beside other files (it replaces generated ones only)
         generate_dataset(root, synthetic_studies, seed=seed, preset=preset, overwrite=True)
     summary = import_dataset(root, datalist, seed=split_seed)["summary"]

@@ -23,8 +23,17 @@ from spine_app.channels import CHANNEL_VIEW, MASK_NAMES
 #: local coding scheme for concepts without a standard code (declared in every SEG that uses it)
 LOCAL_SCHEME = "99SPINEAPP"
 #: patient/study attributes DICOM requires (Type 2: present, may be empty) that a source may lack
-TYPE2_COPIED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
-                "ReferringPhysicianName", "StudyID", "AccessionNumber")  # fmt: skip
+TYPE2_COPIED = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "StudyID",
+    "AccessionNumber",
+)
 
 
 def _numpy2_shim() -> None:
@@ -60,9 +69,14 @@ def segment_codes(name: str) -> tuple[Any, Any, Any | None]:
 
 
 def write_seg(
-    source_path: str | Path, masks: dict[int, np.ndarray], view: str, out_path: str | Path,
-    model_version: str = "unknown", algorithm_type: str = "AUTOMATIC", series_description: str | None = None,
-) -> Path:  # fmt: skip
+    source_path: str | Path,
+    masks: dict[int, np.ndarray],
+    view: str,
+    out_path: str | Path,
+    model_version: str = "unknown",
+    algorithm_type: str = "AUTOMATIC",
+    series_description: str | None = None,
+) -> Path:
     """Write the DICOM SEG of one film: ``masks`` channel index -> bool (rows, cols) of the view's
     channels, ``source_path`` the film's DICOM file. Written atomically. ``algorithm_type``:
     AUTOMATIC (the model's masks) or SEMIAUTOMATIC (an annotator corrected them); ``series_description``:
@@ -96,10 +110,15 @@ def write_seg(
         category, kind, modifier = segment_codes(MASK_NAMES[c])
         uses_local |= kind.scheme_designator == LOCAL_SCHEME
         description = hd.seg.SegmentDescription(
-            segment_number=number, segment_label=MASK_NAMES[c], segmented_property_category=category,
-            segmented_property_type=kind, algorithm_type=algorithm_type, algorithm_identification=algorithm,
-            tracking_uid=generate_uid(), tracking_id=f"{MASK_NAMES[c]} ({view})",
-        )  # fmt: skip
+            segment_number=number,
+            segment_label=MASK_NAMES[c],
+            segmented_property_category=category,
+            segmented_property_type=kind,
+            algorithm_type=algorithm_type,
+            algorithm_identification=algorithm,
+            tracking_uid=generate_uid(),
+            tracking_id=f"{MASK_NAMES[c]} ({view})",
+        )
         if modifier is not None:  # DICOM: the modifier sits inside the property type's code item
             item = description.SegmentedPropertyTypeCodeSequence[0]
             item.SegmentedPropertyTypeModifierCodeSequence = [hd.sr.CodedConcept.from_code(modifier)]
@@ -109,14 +128,26 @@ def write_seg(
     if uses_local:
         from highdicom.coding_schemes import CodingSchemeIdentificationItem
 
-        extra["coding_schemes"] = [CodingSchemeIdentificationItem(designator=LOCAL_SCHEME, name="spine-app local codes")]
+        extra["coding_schemes"] = [
+            CodingSchemeIdentificationItem(designator=LOCAL_SCHEME, name="spine-app local codes")
+        ]
     seg = hd.seg.Segmentation(
-        source_images=[source], pixel_array=pixels, segmentation_type="BINARY", segment_descriptions=descriptions,
-        series_instance_uid=generate_uid(), series_number=901, sop_instance_uid=generate_uid(), instance_number=1,
-        manufacturer="spine-app", manufacturer_model_name="spine-app multi-task network",
-        software_versions=f"spine-app {__version__}, bundle {model_version}", device_serial_number="none",
-        series_description=series_description or f"spine-app {view} structures", omit_empty_frames=False, **extra,
-    )  # fmt: skip
+        source_images=[source],
+        pixel_array=pixels,
+        segmentation_type="BINARY",
+        segment_descriptions=descriptions,
+        series_instance_uid=generate_uid(),
+        series_number=901,
+        sop_instance_uid=generate_uid(),
+        instance_number=1,
+        manufacturer="spine-app",
+        manufacturer_model_name="spine-app multi-task network",
+        software_versions=f"spine-app {__version__}, bundle {model_version}",
+        device_serial_number="none",
+        series_description=series_description or f"spine-app {view} structures",
+        omit_empty_frames=False,
+        **extra,
+    )
     # highdicom does not copy Patient Orientation (Type 2C of the General Image module: present, may be empty)
     seg.PatientOrientation = source.get("PatientOrientation", "")
     return write_atomic(out_path, lambda tmp: seg.save_as(str(tmp)))
@@ -139,9 +170,14 @@ def _local(value: str, meaning: str) -> Any:
 
 
 def write_sr(
-    films: dict[str, str | Path], segs: list[str | Path], result: dict[str, Any], bodies: list[Any],
-    out_path: str | Path, model_version: str = "unknown", model_sha: str | None = None,
-) -> Path:  # fmt: skip
+    films: dict[str, str | Path],
+    segs: list[str | Path],
+    result: dict[str, Any],
+    bodies: list[Any],
+    out_path: str | Path,
+    model_version: str = "unknown",
+    model_sha: str | None = None,
+) -> Path:
     """Write the study's DICOM Structured Report (Comprehensive SR, TID 1500 measurement report):
     per measured vertebra of the LAT film (a circular region of the body's area around its centre) the
     anterior/middle/posterior heights, the height ratios and reduction, the Genant grade and the
@@ -166,77 +202,120 @@ def write_sr(
     observer = hd.sr.ObserverContext(
         observer_type=_code("121007", "DCM", "Device"),
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=generate_uid(), name="spine-app", manufacturer_name="spine-app",
+            uid=generate_uid(),
+            name="spine-app",
+            manufacturer_name="spine-app",
             model_name=f"spine-app multi-task network, bundle {model_version}",
         ),
-    )  # fmt: skip
+    )
     mm = (result.get("morphometry") or {}).get("units", "mm") == "mm"
     length_unit = _code("mm", "UCUM", "millimeter") if mm else _code("{pixels}", "UCUM", "pixels")
     ratio_unit = _code("{ratio}", "UCUM", "ratio")
     groups: list[Any] = []
     lat = datasets.get("LAT")
-    level_of_body = {lv["morphometry"]["body"]: lv for lv in (result.get("levels") or {}).get("levels", [])
-                     if lv.get("morphometry")}  # fmt: skip
+    level_of_body = {
+        lv["morphometry"]["body"]: lv for lv in (result.get("levels") or {}).get("levels", []) if lv.get("morphometry")
+    }
     for body in bodies if lat is not None else []:
         if body.grade < 0:  # not measurable / not graded: listed in result.json with the reason
             continue
         name = body.level or f"#{body.index + 1} from the top of the field"
         measurements = [
-            hd.sr.Measurement(name=_local(f"H{k[0].upper()}", f"{k.capitalize()} vertebral body height"),
-                              value=float(body.heights_mm[k]), unit=length_unit)
+            hd.sr.Measurement(
+                name=_local(f"H{k[0].upper()}", f"{k.capitalize()} vertebral body height"),
+                value=float(body.heights_mm[k]),
+                unit=length_unit,
+            )
             for k in ("anterior", "middle", "posterior")
-        ]  # fmt: skip
+        ]
         measurements += [
-            hd.sr.Measurement(name=_local(RATIO_CODES[key], f"Height ratio {key.replace('_', '/')}"),
-                              value=float(value), unit=ratio_unit)
-            for key, value in body.ratios.items() if key in RATIO_CODES and value == value
-        ]  # fmt: skip
-        measurements.append(hd.sr.Measurement(name=_local("REDUCTION", "Vertebral body height reduction"),
-                                              value=float(body.reduction), unit=ratio_unit))  # fmt: skip
+            hd.sr.Measurement(
+                name=_local(RATIO_CODES[key], f"Height ratio {key.replace('_', '/')}"),
+                value=float(value),
+                unit=ratio_unit,
+            )
+            for key, value in body.ratios.items()
+            if key in RATIO_CODES and value == value
+        ]
+        measurements.append(
+            hd.sr.Measurement(
+                name=_local("REDUCTION", "Vertebral body height reduction"),
+                value=float(body.reduction),
+                unit=ratio_unit,
+            )
+        )
         level = level_of_body.get(body.index + 1)
         if level is not None:  # the level head's fracture probability of the same body
-            measurements.append(hd.sr.Measurement(name=_local("FRACTUREP", "Vertebral fracture probability (level head)"),
-                                                  value=float(level["fracture_probability"]),
-                                                  unit=_code("1", "UCUM", "no units")))  # fmt: skip
+            measurements.append(
+                hd.sr.Measurement(
+                    name=_local("FRACTUREP", "Vertebral fracture probability (level head)"),
+                    value=float(level["fracture_probability"]),
+                    unit=_code("1", "UCUM", "no units"),
+                )
+            )
         row, col = body.centroid_px
         radius = max(1.0, float(np.sqrt(body.area_px / np.pi)))
         region = hd.sr.ImageRegion(
-            graphic_type="CIRCLE", graphic_data=np.array([[col, row], [col + radius, row]], dtype=float),
+            graphic_type="CIRCLE",
+            graphic_data=np.array([[col, row], [col + radius, row]], dtype=float),
             source_image=hd.sr.SourceImageForRegion(lat.SOPClassUID, lat.SOPInstanceUID),
-        )  # fmt: skip
-        groups.append(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-            tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier=f"vertebra {name}"),
-            referenced_region=region, finding_type=_code("51282000", "SCT", "Vertebra"),
-            measurements=measurements,
-            qualitative_evaluations=[
-                hd.sr.QualitativeEvaluation(_local("GENANT", "Genant semiquantitative grade"),
-                                            _local(f"G{body.grade}", f"Genant grade {body.grade}")),
-                hd.sr.QualitativeEvaluation(_local("DEFORMITY", "Vertebral deformity type"),
-                                            _local(body.deformity.upper(), f"deformity: {body.deformity}")),
-            ],
-        ))  # fmt: skip
+        )
+        groups.append(
+            hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+                tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier=f"vertebra {name}"),
+                referenced_region=region,
+                finding_type=_code("51282000", "SCT", "Vertebra"),
+                measurements=measurements,
+                qualitative_evaluations=[
+                    hd.sr.QualitativeEvaluation(
+                        _local("GENANT", "Genant semiquantitative grade"),
+                        _local(f"G{body.grade}", f"Genant grade {body.grade}"),
+                    ),
+                    hd.sr.QualitativeEvaluation(
+                        _local("DEFORMITY", "Vertebral deformity type"),
+                        _local(body.deformity.upper(), f"deformity: {body.deformity}"),
+                    ),
+                ],
+            )
+        )
     damaged = result.get("label") == "Damaged"
-    groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier="study decision"),
-        finding_type=_local("SPINESTUDY", "Thoracolumbar spine, AP and lateral films"),
-        measurements=[hd.sr.Measurement(name=_local("DAMAGEDP", "Probability of a damaged (fractured) spine"),
-                                        value=float(result.get("damaged_probability") or 0.0),
-                                        unit=_code("1", "UCUM", "no units"))],
-        qualitative_evaluations=[hd.sr.QualitativeEvaluation(
-            _code("121071", "DCM", "Finding"),
-            _code("263654008", "SCT", "Abnormal") if damaged else _code("17621005", "SCT", "Normal"))],
-        source_images=[hd.sr.SourceImageForMeasurementGroup(ds.SOPClassUID, ds.SOPInstanceUID)
-                       for ds in datasets.values()],
-    ))  # fmt: skip
+    groups.append(
+        hd.sr.MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier="study decision"),
+            finding_type=_local("SPINESTUDY", "Thoracolumbar spine, AP and lateral films"),
+            measurements=[
+                hd.sr.Measurement(
+                    name=_local("DAMAGEDP", "Probability of a damaged (fractured) spine"),
+                    value=float(result.get("damaged_probability") or 0.0),
+                    unit=_code("1", "UCUM", "no units"),
+                )
+            ],
+            qualitative_evaluations=[
+                hd.sr.QualitativeEvaluation(
+                    _code("121071", "DCM", "Finding"),
+                    _code("263654008", "SCT", "Abnormal") if damaged else _code("17621005", "SCT", "Normal"),
+                )
+            ],
+            source_images=[
+                hd.sr.SourceImageForMeasurementGroup(ds.SOPClassUID, ds.SOPInstanceUID) for ds in datasets.values()
+            ],
+        )
+    )
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=observer),
         procedure_reported=_local("SPINEXR", "Spine radiographs, AP and lateral"),
         imaging_measurements=groups,
     )
     sr = hd.sr.ComprehensiveSR(
-        evidence=evidence, content=report[0], series_instance_uid=generate_uid(), series_number=902,
-        sop_instance_uid=generate_uid(), instance_number=1, manufacturer="spine-app", is_complete=True,
+        evidence=evidence,
+        content=report[0],
+        series_instance_uid=generate_uid(),
+        series_number=902,
+        sop_instance_uid=generate_uid(),
+        instance_number=1,
+        manufacturer="spine-app",
+        is_complete=True,
         coding_schemes=[CodingSchemeIdentificationItem(designator=LOCAL_SCHEME, name="spine-app local codes")],
         series_description=report_description(model_sha),
-    )  # fmt: skip
+    )
     return write_atomic(out_path, lambda tmp: sr.save_as(str(tmp)))

@@ -160,9 +160,14 @@ class EpochCheckpoint:
     """
 
     def __init__(
-        self, ckpt_dir: str, objects: dict[str, Any], resume: bool | str = True,
-        fingerprint: dict[str, Any] | None = None, settings: dict[str, Any] | None = None, n_saved: int = 2,
-    ) -> None:  # fmt: skip
+        self,
+        ckpt_dir: str,
+        objects: dict[str, Any],
+        resume: bool | str = True,
+        fingerprint: dict[str, Any] | None = None,
+        settings: dict[str, Any] | None = None,
+        n_saved: int = 2,
+    ) -> None:
         self.ckpt_dir, self.objects = Path(ckpt_dir), dict(objects)
         # a command-line "--resume false" arrives as the string "false" (fire only parses False)
         self.resume = as_flag(resume)
@@ -178,21 +183,32 @@ class EpochCheckpoint:
         return found[0][1] if found else None
 
     def run_record(self) -> dict[str, Any]:
-        return {"fingerprint": self.fingerprint, "settings": self.settings, "command": list(sys.argv),
-                "versions": library_versions()}  # fmt: skip
+        return {
+            "fingerprint": self.fingerprint,
+            "settings": self.settings,
+            "command": list(sys.argv),
+            "versions": library_versions(),
+        }
 
     def check(self, path: Path, checkpoint: Mapping[str, Any], names: list[str]) -> None:
         """Refuse (ResumeError) a checkpoint of another run or one that lacks an object in ``names``."""
         run = checkpoint.get("run")
         stored = run.get("fingerprint") if isinstance(run, Mapping) else None
         if stored is None:
-            raise ResumeError(f"error: {path}: has no run fingerprint (written by an older spine-app); "
-                              "pass --resume False to start over, or another --run_name")  # fmt: skip
-        diffs = [f"{key} {_short(stored.get(key))} in the checkpoint, {_short(value)} now"
-                 for key, value in self.fingerprint.items() if _plain(stored.get(key)) != value]  # fmt: skip
+            raise ResumeError(
+                f"error: {path}: has no run fingerprint (written by an older spine-app); "
+                "pass --resume False to start over, or another --run_name"
+            )
+        diffs = [
+            f"{key} {_short(stored.get(key))} in the checkpoint, {_short(value)} now"
+            for key, value in self.fingerprint.items()
+            if _plain(stored.get(key)) != value
+        ]
         if diffs:
-            raise ResumeError(f"error: {path}: made by a different run ({'; '.join(diffs)}); pass --resume False "
-                              "to start over in this folder, or another --run_name")  # fmt: skip
+            raise ResumeError(
+                f"error: {path}: made by a different run ({'; '.join(diffs)}); pass --resume False "
+                "to start over in this folder, or another --run_name"
+            )
         missing = [name for name in names if name not in checkpoint]
         if missing:
             raise ResumeError(f"error: {path}: has no {', '.join(missing)}; pass --resume False to start over")
@@ -204,14 +220,20 @@ class EpochCheckpoint:
             try:
                 checkpoint = load_checkpoint(path)
             except Exception as err:  # noqa: BLE001 - truncated / damaged: fall back to the previous epoch
-                logger.warning("%s (%d bytes): cannot be read (%s); resuming from an older checkpoint", path,
-                               path.stat().st_size, one_line_error(err))  # fmt: skip
+                logger.warning(
+                    "%s (%d bytes): cannot be read (%s); resuming from an older checkpoint",
+                    path,
+                    path.stat().st_size,
+                    one_line_error(err),
+                )
                 continue
             self.check(path, checkpoint, names)
             return path, checkpoint
         if candidates:
-            raise ResumeError(f"error: {self.ckpt_dir}: none of the {len(candidates)} epoch checkpoints can be read; "
-                              "pass --resume False to start over")  # fmt: skip
+            raise ResumeError(
+                f"error: {self.ckpt_dir}: none of the {len(candidates)} epoch checkpoints can be read; "
+                "pass --resume False to start over"
+            )
         return None
 
     def attach(self, engine: Engine) -> None:
@@ -221,8 +243,10 @@ class EpochCheckpoint:
             path, trainer = self._loaded[0], self._loaded[1]["trainer"]
             done = trainer["iteration"] // trainer["epoch_length"] if "iteration" in trainer else trainer["epoch"]
             if engine.state.max_epochs is not None and done > engine.state.max_epochs:
-                raise ResumeError(f"error: {path}: already trained {done} epochs, more than --epochs "
-                                  f"{engine.state.max_epochs}; pass a larger --epochs, or --resume False to start over")  # fmt: skip
+                raise ResumeError(
+                    f"error: {path}: already trained {done} epochs, more than --epochs "
+                    f"{engine.state.max_epochs}; pass a larger --epochs, or --resume False to start over"
+                )
         engine.add_event_handler(Events.STARTED, self._start)
 
     def _start(self, engine: Engine) -> None:
@@ -242,8 +266,9 @@ class EpochCheckpoint:
             engine.state.max_epochs = requested
             logger.warning("resumed from %s (epoch %d)", path, engine.state.epoch)
         if writer:
-            saver = AtomicCheckpointSaver(save_dir=str(self.ckpt_dir), save_dict=self._objects, save_interval=1,
-                                          n_saved=self.n_saved)  # fmt: skip
+            saver = AtomicCheckpointSaver(
+                save_dir=str(self.ckpt_dir), save_dict=self._objects, save_interval=1, n_saved=self.n_saved
+            )
             interval, existing = saver._interval_checkpoint, sorted(checkpoint_epochs(self.ckpt_dir))
             if self.resume:  # rotated out like the new ones
                 interval._saved = [Checkpoint.Item(epoch, path.name) for epoch, path in existing]

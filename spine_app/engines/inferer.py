@@ -40,7 +40,9 @@ def predicted_levels(seg_lat: torch.Tensor, present_lat: torch.Tensor, max_level
     return LevelBatch(stacked["level_centre"], stacked["level_axis"], stacked["level_size"], stacked["level_valid"])
 
 
-def add_level_outputs(net: nn.Module, lat: torch.Tensor, present_lat: torch.Tensor, out: dict[str, torch.Tensor]) -> None:
+def add_level_outputs(
+    net: nn.Module, lat: torch.Tensor, present_lat: torch.Tensor, out: dict[str, torch.Tensor]
+) -> None:
     """With a level head: find the bodies on ``out["seg_lat"]`` and add ``level_logits``,
     ``cls_levels``, ``level_centre``, ``level_size``, ``level_valid`` to ``out`` (in place)."""
     if getattr(net, "level_head", None) is None:
@@ -85,9 +87,13 @@ class StudyInferer(Inferer):
     """
 
     def __init__(
-        self, roi_size: Sequence[int], sw_batch_size: int = 2, overlap: float = 0.25, precision: Precision = FP32,
+        self,
+        roi_size: Sequence[int],
+        sw_batch_size: int = 2,
+        overlap: float = 0.25,
+        precision: Precision = FP32,
         explain: str | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         super().__init__()
         from spine_app.explain import METHODS
 

@@ -47,8 +47,11 @@ HEADS = {
 def head_rows(records: list[dict[str, Any]], view: int | None, key: str | None = None) -> list[dict[str, Any]]:
     """The labelled studies a classifier head is scored on (those with its view, for single-view heads;
     with ``key``, those that have that head's probability: a network without level head has none)."""
-    return [r for r in records if r["label"] >= 0 and (view is None or r["present"][view] > 0)
-            and (key is None or r.get(key) is not None)]  # fmt: skip
+    return [
+        r
+        for r in records
+        if r["label"] >= 0 and (view is None or r["present"][view] > 0) and (key is None or r.get(key) is not None)
+    ]
 
 
 def segmentation_table(records: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
@@ -75,8 +78,12 @@ def line_side_summary(records: list[dict[str, Any]]) -> dict[str, Any]:
     passing, pass fraction (None without films) and the ids of the films that fail."""
     checked = [r for r in records if r.get("line_side_ok") is not None]
     passed = sum(1 for r in checked if r["line_side_ok"])
-    return {"n": len(checked), "pass": passed, "fraction": passed / len(checked) if checked else None,
-            "failed": [r["study_id"] for r in checked if not r["line_side_ok"]]}  # fmt: skip
+    return {
+        "n": len(checked),
+        "pass": passed,
+        "fraction": passed / len(checked) if checked else None,
+        "failed": [r["study_id"] for r in checked if not r["line_side_ok"]],
+    }
 
 
 def _working_spacing(geom: torch.Tensor) -> tuple[float, float] | None:
@@ -128,8 +135,10 @@ def level_records(pred: dict[str, torch.Tensor], target: dict[str, torch.Tensor]
     valid = pred["level_valid"][b] > 0
     cumulative = torch.sigmoid(pred["level_logits"][b].float())[valid].cpu().numpy()
     centres = pred["level_centre"][b][valid].float().cpu().numpy()
-    predicted = [{"cumulative": [round(float(v), 5) for v in cum], "centre": [float(c[0]), float(c[1])]}
-                 for cum, c in zip(cumulative, centres)]  # fmt: skip
+    predicted = [
+        {"cumulative": [round(float(v), 5) for v in cum], "centre": [float(c[0]), float(c[1])]}
+        for cum, c in zip(cumulative, centres)
+    ]
     truth: list[dict[str, Any]] = []
     level_map = target.get("levels_lat")
     if level_map is not None and float(level_map[b].max()) > 0:
@@ -137,8 +146,11 @@ def level_records(pred: dict[str, torch.Tensor], target: dict[str, torch.Tensor]
         vb, disk = MASK_NAMES.index("Lat_Vertebra"), MASK_NAMES.index("Lat_Disk_Height")
         boxes = film_level_boxes(seg[vb] > 0.5, seg[disk] > 0.5, 0, level_map[b, 0].cpu().numpy())
         known = [i for i in range(len(boxes)) if boxes.grade[i] >= 0]
-        matches = nearest_matches([boxes.centre[i] for i in known], [p["centre"] for p in predicted],
-                                  lambda k, _j: 0.25 * float(boxes.size[known[k]]))  # fmt: skip
+        matches = nearest_matches(
+            [boxes.centre[i] for i in known],
+            [p["centre"] for p in predicted],
+            lambda k, _j: 0.25 * float(boxes.size[known[k]]),
+        )
         for i, match in zip(known, matches):
             truth.append({"grade": int(boxes.grade[i]), "kind": FRACTURE_KINDS[int(boxes.kind[i])], "match": match})
     return {"predicted": predicted, "truth": truth}

@@ -45,8 +45,12 @@ def classification_table(val: list[dict[str, Any]], test: list[dict[str, Any]], 
         threshold = youden_threshold([r["label"] for r in val_rows], [r[key] for r in val_rows]) if val_rows else 0.5
         labels, probs = [int(r["label"]) for r in test_rows], [r[key] for r in test_rows]
         lo, hi = auroc_ci(labels, probs, seed=seed)
-        out[head] = {"n": len(test_rows), "auroc": auroc(labels, probs), "auroc_ci95": [lo, hi],
-                     **threshold_scores(labels, probs, threshold)}  # fmt: skip
+        out[head] = {
+            "n": len(test_rows),
+            "auroc": auroc(labels, probs),
+            "auroc_ci95": [lo, hi],
+            **threshold_scores(labels, probs, threshold),
+        }
     return out
 
 
@@ -62,8 +66,12 @@ def side_line(sides: dict[str, Any] | None) -> str:
     return f"Line side check (both predicted lines on their own wall): {sides['pass']}/{sides['n']} lateral films pass{failed}.\n"
 
 
-def markdown(seg: dict[str, dict[str, float]], cls: dict[str, Any], sides: dict[str, Any] | None = None,
-             levels: dict[str, Any] | None = None) -> str:  # fmt: skip
+def markdown(
+    seg: dict[str, dict[str, float]],
+    cls: dict[str, Any],
+    sides: dict[str, Any] | None = None,
+    levels: dict[str, Any] | None = None,
+) -> str:
     """The results as Markdown tables (one row per mask, then one row per classification head),
     with the line side check between them."""
     lines = [
@@ -78,16 +86,23 @@ def markdown(seg: dict[str, dict[str, float]], cls: dict[str, Any], sides: dict[
         )
     if side_line(sides):
         lines += ["", side_line(sides).strip()]
-    lines += ["", "| Classifier | AUROC (95 % CI) | Accuracy | Sensitivity | Specificity | F1 | Threshold | Confusion [[TN, FP], [FN, TP]] |",
-              "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines += [
+        "",
+        "| Classifier | AUROC (95 % CI) | Accuracy | Sensitivity | Specificity | F1 | Threshold | Confusion [[TN, FP], [FN, TP]] |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for head, e in cls.items():
         ci = f"{e['auroc']:.3f} ({e['auroc_ci95'][0]:.3f}-{e['auroc_ci95'][1]:.3f})"
         lines.append(
             f"| {head} | {ci} | {e['accuracy']:.3f} | {e['sensitivity']:.3f} | {e['specificity']:.3f} | {e['f1']:.3f} | {e['threshold']:.3f} | {e['confusion_matrix']} |"
         )
     if levels:
-        lines += ["", "Per vertebra (level head; reference levels of the LAT films, threshold from validation):", "",
-                  level_markdown(levels, "test").strip()]  # fmt: skip
+        lines += [
+            "",
+            "Per vertebra (level head; reference levels of the LAT films, threshold from validation):",
+            "",
+            level_markdown(levels, "test").strip(),
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -179,21 +194,40 @@ def plot_examples(examples: list[dict[str, Any]], path: Path) -> None:
 
 def report_metrics(val: list[dict[str, Any]], test: list[dict[str, Any]]) -> dict[str, Any]:
     """The metrics dictionary of metrics.json: test scores at thresholds chosen on validation."""
-    return {"spine_app_version": __version__, "n_validation": len(val), "n_test": len(test),
-            "segmentation": segmentation_table(test), "line_side": line_side_summary(test),
-            "classification": classification_table(val, test), "levels": level_scores(test, level_threshold(val))}  # fmt: skip
+    return {
+        "spine_app_version": __version__,
+        "n_validation": len(val),
+        "n_test": len(test),
+        "segmentation": segmentation_table(test),
+        "line_side": line_side_summary(test),
+        "classification": classification_table(val, test),
+        "levels": level_scores(test, level_threshold(val)),
+    }
 
 
-def write_report(val: list[dict[str, Any]], test: list[dict[str, Any]], examples: list[dict[str, Any]], output_dir: str,
-                 log_dir: str | None = None, metrics: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+def write_report(
+    val: list[dict[str, Any]],
+    test: list[dict[str, Any]],
+    examples: list[dict[str, Any]],
+    output_dir: str,
+    log_dir: str | None = None,
+    metrics: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Write every report file (``metrics``: :func:`report_metrics`, computed when not given); returns the metrics."""
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     metrics = metrics if metrics is not None else report_metrics(val, test)
-    seg, cls, sides, levels = metrics["segmentation"], metrics["classification"], metrics["line_side"], metrics["levels"]
+    seg, cls, sides, levels = (
+        metrics["segmentation"],
+        metrics["classification"],
+        metrics["line_side"],
+        metrics["levels"],
+    )
     write_atomic(out / "metrics.json", lambda tmp: tmp.write_text(json.dumps(metrics, indent=2)))
     write_atomic(out / "results.md", lambda tmp: tmp.write_text(markdown(seg, cls, sides, levels)))
-    write_atomic(out / "records.json", lambda tmp: tmp.write_text(json.dumps({"validation": val, "test": test}, default=float)))
+    write_atomic(
+        out / "records.json", lambda tmp: tmp.write_text(json.dumps({"validation": val, "test": test}, default=float))
+    )
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(
@@ -202,8 +236,20 @@ def write_report(val: list[dict[str, Any]], test: list[dict[str, Any]], examples
         + [f"hd95_px_{n}" for n in MASK_NAMES]
     )
     for r in test:
-        writer.writerow([r["study_id"], int(r["label"]), r["prob_cls"], r["prob_cls_ap"], r["prob_cls_lat"], r.get("prob_morphometry"), r.get("prob_combined"), r.get("prob_cls_levels")]
-                        + [r[n]["dice"] if n in r else "" for n in MASK_NAMES] + [r[n]["hd95_px"] if n in r else "" for n in MASK_NAMES])  # fmt: skip
+        writer.writerow(
+            [
+                r["study_id"],
+                int(r["label"]),
+                r["prob_cls"],
+                r["prob_cls_ap"],
+                r["prob_cls_lat"],
+                r.get("prob_morphometry"),
+                r.get("prob_combined"),
+                r.get("prob_cls_levels"),
+            ]
+            + [r[n]["dice"] if n in r else "" for n in MASK_NAMES]
+            + [r[n]["hd95_px"] if n in r else "" for n in MASK_NAMES]
+        )
     write_atomic(out / "per_study.csv", lambda tmp: tmp.write_text(buffer.getvalue()))
     plot_dice_bars(seg, out / "per_mask_dice.png")
     plot_roc(test, cls, out / "roc.png")
@@ -214,8 +260,9 @@ def write_report(val: list[dict[str, Any]], test: list[dict[str, Any]], examples
     return metrics
 
 
-def write_embedding_map(network: Any, test_loader: Any, test: list[dict[str, Any]], threshold: float,
-                        output_dir: str) -> dict[str, Any]:  # fmt: skip
+def write_embedding_map(
+    network: Any, test_loader: Any, test: list[dict[str, Any]], threshold: float, output_dir: str
+) -> dict[str, Any]:
     """embedding_map.png and embedding_map.json of the test split (:mod:`spine_app.explain.embedding`);
     returns the summary stored in metrics.json."""
     from spine_app.explain.embedding import plot_embedding_map, study_embeddings
@@ -225,12 +272,22 @@ def write_embedding_map(network: Any, test_loader: Any, test: list[dict[str, Any
     out = Path(output_dir)
     result = plot_embedding_map(emb, probabilities, threshold, out / "embedding_map.png")
     write_atomic(out / "embedding_map.json", lambda tmp: tmp.write_text(json.dumps(result, indent=1)))
-    return {"method": "t-SNE (scikit-learn), fused head input", "figure": "embedding_map.png",
-            "misclassified": result["misclassified"]}  # fmt: skip
+    return {
+        "method": "t-SNE (scikit-learn), fused head input",
+        "figure": "embedding_map.png",
+        "misclassified": result["misclassified"],
+    }
 
 
-def evaluate_and_report(evaluator: Any, val_loader: Any, test_loader: Any, metric: StudyMetrics, output_dir: str,
-                        log_dir: str | None = None, embedding_map: bool = True) -> dict[str, Any]:  # fmt: skip
+def evaluate_and_report(
+    evaluator: Any,
+    val_loader: Any,
+    test_loader: Any,
+    metric: StudyMetrics,
+    output_dir: str,
+    log_dir: str | None = None,
+    embedding_map: bool = True,
+) -> dict[str, Any]:
     """Run ``evaluator`` on validation (thresholds) then test (scores) and write the report (with the
     test split's embedding map unless ``embedding_map`` is False)."""
     run_on(evaluator, val_loader)

@@ -107,8 +107,13 @@ def library_versions() -> dict[str, str]:
     import ignite
     import monai
 
-    versions = {"spine_app": __version__, "monai": monai.__version__, "torch": torch.__version__,
-                "ignite": ignite.__version__, "python": sys.version.split()[0]}  # fmt: skip
+    versions = {
+        "spine_app": __version__,
+        "monai": monai.__version__,
+        "torch": torch.__version__,
+        "ignite": ignite.__version__,
+        "python": sys.version.split()[0],
+    }
     return {name: str(version) for name, version in versions.items()}  # torch's is a TorchVersion, not a str
 
 
@@ -143,21 +148,33 @@ def publish_model(run_dir: str | Path, bundle_dir: str | Path, half: bool = True
     else:
         write_atomic(target, lambda tmp: shutil.copyfile(source, tmp))
     provenance = {
-        "model": str(target), "sha256": sha256_of(target), "bytes": target.stat().st_size,
+        "model": str(target),
+        "sha256": sha256_of(target),
+        "bytes": target.stat().st_size,
         "published": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "published_by": sys.argv,
-        "run_dir": str(run_dir.resolve()), "source_model": str(source.resolve()),
+        "run_dir": str(run_dir.resolve()),
+        "source_model": str(source.resolve()),
         "checkpoint": str(checkpoint_path.resolve()) if checkpoint_path else None,
         "stored_as": "fp16" if half else "as trained",
-        "best_score": validation.get("best_metric"), "best_epoch": validation.get("best_epoch"),
-        "fingerprint": run.get("fingerprint"), "settings": run.get("settings"),
-        "training_command": run.get("command"), "git": _git_commit(Path(bundle_dir).resolve()),
-        "versions": library_versions(), "training_versions": run.get("versions"),
-    }  # fmt: skip
+        "best_score": validation.get("best_metric"),
+        "best_epoch": validation.get("best_epoch"),
+        "fingerprint": run.get("fingerprint"),
+        "settings": run.get("settings"),
+        "training_command": run.get("command"),
+        "git": _git_commit(Path(bundle_dir).resolve()),
+        "versions": library_versions(),
+        "training_versions": run.get("versions"),
+    }
     write_json(target.with_name(PROVENANCE), provenance)
     write_large_files(Path(bundle_dir), provenance["sha256"])
-    logger.warning("published %s -> %s (best score %s at epoch %s)", source, target,
-                   provenance["best_score"], provenance["best_epoch"])  # fmt: skip
+    logger.warning(
+        "published %s -> %s (best score %s at epoch %s)",
+        source,
+        target,
+        provenance["best_score"],
+        provenance["best_epoch"],
+    )
     return target
 
 

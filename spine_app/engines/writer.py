@@ -66,10 +66,23 @@ logger = logging.getLogger(__name__)
 DECISIONS: tuple[str, ...] = ("levels", "levels_network", "network", "combined")
 
 SUMMARY_COLUMNS = (
-    "study_id", "status", "damaged_probability", "label", "threshold", "network_probability",
-    "morphometry_probability", "levels_probability", "suspected_levels", "probability_ap", "probability_lat",
-    "vertebrae", "max_genant_grade", "graded_levels", "output", "error",
-)  # fmt: skip
+    "study_id",
+    "status",
+    "damaged_probability",
+    "label",
+    "threshold",
+    "network_probability",
+    "morphometry_probability",
+    "levels_probability",
+    "suspected_levels",
+    "probability_ap",
+    "probability_lat",
+    "vertebrae",
+    "max_genant_grade",
+    "graded_levels",
+    "output",
+    "error",
+)
 
 
 def resize_to_original(values: torch.Tensor, geom: torch.Tensor) -> torch.Tensor:
@@ -109,8 +122,16 @@ NULL_REASONS: dict[str, str] = {
 }
 #: the files a study folder of this writer holds (``replaceable`` accepts no others)
 OUTPUT_FILES: frozenset[str] = frozenset(
-    {"result.json", "overlay_AP.png", "overlay_LAT.png", "saliency_AP.png", "saliency_LAT.png", "seg_AP.dcm",
-     "seg_LAT.dcm", "report.dcm"}
+    {
+        "result.json",
+        "overlay_AP.png",
+        "overlay_LAT.png",
+        "saliency_AP.png",
+        "saliency_LAT.png",
+        "seg_AP.dcm",
+        "seg_LAT.dcm",
+        "report.dcm",
+    }
     | {f"{name}.png" for name in MASK_NAMES}
     | {f"{name}.nii.gz" for name in MASK_NAMES}
 )
@@ -370,9 +391,17 @@ class StudyPredictionWriter:
     def settings(self) -> dict[str, Any]:
         """The settings a study's output depends on besides the model and the films (in result.json;
         a re-run with other settings redoes the study)."""
-        return {"mask_threshold": self.threshold, "damaged_threshold": self.damaged_threshold,
-                "decision": self.decision, "level_threshold": self.level_threshold, "explain": self.explain, "lowest_level": self.lowest_level,
-                "nifti": bool(self.nifti), "overlays": bool(self.overlays), "dicom_out": self.dicom_out}  # fmt: skip
+        return {
+            "mask_threshold": self.threshold,
+            "damaged_threshold": self.damaged_threshold,
+            "decision": self.decision,
+            "level_threshold": self.level_threshold,
+            "explain": self.explain,
+            "lowest_level": self.lowest_level,
+            "nifti": bool(self.nifti),
+            "overlays": bool(self.overlays),
+            "dicom_out": self.dicom_out,
+        }
 
     def finished(self, entry: Mapping[str, Any]) -> dict[str, Any] | None:
         """The summary row of ``entry``'s complete earlier output in OUT, made with the same model
@@ -383,7 +412,11 @@ class StudyPredictionWriter:
             result = json.loads((folder / "result.json").read_text())
         except (OSError, ValueError):
             return None
-        if not isinstance(result, dict) or not self.model or (result.get("model") or {}).get("sha256") != self.model["sha256"]:
+        if (
+            not isinstance(result, dict)
+            or not self.model
+            or (result.get("model") or {}).get("sha256") != self.model["sha256"]
+        ):
             return None
         if result.get("settings") != self.settings():
             return None
@@ -404,15 +437,30 @@ class StudyPredictionWriter:
             expected |= segs | ({"report.dcm"} if segs else set())
         if not all((folder / name).is_file() for name in expected):
             return None
-        row = {key: result.get(key) for key in ("damaged_probability", "label", "threshold", "network_probability",
-                                               "morphometry_probability", "levels_probability")}  # fmt: skip
+        row = {
+            key: result.get(key)
+            for key in (
+                "damaged_probability",
+                "label",
+                "threshold",
+                "network_probability",
+                "morphometry_probability",
+                "levels_probability",
+            )
+        }
         row["suspected_levels"] = "; ".join(text for _, text in _suspect_marks(result.get("levels")))
         views = result.get("view_probabilities") or {}
         morphometry = result.get("morphometry") or {}
-        row.update(study_id=entry["study_id"], status="skipped", output=str(folder), probability_ap=views.get("AP"),
-                   probability_lat=views.get("LAT"), vertebrae=len(morphometry.get("vertebrae") or []) or None,
-                   max_genant_grade=morphometry.get("max_grade"),
-                   graded_levels="; ".join(morphometry.get("fractured_levels") or []))  # fmt: skip
+        row.update(
+            study_id=entry["study_id"],
+            status="skipped",
+            output=str(folder),
+            probability_ap=views.get("AP"),
+            probability_lat=views.get("LAT"),
+            vertebrae=len(morphometry.get("vertebrae") or []) or None,
+            max_genant_grade=morphometry.get("max_grade"),
+            graded_levels="; ".join(morphometry.get("fractured_levels") or []),
+        )
         return row
 
     def run_files(self) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
@@ -465,8 +513,13 @@ class StudyPredictionWriter:
             self.errors = sorted((e for g in gathered for e in g[2]), key=lambda e: str(e["study_id"]))
         write_run_files(self.output_dir, *self.run_files())
         done = sum(row.get("status") == "ok" for row in self.rows)
-        logger.warning("inference: %d studies written, %d skipped (already done), %d failed -> %s", done,
-                       len(self.skipped), len(self.errors), self.output_dir)  # fmt: skip
+        logger.warning(
+            "inference: %d studies written, %d skipped (already done), %d failed -> %s",
+            done,
+            len(self.skipped),
+            len(self.errors),
+            self.output_dir,
+        )
 
     def write_study(self, study_id: str, pred: dict, target: dict, b: int) -> dict[str, Any]:
         """Write one study into a hidden temporary folder, then rename it onto ``OUT/<study_id>``
@@ -475,8 +528,10 @@ class StudyPredictionWriter:
         if not study_id or Path(study_id).name != study_id or study_id.startswith("."):
             raise ValueError(f"study id {study_id!r} is not a plain folder name")
         if not replaceable(final):
-            raise ValueError("the folder exists and holds files spine-app did not write (not replaced); "
-                             "move it or choose another output folder")  # fmt: skip
+            raise ValueError(
+                "the folder exists and holds files spine-app did not write (not replaced); "
+                "move it or choose another output folder"
+            )
         staged = hidden_folder(self.output_dir, study_id, PARTIAL)
         staged.mkdir()
         try:
@@ -566,13 +621,17 @@ class StudyPredictionWriter:
                 dicom_films[view] = source
             bodies = []
             if view == "LAT":
-                bodies = measure_lat_film({MASK_NAMES[c]: m for c, m in masks.items()}, spacing or (1.0, 1.0),
-                                          self.lowest_level)  # fmt: skip
+                bodies = measure_lat_film(
+                    {MASK_NAMES[c]: m for c, m in masks.items()}, spacing or (1.0, 1.0), self.lowest_level
+                )
                 result["morphometry"] = _morphometry_summary(bodies, spacing, self.lowest_level)
                 lat_bodies = bodies
                 result["morphometry_probability"] = round(morphometry_probability(study_fracture_score(bodies)), 4)
-                row.update(vertebrae=len(bodies), max_genant_grade=result["morphometry"]["max_grade"],
-                           graded_levels="; ".join(result["morphometry"]["fractured_levels"]))  # fmt: skip
+                row.update(
+                    vertebrae=len(bodies),
+                    max_genant_grade=result["morphometry"]["max_grade"],
+                    graded_levels="; ".join(result["morphometry"]["fractured_levels"]),
+                )
             overlays.append((view, source, masks, bodies, geom))
         combined = combine_probabilities(network, result["morphometry_probability"])
         decision = self.decision
@@ -583,8 +642,10 @@ class StudyPredictionWriter:
             result["levels_probability"] = levels_block["study_probability"]
         elif decision in ("levels", "levels_network"):
             decision = "network"
-            result["warnings"].append("no level head output (no LAT film, or a network without level head): "
-                                      "the network's fused probability decides")  # fmt: skip
+            result["warnings"].append(
+                "no level head output (no LAT film, or a network without level head): "
+                "the network's fused probability decides"
+            )
         probability = {"levels": result.get("levels_probability"), "combined": combined}.get(decision, network)
         if decision == "levels_network":
             from spine_app.engines.metrics import levels_and_fused
@@ -598,8 +659,15 @@ class StudyPredictionWriter:
             from spine_app.engines.dicom_out import write_sr
 
             segs = [folder / f"seg_{view}.dcm" for view in dicom_films]
-            write_sr(dicom_films, segs, result, lat_bodies, folder / "report.dcm", self.model_version,
-                     (self.model or {}).get("sha256"))  # fmt: skip
+            write_sr(
+                dicom_films,
+                segs,
+                result,
+                lat_bodies,
+                folder / "report.dcm",
+                self.model_version,
+                (self.model or {}).get("sha256"),
+            )
             result["dicom_outputs"].append("report.dcm")
         if self.overlays:
             from spine_app.viz.overlay import write_overlay
@@ -608,24 +676,37 @@ class StudyPredictionWriter:
             title_end = f" | known label: {CLASS_NAMES[int(known)]}" if known in (0.0, 1.0) else ""
             for view, source, masks, bodies, _ in overlays:
                 image, _ = read_image(source)
-                title = (f"{study_id} {view} | prediction: {result['label']} "
-                         f"(P(Damaged) {probability:.2f}, threshold {self.damaged_threshold:.2f}){title_end}")  # fmt: skip
+                title = (
+                    f"{study_id} {view} | prediction: {result['label']} "
+                    f"(P(Damaged) {probability:.2f}, threshold {self.damaged_threshold:.2f}){title_end}"
+                )
                 marks = _suspect_marks(levels_block) if view == "LAT" else ()
                 write_overlay(folder / f"overlay_{view}.png", image, masks, title, bodies, marks)
         if self.explain and "saliency_ap" in pred:
             result["explanation"] = self._explain(folder, study_id, probability, pred, b, overlays)
         if spacing is None and result["inputs"]:
             result["warnings"].append("pixel spacing unknown: areas and heights are in pixels")
-        probabilities = [network, combined, *result["view_probabilities"].values(), result.get("levels_probability", 0.0)]
+        probabilities = [
+            network,
+            combined,
+            *result["view_probabilities"].values(),
+            result.get("levels_probability", 0.0),
+        ]
         if not all(math.isfinite(p) for p in probabilities):
             raise ValueError("the network's probabilities are not finite numbers (NaN/inf): broken weights?")
         result = finite_json(result)
         write_json(folder / "result.json", result, strict=True)
-        row.update(damaged_probability=result["damaged_probability"], label=result["label"], threshold=self.damaged_threshold,
-                   network_probability=result["network_probability"], morphometry_probability=result["morphometry_probability"],
-                   probability_ap=result["view_probabilities"].get("AP"), probability_lat=result["view_probabilities"].get("LAT"),
-                   levels_probability=result.get("levels_probability"),
-                   suspected_levels="; ".join(text for _, text in _suspect_marks(levels_block)))  # fmt: skip
+        row.update(
+            damaged_probability=result["damaged_probability"],
+            label=result["label"],
+            threshold=self.damaged_threshold,
+            network_probability=result["network_probability"],
+            morphometry_probability=result["morphometry_probability"],
+            probability_ap=result["view_probabilities"].get("AP"),
+            probability_lat=result["view_probabilities"].get("LAT"),
+            levels_probability=result.get("levels_probability"),
+            suspected_levels="; ".join(text for _, text in _suspect_marks(levels_block)),
+        )
         return row
 
 
@@ -660,12 +741,16 @@ def level_summary(pred: dict, b: int, geom: torch.Tensor, bodies: list, threshol
             "grade": graded([float(v) for v in cum], threshold),
             "grade_probabilities": [round(float(v), 4) for v in probs],
             "flagged": bool(cum[0] >= threshold),
-            "morphometry": None if body is None else {
-                "body": body.index + 1, "heights": {k: round(float(v), 2) for k, v in body.heights_mm.items()},
-                "ratios": {k: round(float(v), 3) for k, v in body.ratios.items()}, "genant_grade": body.grade,
+            "morphometry": None
+            if body is None
+            else {
+                "body": body.index + 1,
+                "heights": {k: round(float(v), 2) for k, v in body.heights_mm.items()},
+                "ratios": {k: round(float(v), 3) for k, v in body.ratios.items()},
+                "genant_grade": body.grade,
                 "not_measurable": body.not_measurable,
             },
-        }  # fmt: skip
+        }
         levels.append(entry)
     flagged = [lv["number"] for lv in levels if lv["flagged"]]
     top_level = max(levels, key=lambda lv: lv["fracture_probability"])["number"] if levels else None
@@ -681,8 +766,9 @@ def level_summary(pred: dict, b: int, geom: torch.Tensor, bodies: list, threshol
 
 def _nearest_body(bodies: list, centre: tuple[float, float]) -> Any:
     """The morphometry body whose centroid is nearest ``centre`` (film px), within half its height."""
-    match = nearest_matches([centre], [b.centroid_px for b in bodies],
-                            lambda _i, j: 0.6 * math.sqrt(max(bodies[j].area_px, 1)))[0]  # fmt: skip
+    match = nearest_matches(
+        [centre], [b.centroid_px for b in bodies], lambda _i, j: 0.6 * math.sqrt(max(bodies[j].area_px, 1))
+    )[0]
     return None if match is None else bodies[match]
 
 
@@ -717,18 +803,24 @@ def _explanation_views(pred: dict, b: int, overlays: list) -> dict:
     return views
 
 
-def _morphometry_summary(bodies: list, spacing: tuple[float, float] | None,
-                         lowest_level: str | None = None) -> dict[str, Any]:  # fmt: skip
+def _morphometry_summary(
+    bodies: list, spacing: tuple[float, float] | None, lowest_level: str | None = None
+) -> dict[str, Any]:
     """The result.json ``morphometry`` block of one LAT image."""
     graded = [b for b in bodies if b.grade > 0]
     units = "mm" if spacing else "px"
     return {
         "units": units,
         "method": "quantitative morphometry, Genant thresholds 20/25/40 % (spine_app.morphometry.measure)",
-        "level_naming": (f"counted up from {lowest_level} (lowest_level: the lowest body on the film)" if lowest_level
-                         else "numbered from the top of the field (#1 = top-most body); set lowest_level when "
-                              "the films show which vertebra is the lowest"),  # fmt: skip
-        "not_measurable": [f"{b.level or '#' + str(b.index + 1)}: {b.not_measurable}" for b in bodies if b.not_measurable],
+        "level_naming": (
+            f"counted up from {lowest_level} (lowest_level: the lowest body on the film)"
+            if lowest_level
+            else "numbered from the top of the field (#1 = top-most body); set lowest_level when "
+            "the films show which vertebra is the lowest"
+        ),
+        "not_measurable": [
+            f"{b.level or '#' + str(b.index + 1)}: {b.not_measurable}" for b in bodies if b.not_measurable
+        ],
         "vertebrae": [b.to_json(units) for b in bodies],
         "max_grade": max((b.grade for b in bodies), default=0),
         "fractured_levels": [f"{b.level or '#' + str(b.index + 1)}: grade {b.grade} {b.deformity}" for b in graded],

@@ -96,8 +96,15 @@ def plot_embedding_map(
     for label, name, colour in ((0, "Normal", "tab:blue"), (1, "Damaged", "tab:red")):
         pick = emb.labels == label
         axes[0].scatter(xy[pick, 0], xy[pick, 1], s=22, c=colour, label=f"{name} ({int(pick.sum())})")
-    axes[0].scatter(xy[wrong, 0], xy[wrong, 1], s=90, facecolors="none", edgecolors="black", linewidths=1.2,
-                    label=f"misclassified ({int(wrong.sum())})")  # fmt: skip
+    axes[0].scatter(
+        xy[wrong, 0],
+        xy[wrong, 1],
+        s=90,
+        facecolors="none",
+        edgecolors="black",
+        linewidths=1.2,
+        label=f"misclassified ({int(wrong.sum())})",
+    )
     axes[0].set_title("studies by class (ringed: misclassified)")
     axes[0].legend(fontsize=8)
     colours = {-1: "lightgrey", 0: "tab:green", 1: "gold", 2: "darkorange", 3: "tab:red"}
@@ -113,7 +120,15 @@ def plot_embedding_map(
         ax.set_yticks([])
     fig.suptitle("t-SNE of the study classifier's input (AP + LAT embeddings)")
     save_figure(fig, Path(path))
-    points = [{"study_id": s, "x": round(float(x), 3), "y": round(float(y), 3), "label": int(lab),
-               "worst_grade": int(g), "misclassified": bool(w)}
-              for s, (x, y), lab, g, w in zip(emb.study_ids, xy, emb.labels, emb.grades, wrong)]  # fmt: skip
+    points = [
+        {
+            "study_id": s,
+            "x": round(float(x), 3),
+            "y": round(float(y), 3),
+            "label": int(lab),
+            "worst_grade": int(g),
+            "misclassified": bool(w),
+        }
+        for s, (x, y), lab, g, w in zip(emb.study_ids, xy, emb.labels, emb.grades, wrong)
+    ]
     return {"points": points, "misclassified": [p["study_id"] for p in points if p["misclassified"]]}

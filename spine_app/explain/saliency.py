@@ -53,9 +53,13 @@ class ViewDecision(nn.Module):
     """
 
     def __init__(
-        self, net: nn.Module, view: str, other_embedding: torch.Tensor, present: torch.Tensor,
+        self,
+        net: nn.Module,
+        view: str,
+        other_embedding: torch.Tensor,
+        present: torch.Tensor,
         precision: Precision = FP32,
-    ) -> None:  # fmt: skip
+    ) -> None:
         super().__init__()
         if view not in VIEWS:
             raise ValueError(f"view must be one of {VIEWS}, got {view!r}")
@@ -90,6 +94,7 @@ def _cam(method: str, model: ViewDecision) -> Callable[[torch.Tensor], torch.Ten
     from monai.visualize import GradCAM, GradCAMpp, OcclusionSensitivity
 
     if method == "occlusion":
+
         def occlude(image: torch.Tensor) -> torch.Tensor:
             size = max(16, min(image.shape[-2:]) // 6)  # 48 px patches on the 384 x 288 canvas: ~90 passes
             occlusion = OcclusionSensitivity(
@@ -108,9 +113,13 @@ def _cam(method: str, model: ViewDecision) -> Callable[[torch.Tensor], torch.Ten
 
 
 def saliency_maps(
-    net: nn.Module, ap: torch.Tensor, lat: torch.Tensor, present: torch.Tensor, method: str = "gradcam",
+    net: nn.Module,
+    ap: torch.Tensor,
+    lat: torch.Tensor,
+    present: torch.Tensor,
+    method: str = "gradcam",
     precision: Precision = FP32,
-) -> dict[str, torch.Tensor]:  # fmt: skip
+) -> dict[str, torch.Tensor]:
     """Maps of the fused Damaged logit on each view: {"ap": (B, 1, H, W), "lat": ...} in [0, 1].
 
     ``net`` is a :class:`spine_app.networks.SpineMultiTaskNet` (its weights are not changed; its

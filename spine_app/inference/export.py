@@ -60,8 +60,10 @@ def export_torchscript(out_dir: str | Path, bundle_dir: str | Path, model: str |
         study = torch.jit.trace(StudyForward(net), (image, torch.rand(1, 1, *canvas), torch.ones(1, 2)))
     write_atomic(out_dir / "model.ts", lambda tmp: torch.jit.save(masks, str(tmp)))
     write_atomic(out_dir / "study.ts", lambda tmp: torch.jit.save(study, str(tmp)))
-    files = {"model.ts": "image (B,1,H,W) -> mask logits (B,8,H,W)",
-             "study.ts": "ap, lat (B,1,H,W), present (B,2) -> " + ", ".join(STUDY_OUTPUTS)}  # fmt: skip
+    files = {
+        "model.ts": "image (B,1,H,W) -> mask logits (B,8,H,W)",
+        "study.ts": "ap, lat (B,1,H,W), present (B,2) -> " + ", ".join(STUDY_OUTPUTS),
+    }
     return _write_info(out_dir / "export_info.json", files, canvas, bundle_dir, model)
 
 
@@ -95,8 +97,16 @@ def _onnx_file(
     shapes = {n: ({0: batch} if n == "present" else image_dims) for n in names}
 
     def write(tmp: Path) -> None:
-        program = torch.onnx.export(module, args, input_names=names, output_names=outputs, dynamic_shapes=shapes,
-                                    dynamo=True, opset_version=18, verbose=False)  # fmt: skip
+        program = torch.onnx.export(
+            module,
+            args,
+            input_names=names,
+            output_names=outputs,
+            dynamic_shapes=shapes,
+            dynamo=True,
+            opset_version=18,
+            verbose=False,
+        )
         program.save(str(tmp))
 
     write_atomic(path, write)
@@ -112,11 +122,20 @@ def export_onnx(out_dir: str | Path, bundle_dir: str | Path, model: str | Path |
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     image = torch.rand(1, 1, *canvas)
-    files = {"model.onnx": (net, (image,), ["image"], ["masks"]),
-             "study.onnx": (StudyForward(net), (image, torch.rand(1, 1, *canvas), torch.ones(1, 2)),
-                            ["ap", "lat", "present"], list(STUDY_OUTPUTS))}  # fmt: skip
-    check = (torch.rand(2, 1, canvas[0] + 64, canvas[1]), torch.rand(2, 1, canvas[0] + 64, canvas[1]),
-             torch.tensor([[1.0, 1.0], [1.0, 0.0]]))  # fmt: skip
+    files = {
+        "model.onnx": (net, (image,), ["image"], ["masks"]),
+        "study.onnx": (
+            StudyForward(net),
+            (image, torch.rand(1, 1, *canvas), torch.ones(1, 2)),
+            ["ap", "lat", "present"],
+            list(STUDY_OUTPUTS),
+        ),
+    }
+    check = (
+        torch.rand(2, 1, canvas[0] + 64, canvas[1]),
+        torch.rand(2, 1, canvas[0] + 64, canvas[1]),
+        torch.tensor([[1.0, 1.0], [1.0, 0.0]]),
+    )
     worst = {}
     for name, (module, args, inputs, outputs) in files.items():
         with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
@@ -132,7 +151,16 @@ def export_onnx(out_dir: str | Path, bundle_dir: str | Path, model: str | Path |
                 raise ValueError(f"{out_dir / name}: ONNX output differs from the eager network by {worst[name]:.2g}")
             os.replace(candidate, out_dir / name)  # the candidate was fsynced by write_atomic
             fsync_folder(out_dir)
-    files = {"model.onnx": "image (B,1,H,W) -> masks: mask logits (B,8,H,W); H, W multiples of 32",
-             "study.onnx": "ap, lat (B,1,H,W), present (B,2) -> " + ", ".join(STUDY_OUTPUTS)}  # fmt: skip
-    return _write_info(out_dir / "onnx_info.json", files, canvas, bundle_dir, model,
-                       max_abs_difference_vs_eager=worst, onnxruntime_version=ort.__version__)  # fmt: skip
+    files = {
+        "model.onnx": "image (B,1,H,W) -> masks: mask logits (B,8,H,W); H, W multiples of 32",
+        "study.onnx": "ap, lat (B,1,H,W), present (B,2) -> " + ", ".join(STUDY_OUTPUTS),
+    }
+    return _write_info(
+        out_dir / "onnx_info.json",
+        files,
+        canvas,
+        bundle_dir,
+        model,
+        max_abs_difference_vs_eager=worst,
+        onnxruntime_version=ort.__version__,
+    )

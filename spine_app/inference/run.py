@@ -82,13 +82,22 @@ def _dicom_groups(folder: Path, model: str | Path | None = None) -> tuple[list[d
         uid = str(getattr(ds, "StudyInstanceUID", "") or folder.name)
         view = view_for_image_stem(path.stem) or dicom_view(ds) or pixel_view(path, model, notes[uid])
         if view is None:
-            errors.append({"study_id": path.stem, "error": f"{path}: no ViewPosition, ImageLaterality or description "
-                           "names the view and the image does not show it clearly; pass the file with --view AP|LAT "
-                           "or name it AP/LAT"})  # fmt: skip
+            errors.append(
+                {
+                    "study_id": path.stem,
+                    "error": f"{path}: no ViewPosition, ImageLaterality or description "
+                    "names the view and the image does not show it clearly; pass the file with --view AP|LAT "
+                    "or name it AP/LAT",
+                }
+            )
             continue
         if view in groups[uid]:
-            errors.append({"study_id": path.stem, "error": f"{path}: second {view} image of study {uid} "
-                           f"(keeping {groups[uid][view].name})"})  # fmt: skip
+            errors.append(
+                {
+                    "study_id": path.stem,
+                    "error": f"{path}: second {view} image of study {uid} (keeping {groups[uid][view].name})",
+                }
+            )
             continue
         groups[uid][view] = path
         names.setdefault(uid, str(getattr(ds, "PatientID", "") or folder.name) + "_" + uid[-8:])
@@ -115,9 +124,12 @@ def _is_output(folder: Path, out: Path | None) -> bool:
 
 
 def resolve_inputs(
-    inputs: list[str], view: str | None = None, split: str | None = None, model: str | Path | None = None,
+    inputs: list[str],
+    view: str | None = None,
+    split: str | None = None,
+    model: str | Path | None = None,
     out: str | Path | None = None,
-) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:  # fmt: skip
+) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
     """(entries, errors): inference datalist entries for every study found in ``inputs``.
 
     ``split`` limits datalist inputs to one split (training, validation, test, unlabelled). A film
@@ -149,8 +161,13 @@ def resolve_inputs(
             notes: list[str] = []
             chosen = view.upper() if view else view_of_file(path) or pixel_view(path, model, notes)
             if chosen is None:
-                errors.append({"study_id": path.stem, "error": f"{path}: cannot tell the view (AP or LAT) from the file "
-                               "name, DICOM tags or the image; pass --view AP or --view LAT"})  # fmt: skip
+                errors.append(
+                    {
+                        "study_id": path.stem,
+                        "error": f"{path}: cannot tell the view (AP or LAT) from the file "
+                        "name, DICOM tags or the image; pass --view AP or --view LAT",
+                    }
+                )
             else:
                 entries.append(_with_notes(study_entry(path.stem, {chosen: path}), notes))
         elif looks_like_study(path) or any(p.is_dir() for p in path.iterdir()):
@@ -277,8 +294,10 @@ def _listed_hash_problem(path: str, mtime_ns: int, size: int, bundle_dir: str) -
     expected = listed_sha256(bundle_dir)
     if expected is None or sha256_of(path) == expected:
         return None
-    return (f"SHA-256 does not match {Path(bundle_dir) / LARGE_FILES} (a damaged copy or a replaced file; "
-            "spine-app publish writes both)")  # fmt: skip
+    return (
+        f"SHA-256 does not match {Path(bundle_dir) / LARGE_FILES} (a damaged copy or a replaced file; "
+        "spine-app publish writes both)"
+    )
 
 
 @lru_cache(maxsize=8)
@@ -336,9 +355,11 @@ def _state_problem(state: dict[str, Any], bundle_dir: str, network: dict[str, st
     missing, unexpected = sorted(expected.keys() - state.keys()), sorted(state.keys() - expected.keys())
     shapes = sorted(k for k in expected.keys() & state.keys() if tuple(expected[k].shape) != tuple(state[k].shape))
     if missing or unexpected or shapes:
-        parts = [f"{len(missing)} keys missing, e.g. {missing[0]}" if missing else "",
-                 f"{len(unexpected)} unexpected keys, e.g. {unexpected[0]}" if unexpected else "",
-                 f"{len(shapes)} keys of another shape, e.g. {shapes[0]}" if shapes else ""]  # fmt: skip
+        parts = [
+            f"{len(missing)} keys missing, e.g. {missing[0]}" if missing else "",
+            f"{len(unexpected)} unexpected keys, e.g. {unexpected[0]}" if unexpected else "",
+            f"{len(shapes)} keys of another shape, e.g. {shapes[0]}" if shapes else "",
+        ]
         found = "; ".join(part for part in parts if part)
         return f"weights of another network than the bundle's {parser.get_parsed_content('backbone')} ({found})"
     broken = sorted(k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all()))
@@ -401,9 +422,15 @@ def run_inference(
         "inference.yaml",
         bundle_dir,
         workflow_type="infer",
-        **{"bundle_root": str(bundle_dir), "output_dir": str(out), "ckpt_path": str(model_path),
-           "device": torch.device(device), "dataset#data": entries, **overrides},
-    )  # fmt: skip
+        **{
+            "bundle_root": str(bundle_dir),
+            "output_dir": str(out),
+            "ckpt_path": str(model_path),
+            "device": torch.device(device),
+            "dataset#data": entries,
+            **overrides,
+        },
+    )
     workflow.initialize()
     writer = next(h for h in workflow.parser.get_parsed_content("handlers") if hasattr(h, "input_errors"))
     writer.input_errors = input_errors
@@ -448,6 +475,15 @@ def summary_line(result: dict[str, Any], out: str | Path) -> str:
 
 
 __all__ = [
-    "BadArgument", "check_model", "check_writable", "pixel_view", "resolve_device", "resolve_inputs",
-    "run_inference", "safe_id", "summary_line", "unique_ids", "view_of_file",
-]  # fmt: skip
+    "BadArgument",
+    "check_model",
+    "check_writable",
+    "pixel_view",
+    "resolve_device",
+    "resolve_inputs",
+    "run_inference",
+    "safe_id",
+    "summary_line",
+    "unique_ids",
+    "view_of_file",
+]

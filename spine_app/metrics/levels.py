@@ -46,8 +46,16 @@ def reference_levels(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for truth in levels.get("truth", []):
             match = truth.get("match")
             cumulative = predicted[match]["cumulative"] if match is not None else [0.0, 0.0, 0.0]
-            rows.append({"study_id": record["study_id"], "label": record["label"], "grade": truth["grade"],
-                         "kind": truth["kind"], "found_body": match is not None, "cumulative": cumulative})  # fmt: skip
+            rows.append(
+                {
+                    "study_id": record["study_id"],
+                    "label": record["label"],
+                    "grade": truth["grade"],
+                    "kind": truth["kind"],
+                    "found_body": match is not None,
+                    "cumulative": cumulative,
+                }
+            )
     return rows
 
 
@@ -73,7 +81,11 @@ def level_threshold(records: list[dict[str, Any]], max_flag_rate: float | None =
     if allowed >= normal.size:
         return float(normal[-1])
     above = float(normal[allowed - 1]) if allowed > 0 else 1.0
-    return float(min(1.0, (above + float(normal[allowed])) / 2 if above > normal[allowed] else np.nextafter(normal[allowed], 2.0)))
+    return float(
+        min(
+            1.0, (above + float(normal[allowed])) / 2 if above > normal[allowed] else np.nextafter(normal[allowed], 2.0)
+        )
+    )
 
 
 def _fraction(hits: int, total: int) -> dict[str, Any]:
@@ -96,14 +108,18 @@ def level_scores(records: list[dict[str, Any]], threshold: float) -> dict[str, A
         "threshold": float(threshold),
         "levels": len(rows),
         "bodies_found": _fraction(int(sum(r["found_body"] for r in rows)), len(rows)),
-        "level_auroc": auroc(fractured.astype(int).tolist(), prob.tolist()) if fractured.any() and (~fractured).any() else None,
+        "level_auroc": auroc(fractured.astype(int).tolist(), prob.tolist())
+        if fractured.any() and (~fractured).any()
+        else None,
         "fractured_found": _fraction(int((flagged & fractured).sum()), int(fractured.sum())),
         "normal_flagged": _fraction(int((flagged & ~fractured).sum()), int((~fractured).sum())),
         "kappa_linear": float(cohen_kappa_score(truth, pred, weights="linear", labels=[0, 1, 2, 3])),
         "exact_grade_fractured": _fraction(int(((pred == truth) & fractured).sum()), int(fractured.sum())),
-        "by_grade": {str(g): _fraction(int((flagged & (truth == g)).sum()), int((truth == g).sum())) for g in (1, 2, 3)},
+        "by_grade": {
+            str(g): _fraction(int((flagged & (truth == g)).sum()), int((truth == g).sum())) for g in (1, 2, 3)
+        },
         "by_kind": {},
-    }  # fmt: skip
+    }
     kinds = np.array([r["kind"] for r in rows])
     for kind in sorted(set(kinds[fractured])):
         sel = fractured & (kinds == kind)
@@ -134,10 +150,15 @@ def level_markdown(scores: dict[str, Any], name: str = "levels") -> str:
     kinds = ", ".join(f"{k} {v['hits']}/{v['n']}" for k, v in scores["by_kind"].items())
     grades = ", ".join(f"{g}: {v['hits']}/{v['n']}" for g, v in scores["by_grade"].items())
     auc = f"{scores['level_auroc']:.3f}" if scores["level_auroc"] is not None else "-"
-    return "\n".join([
-        "| levels | level AUROC | fractured levels found | by grade | by type | normal levels flagged | most suspicious level is fractured (Damaged studies) | kappa (linear) | exact grade (fractured) | level threshold | bodies found on the predicted masks |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-        f"| {name} | {auc} | {cell(scores['fractured_found'])} | {grades} | {kinds} | {cell(scores['normal_flagged'])} | "
-        f"{cell(scores['top_level_fractured'])} | {scores['kappa_linear']:.3f} | {cell(scores['exact_grade_fractured'])} | "
-        f"{scores['threshold']:.3f} | {cell(scores['bodies_found'])} |",
-    ]) + "\n"  # fmt: skip
+    return (
+        "\n".join(
+            [
+                "| levels | level AUROC | fractured levels found | by grade | by type | normal levels flagged | most suspicious level is fractured (Damaged studies) | kappa (linear) | exact grade (fractured) | level threshold | bodies found on the predicted masks |",
+                "|---|---|---|---|---|---|---|---|---|---|---|",
+                f"| {name} | {auc} | {cell(scores['fractured_found'])} | {grades} | {kinds} | {cell(scores['normal_flagged'])} | "
+                f"{cell(scores['top_level_fractured'])} | {scores['kappa_linear']:.3f} | {cell(scores['exact_grade_fractured'])} | "
+                f"{scores['threshold']:.3f} | {cell(scores['bodies_found'])} |",
+            ]
+        )
+        + "\n"
+    )

@@ -9,9 +9,11 @@ import numpy as np
 
 
 def nearest_matches(
-    points: Sequence[Sequence[float]], candidates: Sequence[Sequence[float]], reach: Callable[[int, int], float],
+    points: Sequence[Sequence[float]],
+    candidates: Sequence[Sequence[float]],
+    reach: Callable[[int, int], float],
     exclusive: bool = True,
-) -> list[int | None]:  # fmt: skip
+) -> list[int | None]:
     """For each point in order, the index of the nearest candidate (not yet taken when ``exclusive``)
     if its distance is within ``reach(point index, candidate index)``, else None."""
     taken: set[int] = set()

@@ -125,9 +125,7 @@ def score_masks(
     return scores
 
 
-def line_side_check(
-    pred_line: np.ndarray, true_same: np.ndarray, true_other: np.ndarray
-) -> bool | None:
+def line_side_check(pred_line: np.ndarray, true_same: np.ndarray, true_other: np.ndarray) -> bool | None:
     """Is a predicted vertebral line on the right wall? (the *line side check*)
 
     True when the predicted line's pixels lie, by their median distance, nearer the true line of the

@@ -67,7 +67,9 @@ class GuardedDatastore(LocalDatastore):
             raise HTTPException(422, f"label for {image_id!r} refused: {problem}")
         label_id = super().save_label(image_id, label_filename, label_tag, label_info)
         if label_tag == "final":  # a film pulled from a PACS: the final label also goes back as a DICOM SEG
-            push_quietly(self._datastore_path, image_id, self.get_label_uri(image_id, label_tag), bundle_version(str(BUNDLE_DIR)))
+            push_quietly(
+                self._datastore_path, image_id, self.get_label_uri(image_id, label_tag), bundle_version(str(BUNDLE_DIR))
+            )
         return label_id
 
     def remove_image(self, image_id: str) -> None:
@@ -93,17 +95,23 @@ class SpineXrayAppBase:
         if "monailabel.app" in sys.modules:  # a server started without --uvicorn_app spine_app.monailabel.server:app
             import spine_app.monailabel.server  # noqa: F401 - secures monailabel.app.app on import
         super().__init__(  # type: ignore[call-arg]
-            app_dir=app_dir, studies=studies, conf=conf, name="spine-xray",
+            app_dir=app_dir,
+            studies=studies,
+            conf=conf,
+            name="spine-xray",
             description="Spine X-ray (AP/LAT) structures and Normal/Damaged, from the spine-app MONAI bundle",
-            version=bundle_version(str(self.spine_bundle)), labels=dict(LABEL_VALUES),
-        )  # fmt: skip
+            version=bundle_version(str(self.spine_bundle)),
+            labels=dict(LABEL_VALUES),
+        )
 
     def init_datastore(self) -> Any:
         extensions = list(dict.fromkeys([*settings.MONAI_LABEL_DATASTORE_FILE_EXT, *FILM_PATTERNS]))
         return GuardedDatastore(
-            self.studies, extensions=extensions, auto_reload=settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,  # type: ignore[attr-defined]
+            self.studies,
+            extensions=extensions,
+            auto_reload=settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,  # type: ignore[attr-defined]
             read_only=settings.MONAI_LABEL_DATASTORE_READ_ONLY,
-        )  # fmt: skip
+        )
 
     def init_infers(self) -> dict[str, Any]:
         return {

@@ -57,12 +57,27 @@ def write_app(out: str | Path | None = None, model: str | Path | None = None, fo
 UVICORN_APP = "spine_app.monailabel.server:app"
 
 
-def server_command(app: Path, studies: Path, host: str = "127.0.0.1", port: int = 8000,
-                   conf: dict[str, str] | None = None) -> list[str]:  # fmt: skip
+def server_command(
+    app: Path, studies: Path, host: str = "127.0.0.1", port: int = 8000, conf: dict[str, str] | None = None
+) -> list[str]:
     """``python -m monailabel.main start_server ...`` with this interpreter (so its packages are used),
     serving :data:`UVICORN_APP`."""
-    cmd = [sys.executable, "-m", "monailabel.main", "start_server", "--app", str(app), "--studies", str(studies),
-           "--host", host, "--port", str(port), "--uvicorn_app", UVICORN_APP]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "monailabel.main",
+        "start_server",
+        "--app",
+        str(app),
+        "--studies",
+        str(studies),
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--uvicorn_app",
+        UVICORN_APP,
+    ]
     for key, value in (conf or {}).items():
         cmd += ["--conf", str(key), str(value)]
     return cmd
@@ -80,8 +95,19 @@ def start_server(
 ) -> subprocess.Popen:
     """``spine-app monailabel serve`` on 127.0.0.1:``port`` (plus ``flags``, e.g. ``--allow-delete``) as a
     child process (its id is the server's)."""
-    cmd = [sys.executable, "-m", "spine_app.cli", "monailabel", "serve", str(studies), "--app", str(app),
-           "--port", str(port), *flags]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "spine_app.cli",
+        "monailabel",
+        "serve",
+        str(studies),
+        "--app",
+        str(app),
+        "--port",
+        str(port),
+        *flags,
+    ]
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 

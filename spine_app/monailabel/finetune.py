@@ -72,11 +72,17 @@ def build_datalist(
     random.Random(seed).shuffle(order)
     n_val = min(len(entries) - 1, max(1, round(val_fraction * len(entries))))
     datalist = {
-        "format": DATALIST_FORMAT, "root": str(workdir), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "spine_app_version": __version__, "split_settings": {"seed": seed, "validation_fraction": val_fraction},
-        "training": [entries[i] for i in order[n_val:]], "validation": [entries[i] for i in order[:n_val]],
-        "test": [], "unlabelled": [], "skipped": skipped,
-    }  # fmt: skip
+        "format": DATALIST_FORMAT,
+        "root": str(workdir),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "spine_app_version": __version__,
+        "split_settings": {"seed": seed, "validation_fraction": val_fraction},
+        "training": [entries[i] for i in order[n_val:]],
+        "validation": [entries[i] for i in order[:n_val]],
+        "test": [],
+        "unlabelled": [],
+        "skipped": skipped,
+    }
     return write_json(workdir / "datalist.json", datalist), skipped
 
 
@@ -89,11 +95,16 @@ def _entry(study: str, views: dict[str, LabelledImage], workdir: Path) -> dict[s
         for c in channels_of_view(view):
             masks[c] = str(workdir / "masks" / study / f"{MASK_NAMES[c]}.png")
     return {
-        "study_id": study, "label": label, "class_name": None if label is None else CLASS_NAMES[label],
+        "study_id": study,
+        "label": label,
+        "class_name": None if label is None else CLASS_NAMES[label],
         "image_ap": str(views["AP"].image) if "AP" in views else None,
         "image_lat": str(views["LAT"].image) if "LAT" in views else None,
-        "views": sorted(views), "masks": masks, "mask_present": [int(m is not None) for m in masks], "truth": None,
-    }  # fmt: skip
+        "views": sorted(views),
+        "masks": masks,
+        "mask_present": [int(m is not None) for m in masks],
+        "truth": None,
+    }
 
 
 def validation_score(model: Path, datalist: Path, bundle: Path, canvas: list[int]) -> dict[str, float]:
@@ -106,14 +117,24 @@ def validation_score(model: Path, datalist: Path, bundle: Path, canvas: list[int
     metric = StudyMetrics()
     metric.records = RobustnessRunner(network, load_datalist(datalist)["validation"], canvas, workers=0).run()
     score = metric.compute()
-    return {"score": round(float(score), 5), "mean_dice": round(float(metric.summary["mean_dice"]), 5),
-            "auroc": None if np.isnan(metric.summary["auroc"]) else round(float(metric.summary["auroc"]), 5)}  # fmt: skip
+    return {
+        "score": round(float(score), 5),
+        "mean_dice": round(float(metric.summary["mean_dice"]), 5),
+        "auroc": None if np.isnan(metric.summary["auroc"]) else round(float(metric.summary["auroc"]), 5),
+    }
 
 
 def finetune(
-    items: list[LabelledImage], served_model: Path, bundle: Path, workdir: Path, epochs: int = 5,
-    val_fraction: float = 0.2, seed: int = 0, skipped: list[dict[str, str]] | None = None, **overrides: Any,
-) -> dict[str, Any]:  # fmt: skip
+    items: list[LabelledImage],
+    served_model: Path,
+    bundle: Path,
+    workdir: Path,
+    epochs: int = 5,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    skipped: list[dict[str, str]] | None = None,
+    **overrides: Any,
+) -> dict[str, Any]:
     """Fine-tune the served weights on the labelled films; replace them only if validation did not get
     worse. ``overrides`` are train.yaml ids (learning_rate, patch_size, batch_size ...); ``skipped``
     lists films left out before this call ({"image", "error"}), reported with the ones left out here.
@@ -132,9 +153,16 @@ def finetune(
     before = validation_score(served_model, datalist, bundle, canvas)
     served_sha = sha256_of(served_model)
     trained = train_bundle(
-        datalist, workdir / "run", bundle, init_weights=str(served_model), epochs=int(epochs), val_interval=1,
-        seed=seed, num_workers=0, **overrides,
-    )  # fmt: skip
+        datalist,
+        workdir / "run",
+        bundle,
+        init_weights=str(served_model),
+        epochs=int(epochs),
+        val_interval=1,
+        seed=seed,
+        num_workers=0,
+        **overrides,
+    )
     after = validation_score(trained, datalist, bundle, canvas)
     replaced = after["score"] >= before["score"]
     if replaced:
@@ -143,16 +171,27 @@ def finetune(
     report = {
         "replaced": replaced,
         "reason": "validation score did not get worse" if replaced else "validation score got worse: weights kept",
-        "before": before, "after": after,
-        "served_model": str(served_model), "served_sha256_before": served_sha, "served_sha256": sha256_of(served_model),
-        "trained_model": str(trained), "epochs": int(epochs), "overrides": overrides,
+        "before": before,
+        "after": after,
+        "served_model": str(served_model),
+        "served_sha256_before": served_sha,
+        "served_sha256": sha256_of(served_model),
+        "trained_model": str(trained),
+        "epochs": int(epochs),
+        "overrides": overrides,
         "training_studies": [e["study_id"] for e in split["training"]],
         "validation_studies": [e["study_id"] for e in split["validation"]],
-        "skipped": skipped, "seconds": round(time.perf_counter() - start, 1), "spine_app_version": __version__,
-    }  # fmt: skip
+        "skipped": skipped,
+        "seconds": round(time.perf_counter() - start, 1),
+        "spine_app_version": __version__,
+    }
     write_json(workdir / "finetune.json", report)
-    logger.warning("fine-tune: score %.4f -> %.4f; served weights %s", before["score"], after["score"],
-                   "replaced" if replaced else "kept")  # fmt: skip
+    logger.warning(
+        "fine-tune: score %.4f -> %.4f; served weights %s",
+        before["score"],
+        after["score"],
+        "replaced" if replaced else "kept",
+    )
     return report
 
 

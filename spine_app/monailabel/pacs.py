@@ -71,9 +71,13 @@ def _film_view(path: Path, model: str | Path | None) -> str:
 
 
 def pull_studies(
-    url: str, studies: str | Path, study_uids: list[str] | None = None, patient: str | None = None,
-    dates: str | None = None, model: str | Path | None = None,
-) -> PullSummary:  # fmt: skip
+    url: str,
+    studies: str | Path,
+    study_uids: list[str] | None = None,
+    patient: str | None = None,
+    dates: str | None = None,
+    model: str | Path | None = None,
+) -> PullSummary:
     """Pull the CR/DX films of ``study_uids`` (default: every CR/DX study the server finds, optionally of
     one ``patient`` and a ``dates`` range YYYYMMDD-YYYYMMDD) into the studies folder ``studies``.
 
@@ -113,18 +117,25 @@ def pull_studies(
                     summary.errors.append(f"study {uid}: {str(err).splitlines()[0]}")
                     continue
                 if view in served:
-                    summary.warnings.append(f"study {uid}: a second {view} film ({header.SOPInstanceUID}) is not served;"
-                                            f" {served[view]} is")  # fmt: skip
+                    summary.warnings.append(
+                        f"study {uid}: a second {view} film ({header.SOPInstanceUID}) is not served; {served[view]} is"
+                    )
                     continue
                 image_id = f"{uid}_{view}"
                 target = studies / f"{image_id}.dcm"
                 if target.exists() and image_id not in sources:
-                    summary.warnings.append(f"{target}: a file the PACS pull did not write; kept, study {uid} {view} not served")
+                    summary.warnings.append(
+                        f"{target}: a file the PACS pull did not write; kept, study {uid} {view} not served"
+                    )
                     continue
                 write_atomic(target, lambda tmp_path, src=film: shutil.copyfile(src, tmp_path))
                 served[view] = str(header.SOPInstanceUID)
-                sources[image_id] = {"url": url, "study": uid, "series": str(header.SeriesInstanceUID),
-                                     "sop": str(header.SOPInstanceUID)}  # fmt: skip
+                sources[image_id] = {
+                    "url": url,
+                    "study": uid,
+                    "series": str(header.SeriesInstanceUID),
+                    "sop": str(header.SOPInstanceUID),
+                }
                 summary.images.append(image_id)
             if served:
                 summary.studies.append(uid)
@@ -133,7 +144,9 @@ def pull_studies(
     return summary
 
 
-def push_final_label(studies: str | Path, image_id: str, label_path: str | Path, model_version: str = "unknown") -> str | None:
+def push_final_label(
+    studies: str | Path, image_id: str, label_path: str | Path, model_version: str = "unknown"
+) -> str | None:
     """Store the final label of a pulled film in its PACS study as a DICOM SEG (semi-automatic: an
     annotator corrected the model's pre-segmentation); returns the SEG's SOPInstanceUID, or None
     when ``image_id`` was not pulled from a PACS.
@@ -155,8 +168,15 @@ def push_final_label(studies: str | Path, image_id: str, label_path: str | Path,
     with tempfile.TemporaryDirectory(prefix="spine-app-label-") as tmp:
         try:
             masks = decode_masks(read_image(label_path)[0], view)
-            seg = write_seg(film, masks, view, Path(tmp) / "seg.dcm", model_version, algorithm_type="SEMIAUTOMATIC",
-                            series_description=f"spine-app {view} annotation (MONAI Label, final)")  # fmt: skip
+            seg = write_seg(
+                film,
+                masks,
+                view,
+                Path(tmp) / "seg.dcm",
+                model_version,
+                algorithm_type="SEMIAUTOMATIC",
+                series_description=f"spine-app {view} annotation (MONAI Label, final)",
+            )
         except ValueError as err:
             raise PacsError(f"image {image_id}: cannot build its SEG ({str(err).splitlines()[0]})") from None
         store_results(connect(source["url"]), source["study"], [seg])
@@ -165,7 +185,9 @@ def push_final_label(studies: str | Path, image_id: str, label_path: str | Path,
         return str(pydicom.dcmread(str(seg), stop_before_pixels=True).SOPInstanceUID)
 
 
-def push_quietly(studies: str | Path, image_id: str, label_path: str | Path, model_version: str = "unknown") -> dict[str, Any]:
+def push_quietly(
+    studies: str | Path, image_id: str, label_path: str | Path, model_version: str = "unknown"
+) -> dict[str, Any]:
     """:func:`push_final_label` for the server: never raises; {"stored": SOPInstanceUID} or
     {"error": one line} (logged), {} for a film that did not come from a PACS."""
     try:

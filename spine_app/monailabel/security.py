@@ -32,8 +32,10 @@ RESERVED_INFER_PARAMS = ("image", "label", "session", "session_id", "model")
 DELETE_ROUTES = ("/datastore", "/datastore/image", "/datastore/label")
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
 ENV_CORS, ENV_DELETE, ENV_UPLOAD = (
-    "SPINE_APP_MONAILABEL_CORS_ORIGINS", "SPINE_APP_MONAILABEL_ALLOW_DELETE", "SPINE_APP_MONAILABEL_MAX_UPLOAD_MB",
-)  # fmt: skip
+    "SPINE_APP_MONAILABEL_CORS_ORIGINS",
+    "SPINE_APP_MONAILABEL_ALLOW_DELETE",
+    "SPINE_APP_MONAILABEL_MAX_UPLOAD_MB",
+)
 DEFAULT_MAX_UPLOAD_MB = 64.0
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _ORIGIN = re.compile(r"^https?://[A-Za-z0-9.\-\[\]:]+$")
@@ -103,8 +105,11 @@ class ServerPolicy:
 
     def environment(self) -> dict[str, str]:
         """The ``SPINE_APP_MONAILABEL_*`` variables that carry this policy to the server process."""
-        return {ENV_CORS: json.dumps(list(self.cors_origins)), ENV_DELETE: "1" if self.allow_delete else "0",
-                ENV_UPLOAD: str(self.max_upload_bytes / 2**20)}  # fmt: skip
+        return {
+            ENV_CORS: json.dumps(list(self.cors_origins)),
+            ENV_DELETE: "1" if self.allow_delete else "0",
+            ENV_UPLOAD: str(self.max_upload_bytes / 2**20),
+        }
 
     @classmethod
     def from_environment(cls, env: MutableMapping[str, str] | None = None) -> ServerPolicy:
@@ -112,8 +117,9 @@ class ServerPolicy:
         env = os.environ if env is None else env
         origins = json.loads(env.get(ENV_CORS) or "[]")
         megabytes = float(env.get(ENV_UPLOAD) or DEFAULT_MAX_UPLOAD_MB)
-        return cls(parse_origins(origins), env.get(ENV_DELETE, "0").lower() in ("1", "true", "yes"),
-                   int(megabytes * 2**20))  # fmt: skip
+        return cls(
+            parse_origins(origins), env.get(ENV_DELETE, "0").lower() in ("1", "true", "yes"), int(megabytes * 2**20)
+        )
 
 
 def _host_name(host_header: str) -> str:
@@ -199,7 +205,8 @@ def _names_problem(method: str, path: str, query_string: str) -> str | None:
         if segment in ("..", ".") or "\\" in segment or _CONTROL.search(segment):
             return f"path segment {segment[:80]!r} is not a plain name"
     upload_names_film = (method == "POST" and path.startswith("/infer/")) or (
-        method == "PUT" and path.rstrip("/") in ("/datastore", "/datastore/image"))  # fmt: skip
+        method == "PUT" and path.rstrip("/") in ("/datastore", "/datastore/image")
+    )
     for name, value in parse_qsl(query_string, keep_blank_values=True):
         if name in ID_PARAMS and not (name == "image" and value == "" and upload_names_film):
             problem = plain_name_problem(value)
@@ -211,8 +218,13 @@ def _names_problem(method: str, path: str, query_string: str) -> str | None:
 async def _answer(send: Send, status: int, detail: str) -> None:
     """Send ``{"detail": detail}`` with ``status`` (MONAI Label's and FastAPI's error shape)."""
     body = json.dumps({"detail": detail}).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})  # fmt: skip
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 

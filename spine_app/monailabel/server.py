@@ -74,17 +74,26 @@ def secure(app: FastAPI, policy: Optional[ServerPolicy] = None) -> FastAPI:  # n
         return app
     policy = policy or ServerPolicy.from_environment()
     kept = [m for m in app.user_middleware if m.cls is not CORSMiddleware]
-    cors = Middleware(CORSMiddleware, allow_origins=list(policy.cors_origins), allow_credentials=False,
-                      allow_methods=ALLOWED_METHODS, allow_headers=["*"])  # fmt: skip
+    cors = Middleware(
+        CORSMiddleware,
+        allow_origins=list(policy.cors_origins),
+        allow_credentials=False,
+        allow_methods=ALLOWED_METHODS,
+        allow_headers=["*"],
+    )
     app.user_middleware = [cors, Middleware(RequestGuard, policy=policy), *kept]
     app.middleware_stack = None
-    app.router.add_api_route(f"{settings.MONAI_LABEL_API_STR}/infer/{{model}}", checked_infer, methods=["POST"],
-                             include_in_schema=False)  # fmt: skip
+    app.router.add_api_route(
+        f"{settings.MONAI_LABEL_API_STR}/infer/{{model}}", checked_infer, methods=["POST"], include_in_schema=False
+    )
     app.router.routes.insert(0, app.router.routes.pop())  # matched before MONAI Label's own route
     app.state.spine_app_policy = policy
-    logger.info("CORS allow-list: %s; deletes %s; uploads up to %.0f MB",
-                ", ".join(policy.cors_origins) or "none (same origin only)",
-                "allowed" if policy.allow_delete else "refused", policy.max_upload_bytes / 2**20)  # fmt: skip
+    logger.info(
+        "CORS allow-list: %s; deletes %s; uploads up to %.0f MB",
+        ", ".join(policy.cors_origins) or "none (same origin only)",
+        "allowed" if policy.allow_delete else "refused",
+        policy.max_upload_bytes / 2**20,
+    )
     return app
 
 

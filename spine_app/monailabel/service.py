@@ -41,9 +41,13 @@ def predict_study(
 
     with tempfile.TemporaryDirectory(prefix="spine-monailabel-") as tmp:
         outcome = run_inference(
-            [study_entry(study_id, images)], tmp, model=model, device=device, bundle_dir=bundle_dir,
+            [study_entry(study_id, images)],
+            tmp,
+            model=model,
+            device=device,
+            bundle_dir=bundle_dir,
             **{"handlers#0#overlays": False},
-        )  # fmt: skip
+        )
         if outcome["errors"]:
             raise StudyFailed(outcome["errors"][0]["error"])
         folder = Path(tmp) / study_id

@@ -135,8 +135,11 @@ def prepare_studies(dataset: str | Path, out: str | Path, copy: bool = True, ove
         for view, source in study.images.items():
             suffix = ".nii.gz" if source.name.lower().endswith(".nii.gz") else source.suffix.lower()
             target = out / f"{study.study_id}_{view}{suffix}"
-            notes += [f"{out / name}: kept, but {target.name} now has the same image id; remove the older film"
-                      for name in existing.get(_image_id(target.name), []) if name != target.name]  # fmt: skip
+            notes += [
+                f"{out / name}: kept, but {target.name} now has the same image id; remove the older film"
+                for name in existing.get(_image_id(target.name), [])
+                if name != target.name
+            ]
             if copy:
                 write_atomic(target, lambda tmp, src=source: shutil.copyfile(src, tmp))
             else:

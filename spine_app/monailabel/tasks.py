@@ -50,8 +50,9 @@ class _BundleInfer(InferTask):
     """Shared part of both infer tasks: the served weights, the bundle, the request's film and view."""
 
     def __init__(self, kind: str, labels: Any, description: str, model: Path, bundle: Path, datastore: Any) -> None:
-        super().__init__(type=kind, labels=labels, dimension=2, description=description,
-                         config={"view": "", "device": "cpu"})  # fmt: skip
+        super().__init__(
+            type=kind, labels=labels, dimension=2, description=description, config={"view": "", "device": "cpu"}
+        )
         self.model, self.bundle, self.datastore = Path(model), Path(bundle), datastore
 
     def is_valid(self) -> bool:
@@ -93,9 +94,15 @@ class SpineSegmentation(_BundleInfer):
     """Pre-segmentation of one AP or LAT radiograph (see the module docstring)."""
 
     def __init__(self, model: Path, bundle: Path, datastore: Any) -> None:
-        super().__init__(InferType.SEGMENTATION, dict(LABEL_VALUES),
-                         "Spine X-ray structures of the film's view; label PNG with one bit per structure "
-                         "(value 2**channel), so overlaps are kept", model, bundle, datastore)  # fmt: skip
+        super().__init__(
+            InferType.SEGMENTATION,
+            dict(LABEL_VALUES),
+            "Spine X-ray structures of the film's view; label PNG with one bit per structure "
+            "(value 2**channel), so overlaps are kept",
+            model,
+            bundle,
+            datastore,
+        )
 
     def __call__(self, request: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         start = time.perf_counter()
@@ -105,28 +112,35 @@ class SpineSegmentation(_BundleInfer):
         out = Path(tempfile.mkstemp(prefix=f"{image_id}_", suffix=".png")[1])
         write_png(out, label)  # the server sends it, then deletes it
         result = prediction.result
-        return str(out), finite_json({  # strict JSON: no NaN (HTTP 500 otherwise)
-            "view": view,
-            "view_source": view_source,
-            "encoding": "bitmask: pixel value = sum of 2**channel over the structures present",
-            "label_values": {name: LABEL_VALUES[name] for name in result["mask_area_px"]},
-            "mask_area_px": result["mask_area_px"],
-            "mask_area_mm2": result["mask_area_mm2"],
-            "damaged_probability": result["damaged_probability"],
-            "morphometry": result.get("morphometry"),
-            "null_values": result.get("null_values", {}),  # why a value above is null (result.json's)
-            "bundle_version": result.get("bundle_version"),
-            "latencies": {"total": round(time.perf_counter() - start, 2)},
-        })  # fmt: skip
+        return str(out), finite_json(
+            {  # strict JSON: no NaN (HTTP 500 otherwise)
+                "view": view,
+                "view_source": view_source,
+                "encoding": "bitmask: pixel value = sum of 2**channel over the structures present",
+                "label_values": {name: LABEL_VALUES[name] for name in result["mask_area_px"]},
+                "mask_area_px": result["mask_area_px"],
+                "mask_area_mm2": result["mask_area_mm2"],
+                "damaged_probability": result["damaged_probability"],
+                "morphometry": result.get("morphometry"),
+                "null_values": result.get("null_values", {}),  # why a value above is null (result.json's)
+                "bundle_version": result.get("bundle_version"),
+                "latencies": {"total": round(time.perf_counter() - start, 2)},
+            }
+        )
 
 
 class SpineClassification(_BundleInfer):
     """Normal/Damaged of the study a radiograph belongs to (see the module docstring)."""
 
     def __init__(self, model: Path, bundle: Path, datastore: Any) -> None:
-        super().__init__(InferType.CLASSIFICATION, {"Normal": 0, "Damaged": 1},
-                         "Normal vs Damaged for the film's study (both views when the datastore has them)",
-                         model, bundle, datastore)  # fmt: skip
+        super().__init__(
+            InferType.CLASSIFICATION,
+            {"Normal": 0, "Damaged": 1},
+            "Normal vs Damaged for the film's study (both views when the datastore has them)",
+            model,
+            bundle,
+            datastore,
+        )
 
     def __call__(self, request: dict[str, Any]) -> tuple[None, dict[str, Any]]:
         path, image_id, view, _ = self._film(request)
@@ -145,11 +159,19 @@ class SpineFineTune(TrainTask):
     validation score did not get worse; the report is the task's result and ``<app>/train/<time>/``."""
 
     def __init__(self, model: Path, bundle: Path, app_dir: Path, studies: Path) -> None:
-        super().__init__("Fine-tune the spine bundle from saved labels; keeps the new weights only if the "
-                         "validation score did not get worse")  # fmt: skip
+        super().__init__(
+            "Fine-tune the spine bundle from saved labels; keeps the new weights only if the "
+            "validation score did not get worse"
+        )
         self.model, self.bundle, self.app_dir, self.studies = Path(model), Path(bundle), Path(app_dir), Path(studies)
-        self._config: dict[str, Any] = {"max_epochs": 5, "val_split": 0.2, "learning_rate": 0.0001,
-                                        "batch_size": 2, "label_tag": "final", "seed": 0}  # fmt: skip
+        self._config: dict[str, Any] = {
+            "max_epochs": 5,
+            "val_split": 0.2,
+            "learning_rate": 0.0001,
+            "batch_size": 2,
+            "label_tag": "final",
+            "seed": 0,
+        }
 
     def config(self) -> dict[str, Any]:
         return self._config
@@ -171,12 +193,29 @@ class SpineFineTune(TrainTask):
                 continue
             study = split_image_id(image_id)[0]
             label_class = class_index(params.get("study_class"))
-            items.append(LabelledImage(image_id, image, Path(datastore.get_label_uri(image_id, tag)), view, study,
-                                       label_class if label_class is not None else classes.get(study)))  # fmt: skip
+            items.append(
+                LabelledImage(
+                    image_id,
+                    image,
+                    Path(datastore.get_label_uri(image_id, tag)),
+                    view,
+                    study,
+                    label_class if label_class is not None else classes.get(study),
+                )
+            )
         overrides = {k: req[k] for k in ("learning_rate", "batch_size", "patch_size") if req.get(k) is not None}
         workdir = self.app_dir / "train" / time.strftime("%Y%m%d-%H%M%S")
-        return finetune(items, self.model, self.bundle, workdir, int(req["max_epochs"]), float(req["val_split"]),
-                        int(req["seed"]), skipped=unusable, **overrides)  # fmt: skip
+        return finetune(
+            items,
+            self.model,
+            self.bundle,
+            workdir,
+            int(req["max_epochs"]),
+            float(req["val_split"]),
+            int(req["seed"]),
+            skipped=unusable,
+            **overrides,
+        )
 
 
 __all__ = ["SpineClassification", "SpineFineTune", "SpineSegmentation", "image_id_of"]

@@ -107,7 +107,7 @@ def evaluate_morphometry(
             if v
             else None
             for h, v in errors.items()
-        },  # fmt: skip
+        },
         "levels": {
             "graded": graded,
             "grade_agreement": float(np.trace(confusion) / graded) if graded else float("nan"),

@@ -381,9 +381,13 @@ def _grade(bodies: list[VertebralBody]) -> None:
             body.ratios["posterior_expected"] = hp / expected
         if not usable[i]:
             body.grade, body.reduction = -1, 0.0
-            body.flags.append("truncated" if body.truncated else
-                              "not separated from a neighbour on the mask" if body.unseparated else
-                              body.not_measurable or "unmeasurable")  # fmt: skip
+            body.flags.append(
+                "truncated"
+                if body.truncated
+                else "not separated from a neighbour on the mask"
+                if body.unseparated
+                else body.not_measurable or "unmeasurable"
+            )
             continue
         losses = {
             "wedge": 1.0 - ha / hp,
@@ -414,8 +418,11 @@ def match_truth(bodies: list[VertebralBody], truth: dict) -> list[tuple[Vertebra
     """
     spacing = float(np.mean(truth["pixel_spacing_mm"]))
     levels = [lv for lv in truth["levels"] if lv.get("in_view_lat")]
-    matches = nearest_matches([b.centroid_px for b in bodies], [lv["center_lat_px"] for lv in levels],
-                              lambda _i, j: 0.5 * levels[j]["heights_mm"]["posterior"] / spacing)  # fmt: skip
+    matches = nearest_matches(
+        [b.centroid_px for b in bodies],
+        [lv["center_lat_px"] for lv in levels],
+        lambda _i, j: 0.5 * levels[j]["heights_mm"]["posterior"] / spacing,
+    )
     return [(body, levels[j]) for body, j in zip(bodies, matches) if j is not None]
 
 

@@ -9,4 +9,12 @@ from spine_app.networks.multitask import (
 )
 from spine_app.networks.precision import Precision, resolve_precision
 
-__all__ = ["SUPPORTED_BACKBONES", "Precision", "SpineMultiTaskNet", "StudyModel", "init_output_bias", "load_weights", "resolve_precision"]
+__all__ = [
+    "SUPPORTED_BACKBONES",
+    "Precision",
+    "SpineMultiTaskNet",
+    "StudyModel",
+    "init_output_bias",
+    "load_weights",
+    "resolve_precision",
+]

@@ -133,11 +133,17 @@ class LevelHead(nn.Module):
             )
 
         self.fine = nn.Sequential(
-            nn.Conv2d(fine_channels, 32, 3, padding=1, bias=False), nn.GroupNorm(8, 32), nn.GELU(),
-            block(32, 48), block(48, width), block(width, width),
-        )  # fmt: skip
+            nn.Conv2d(fine_channels, 32, 3, padding=1, bias=False),
+            nn.GroupNorm(8, 32),
+            nn.GELU(),
+            block(32, 48),
+            block(48, width),
+            block(width, width),
+        )
         self.deep = nn.Sequential(nn.Linear(deep_channels, width), nn.GELU())
-        self.out = nn.Sequential(nn.Linear(3 * width, width), nn.GELU(), nn.Dropout(0.1), nn.Linear(width, GRADE_LOGITS))
+        self.out = nn.Sequential(
+            nn.Linear(3 * width, width), nn.GELU(), nn.Dropout(0.1), nn.Linear(width, GRADE_LOGITS)
+        )
         with torch.no_grad():  # start every level at a low fracture prior (most bodies are normal)
             self.out[-1].bias.copy_(torch.tensor([-2.0, -2.5, -3.0]))
 
@@ -166,6 +172,15 @@ def predicted_grade(cumulative: torch.Tensor, threshold: float = 0.5) -> torch.T
 
 
 __all__ = [
-    "GRADE_LOGITS", "MIL_POOLING", "NO_LEVEL_LOGIT", "LevelBatch", "LevelHead",
-    "grade_probabilities", "level_probability", "mil_pool", "predicted_grade", "roi_grid", "sample_rois",
-]  # fmt: skip
+    "GRADE_LOGITS",
+    "MIL_POOLING",
+    "NO_LEVEL_LOGIT",
+    "LevelBatch",
+    "LevelHead",
+    "grade_probabilities",
+    "level_probability",
+    "mil_pool",
+    "predicted_grade",
+    "roi_grid",
+    "sample_rois",
+]

@@ -45,8 +45,19 @@ def _parse_amp(amp: str | bool | None) -> str:
     if amp is True:
         return "auto"
     text = str(amp).strip().lower()
-    text = {"true": "auto", "1": "auto", "yes": "auto", "false": "off", "0": "off", "no": "off", "none": "off",
-            "fp32": "off", "bfloat16": "bf16", "float16": "fp16", "half": "fp16"}.get(text, text)  # fmt: skip
+    text = {
+        "true": "auto",
+        "1": "auto",
+        "yes": "auto",
+        "false": "off",
+        "0": "off",
+        "no": "off",
+        "none": "off",
+        "fp32": "off",
+        "bfloat16": "bf16",
+        "float16": "fp16",
+        "half": "fp16",
+    }.get(text, text)
     if text not in AMP_CHOICES:
         raise ValueError(f"amp {amp!r} is not one of {', '.join(AMP_CHOICES)}")
     return text
@@ -84,7 +95,7 @@ class Precision:
 
     @property
     def name(self) -> str:
-        """"bf16", "fp16" or "fp32" (for logs and reports)."""
+        """ "bf16", "fp16" or "fp32" (for logs and reports)."""
         return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(self.dtype, "fp32")
 
     def autocast(self) -> contextlib.AbstractContextManager:

@@ -66,7 +66,9 @@ def find_studies(client: Any, patient_id: str | None = None, dates: str | None =
         try:
             answers = client.search_for_studies(search_filters=filters)
         except Exception as err:  # noqa: BLE001 - requests/HTTP errors: one line
-            raise PacsError(f"{getattr(client, 'base_url', 'server')}: study search failed ({_one_line(err)})") from None
+            raise PacsError(
+                f"{getattr(client, 'base_url', 'server')}: study search failed ({_one_line(err)})"
+            ) from None
         for item in answers:
             uid = _value(item, "0020000D")
             if uid and uid not in found:
@@ -106,8 +108,9 @@ def has_report(client: Any, study_uid: str, model_sha: str) -> bool:
     """True when the study already holds our SR made with the model ``model_sha`` (its series
     description names the model's SHA-256 prefix)."""
     try:
-        series = client.search_for_series(study_instance_uid=study_uid, search_filters={"Modality": "SR"},
-                                          fields=["SeriesDescription"])  # fmt: skip
+        series = client.search_for_series(
+            study_instance_uid=study_uid, search_filters={"Modality": "SR"}, fields=["SeriesDescription"]
+        )
     except Exception as err:  # noqa: BLE001
         raise PacsError(f"study {study_uid}: cannot list its series ({_one_line(err)})") from None
     wanted = report_description(model_sha)

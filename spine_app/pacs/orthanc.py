@@ -52,16 +52,26 @@ class LocalOrthanc:
     def start(self, timeout: float = 30.0) -> LocalOrthanc:
         """Start it and wait until ``GET /system`` answers. RuntimeError when it does not."""
         if not available():
-            raise RuntimeError(f"Orthanc is not installed ({ORTHANC}, {PLUGIN}): apt-get install orthanc orthanc-dicomweb")
+            raise RuntimeError(
+                f"Orthanc is not installed ({ORTHANC}, {PLUGIN}): apt-get install orthanc orthanc-dicomweb"
+            )
         config = {
-            "Name": "spine-app-test", "StorageDirectory": str(self.folder / "db"), "IndexDirectory": str(self.folder / "db"),
-            "HttpPort": self.port, "DicomServerEnabled": False, "RemoteAccessAllowed": False,
-            "AuthenticationEnabled": False, "Plugins": [PLUGIN], "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
-        }  # fmt: skip
+            "Name": "spine-app-test",
+            "StorageDirectory": str(self.folder / "db"),
+            "IndexDirectory": str(self.folder / "db"),
+            "HttpPort": self.port,
+            "DicomServerEnabled": False,
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False,
+            "Plugins": [PLUGIN],
+            "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+        }
         self.folder.mkdir(parents=True, exist_ok=True)
         (self.folder / "orthanc.json").write_text(json.dumps(config))
         log = open(self.folder / "orthanc.log", "wb")  # noqa: SIM115 - the server writes to it while it runs
-        self.process = subprocess.Popen([ORTHANC, str(self.folder / "orthanc.json")], stdout=log, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(
+            [ORTHANC, str(self.folder / "orthanc.json")], stdout=log, stderr=subprocess.STDOUT
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

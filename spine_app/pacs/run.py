@@ -21,10 +21,18 @@ _UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 
 
 def infer_from_pacs(
-    url: str, study_uids: list[str], out: str | Path, model: str | Path | None, device: str, bundle_dir: str | Path,
-    force: bool = False, progress: bool = False, patient: str | None = None, dates: str | None = None,
+    url: str,
+    study_uids: list[str],
+    out: str | Path,
+    model: str | Path | None,
+    device: str,
+    bundle_dir: str | Path,
+    force: bool = False,
+    progress: bool = False,
+    patient: str | None = None,
+    dates: str | None = None,
     **overrides: Any,
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     """Run the PACS round trip; returns run_inference's {"written", "skipped", "errors"} plus
     "stored" (study UIDs whose results the PACS accepted) and "already_in_pacs"."""
     from spine_app.engines.writer import sha256_of, write_run_files
@@ -62,11 +70,13 @@ def infer_from_pacs(
             entries += found
         if not entries:
             Path(out).mkdir(parents=True, exist_ok=True)
-            write_run_files(out, [{"study_id": e["study_id"], "status": "failed", "error": e["error"]} for e in errors],
-                            errors)  # fmt: skip
+            write_run_files(
+                out, [{"study_id": e["study_id"], "status": "failed", "error": e["error"]} for e in errors], errors
+            )
             return {"written": [], "skipped": [], "errors": errors, "stored": [], "already_in_pacs": in_pacs}
-        result = run_inference(entries, out, model, device, bundle_dir, errors, force=force, progress=progress,
-                               **overrides)  # fmt: skip
+        result = run_inference(
+            entries, out, model, device, bundle_dir, errors, force=force, progress=progress, **overrides
+        )
     for row in result["written"] + result.get("skipped", []):
         uid = uid_of.get(row["study_id"])
         folder = Path(out) / row["study_id"]

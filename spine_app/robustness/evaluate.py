@@ -72,8 +72,15 @@ class RobustnessRunner:
         workers: loader processes that corrupt and preprocess while the network runs.
     """
 
-    def __init__(self, network: torch.nn.Module, entries: list[dict[str, Any]], canvas: list[int],
-                 device: str = "cpu", batch_size: int = 4, workers: int = 1) -> None:  # fmt: skip
+    def __init__(
+        self,
+        network: torch.nn.Module,
+        entries: list[dict[str, Any]],
+        canvas: list[int],
+        device: str = "cpu",
+        batch_size: int = 4,
+        workers: int = 1,
+    ) -> None:
         self.network, self.entries, self.canvas = network.to(device).eval(), entries, canvas
         self.device, self.batch_size = torch.device(device), batch_size
         self.reader, self.workers, self.cache_warm = _cached_reader(), workers, False
@@ -119,10 +126,18 @@ def relative_error(clean: float, corrupted: list[float]) -> float:
 
 
 def evaluate_robustness(
-    datalist: str | Path, suite: str | Path, out: str | Path, model: str | Path | None = None,
-    bundle: str | Path | None = None, split: str = "test", device: str = "cpu", seed: int = 0,
-    limit: int | None = None, corruptions: list[str] | None = None, canvas: list[int] | None = None,
-) -> dict[str, Any]:  # fmt: skip
+    datalist: str | Path,
+    suite: str | Path,
+    out: str | Path,
+    model: str | Path | None = None,
+    bundle: str | Path | None = None,
+    split: str = "test",
+    device: str = "cpu",
+    seed: int = 0,
+    limit: int | None = None,
+    corruptions: list[str] | None = None,
+    canvas: list[int] | None = None,
+) -> dict[str, Any]:
     """Evaluate clean and every (corruption, severity) of ``suite``; write results into ``out``.
 
     ``canvas`` is the working size (H, W) the model was trained at (default the inference config's)."""
@@ -142,8 +157,9 @@ def evaluate_robustness(
     from tqdm import tqdm
 
     distinct = sum(len(set(s.values)) for s in specs)  # a severity with the value of an earlier one is not rerun
-    runner.progress = tqdm(total=len(entries) * (1 + distinct), desc="studies x conditions", unit="study",
-                           disable=not sys.stderr.isatty())  # fmt: skip
+    runner.progress = tqdm(
+        total=len(entries) * (1 + distinct), desc="studies x conditions", unit="study", disable=not sys.stderr.isatty()
+    )
     began = time.perf_counter()
     clean = condition_scores(runner.run())
     results: dict[str, Any] = {"clean": clean, "corruptions": {}}
@@ -156,8 +172,13 @@ def evaluate_robustness(
         logger.warning("%s: mean Dice %s", spec.name, " ".join(f"{s['mean_dice']:.3f}" for s in per_severity))
     runner.progress.close()
     results["summary"] = summarize(results)
-    results.update(studies=len(entries), split=str(split), suite=str(suite), seconds=time.perf_counter() - began,
-                   model=str(weights_path(bundle or BUNDLE_DIR, model)))  # fmt: skip
+    results.update(
+        studies=len(entries),
+        split=str(split),
+        suite=str(suite),
+        seconds=time.perf_counter() - began,
+        model=str(weights_path(bundle or BUNDLE_DIR, model)),
+    )
     from spine_app.robustness.report import write_robustness_report
 
     write_robustness_report(results, out, entries[0], specs, seed)

@@ -38,10 +38,17 @@ def train_bundle(datalist: str | Path, run_dir: Path, bundle: Path, **overrides:
         logger.warning("%s: finished run reused", run_dir)
         return model
     workflow = config_workflow(
-        "train.yaml", bundle,
-        workflow_type="train", **{"datalist": str(Path(datalist).resolve()), "bundle_root": str(run_dir),
-                                  "ckpt_dir": str(run_dir / "models"), "resume": False, **overrides},
-    )  # fmt: skip
+        "train.yaml",
+        bundle,
+        workflow_type="train",
+        **{
+            "datalist": str(Path(datalist).resolve()),
+            "bundle_root": str(run_dir),
+            "ckpt_dir": str(run_dir / "models"),
+            "resume": False,
+            **overrides,
+        },
+    )
     workflow.initialize()
     workflow.run()
     workflow.finalize()
@@ -86,9 +93,13 @@ def epochs_for_steps(steps: int, studies: int, batch_size: int) -> int:
 
 
 def train_size(
-    datalist: str | Path, out: str | Path, sizes: list[int] | tuple[int, ...] = TRAIN_SIZES, bundle: str | Path | None = None,
-    steps: int | None = None, **overrides: Any,
-) -> dict[str, Any]:  # fmt: skip
+    datalist: str | Path,
+    out: str | Path,
+    sizes: list[int] | tuple[int, ...] = TRAIN_SIZES,
+    bundle: str | Path | None = None,
+    steps: int | None = None,
+    **overrides: Any,
+) -> dict[str, Any]:
     """Train with the first N training studies for each N in ``sizes`` (up to all) and score each.
 
     With ``steps``, each size trains for about that many optimisation steps (epochs scaled to N,
@@ -122,8 +133,11 @@ def train_size(
     lines.append("|" + "---|" * (len(runs[0]["clean"]["dice"]) + 4))
     for r in runs:
         c = r["clean"]
-        lines.append(f"| {r['train_studies']} | {c['mean_dice']:.3f} | " + " | ".join(f"{v:.3f}" for v in c["dice"].values())
-                     + f" | {c['auroc']['fused']:.3f} | {c['auroc']['combined']:.3f} |")  # fmt: skip
+        lines.append(
+            f"| {r['train_studies']} | {c['mean_dice']:.3f} | "
+            + " | ".join(f"{v:.3f}" for v in c["dice"].values())
+            + f" | {c['auroc']['fused']:.3f} | {c['auroc']['combined']:.3f} |"
+        )
     text = "\n".join(lines) + "\n"
     write_atomic(out / "train_size.md", lambda tmp: tmp.write_text(text))
     _plot(chosen, runs, out / "train_size.png")
@@ -131,9 +145,14 @@ def train_size(
 
 
 def noise_train(
-    datalist: str | Path, out: str | Path, corruption: str = "gaussian_noise", severity: int = 5,
-    suite: str = "configs/robustness/default.yaml", bundle: str | Path | None = None, **overrides: Any,
-) -> dict[str, Any]:  # fmt: skip
+    datalist: str | Path,
+    out: str | Path,
+    corruption: str = "gaussian_noise",
+    severity: int = 5,
+    suite: str = "configs/robustness/default.yaml",
+    bundle: str | Path | None = None,
+    **overrides: Any,
+) -> dict[str, Any]:
     """The seed study's noise experiment: a model trained clean and one trained with ``corruption``
     as training-time augmentation, each tested on clean and on corrupted (``severity``) test films."""
     from spine_app.bundle import BUNDLE_DIR
@@ -147,8 +166,13 @@ def noise_train(
     for name, extra in (("noise only at test", {}), ("noise in training", {"training_corruptions": [corruption]})):
         model = train_bundle(datalist, out / name.replace(" ", "_"), bundle, **{**overrides, **extra})
         runs[name] = _test_scores(model, datalist, bundle, conditions, overrides.get("patch_size"))
-    result = {"corruption": corruption, "severity": severity, "value": spec.values[severity - 1], "runs": runs,
-              "overrides": overrides}  # fmt: skip
+    result = {
+        "corruption": corruption,
+        "severity": severity,
+        "value": spec.values[severity - 1],
+        "runs": runs,
+        "overrides": overrides,
+    }
     write_json(out / "noise_train.json", result)
     lines = ["| training | test films | mean Dice | fused AUROC | combined AUROC |", "|---|---|---|---|---|"]
     for name, scores in runs.items():

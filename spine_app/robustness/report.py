@@ -76,8 +76,12 @@ def plot_dice(results: dict[str, Any], path: Path) -> None:
     fig, axes = subplots(2, (len(masks) + 1) // 2, figsize=(4 * ((len(masks) + 1) // 2), 7), sharey=True)
     for ax, name in zip(axes.ravel(), masks):
         for corruption, entry in results["corruptions"].items():
-            ax.plot(range(6), [results["clean"]["dice"][name]] + [s["dice"][name] for s in entry["severities"]],
-                    marker=".", label=corruption)  # fmt: skip
+            ax.plot(
+                range(6),
+                [results["clean"]["dice"][name]] + [s["dice"][name] for s in entry["severities"]],
+                marker=".",
+                label=corruption,
+            )
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("severity")
         ax.set_ylim(0, 1)
@@ -90,8 +94,12 @@ def plot_auroc(results: dict[str, Any], path: Path) -> None:
     fig, axes = subplots(1, 2, figsize=(11, 4), sharey=True)
     for ax, head in zip(axes, ("fused", "combined")):
         for corruption, entry in results["corruptions"].items():
-            ax.plot(range(6), [results["clean"]["auroc"][head]] + [s["auroc"][head] for s in entry["severities"]],
-                    marker=".", label=corruption)  # fmt: skip
+            ax.plot(
+                range(6),
+                [results["clean"]["auroc"][head]] + [s["auroc"][head] for s in entry["severities"]],
+                marker=".",
+                label=corruption,
+            )
         ax.axhline(0.5, color="grey", lw=0.8, ls=":")
         ax.set_title(f"{head} AUROC", fontsize=10)
         ax.set_xlabel("severity")
@@ -103,8 +111,15 @@ def plot_auroc(results: dict[str, Any], path: Path) -> None:
 def plot_heatmap(results: dict[str, Any], path: Path) -> None:
     masks = list(results["clean"]["dice"])
     names = list(results["corruptions"])
-    drop = np.array([[results["clean"]["dice"][m] - np.mean([s["dice"][m] for s in results["corruptions"][c]["severities"]])
-                      for m in masks] for c in names])  # fmt: skip
+    drop = np.array(
+        [
+            [
+                results["clean"]["dice"][m] - np.mean([s["dice"][m] for s in results["corruptions"][c]["severities"]])
+                for m in masks
+            ]
+            for c in names
+        ]
+    )
     fig, ax = subplots(figsize=(1.1 * len(masks) + 3, 0.35 * len(names) + 2))
     image = ax.imshow(drop, cmap="magma_r", vmin=0, vmax=max(0.05, float(drop.max())))
     ax.set_xticks(range(len(masks)), masks, rotation=40, ha="right", fontsize=8)
@@ -144,8 +159,9 @@ def plot_examples(entry: dict[str, Any], specs: list[CorruptionSpec], seed: int,
     save_figure(fig, path)
 
 
-def write_robustness_report(results: dict[str, Any], out: str | Path, example: dict[str, Any],
-                            specs: list[CorruptionSpec], seed: int) -> None:  # fmt: skip
+def write_robustness_report(
+    results: dict[str, Any], out: str | Path, example: dict[str, Any], specs: list[CorruptionSpec], seed: int
+) -> None:
     """Write every output file into ``out``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -33,8 +33,20 @@ _LEVEL_DIMS: dict[str, tuple[float, float, float, float, float]] = {
 # share of the lumbar lordosis carried by each disk (below L1..L5)
 _LORDOSIS_SHARE = {"L1": 0.08, "L2": 0.14, "L3": 0.2, "L4": 0.26, "L5": 0.32}
 # where compression fractures happen (thoracolumbar junction most often)
-_FRACTURE_SITE_WEIGHT = {"T6": 0.4, "T7": 0.5, "T8": 0.6, "T9": 0.7, "T10": 0.8, "T11": 1.3, "T12": 2.0,
-                         "L1": 2.0, "L2": 1.3, "L3": 0.9, "L4": 0.7, "L5": 0.5}  # fmt: skip
+_FRACTURE_SITE_WEIGHT = {
+    "T6": 0.4,
+    "T7": 0.5,
+    "T8": 0.6,
+    "T9": 0.7,
+    "T10": 0.8,
+    "T11": 1.3,
+    "T12": 2.0,
+    "L1": 2.0,
+    "L2": 1.3,
+    "L3": 0.9,
+    "L4": 0.7,
+    "L5": 0.5,
+}
 GENANT_LOSS = {1: (0.20, 0.25), 2: (0.25, 0.40), 3: (0.40, 0.55)}
 
 

@@ -169,10 +169,17 @@ def generate_study(cfg: SynthConfig, seed: int, index: int) -> SyntheticStudy:
 
     # disk height: the space between the upper body's inferior and the lower body's superior endplate
     disks = [
-        to_px("LAT", [corners[up.name]["anterior_inferior"], corners[up.name]["posterior_inferior"],
-                corners[lo.name]["posterior_superior"], corners[lo.name]["anterior_superior"]])
+        to_px(
+            "LAT",
+            [
+                corners[up.name]["anterior_inferior"],
+                corners[up.name]["posterior_inferior"],
+                corners[lo.name]["posterior_superior"],
+                corners[lo.name]["anterior_superior"],
+            ],
+        )
         for up, lo in zip(column[:-1], column[1:])
-    ]  # fmt: skip
+    ]
     masks["Lat_Disk_Height"] = polygons_mask(lat_shape, disks) & ~masks["Lat_Vertebra"]
     for name, side in (("Lat_Anterior_Vertebral_Line", "anterior"), ("Lat_Posterior_Vertebral_Line", "posterior")):
         pts = [corners[v.name][f"{side}_{end}"] for v in model.vertebrae for end in ("superior", "inferior")]
@@ -256,8 +263,14 @@ def _write_files(study: SyntheticStudy, folder: Path, suffix: str) -> None:
         study_uid = generate_uid(entropy_srcs=["spine-app synthetic study", study.study_id])  # same for every run
     for view, image in study.images.items():
         if suffix == ".dcm":
-            write_dicom(folder / f"{view}.dcm", image, spacing=spacing, view=view, patient_id=study.study_id,
-                        study_uid=study_uid)  # fmt: skip
+            write_dicom(
+                folder / f"{view}.dcm",
+                image,
+                spacing=spacing,
+                view=view,
+                patient_id=study.study_id,
+                study_uid=study_uid,
+            )
         else:
             write_png(folder / f"{view}.png", image)
     for name, mask in study.masks.items():
@@ -326,9 +339,14 @@ def check_count_and_seed(n: Any, seed: Any) -> None:
 
 
 def generate_dataset(
-    out: str | Path, n: int, seed: int = 0, preset: str = "default", workers: int | None = None,
-    overwrite: bool = False, **overrides: Any,
-) -> dict[str, Any]:  # fmt: skip
+    out: str | Path,
+    n: int,
+    seed: int = 0,
+    preset: str = "default",
+    workers: int | None = None,
+    overwrite: bool = False,
+    **overrides: Any,
+) -> dict[str, Any]:
     """Generate ``n`` studies into ``out`` (canonical layout) and write ``out/synth_manifest.json``.
 
     ``out`` must be new or empty (hidden files aside) unless ``overwrite``: then only the files this

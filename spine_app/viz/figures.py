@@ -13,7 +13,9 @@ from matplotlib.figure import Figure
 from spine_app.data.io import write_atomic
 
 
-def subplots(nrows: int = 1, ncols: int = 1, figsize: tuple[float, float] | None = None, **kwargs: Any) -> tuple[Figure, Any]:
+def subplots(
+    nrows: int = 1, ncols: int = 1, figsize: tuple[float, float] | None = None, **kwargs: Any
+) -> tuple[Figure, Any]:
     """(figure, axes) as ``matplotlib.pyplot.subplots`` returns them, on a figure pyplot does not track."""
     fig = Figure(figsize=figsize)
     return fig, fig.subplots(nrows, ncols, **kwargs)

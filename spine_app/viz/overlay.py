@@ -58,8 +58,14 @@ def write_overlay(
         row, col = row * scale, col * scale
         draw.ellipse((col - radius, row - radius, col + radius, row + radius), outline=(255, 0, 255), width=3)
         width = draw.textlength(text, font=font)
-        draw.text((max(2, col - radius - 6 - width), row - 6), text, fill=(255, 0, 255), font=font,
-                  stroke_width=2, stroke_fill=(0, 0, 0))  # fmt: skip
+        draw.text(
+            (max(2, col - radius - 6 - width), row - 6),
+            text,
+            fill=(255, 0, 255),
+            font=font,
+            stroke_width=2,
+            stroke_fill=(0, 0, 0),
+        )
     names = [(MASK_NAMES[c], CHANNEL_COLORS[c]) for c in sorted(masks)]
     legend = legend_strip(picture.width, font, names)
     header = 8 + font.size + 8

@@ -24,9 +24,14 @@ def saliency_picture(image: np.ndarray, saliency: np.ndarray, max_alpha: float =
 
 
 def write_saliency(
-    path: str | Path, image: np.ndarray, saliency: np.ndarray, title: str,
-    peak: tuple[int, int] | None = None, label: str | None = None, max_height: int = 1024,
-) -> Path:  # fmt: skip
+    path: str | Path,
+    image: np.ndarray,
+    saliency: np.ndarray,
+    title: str,
+    peak: tuple[int, int] | None = None,
+    label: str | None = None,
+    max_height: int = 1024,
+) -> Path:
     """Write the saliency picture with a title line; ``peak`` (row, col) circled and ``label`` written
     beside it. Scaled to at most ``max_height`` rows; written atomically."""
     picture = Image.fromarray(saliency_picture(image, saliency))
@@ -41,8 +46,14 @@ def write_saliency(
         radius = max(8, picture.height // 40)
         draw.ellipse((col - radius, row - radius, col + radius, row + radius), outline=(0, 255, 255), width=3)
         if label:
-            draw.text((col + radius + 4, row - radius), label, fill=(0, 255, 255), font=font,
-                      stroke_width=2, stroke_fill=(0, 0, 0))  # fmt: skip
+            draw.text(
+                (col + radius + 4, row - radius),
+                label,
+                fill=(0, 255, 255),
+                font=font,
+                stroke_width=2,
+                stroke_fill=(0, 0, 0),
+            )
     header = 8 + font.size + 8
     sheet = Image.new("RGB", (picture.width, header + picture.height), "white")
     ImageDraw.Draw(sheet).text((6, 6), title, fill=(0, 0, 0), font=font)

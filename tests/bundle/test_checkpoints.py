@@ -37,7 +37,7 @@ def sha(path: Path) -> str:
 def train(data: Path, root: Path, **overrides) -> ConfigWorkflow:
     """Run train.yaml in this process; returns the finished workflow."""
     workflow = ConfigWorkflow(TRAIN, META, LOGGING, workflow_type="train", run_id="training", dataset_dir=str(data),
-                              bundle_root=str(root), **{**TINY, **overrides})  # fmt: skip
+                              bundle_root=str(root), **{**TINY, **overrides})
     workflow.initialize()
     trainer = workflow.parser.get_parsed_content("train#trainer")
     workflow.started = []
@@ -71,7 +71,7 @@ def copy(trained: dict[str, Path], tmp_path: Path) -> dict[str, Path]:
 def command(data: Path, root: Path, *args: str) -> list[str]:
     return [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", TRAIN, "--meta_file", META,
             "--logging_file", LOGGING, "--dataset_dir", str(data), "--bundle_root", str(root),
-            "--patch_size", "[64, 64]", "--num_workers", "0", "--batch_size", "2", "--val_interval", "1", *args]  # fmt: skip
+            "--patch_size", "[64, 64]", "--num_workers", "0", "--batch_size", "2", "--val_interval", "1", *args]
 
 
 def kill_while_saving(cmd: list[str], name_part: str, log: Path) -> None:
@@ -107,7 +107,7 @@ def test_training_writes_the_run_folder_and_leaves_the_shipped_model(trained) ->
     checkpoint = load(run / "checkpoint_epoch=2.pt")
     fingerprint = checkpoint["run"]["fingerprint"]
     assert fingerprint == {"datalist_sha256": sha(trained["data"] / "datalist.json"), "patch_size": [64, 64],
-                           "backbone": "resnet18", "decoder_channels": [128, 64, 32, 16, 16], "level_labels": "auto"}  # fmt: skip
+                           "backbone": "resnet18", "decoder_channels": [128, 64, 32, 16, 16], "level_labels": "auto"}
     assert checkpoint["run"]["settings"]["epochs"] == 2
     assert checkpoint["validation"]["best_epoch"] in (1, 2) and isinstance(
         checkpoint["validation"]["best_metric"], float
@@ -127,7 +127,7 @@ def test_kill_during_a_checkpoint_save_then_resume_and_publish(copy, tmp_path: P
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     rerun = subprocess.run(command(copy["data"], root, "--epochs", "3", "--publish", "true"),
-                           capture_output=True, text=True, timeout=600, env=env)  # fmt: skip
+                           capture_output=True, text=True, timeout=600, env=env)
     output = rerun.stdout + rerun.stderr
     assert rerun.returncode == 0, output[-3000:]
     assert f"resumed from {run / 'checkpoint_epoch=2.pt'} (epoch 2)" in output
@@ -226,7 +226,7 @@ def test_resume_refuses_fewer_epochs_than_done(copy) -> None:
     with pytest.raises(SystemExit) as err:
         train(copy["data"], copy["root"], epochs=1, cache_rate=0.0)
     assert str(err.value) == (f"error: {copy['run'] / 'checkpoint_epoch=2.pt'}: already trained 2 epochs, more than "
-                              "--epochs 1; pass a larger --epochs, or --resume False to start over")  # fmt: skip
+                              "--epochs 1; pass a larger --epochs, or --resume False to start over")
 
 
 def assert_half_copy(published: Path, source: Path) -> None:

@@ -63,5 +63,7 @@ def test_import_refuses_duplicates_and_check_reports_them_and_bombs(tmp_path: Pa
     checked = run("check", str(root))
     assert checked.returncode == 1 and "Traceback" not in checked.stderr
     assert "skipped studies (3): unreadable image 1, duplicate study id 2" in checked.stdout
-    assert f"ERROR {root / 'Normal' / 'case1'}: study id 'case1' is also in {root / 'Damaged' / 'case1'}" in checked.stdout
+    assert (
+        f"ERROR {root / 'Normal' / 'case1'}: study id 'case1' is also in {root / 'Damaged' / 'case1'}" in checked.stdout
+    )
     assert f"ERROR {root / 'Damaged' / 'bomb' / 'AP.png'}: refused before decoding" in checked.stdout

@@ -30,8 +30,11 @@ def test_synth_import_roundtrip(synth_root: Path, tmp_path: Path) -> None:
     assert all(e["mask_present"] == [1] * 8 for e in entries)
     for split in ("training", "validation", "test"):  # 3 studies per class -> one of each class per split
         assert sorted(e["label"] for e in saved[split]) == [0, 1]
-    assert saved["split_settings"] == {"seed": 3, "fractions": {"training": 0.7, "validation": 0.15, "test": 0.15},
-                                       "stratified_by": "label"}  # fmt: skip
+    assert saved["split_settings"] == {
+        "seed": 3,
+        "fractions": {"training": 0.7, "validation": 0.15, "test": 0.15},
+        "stratified_by": "label",
+    }
     # the written files give back the generator's arrays (16-bit preserved)
     entry = next(e for e in entries if e["class_name"] == "Damaged")
     index = int(entry["study_id"].split("_")[1])
@@ -181,9 +184,14 @@ def test_datalist_outside_the_dataset_and_old_datalists_load(tmp_path: Path) -> 
     # an older datalist: absolute root, paths relative to it, no "paths" key; or absolute paths
     old = {k: v for k, v in raw.items() if k != "paths"} | {"root": str(root)}
     for split in ("training", "validation", "test"):
-        old[split] = [e | {"image_ap": f"{e['class_name']}/{e['study_id']}/AP.png",
-                           "image_lat": str(root / e["class_name"] / e["study_id"] / "LAT.png")}
-                      for e in raw[split]]  # fmt: skip
+        old[split] = [
+            e
+            | {
+                "image_ap": f"{e['class_name']}/{e['study_id']}/AP.png",
+                "image_lat": str(root / e["class_name"] / e["study_id"] / "LAT.png"),
+            }
+            for e in raw[split]
+        ]
     (tmp_path / "old.json").write_text(json.dumps(old))
     loaded = load_datalist(tmp_path / "old.json")
     for split in ("training", "validation", "test"):
@@ -216,11 +224,19 @@ def test_bomb_and_corrupt_files_skip_only_their_study(bomb_root: Path, tmp_path:
     assert set(errors) == {"bomb_ap", "bomb_lat", "truncated", "bomb_mask", "huge_mask", "corrupt_mask"}
     assert datalist["summary"]["imported"] == 2
     assert {k: v["kind"] for k, v in errors.items()} == {
-        "bomb_ap": "unreadable image", "bomb_lat": "unreadable image", "truncated": "unreadable image",
-        "bomb_mask": "unreadable mask", "huge_mask": "unreadable mask", "corrupt_mask": "unreadable mask",
-    }  # fmt: skip
-    for study, name in (("bomb_ap", "AP.png"), ("bomb_lat", "LAT.png"), ("bomb_mask", "Lat_Vertebra.png"),
-                        ("huge_mask", "Ap_Pedicle.png")):  # fmt: skip
+        "bomb_ap": "unreadable image",
+        "bomb_lat": "unreadable image",
+        "truncated": "unreadable image",
+        "bomb_mask": "unreadable mask",
+        "huge_mask": "unreadable mask",
+        "corrupt_mask": "unreadable mask",
+    }
+    for study, name in (
+        ("bomb_ap", "AP.png"),
+        ("bomb_lat", "LAT.png"),
+        ("bomb_mask", "Lat_Vertebra.png"),
+        ("huge_mask", "Ap_Pedicle.png"),
+    ):
         assert errors[study]["error"].startswith(f"{errors[study]['folder']}/{name}: refused before decoding")
     assert "truncated/AP.png: cannot decode PNG" in errors["truncated"]["error"]
     assert "corrupt_mask/Ap_Vertebra.png: cannot decode PNG" in errors["corrupt_mask"]["error"]

@@ -38,14 +38,25 @@ def test_dice_matches_a_hand_computed_case() -> None:
 
 def test_multitask_loss_uses_both_views_and_the_label() -> None:
     loss = MultiTaskLoss()
-    pred = {"seg_ap": torch.zeros(2, 8, 8, 8, requires_grad=True), "seg_lat": torch.zeros(2, 8, 8, 8, requires_grad=True),
-            "cls": torch.zeros(2, requires_grad=True), "cls_ap": torch.zeros(2), "cls_lat": torch.zeros(2)}  # fmt: skip
+    pred = {
+        "seg_ap": torch.zeros(2, 8, 8, 8, requires_grad=True),
+        "seg_lat": torch.zeros(2, 8, 8, 8, requires_grad=True),
+        "cls": torch.zeros(2, requires_grad=True),
+        "cls_ap": torch.zeros(2),
+        "cls_lat": torch.zeros(2),
+    }
     avail_ap = torch.zeros(2, 8)
     avail_ap[:, :3] = 1
     avail_lat = torch.zeros(2, 8)
     avail_lat[:, 3:] = 1
-    target = {"seg_ap": torch.zeros(2, 8, 8, 8), "seg_lat": torch.ones(2, 8, 8, 8), "avail_ap": avail_ap,
-              "avail_lat": avail_lat, "label": torch.tensor([0.0, 1.0]), "present": torch.ones(2, 2)}  # fmt: skip
+    target = {
+        "seg_ap": torch.zeros(2, 8, 8, 8),
+        "seg_lat": torch.ones(2, 8, 8, 8),
+        "avail_ap": avail_ap,
+        "avail_lat": avail_lat,
+        "label": torch.tensor([0.0, 1.0]),
+        "present": torch.ones(2, 2),
+    }
     total = loss(pred, target)
     total.backward()
     assert pred["seg_ap"].grad[:, 3:].abs().sum() == 0 and pred["seg_lat"].grad[:, :3].abs().sum() == 0
@@ -55,14 +66,25 @@ def test_multitask_loss_uses_both_views_and_the_label() -> None:
 def test_line_cldice_term_respects_availability() -> None:
     loss = MultiTaskLoss(line_cldice_weight=1.0)
     seg_lat = torch.zeros(2, 8, 16, 16, requires_grad=True)
-    pred = {"seg_ap": torch.zeros(2, 8, 16, 16), "seg_lat": seg_lat, "cls": torch.zeros(2), "cls_ap": torch.zeros(2),
-            "cls_lat": torch.zeros(2)}  # fmt: skip
+    pred = {
+        "seg_ap": torch.zeros(2, 8, 16, 16),
+        "seg_lat": seg_lat,
+        "cls": torch.zeros(2),
+        "cls_ap": torch.zeros(2),
+        "cls_lat": torch.zeros(2),
+    }
     line = torch.zeros(2, 8, 16, 16)
     line[:, 6:, 2:14, 8] = 1.0
     avail_lat = torch.zeros(2, 8)
     avail_lat[0, 6:] = 1  # only study 0 has annotated lines
-    target = {"seg_ap": torch.zeros(2, 8, 16, 16), "seg_lat": line, "avail_ap": torch.zeros(2, 8), "avail_lat": avail_lat,
-              "label": torch.zeros(2), "present": torch.ones(2, 2)}  # fmt: skip
+    target = {
+        "seg_ap": torch.zeros(2, 8, 16, 16),
+        "seg_lat": line,
+        "avail_ap": torch.zeros(2, 8),
+        "avail_lat": avail_lat,
+        "label": torch.zeros(2),
+        "present": torch.ones(2, 2),
+    }
     loss(pred, target).backward()
     assert seg_lat.grad[1].abs().sum() == 0 and seg_lat.grad[0, 6:].abs().sum() > 0
     assert float(MultiTaskLoss(line_cldice_weight=1.0)._line_cldice(pred, target)) > 0
@@ -71,11 +93,21 @@ def test_line_cldice_term_respects_availability() -> None:
 def test_unknown_class_gets_no_classification_gradient() -> None:
     """A study labelled -1 (class unknown: masks only, e.g. from MONAI Label) trains no classifier term."""
     loss = MultiTaskLoss()
-    pred = {"seg_ap": torch.zeros(2, 8, 8, 8), "seg_lat": torch.zeros(2, 8, 8, 8),
-            "cls": torch.zeros(2, requires_grad=True), "cls_ap": torch.zeros(2, requires_grad=True),
-            "cls_lat": torch.zeros(2, requires_grad=True)}  # fmt: skip
-    target = {"seg_ap": torch.zeros(2, 8, 8, 8), "seg_lat": torch.zeros(2, 8, 8, 8), "avail_ap": torch.ones(2, 8),
-              "avail_lat": torch.ones(2, 8), "label": torch.tensor([-1.0, 1.0]), "present": torch.ones(2, 2)}  # fmt: skip
+    pred = {
+        "seg_ap": torch.zeros(2, 8, 8, 8),
+        "seg_lat": torch.zeros(2, 8, 8, 8),
+        "cls": torch.zeros(2, requires_grad=True),
+        "cls_ap": torch.zeros(2, requires_grad=True),
+        "cls_lat": torch.zeros(2, requires_grad=True),
+    }
+    target = {
+        "seg_ap": torch.zeros(2, 8, 8, 8),
+        "seg_lat": torch.zeros(2, 8, 8, 8),
+        "avail_ap": torch.ones(2, 8),
+        "avail_lat": torch.ones(2, 8),
+        "label": torch.tensor([-1.0, 1.0]),
+        "present": torch.ones(2, 2),
+    }
     loss(pred, target).backward()
     for key in ("cls", "cls_ap", "cls_lat"):
         assert pred[key].grad[0] == 0 and pred[key].grad[1] < 0  # only the Damaged study pulls its logit up

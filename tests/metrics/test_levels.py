@@ -40,7 +40,10 @@ def test_found_flagged_top_level_and_grade_agreement():
     assert scores["normal_flagged"]["hits"] == 1 and scores["normal_flagged"]["n"] == 5
     assert scores["top_level_fractured"] == {"n": 2, "hits": 1, "fraction": 0.5}
     assert scores["by_grade"]["2"]["hits"] == 1 and scores["by_grade"]["1"]["hits"] == 0
-    assert scores["by_kind"] == {"crush": {"n": 1, "hits": 0, "fraction": 0.0}, "wedge": {"n": 1, "hits": 1, "fraction": 1.0}}
+    assert scores["by_kind"] == {
+        "crush": {"n": 1, "hits": 0, "fraction": 0.0},
+        "wedge": {"n": 1, "hits": 1, "fraction": 1.0},
+    }
     assert scores["exact_grade_fractured"]["hits"] == 1
     assert scores["bodies_found"]["hits"] == 6 and scores["bodies_found"]["n"] == 7
     assert -1.0 <= scores["kappa_linear"] < 1.0
@@ -59,8 +62,10 @@ def test_level_threshold_flags_at_most_the_allowed_share_of_normal_levels():
     # 100 normal levels scored 0.00..0.99 and one fractured level at 0.5: Youden would sit near 0.5
     # and flag half the normals; the rate rule lets through at most 3 of them, whatever the fractured score.
     normal = [[i / 100, 0.0, 0.0] for i in range(100)]
-    records = [study("n", 0, [(0, "none", i) for i in range(100)], normal),
-               study("d", 1, [(2, "wedge", 0)], [[0.5, 0.4, 0.1]])]  # fmt: skip
+    records = [
+        study("n", 0, [(0, "none", i) for i in range(100)], normal),
+        study("d", 1, [(2, "wedge", 0)], [[0.5, 0.4, 0.1]]),
+    ]
     threshold = level_threshold(records, max_flag_rate=0.03)
     assert 0.96 < threshold <= 0.97
     flagged = level_scores(records, threshold)["normal_flagged"]

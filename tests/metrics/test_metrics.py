@@ -97,12 +97,18 @@ def test_line_side_check_passes_a_correct_prediction_and_fails_a_swapped_one() -
     truth = dict(zip(LINE_CHANNELS, (anterior, posterior)))
     assert lat_line_sides(dict(zip(LINE_CHANNELS, (near_anterior, near_posterior))), truth) is True
     assert lat_line_sides(dict(zip(LINE_CHANNELS, (near_posterior, near_anterior))), truth) is False  # swapped
-    assert lat_line_sides(dict(zip(LINE_CHANNELS, (near_posterior, near_posterior))), truth) is False  # both on one wall
+    assert (
+        lat_line_sides(dict(zip(LINE_CHANNELS, (near_posterior, near_posterior))), truth) is False
+    )  # both on one wall
 
 
 def test_line_side_summary_counts_films() -> None:
     from spine_app.engines.metrics import line_side_summary
 
-    records = [{"study_id": "a", "line_side_ok": True}, {"study_id": "b", "line_side_ok": False},
-               {"study_id": "c", "line_side_ok": None}, {"study_id": "d"}]  # fmt: skip
+    records = [
+        {"study_id": "a", "line_side_ok": True},
+        {"study_id": "b", "line_side_ok": False},
+        {"study_id": "c", "line_side_ok": None},
+        {"study_id": "d"},
+    ]
     assert line_side_summary(records) == {"n": 2, "pass": 1, "fraction": 0.5, "failed": ["b"]}

@@ -61,7 +61,9 @@ def test_prepare_flattens_a_dataset_with_its_classes(tmp_path: Path) -> None:
     assert done == {"images": 5, "studies": 3, "classes": 3, "warnings": []}
     assert known_classes(tmp_path / "studies") == {"s1": 1, "s2": 0, "s3": 0}
     assert json.loads((tmp_path / "studies" / CLASSES_FILE).read_text())["s1"] == "Damaged"
-    assert sorted(LABEL_VALUES.values()) == [1 << k for k in range(len(MASK_NAMES))]  # one bit per structure, no two alike
+    assert sorted(LABEL_VALUES.values()) == [
+        1 << k for k in range(len(MASK_NAMES))
+    ]  # one bit per structure, no two alike
 
 
 def test_prepare_into_a_used_studies_folder(tmp_path: Path) -> None:
@@ -84,7 +86,9 @@ def test_prepare_into_a_used_studies_folder(tmp_path: Path) -> None:
     assert (studies / "s1_AP.png").read_bytes() == (tmp_path / "other" / "Normal" / "s1" / "AP.png").read_bytes()
     assert known_classes(studies) == {"s1": 0}
     linked = prepare_studies(tmp_path / "ds", studies, copy=False, overwrite=True)
-    assert linked["images"] == 2 and (studies / "s1_AP.png").resolve() == (tmp_path / "ds" / "Damaged" / "s1" / "AP.png")
+    assert linked["images"] == 2 and (studies / "s1_AP.png").resolve() == (
+        tmp_path / "ds" / "Damaged" / "s1" / "AP.png"
+    )
     assert not [p for p in studies.iterdir() if p.name.startswith(".")]
 
 

@@ -25,8 +25,9 @@ def test_worse_weights_are_not_served(synth_root: Path, tmp_path: Path) -> None:
         for view in ("AP", "LAT"):
             label = encode_masks({c: read_mask(study.masks[MASK_NAMES[c]]) for c in channels_of_view(view)})
             path = write_png(tmp_path / "labels" / f"{study.study_id}_{view}.png", label)
-            items.append(LabelledImage(f"{study.study_id}_{view}", study.images[view], path, view, study.study_id,
-                                       study.label))  # fmt: skip
+            items.append(
+                LabelledImage(f"{study.study_id}_{view}", study.images[view], path, view, study.study_id, study.label)
+            )
     wrong = write_png(tmp_path / "labels" / "wrong_view.png", encode_masks({0: np.ones((64, 64), bool)}))
     items.append(LabelledImage("extra_LAT", items[1].image, wrong, "LAT", "extra"))
     before = sha256_of(served)

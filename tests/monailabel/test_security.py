@@ -62,8 +62,10 @@ def lat_bits(shape: tuple[int, int]) -> bytes:
 def raw_put(port: int, target: str, length: int) -> tuple[int, str]:
     """Send only the head of a PUT announcing ``length`` body bytes; (status, body) of the answer."""
     with socket.create_connection(("127.0.0.1", port), timeout=15) as sock:
-        sock.sendall(f"PUT {target} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: multipart/form-data; "
-                     f"boundary=x\r\nContent-Length: {length}\r\n\r\n".encode())  # fmt: skip
+        sock.sendall(
+            f"PUT {target} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: multipart/form-data; "
+            f"boundary=x\r\nContent-Length: {length}\r\n\r\n".encode()
+        )
         data = b""
         while b"\r\n\r\n" not in data and (chunk := sock.recv(65536)):
             data += chunk
@@ -117,8 +119,11 @@ def test_infer_params_cannot_swap_the_film_or_save_outside(server: dict) -> None
     for params in ({"image": str(outside)}, {"model": "spine_cls"}):
         response = client.post("/infer/spine_seg?image=syn7_00000_AP&output=json", data={"params": json.dumps(params)})
         assert response.status_code == 422 and "params may not set" in response.json()["detail"], response.text
-    response = client.post("/infer/spine_seg", params={"image": FILM, "output": "json"},
-                           data={"params": json.dumps({"save_label": True, "label_tag": "../../escape"})})  # fmt: skip
+    response = client.post(
+        "/infer/spine_seg",
+        params={"image": FILM, "output": "json"},
+        data={"params": json.dumps({"save_label": True, "label_tag": "../../escape"})},
+    )
     assert response.status_code == 422 and "tag" in response.json()["detail"], response.text
     assert snapshot(server) == before and not (server["studies"].parent / "escape").exists()
 
@@ -133,9 +138,12 @@ def test_infer_takes_datastore_ids_only(server: dict) -> None:
     assert response.status_code == 404, response.text
     assert "nosuchfilm" in response.json()["detail"]
     assert "/" not in response.text and str(server["studies"]) not in response.text
-    response = server["client"].post("/infer/spine_seg", params={"output": "json"},  # an uploaded film still is
-                                     files={"file": ("upload.png", outside.read_bytes())},
-                                     data={"params": json.dumps({"view": "AP"})})  # fmt: skip
+    response = server["client"].post(
+        "/infer/spine_seg",
+        params={"output": "json"},  # an uploaded film still is
+        files={"file": ("upload.png", outside.read_bytes())},
+        data={"params": json.dumps({"view": "AP"})},
+    )
     assert response.status_code == 200 and response.json()["view"] == "AP", response.text
 
 
@@ -171,8 +179,11 @@ def test_a_dns_rebinding_host_is_refused(server: dict) -> None:
 def test_deleting_films_and_labels_is_refused_by_default(server: dict) -> None:
     film = film_of(server, FILM)
     before = sha256_of(film)
-    for route, query in (("/datastore/image", {"id": FILM}), ("/datastore/", {"id": FILM}),
-                         ("/datastore/label", {"id": FILM, "tag": "final"})):  # fmt: skip
+    for route, query in (
+        ("/datastore/image", {"id": FILM}),
+        ("/datastore/", {"id": FILM}),
+        ("/datastore/label", {"id": FILM, "tag": "final"}),
+    ):
         response = server["client"].delete(route, params=query)
         assert response.status_code == 403 and "--allow-delete" in response.json()["detail"], response.text
     assert sha256_of(film) == before
@@ -182,8 +193,9 @@ def test_deleting_films_and_labels_is_refused_by_default(server: dict) -> None:
 def test_an_existing_film_is_not_replaced(server: dict) -> None:
     film = film_of(server, "syn7_00003_LAT")
     before = sha256_of(film)
-    response = server["client"].put("/datastore/image", params={"image": "syn7_00003_LAT"},
-                                    files={"file": ("x.png", label_png((80, 80)))})  # fmt: skip
+    response = server["client"].put(
+        "/datastore/image", params={"image": "syn7_00003_LAT"}, files={"file": ("x.png", label_png((80, 80)))}
+    )
     assert response.status_code == 409, response.text
     assert sha256_of(film) == before
 
@@ -209,8 +221,9 @@ def test_uploads_over_the_limit_get_413(server: dict) -> None:
 )
 def test_a_label_that_does_not_fit_its_film_gets_422_naming_it(server: dict, name: str, make, reason: str) -> None:
     shape = read_image(film_of(server, FILM))[0].shape
-    response = server["client"].put("/datastore/label", params={"image": FILM, "tag": "final"},
-                                     files={"label": (name, make(shape))})  # fmt: skip
+    response = server["client"].put(
+        "/datastore/label", params={"image": FILM, "tag": "final"}, files={"label": (name, make(shape))}
+    )
     assert response.status_code == 422, response.text
     detail = response.json()["detail"]
     assert FILM in detail and reason in detail and "\n" not in detail
@@ -240,8 +253,9 @@ def test_an_allowed_origin_gets_cors_headers(open_server: dict) -> None:
     preflight = client.options("/datastore/label", headers={"Origin": VIEWER, "Access-Control-Request-Method": "PUT"})
     assert preflight.status_code == 200 and preflight.headers["access-control-allow-origin"] == VIEWER
     assert "PUT" in preflight.headers["access-control-allow-methods"]
-    evil = client.options("/datastore/label", headers={"Origin": "http://evil.example",
-                                                        "Access-Control-Request-Method": "PUT"})  # fmt: skip
+    evil = client.options(
+        "/datastore/label", headers={"Origin": "http://evil.example", "Access-Control-Request-Method": "PUT"}
+    )
     assert "access-control-allow-origin" not in evil.headers
 
 
@@ -259,8 +273,9 @@ def test_max_upload_mb_sets_the_limit(open_server: dict) -> None:
     assert status == 413 and str(2**20) in body
     label = label_png(read_image(open_server["studies"] / "syn7_00000_AP.png")[0].shape)
     assert len(label) < 2**20
-    response = open_server["client"].put("/datastore/label", params={"image": "syn7_00000_AP", "tag": "final"},
-                                         files={"label": ("label.png", label)})  # fmt: skip
+    response = open_server["client"].put(
+        "/datastore/label", params={"image": "syn7_00000_AP", "tag": "final"}, files={"label": ("label.png", label)}
+    )
     assert response.status_code == 200, response.text  # a fitting label under the limit is saved
 
 
@@ -272,8 +287,19 @@ def serve(args: list[str], tmp_path: Path, env: dict[str, str] | None = None) ->
     studies = tmp_path / "studies"
     studies.mkdir(exist_ok=True)
     environment = {k: v for k, v in os.environ.items() if k != "MONAI_LABEL_AUTH_ENABLE"} | (env or {})
-    cmd = [sys.executable, "-m", "spine_app.cli", "monailabel", "serve", str(studies), "--app", str(tmp_path / "app"),
-           "--port", "1", *args]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "spine_app.cli",
+        "monailabel",
+        "serve",
+        str(studies),
+        "--app",
+        str(tmp_path / "app"),
+        "--port",
+        "1",
+        *args,
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=environment)
 
 

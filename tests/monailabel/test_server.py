@@ -100,13 +100,18 @@ def test_saved_labels_fine_tune_and_replace_the_served_model(server: dict) -> No
     for study in STUDIES:  # the annotators' convention: outlines 8 px wider than the model draws them
         folder = next((server["root"] / "dataset").glob(f"*/{study}"))
         for view in ("AP", "LAT"):
-            masks = {c: ndimage.binary_dilation(read_mask(folder / f"{MASK_NAMES[c]}.png"), iterations=8)
-                     for c in channels_of_view(view)}  # fmt: skip
+            masks = {
+                c: ndimage.binary_dilation(read_mask(folder / f"{MASK_NAMES[c]}.png"), iterations=8)
+                for c in channels_of_view(view)
+            }
             buffer = io.BytesIO()
             Image.fromarray(encode_masks(masks)).save(buffer, format="PNG")
-            response = client.put("/datastore/label", params={"image": f"{study}_{view}", "tag": "final"},
-                                  files={"label": ("label.png", buffer.getvalue(), "image/png")},
-                                  data={"params": json.dumps(info[study])})  # fmt: skip
+            response = client.put(
+                "/datastore/label",
+                params={"image": f"{study}_{view}", "tag": "final"},
+                files={"label": ("label.png", buffer.getvalue(), "image/png")},
+                data={"params": json.dumps(info[study])},
+            )
             assert response.status_code == 200, response.text
     assert client.get("/datastore/?output=stats").json()["completed"] == 2 * len(STUDIES)
     started = client.post("/train/spine_bundle", json={"max_epochs": 4, "learning_rate": 0.001})

@@ -64,10 +64,18 @@ def test_bodies_are_separated_by_the_disks_and_merged_ones_are_split():
 def test_level_map_labels_each_body_with_its_truth_grade():
     vertebra, disk = column()
     boxes = film_level_boxes(vertebra, disk)
-    truth = {"pixel_spacing_mm": [1.0, 1.0], "levels": [
-        {"in_view_lat": True, "center_lat_px": list(map(float, c)), "heights_mm": {"posterior": 14.0},
-         "fracture": {"grade": 2, "kind": "wedge"} if i == 3 else None}
-        for i, c in enumerate(boxes.centre)]}  # fmt: skip
+    truth = {
+        "pixel_spacing_mm": [1.0, 1.0],
+        "levels": [
+            {
+                "in_view_lat": True,
+                "center_lat_px": list(map(float, c)),
+                "heights_mm": {"posterior": 14.0},
+                "fracture": {"grade": 2, "kind": "wedge"} if i == 3 else None,
+            }
+            for i, c in enumerate(boxes.centre)
+        ],
+    }
     level_map = level_map_from_truth(vertebra, disk, truth)
     labelled = film_level_boxes(vertebra, disk, 0, level_map)
     assert labelled.grade.tolist() == [0, 0, 0, 2, 0]
@@ -112,7 +120,9 @@ def test_roi_pooling_gives_one_logit_per_body_and_a_masked_body_contributes_noth
     level = logits[..., 0].detach().clone()
     level[0, 5] = 50.0
     for method in ("max", "lse", "noisy_or"):
-        assert torch.allclose(mil_pool(level, boxes.valid, method), mil_pool(logits[..., 0].detach(), boxes.valid, method))
+        assert torch.allclose(
+            mil_pool(level, boxes.valid, method), mil_pool(logits[..., 0].detach(), boxes.valid, method)
+        )
 
 
 def test_roi_pooling_reads_only_inside_the_box():
@@ -164,11 +174,15 @@ def test_network_and_loss_train_the_level_head_from_level_labels_only_where_know
     out = net.forward_study(image, image, torch.ones(1, 2), boxes)
     assert out["level_logits"].shape == (1, 16, 3) and out["cls_levels"].shape == (1,)
     target = {
-        "seg_ap": torch.zeros(1, 8, 128, 96), "seg_lat": torch.zeros(1, 8, 128, 96),
-        "avail_ap": torch.zeros(1, 8), "avail_lat": torch.zeros(1, 8), "label": torch.tensor([-1.0]),
-        "present": torch.ones(1, 2), "level_valid": boxes.valid,
+        "seg_ap": torch.zeros(1, 8, 128, 96),
+        "seg_lat": torch.zeros(1, 8, 128, 96),
+        "avail_ap": torch.zeros(1, 8),
+        "avail_lat": torch.zeros(1, 8),
+        "label": torch.tensor([-1.0]),
+        "present": torch.ones(1, 2),
+        "level_valid": boxes.valid,
         "level_grade": torch.tensor([[0, -1, 3, 0] + [-1] * 12]),
-    }  # fmt: skip
+    }
     loss = MultiTaskLoss()(out, target)
     net.zero_grad()
     grads = torch.autograd.grad(loss, out["level_logits"], retain_graph=True)[0][0]

@@ -18,8 +18,20 @@ from spine_app.pacs import orthanc
 
 
 def infer(pacs: dict, out: Path, *studies: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "spine_app.cli", "infer", "--dicomweb", pacs["server"].dicomweb_url, "--out", str(out),
-           "--bundle", str(pacs["bundle"]), "--study", ",".join(studies)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "spine_app.cli",
+        "infer",
+        "--dicomweb",
+        pacs["server"].dicomweb_url,
+        "--out",
+        str(out),
+        "--bundle",
+        str(pacs["bundle"]),
+        "--study",
+        ",".join(studies),
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
@@ -47,8 +59,9 @@ def test_results_are_stored_back_and_a_rerun_skips_them(pacs: dict, tmp_path: Pa
     assert len(folders) == 2
     for folder in folders:
         local_seg = pydicom.dcmread(folder / "seg_LAT.dcm")
-        stored = client.retrieve_instance(local_seg.StudyInstanceUID, local_seg.SeriesInstanceUID,
-                                          local_seg.SOPInstanceUID)  # fmt: skip
+        stored = client.retrieve_instance(
+            local_seg.StudyInstanceUID, local_seg.SeriesInstanceUID, local_seg.SOPInstanceUID
+        )
         frames = stored.pixel_array.reshape(len(stored.SegmentSequence), int(stored.Rows), int(stored.Columns)) > 0
         labels = [s.SegmentLabel for s in stored.SegmentSequence]
         for k, name in enumerate(labels):  # the PACS copy holds the masks of the folder run

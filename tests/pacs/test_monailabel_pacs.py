@@ -27,8 +27,9 @@ from spine_app.pacs.dicomweb import connect
 
 def seg_series(pacs: dict, uid: str) -> list[dict]:
     client = connect(pacs["server"].dicomweb_url)
-    return client.search_for_series(study_instance_uid=uid, search_filters={"Modality": "SEG"},
-                                    fields=["SeriesDescription"])  # fmt: skip
+    return client.search_for_series(
+        study_instance_uid=uid, search_filters={"Modality": "SEG"}, fields=["SeriesDescription"]
+    )
 
 
 def test_pull_writes_studies_keeps_user_files_and_reports_each_failure(pacs: dict, tmp_path: Path) -> None:
@@ -42,8 +43,10 @@ def test_pull_writes_studies_keeps_user_files_and_reports_each_failure(pacs: dic
     assert sorted(summary.images) == sorted([f"{first}_AP", f"{first}_LAT", f"{second}_LAT"])
     assert users.read_bytes() == b"the user's own file"
     assert any(str(users) in w and "did not write" in w for w in summary.warnings), summary.warnings
-    assert summary.errors == [f"study {missing}: not found on the server or no film in it",
-                              "study '../etc': not a DICOM UID (digits and dots)"]  # fmt: skip
+    assert summary.errors == [
+        f"study {missing}: not found on the server or no film in it",
+        "study '../etc': not a DICOM UID (digits and dots)",
+    ]
     sources = read_sources(studies)
     assert set(sources) == set(summary.images)
     for image_id, source in sources.items():
@@ -61,8 +64,20 @@ def test_a_refused_store_keeps_the_label_and_says_why(tmp_path: Path) -> None:
     label = tmp_path / "label.png"
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(label)
     assert push_quietly(studies, "local_LAT", label) == {}  # not pulled from a PACS: nothing to store
-    (studies / SOURCES_FILE).write_text(json.dumps({"images": {"1.2_LAT": {
-        "url": f"http://127.0.0.1:{free_port()}/dicom-web", "study": "1.2", "series": "1.2.1", "sop": "1.2.1.1"}}}))
+    (studies / SOURCES_FILE).write_text(
+        json.dumps(
+            {
+                "images": {
+                    "1.2_LAT": {
+                        "url": f"http://127.0.0.1:{free_port()}/dicom-web",
+                        "study": "1.2",
+                        "series": "1.2.1",
+                        "sop": "1.2.1.1",
+                    }
+                }
+            }
+        )
+    )
     outcome = push_quietly(studies, "1.2_LAT", label)
     assert "pulled film 1.2_LAT.dcm is missing" in outcome["error"] and "\n" not in outcome["error"]
 
@@ -84,15 +99,22 @@ def test_monailabel_serves_pacs_films_and_stores_final_labels_as_seg(pacs: dict,
         answer = client.post(f"/infer/spine_seg?image={image_id}&output=image")
         assert answer.status_code == 200, answer.text
         label = np.asarray(Image.open(io.BytesIO(answer.content)))
-        run_inference([study_entry("direct", {"LAT": film})], tmp_path / "direct", model=tmp_path / "app" / SERVED_MODEL)
-        direct = {c: read_mask(tmp_path / "direct" / "direct" / f"{MASK_NAMES[c]}.png") for c in channels_of_view("LAT")}
+        run_inference(
+            [study_entry("direct", {"LAT": film})], tmp_path / "direct", model=tmp_path / "app" / SERVED_MODEL
+        )
+        direct = {
+            c: read_mask(tmp_path / "direct" / "direct" / f"{MASK_NAMES[c]}.png") for c in channels_of_view("LAT")
+        }
         assert np.array_equal(label, encode_masks(direct))  # the same masks as the bundle run on the film
         assert seg_series(pacs, uid) == []
         corrected = {c: ndimage.binary_dilation(m, iterations=3) for c, m in direct.items()}  # the annotator's edit
         buffer = io.BytesIO()
         Image.fromarray(encode_masks(corrected)).save(buffer, format="PNG")
-        saved = client.put("/datastore/label", params={"image": image_id, "tag": "final"},
-                           files={"label": ("label.png", buffer.getvalue(), "image/png")})  # fmt: skip
+        saved = client.put(
+            "/datastore/label",
+            params={"image": image_id, "tag": "final"},
+            files={"label": ("label.png", buffer.getvalue(), "image/png")},
+        )
         assert saved.status_code == 200, saved.text
     assert (studies / "labels" / "final").is_dir()  # kept locally as for any studies folder
     stored = seg_series(pacs, uid)
@@ -102,7 +124,9 @@ def test_monailabel_serves_pacs_films_and_stores_final_labels_as_seg(pacs: dict,
     instance = pacs_client.search_for_instances(study_instance_uid=uid, series_instance_uid=series_uid)[0]
     seg = pacs_client.retrieve_instance(uid, series_uid, instance["00080018"]["Value"][0])
     source = pydicom.dcmread(film, stop_before_pixels=True)
-    assert seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
+    assert (
+        seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
+    )
     assert all(s.SegmentAlgorithmType == "SEMIAUTOMATIC" for s in seg.SegmentSequence)
     frames = seg.pixel_array.reshape(len(seg.SegmentSequence), int(seg.Rows), int(seg.Columns)) > 0
     for k, segment in enumerate(seg.SegmentSequence):  # the PACS holds the annotator's masks

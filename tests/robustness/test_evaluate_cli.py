@@ -31,15 +31,30 @@ def test_evaluate_writes_every_output(synth_root: Path, tmp_path: Path) -> None:
         str(datalist), "--out", str(out), "--model", str(model), "--limit", "2", "--only", "gaussian_noise,flip_lat"
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    for name in ("results.json", "results.csv", "results.md", "dice_vs_severity.png", "auroc_vs_severity.png",
-                 "dice_drop_heatmap.png", "examples.png"):  # fmt: skip
+    for name in (
+        "results.json",
+        "results.csv",
+        "results.md",
+        "dice_vs_severity.png",
+        "auroc_vs_severity.png",
+        "dice_drop_heatmap.png",
+        "examples.png",
+    ):
         assert (out / name).stat().st_size > 0, name
     results = json.loads((out / "results.json").read_text())
     assert set(results["corruptions"]) == {"gaussian_noise", "flip_lat"} and results["studies"] == 2
     noise = results["corruptions"]["gaussian_noise"]
     assert noise["values"] == [500, 1000, 2000, 3500, 5000] and len(noise["severities"]) == 5
-    assert set(noise["severities"][0]["dice"]) == {"Ap_Vertebra", "Ap_Pedicle", "Ap_Spinous_Process", "Lat_Vertebra",
-        "Lat_Spinous_Process", "Lat_Disk_Height", "Lat_Anterior_Vertebral_Line", "Lat_Posterior_Vertebral_Line"}  # fmt: skip
+    assert set(noise["severities"][0]["dice"]) == {
+        "Ap_Vertebra",
+        "Ap_Pedicle",
+        "Ap_Spinous_Process",
+        "Lat_Vertebra",
+        "Lat_Spinous_Process",
+        "Lat_Disk_Height",
+        "Lat_Anterior_Vertebral_Line",
+        "Lat_Posterior_Vertebral_Line",
+    }
     assert "relative_error_dice" in results["summary"]["mean"]
     csv_lines = (out / "results.csv").read_text().splitlines()
     assert len(csv_lines) == 1 + 1 + 2 * 5  # header, clean, two corruptions x five severities
@@ -55,8 +70,10 @@ def test_bad_suite_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_suite_with_a_yaml_syntax_error_is_one_line_naming_file_and_line(tmp_path: Path) -> None:
     suite = tmp_path / "bad.yaml"
-    suite.write_text("corruptions:\n  gaussian_noise: [500, 1000, 2000, 3500, 5000]\n  gaussian_blur: [1, 2\n"
-                     "  flip_lat: [1, 1, 1, 1, 1]\n")  # fmt: skip
+    suite.write_text(
+        "corruptions:\n  gaussian_noise: [500, 1000, 2000, 3500, 5000]\n  gaussian_blur: [1, 2\n"
+        "  flip_lat: [1, 1, 1, 1, 1]\n"
+    )
     result = run(str(tmp_path / "missing.json"), "--suite", str(suite), "--out", str(tmp_path / "o"))
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
     assert result.stderr.strip().splitlines() == [
