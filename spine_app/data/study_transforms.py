@@ -9,7 +9,7 @@ and fits it into a fixed canvas (aspect kept, area-downsampled, centred, zero-pa
   fractions after downsampling, except the thin lines, which keep every touched pixel (value 1)
 - ``avail_ap``, ``avail_lat``: (8,) 1 where the channel is annotated on that view
 - ``present``: (2,) views present (AP, LAT); ``label``: () float (-1 when unlabelled)
-- ``geom_ap``, ``geom_lat``: (7,) original rows, cols, scale, pad top, pad left, spacing row/col mm
+- ``geom_ap``, ``geom_lat``: (7,) :class:`FilmGeometry` of each film (original size, resize, padding, spacing)
   (spacing 0 when unknown), to map predictions back to the original image
 - ``study_id``: str; ``path_ap``, ``path_lat``: the image files ("" when absent)
 - ``error``: "" or, with ``on_error="record"``, the one-line reason the study could not be read
@@ -24,6 +24,7 @@ and fits it into a fixed canvas (aspect kept, area-downsampled, centred, zero-pa
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -52,6 +53,51 @@ def fit_geometry(shape: tuple[int, int], canvas: Sequence[int]) -> tuple[float, 
     scale = min(canvas[0] / shape[0], canvas[1] / shape[1])
     rows, cols = max(1, round(shape[0] * scale)), max(1, round(shape[1] * scale))
     return scale, rows, cols, (canvas[0] - rows) // 2, (canvas[1] - cols) // 2
+
+
+@dataclass(frozen=True)
+class FilmGeometry:
+    """How a film was placed on the working canvas: its original ``rows`` x ``cols``, the resize
+    ``scale``, the padding ``top`` / ``left`` (canvas pixels) and its pixel spacing in mm (0, 0 when
+    unknown). It travels in a batch as the (7,) float tensor ``geom_<view>`` (a tensor collates and
+    moves to the device; :meth:`to_tensor` / :meth:`from_tensor` are the only places that know the
+    order)."""
+
+    rows: int
+    cols: int
+    scale: float
+    top: float
+    left: float
+    spacing_mm: tuple[float, float] = (0.0, 0.0)
+
+    FIELDS = 7
+
+    @classmethod
+    def from_tensor(cls, geom: torch.Tensor) -> FilmGeometry:
+        """From a ``geom_<view>`` vector (one study's; all zeros for a missing view)."""
+        v = [float(x) for x in geom.flatten()[: cls.FIELDS]]
+        return cls(int(v[0]), int(v[1]), v[2], v[3], v[4], (v[5], v[6]))
+
+    def to_tensor(self) -> torch.Tensor:
+        return torch.tensor(
+            [self.rows, self.cols, self.scale, self.top, self.left, *self.spacing_mm], dtype=torch.float32
+        )
+
+    @property
+    def spacing(self) -> tuple[float, float] | None:
+        """Pixel spacing (mm) of the original film, or None when unknown."""
+        return self.spacing_mm if self.spacing_mm[0] > 0 else None
+
+    @property
+    def working_spacing(self) -> tuple[float, float] | None:
+        """Pixel spacing (mm) at the working resolution, or None when unknown."""
+        if self.spacing is None or self.scale <= 0:
+            return None
+        return (self.spacing_mm[0] / self.scale, self.spacing_mm[1] / self.scale)
+
+    def to_film(self, row: float, col: float) -> tuple[float, float]:
+        """A canvas position (row, col) on the original film."""
+        return ((row - self.top) / self.scale, (col - self.left) / self.scale)
 
 
 def fit_to_canvas(stack: np.ndarray, canvas: Sequence[int]) -> torch.Tensor:
@@ -161,7 +207,7 @@ class LoadStudyd(MapTransform):
             avail = torch.zeros(len(MASK_NAMES))
             if path is None:
                 out[key] = torch.zeros((1, *self.canvas))
-                out[f"geom_{key}"] = torch.zeros(7)
+                out[f"geom_{key}"] = torch.zeros(FilmGeometry.FIELDS)
                 present.append(0.0)
             else:
                 image, meta = self.read_image(path)
@@ -186,7 +232,7 @@ class LoadStudyd(MapTransform):
                 )
                 scale, _, _, top, left = fit_geometry(image.shape, self.canvas)
                 spacing = (data.get(f"meta_{key}") or {}).get("spacing") or meta.spacing or (0.0, 0.0)
-                out[f"geom_{key}"] = torch.tensor([*image.shape, scale, top, left, *spacing], dtype=torch.float32)
+                out[f"geom_{key}"] = FilmGeometry(*image.shape, scale, top, left, tuple(spacing)).to_tensor()
                 if view == "LAT" and self.level_labels is not None and data["masks"][channels[0]]:
                     level_map = film_level_map(
                         masks, data.get("truth"), spacing if spacing[0] else None, self.level_labels

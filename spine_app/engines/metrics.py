@@ -20,6 +20,7 @@ from ignite.metrics import Metric
 
 from spine_app.channels import CHANNEL_VIEW, LINE_CHANNELS, MASK_NAMES, channels_of_view
 from spine_app.data.levels import FRACTURE_KINDS, film_level_boxes
+from spine_app.data.study_transforms import FilmGeometry
 from spine_app.metrics.classification import auroc
 from spine_app.metrics.matching import nearest_matches
 from spine_app.metrics.segmentation import lat_line_sides, score_masks
@@ -86,12 +87,6 @@ def line_side_summary(records: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def _working_spacing(geom: torch.Tensor) -> tuple[float, float] | None:
-    """Pixel spacing (mm) at the working resolution from a ``geom_*`` vector, or None if unknown."""
-    rows_mm, cols_mm, scale = float(geom[5]), float(geom[6]), float(geom[2])
-    return (rows_mm / scale, cols_mm / scale) if rows_mm > 0 and scale > 0 else None
-
-
 def binary_masks(
     pred: dict[str, torch.Tensor], target: dict[str, torch.Tensor], view: str, b: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -110,7 +105,7 @@ def study_probabilities(
     """
     if not has_lat:
         return {"prob_morphometry": None, "prob_combined": network}
-    spacing = _working_spacing(geom_lat) or (1.0, 1.0)
+    spacing = FilmGeometry.from_tensor(geom_lat).working_spacing or (1.0, 1.0)
     bodies = measure_lat_film({MASK_NAMES[c]: lat_masks[c] for c in channels_of_view("LAT")}, spacing)
     morph = morphometry_probability(study_fracture_score(bodies))
     return {"prob_morphometry": morph, "prob_combined": combine_probabilities(network, morph)}
@@ -200,7 +195,7 @@ class StudyMetrics(Metric):
                 if float(target[f"avail_{key}"][b, c]) <= 0:
                     continue
                 predicted, truth = masks[key]
-                spacing = _working_spacing(target[f"geom_{key}"][b])
+                spacing = FilmGeometry.from_tensor(target[f"geom_{key}"][b]).working_spacing
                 record[name] = score_masks(predicted[c], truth[c], spacing, line=name in LINE_CHANNELS).to_dict()
             if all(name in record for name in LINE_CHANNELS):
                 predicted, truth = masks["lat"]

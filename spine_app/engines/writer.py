@@ -57,7 +57,7 @@ from spine_app import __version__
 from spine_app.channels import CHANNEL_VIEW, MASK_NAMES
 from spine_app.data.io import fsync_folder, image_format, read_image, write_atomic, write_nifti, write_png
 from spine_app.data.layout import CLASS_NAMES
-from spine_app.data.study_transforms import fit_geometry
+from spine_app.data.study_transforms import FilmGeometry, fit_geometry
 from spine_app.metrics.matching import nearest_matches
 
 logger = logging.getLogger(__name__)
@@ -90,7 +90,8 @@ def resize_to_original(values: torch.Tensor, geom: torch.Tensor) -> torch.Tensor
 
     The crop is recomputed with the same ``fit_geometry`` that placed the image on the canvas.
     """
-    rows, cols = int(geom[0]), int(geom[1])
+    film = FilmGeometry.from_tensor(geom)
+    rows, cols = film.rows, film.cols
     _, height, width, top, left = fit_geometry((rows, cols), values.shape[-2:])
     crop = values[:, top : top + height, left : left + width]
     return F.interpolate(crop[None].float(), size=(rows, cols), mode="bilinear", align_corners=False)[0]
@@ -600,7 +601,7 @@ class StudyPredictionWriter:
                 )
             result["view_probabilities"][view] = round(float(torch.sigmoid(pred[f"cls_{key}"][b].float())), 4)
             geom = target[f"geom_{key}"][b]
-            spacing = (float(geom[5]), float(geom[6])) if float(geom[5]) > 0 else None
+            spacing = FilmGeometry.from_tensor(geom).spacing
             channels = [c for c, v in enumerate(CHANNEL_VIEW) if v == view]
             probs = to_original(pred[f"seg_{key}"][b][channels], geom)  # only this view's channels are resized
             masks = {c: (probs[i] > self.threshold).cpu().numpy() for i, c in enumerate(channels)}
@@ -728,10 +729,10 @@ def level_summary(pred: dict, b: int, geom: torch.Tensor, bodies: list, threshol
     cumulative = torch.sigmoid(logits).cpu().numpy()
     grades = grade_probabilities(logits).cpu().numpy()
     centres = pred["level_centre"][b][valid].float().cpu().numpy()
-    scale, top, left = float(geom[2]), float(geom[3]), float(geom[4])
+    placement = FilmGeometry.from_tensor(geom)
     levels = []
     for i, (cum, probs, centre) in enumerate(zip(cumulative, grades, centres)):
-        film = ((float(centre[0]) - top) / scale, (float(centre[1]) - left) / scale)
+        film = placement.to_film(float(centre[0]), float(centre[1]))
         body = _nearest_body(bodies, film)
         entry = {
             "number": i + 1,
