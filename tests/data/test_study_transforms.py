@@ -1,0 +1,87 @@
+"""LoadStudyd on generated studies (what a batch holds per study) and the training augmentation
+(each view's image and masks move together)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from spine_app.channels import MASK_NAMES, channels_of_view
+from spine_app.data.augment import study_augmentation
+from spine_app.data.importer import load_datalist
+from spine_app.data.io import read_image
+from spine_app.data.study_transforms import FilmGeometry, LoadStudyd
+from spine_app.engines.dataset import ensure_datalist
+
+CANVAS = (128, 96)
+
+
+@pytest.fixture(scope="module")
+def entries(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
+    folder = tmp_path_factory.mktemp("studies")
+    datalist = load_datalist(ensure_datalist(str(folder), synthetic_studies=4, seed=3, preset="easy"))
+    return [e for split in ("training", "validation", "test") for e in datalist.get(split, [])]
+
+
+def test_a_study_loads_both_views_with_masks_geometry_and_level_map(entries: list[dict]) -> None:
+    entry = next(e for e in entries if e["label"] == 1)
+    out = LoadStudyd(CANVAS, level_labels="truth")(entry)
+    assert out["ap"].shape == out["lat"].shape == (1, *CANVAS)
+    assert out["seg_ap"].shape == out["seg_lat"].shape == (len(MASK_NAMES), *CANVAS)
+    assert out["present"].tolist() == [1.0, 1.0] and float(out["label"]) == 1.0 and out["error"] == ""
+    for view in ("AP", "LAT"):
+        key = view.lower()
+        own = channels_of_view(view)
+        other = [c for c in range(len(MASK_NAMES)) if c not in own]
+        assert out[f"avail_{key}"][own].tolist() == [1.0] * len(own)  # the view's masks are known ...
+        assert out[f"avail_{key}"][other].sum() == 0 and out[f"seg_{key}"][other].sum() == 0  # ... the other view's not
+        assert out[f"seg_{key}"][own[0]].sum() > 100  # the vertebrae are on the canvas
+        film = FilmGeometry.from_tensor(out[f"geom_{key}"])
+        assert (film.rows, film.cols) == read_image(entry[f"image_{key}"])[0].shape
+        assert 0 < film.scale < 1 and film.spacing is not None
+    assert out["levels_lat"].max() > 0  # the reference levels of a Damaged study's LAT film
+
+
+def test_a_missing_view_is_blank_and_a_broken_film_is_recorded(entries: list[dict], tmp_path: Path) -> None:
+    entry = dict(entries[0], image_lat=None, masks=[m if c in channels_of_view("AP") else None
+                                                    for c, m in enumerate(entries[0]["masks"])])  # fmt: skip
+    out = LoadStudyd(CANVAS)(entry)
+    assert out["present"].tolist() == [1.0, 0.0]
+    assert out["lat"].abs().sum() == 0 and out["avail_lat"].sum() == 0
+    assert FilmGeometry.from_tensor(out["geom_lat"]).spacing is None
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    bad = dict(entries[0], image_ap=str(broken))
+    with pytest.raises(Exception, match="broken.png"):
+        LoadStudyd(CANVAS, on_error="raise")(bad)
+    recorded = LoadStudyd(CANVAS, on_error="record")(bad)
+    assert "broken.png" in recorded["error"]  # one line naming the file; the study comes out blank
+    assert "\n" not in recorded["error"] and recorded["ap"].abs().sum() == 0
+
+
+def test_augmentation_moves_each_views_image_and_masks_together(entries: list[dict]) -> None:
+    sample = LoadStudyd(CANVAS, level_labels="truth")(next(e for e in entries if e["label"] == 1))
+    vertebra = {"ap": MASK_NAMES.index("Ap_Vertebra"), "lat": MASK_NAMES.index("Lat_Vertebra")}
+    for key in ("ap", "lat"):  # the image *is* the vertebra mask: after the transform they must still coincide
+        sample[key] = sample[f"seg_{key}"][vertebra[key]][None].clone()
+    before = {key: sample[f"seg_{key}"][vertebra[key]].clone() for key in ("ap", "lat")}
+    augment = study_augmentation(
+        prob=1.0, rotate_deg=10, scale=0.1, translate=0.08, elastic_prob=1.0, flip_prob=1.0, gamma=(1.0, 1.0),
+        contrast=0.0, shift=0.0, blur_sigma=(0.1, 0.1), noise_std=0.0, histogram_prob=0.0, canvas=CANVAS,
+    )  # fmt: skip
+    augment.set_random_state(seed=5)
+    out = augment(sample)
+    for key in ("ap", "lat"):
+        image = torch.as_tensor(out[key])[0] > 0.5
+        mask = torch.as_tensor(out[f"seg_{key}"])[vertebra[key]] > 0.5
+        moved = (mask ^ (before[key] > 0.5)).sum() / max(int(mask.sum()), 1)
+        assert moved > 0.2, f"{key}: the transform did not move the mask"
+        overlap = (image & mask).sum() / (image | mask).sum()
+        assert overlap > 0.9, f"{key}: image and mask no longer coincide (IoU {overlap:.2f})"
+    levels = torch.as_tensor(out["levels_lat"])
+    assert set(np.unique(levels.numpy())) <= set(np.unique(sample["levels_lat"].numpy()))  # nearest: codes kept
+    lat_vertebra = torch.as_tensor(out["seg_lat"])[vertebra["lat"]] > 0.5
+    assert ((levels[0] > 0) & lat_vertebra).sum() / max(int((levels[0] > 0).sum()), 1) > 0.8  # levels follow the bodies
