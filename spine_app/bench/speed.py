@@ -156,9 +156,9 @@ def bench_speed(
     workers: int = 1,
 ) -> list[dict[str, Any]]:
     """One row per option: training step, images/s, loader wait, inference median/p95."""
-    dev = torch.device(
-        "cuda:0" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
-    )
+    from spine_app.inference.run import resolve_device
+
+    dev = torch.device(resolve_device(device))
     rows = []
     for precision in precision_options(dev):
         train = training_speed(dev, precision, batch, tuple(canvas), steps, data=data, workers=workers)

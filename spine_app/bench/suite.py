@@ -292,10 +292,9 @@ def run_all(settings: BenchSettings, only: list[str] | None = None, docs: list[P
     for doc in docs or []:
         if not doc.is_file():
             raise FileNotFoundError(f"{doc}: no such documentation file")
-    if settings.device == "auto":
-        import torch
+    from spine_app.inference.run import resolve_device
 
-        settings.device = "cuda:0" if torch.cuda.is_available() else "cpu"
+    settings.device = resolve_device(settings.device)
     settings.out.mkdir(parents=True, exist_ok=True)
     tables: dict[str, str] = {}
     errors: dict[str, str] = {}

@@ -9,6 +9,9 @@ Conventions:
   diagonal (the worst case), never NaN, so misses make the mean worse instead of being dropped.
 - clDice (for thin lines) uses the morphological skeletons; NSD is the fraction of surface points
   of both masks within ``tolerance`` of the other surface.
+
+The kernels are MONAI's (``get_confusion_matrix``, ``compute_hausdorff_distance`` with
+``percentile=95``, ``compute_surface_dice``); this module adds the conventions above for empty masks.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
+import torch
+from monai.metrics import compute_hausdorff_distance, compute_surface_dice, get_confusion_matrix
 from scipy import ndimage
 from skimage.morphology import skeletonize
 
@@ -41,29 +46,26 @@ class MaskScores:
         return asdict(self)
 
 
-def _surface(mask: np.ndarray) -> np.ndarray:
-    return mask & ~ndimage.binary_erosion(mask, border_value=0)
+def _batch(mask: np.ndarray) -> torch.Tensor:
+    """(H, W) bool -> (1, 1, H, W) float: one study, one channel, as MONAI's metric kernels take it."""
+    return torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None, None]
 
 
-def _directed_distances(from_surface: np.ndarray, to_surface: np.ndarray, spacing: tuple[float, float]) -> np.ndarray:
-    """Distance from every point of ``from_surface`` to the nearest point of ``to_surface``."""
-    distance_map = ndimage.distance_transform_edt(~to_surface, sampling=spacing)
-    return distance_map[from_surface]
+def _diagonal(shape: tuple[int, ...], spacing: tuple[float, float]) -> float:
+    return float(np.hypot(shape[0] * spacing[0], shape[1] * spacing[1]))
 
 
 def hd95(pred: np.ndarray, truth: np.ndarray, spacing: tuple[float, float] = (1.0, 1.0)) -> float:
-    """95th-percentile symmetric Hausdorff distance (units of ``spacing``); worst case if one is empty."""
+    """95th-percentile symmetric Hausdorff distance (units of ``spacing``; MONAI's
+    ``compute_hausdorff_distance``); 0 if both are empty, the image diagonal if one is."""
     if not pred.any() and not truth.any():
         return 0.0
     if not pred.any() or not truth.any():
-        return float(np.hypot(pred.shape[0] * spacing[0], pred.shape[1] * spacing[1]))
-    sp, st = _surface(pred), _surface(truth)
-    return float(
-        max(
-            np.percentile(_directed_distances(sp, st, spacing), 95),
-            np.percentile(_directed_distances(st, sp, spacing), 95),
-        )
+        return _diagonal(pred.shape, spacing)
+    distance = compute_hausdorff_distance(
+        _batch(pred), _batch(truth), include_background=True, percentile=95, spacing=[float(s) for s in spacing]
     )
+    return float(distance.item())
 
 
 def cldice(pred: np.ndarray, truth: np.ndarray) -> float:
@@ -79,15 +81,16 @@ def cldice(pred: np.ndarray, truth: np.ndarray) -> float:
 
 
 def nsd(pred: np.ndarray, truth: np.ndarray, tolerance: float, spacing: tuple[float, float] = (1.0, 1.0)) -> float:
-    """Normalised surface distance (surface Dice) at ``tolerance`` (units of ``spacing``)."""
+    """Normalised surface distance (surface Dice, MONAI's ``compute_surface_dice``) at ``tolerance``
+    (units of ``spacing``); 1 if both are empty, 0 if one is."""
     if not pred.any() and not truth.any():
         return 1.0
     if not pred.any() or not truth.any():
         return 0.0
-    sp, st = _surface(pred), _surface(truth)
-    close_p = (_directed_distances(sp, st, spacing) <= tolerance).sum()
-    close_t = (_directed_distances(st, sp, spacing) <= tolerance).sum()
-    return float((close_p + close_t) / (sp.sum() + st.sum()))
+    value = compute_surface_dice(
+        _batch(pred), _batch(truth), [float(tolerance)], include_background=True, spacing=[float(s) for s in spacing]
+    )
+    return float(value.item())
 
 
 def score_masks(
@@ -106,8 +109,8 @@ def score_masks(
     if pred.shape != truth.shape:
         raise ValueError(f"prediction {pred.shape} and truth {truth.shape} differ in shape")
     pred, truth = pred.astype(bool), truth.astype(bool)
-    tp = float((pred & truth).sum())
-    n_pred, n_truth = float(pred.sum()), float(truth.sum())
+    tp, fp, _, fn = (float(v) for v in get_confusion_matrix(_batch(pred), _batch(truth)).flatten())
+    n_pred, n_truth = tp + fp, tp + fn
     empty_truth, empty_pred = n_truth == 0, n_pred == 0
     if empty_truth and empty_pred:
         dice = iou = tpr = precision = 1.0
