@@ -438,31 +438,7 @@ class StudyPredictionWriter:
             expected |= segs | ({"report.dcm"} if segs else set())
         if not all((folder / name).is_file() for name in expected):
             return None
-        row = {
-            key: result.get(key)
-            for key in (
-                "damaged_probability",
-                "label",
-                "threshold",
-                "network_probability",
-                "morphometry_probability",
-                "levels_probability",
-            )
-        }
-        row["suspected_levels"] = "; ".join(text for _, text in _suspect_marks(result.get("levels")))
-        views = result.get("view_probabilities") or {}
-        morphometry = result.get("morphometry") or {}
-        row.update(
-            study_id=entry["study_id"],
-            status="skipped",
-            output=str(folder),
-            probability_ap=views.get("AP"),
-            probability_lat=views.get("LAT"),
-            vertebrae=len(morphometry.get("vertebrae") or []) or None,
-            max_genant_grade=morphometry.get("max_grade"),
-            graded_levels="; ".join(morphometry.get("fractured_levels") or []),
-        )
-        return row
+        return summary_row(result, entry["study_id"], "skipped", str(folder))
 
     def run_files(self) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
         """(summary rows, errors) of the run so far: skipped studies, input errors included."""
@@ -581,7 +557,6 @@ class StudyPredictionWriter:
             "bundle_version": self.model_version,
             "spine_app_version": __version__,
         }
-        row: dict[str, Any] = {"study_id": study_id, "status": "ok"}
         spacing = None
         overlays: list[tuple[str, str, dict, list, torch.Tensor]] = []
         dicom_films: dict[str, str] = {}  # view -> DICOM source, for the SEG/SR outputs
@@ -628,11 +603,6 @@ class StudyPredictionWriter:
                 result["morphometry"] = _morphometry_summary(bodies, spacing, self.lowest_level)
                 lat_bodies = bodies
                 result["morphometry_probability"] = round(morphometry_probability(study_fracture_score(bodies)), 4)
-                row.update(
-                    vertebrae=len(bodies),
-                    max_genant_grade=result["morphometry"]["max_grade"],
-                    graded_levels="; ".join(result["morphometry"]["fractured_levels"]),
-                )
             overlays.append((view, source, masks, bodies, geom))
         combined = combine_probabilities(network, result["morphometry_probability"])
         decision = self.decision
@@ -697,18 +667,37 @@ class StudyPredictionWriter:
             raise ValueError("the network's probabilities are not finite numbers (NaN/inf): broken weights?")
         result = finite_json(result)
         write_json(folder / "result.json", result, strict=True)
-        row.update(
-            damaged_probability=result["damaged_probability"],
-            label=result["label"],
-            threshold=self.damaged_threshold,
-            network_probability=result["network_probability"],
-            morphometry_probability=result["morphometry_probability"],
-            probability_ap=result["view_probabilities"].get("AP"),
-            probability_lat=result["view_probabilities"].get("LAT"),
-            levels_probability=result.get("levels_probability"),
-            suspected_levels="; ".join(text for _, text in _suspect_marks(levels_block)),
+        return summary_row(result, study_id, "ok")
+
+
+def summary_row(result: dict[str, Any], study_id: str, status: str, output: str | None = None) -> dict[str, Any]:
+    """A study's ``summary.csv`` row (:data:`SUMMARY_COLUMNS`) from its result.json content: the
+    same row whether the study was just written or skipped as already done."""
+    views = result.get("view_probabilities") or {}
+    morphometry = result.get("morphometry")
+    row = {
+        key: result.get(key)
+        for key in (
+            "damaged_probability",
+            "label",
+            "threshold",
+            "network_probability",
+            "morphometry_probability",
+            "levels_probability",
         )
-        return row
+    }
+    row.update(
+        study_id=study_id,
+        status=status,
+        output=output,
+        suspected_levels="; ".join(text for _, text in _suspect_marks(result.get("levels"))),
+        probability_ap=views.get("AP"),
+        probability_lat=views.get("LAT"),
+        vertebrae=None if morphometry is None else len(morphometry.get("vertebrae") or []),
+        max_genant_grade=None if morphometry is None else morphometry.get("max_grade"),
+        graded_levels="" if morphometry is None else "; ".join(morphometry.get("fractured_levels") or []),
+    )
+    return row
 
 
 def level_summary(pred: dict, b: int, geom: torch.Tensor, bodies: list, threshold: float) -> dict[str, Any]:
