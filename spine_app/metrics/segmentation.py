@@ -16,6 +16,9 @@ The kernels are MONAI's (``get_confusion_matrix``, ``compute_hausdorff_distance`
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -55,6 +58,15 @@ def _diagonal(shape: tuple[int, ...], spacing: tuple[float, float]) -> float:
     return float(np.hypot(shape[0] * spacing[0], shape[1] * spacing[1]))
 
 
+@contextmanager
+def _quiet_monai() -> Iterator[None]:
+    """MONAI 1.5's surface kernels pass a deprecated argument to its own ``get_mask_edges`` and warn
+    on every call (thousands of lines in an evaluation); the warning is MONAI's, not the caller's."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*always_return_as_numpy.*")
+        yield
+
+
 def hd95(pred: np.ndarray, truth: np.ndarray, spacing: tuple[float, float] = (1.0, 1.0)) -> float:
     """95th-percentile symmetric Hausdorff distance (units of ``spacing``; MONAI's
     ``compute_hausdorff_distance``); 0 if both are empty, the image diagonal if one is."""
@@ -62,9 +74,10 @@ def hd95(pred: np.ndarray, truth: np.ndarray, spacing: tuple[float, float] = (1.
         return 0.0
     if not pred.any() or not truth.any():
         return _diagonal(pred.shape, spacing)
-    distance = compute_hausdorff_distance(
-        _batch(pred), _batch(truth), include_background=True, percentile=95, spacing=[float(s) for s in spacing]
-    )
+    with _quiet_monai():
+        distance = compute_hausdorff_distance(
+            _batch(pred), _batch(truth), include_background=True, percentile=95, spacing=[float(s) for s in spacing]
+        )
     return float(distance.item())
 
 
@@ -87,9 +100,14 @@ def nsd(pred: np.ndarray, truth: np.ndarray, tolerance: float, spacing: tuple[fl
         return 1.0
     if not pred.any() or not truth.any():
         return 0.0
-    value = compute_surface_dice(
-        _batch(pred), _batch(truth), [float(tolerance)], include_background=True, spacing=[float(s) for s in spacing]
-    )
+    with _quiet_monai():
+        value = compute_surface_dice(
+            _batch(pred),
+            _batch(truth),
+            [float(tolerance)],
+            include_background=True,
+            spacing=[float(s) for s in spacing],
+        )
     return float(value.item())
 
 

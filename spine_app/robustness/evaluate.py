@@ -3,8 +3,13 @@ at five severities, scored with the bundle's own metric (:class:`spine_app.engin
 
 Each condition (clean, or one corruption at one severity) runs the whole test split: both views are
 corrupted in their own grey levels right after reading (masks follow geometric corruptions), then
-preprocessed exactly as in evaluation (``LoadStudyd``) and passed through the network once per view.
-Decoded files are cached, so only the corruption and the model run per condition.
+preprocessed exactly as in evaluation (``LoadStudyd``) and passed through the bundle's inferer
+(:class:`spine_app.engines.StudyInferer`: the same windows, the same mirroring of a LAT film that
+faces the other way, the same level decision as evaluation and inference). Decoded files are cached,
+so only the corruption and the model run per condition.
+
+AUROC is reported for the *decision* head (the level head's pooled probability where the network
+has one, as inference decides; else the fused head) and for the fused head.
 
 Summary score, in the style of ImageNet-C / MedMNIST-C but normalised to our own clean model:
 ``relative_error`` of a corruption = mean over severities of its error / the clean error, with
@@ -17,6 +22,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -30,7 +36,7 @@ from spine_app.data.importer import load_datalist
 from spine_app.data.io import read_image, read_mask
 from spine_app.data.study_transforms import LoadStudyd
 from spine_app.engines.batch import prepare_study_batch
-from spine_app.engines.inferer import add_level_outputs
+from spine_app.engines.inferer import StudyInferer, add_level_outputs
 from spine_app.engines.metrics import HEADS, StudyMetrics, head_rows, segmentation_table
 from spine_app.metrics.classification import auroc
 from spine_app.robustness.corruptions import CorruptionSpec, full_scale, load_suite
@@ -57,7 +63,20 @@ def condition_scores(records: list[dict[str, Any]]) -> dict[str, Any]:
     for head, (key, view, _) in HEADS.items():
         rows = head_rows(records, view, key)
         out["auroc"][head] = auroc([int(r["label"]) for r in rows], [r[key] for r in rows]) if rows else float("nan")
+    levels = out["auroc"].get("levels", float("nan"))
+    out["auroc"]["decision"] = levels if not np.isnan(levels) else out["auroc"]["fused"]
     return out
+
+
+StudyForward = Callable[[dict[str, torch.Tensor], torch.nn.Module], dict[str, torch.Tensor]]
+
+
+def plain_forward(inputs: dict[str, torch.Tensor], network: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """One whole-film pass of ``forward_study`` (plus the level decision where the network has a level
+    head): the path every variant of ``bench compare`` shares, seed-style networks included."""
+    pred = network.forward_study(inputs["ap"], inputs["lat"], inputs["present"])
+    add_level_outputs(network, inputs["lat"], inputs["present"][:, 1], pred)
+    return pred
 
 
 class RobustnessRunner:
@@ -70,6 +89,8 @@ class RobustnessRunner:
         device: torch device.
         batch_size: studies per forward pass.
         workers: loader processes that corrupt and preprocess while the network runs.
+        inferer: ``(inputs, network) -> predictions``; default the bundle's :class:`StudyInferer` with
+            one window of the canvas (as evaluation runs it).
     """
 
     def __init__(
@@ -80,8 +101,10 @@ class RobustnessRunner:
         device: str = "cpu",
         batch_size: int = 4,
         workers: int = 1,
+        inferer: StudyForward | None = None,
     ) -> None:
         self.network, self.entries, self.canvas = network.to(device).eval(), entries, canvas
+        self.inferer = inferer or StudyInferer(roi_size=canvas)
         self.device, self.batch_size = torch.device(device), batch_size
         self.reader, self.workers, self.cache_warm = _cached_reader(), workers, False
         self.forward_seconds: list[float] = []  # network time per batch of the last run
@@ -109,8 +132,7 @@ class RobustnessRunner:
             inputs, targets = prepare_study_batch(batch, self.device)
             start = time.perf_counter()
             with torch.no_grad():
-                pred = self.network.forward_study(inputs["ap"], inputs["lat"], inputs["present"])
-                add_level_outputs(self.network, inputs["lat"], inputs["present"][:, 1], pred)  # the level decision
+                pred = self.inferer(inputs, self.network)
             self.forward_seconds.append(time.perf_counter() - start)
             metric.update((pred, targets))
             if self.progress is not None:
@@ -186,17 +208,15 @@ def evaluate_robustness(
 
 
 def summarize(results: dict[str, Any]) -> dict[str, Any]:
-    """Relative errors per corruption (segmentation and fused/combined AUROC) and their means."""
+    """Relative errors per corruption (segmentation, decision and fused AUROC) and their means."""
     clean = results["clean"]
     per: dict[str, dict[str, float]] = {}
     for name, entry in results["corruptions"].items():
         sev = entry["severities"]
         per[name] = {
             "relative_error_dice": relative_error(clean["mean_dice"], [s["mean_dice"] for s in sev]),
-            "relative_error_auroc": relative_error(clean["auroc"]["fused"], [s["auroc"]["fused"] for s in sev]),
-            "relative_error_auroc_combined": relative_error(
-                clean["auroc"]["combined"], [s["auroc"]["combined"] for s in sev]
-            ),
+            "relative_error_auroc": relative_error(clean["auroc"]["decision"], [s["auroc"]["decision"] for s in sev]),
+            "relative_error_auroc_fused": relative_error(clean["auroc"]["fused"], [s["auroc"]["fused"] for s in sev]),
             "worst_mean_dice": float(min(s["mean_dice"] for s in sev)),
         }
     mean = {k: float(np.nanmean([p[k] for p in per.values()])) for k in next(iter(per.values()), {})}

@@ -78,7 +78,7 @@ def _plot(x: list[int], runs: list[dict[str, Any]], path: Path) -> None:
         ax.minorticks_off()
     axes[0].set(xlabel="training studies", ylabel="test Dice", ylim=(0, 1), title="Dice per mask")
     axes[0].legend(fontsize=7)
-    for head in ("fused", "combined"):
+    for head in ("decision", "fused"):
         axes[1].plot(x, [r["clean"]["auroc"][head] for r in runs], marker="o", label=head)
     axes[1].set(xlabel="training studies", ylabel="test AUROC", ylim=(0.3, 1), title="Normal/Damaged AUROC")
     axes[1].legend()
@@ -128,7 +128,7 @@ def train_size(
     result = {"sizes": chosen, "steps": steps, "runs": runs, "overrides": overrides}
     write_json(out / "train_size.json", result)
     lines = [
-        "| training studies | mean Dice | " + " | ".join(runs[0]["clean"]["dice"]) + " | fused AUROC | combined AUROC |"
+        "| training studies | mean Dice | " + " | ".join(runs[0]["clean"]["dice"]) + " | decision AUROC | fused AUROC |"
     ]
     lines.append("|" + "---|" * (len(runs[0]["clean"]["dice"]) + 4))
     for r in runs:
@@ -136,7 +136,7 @@ def train_size(
         lines.append(
             f"| {r['train_studies']} | {c['mean_dice']:.3f} | "
             + " | ".join(f"{v:.3f}" for v in c["dice"].values())
-            + f" | {c['auroc']['fused']:.3f} | {c['auroc']['combined']:.3f} |"
+            + f" | {c['auroc']['decision']:.3f} | {c['auroc']['fused']:.3f} |"
         )
     text = "\n".join(lines) + "\n"
     write_atomic(out / "train_size.md", lambda tmp: tmp.write_text(text))
@@ -174,11 +174,11 @@ def noise_train(
         "overrides": overrides,
     }
     write_json(out / "noise_train.json", result)
-    lines = ["| training | test films | mean Dice | fused AUROC | combined AUROC |", "|---|---|---|---|---|"]
+    lines = ["| training | test films | mean Dice | decision AUROC | fused AUROC |", "|---|---|---|---|---|"]
     for name, scores in runs.items():
         for condition, c in scores.items():
             lines.append(
-                f"| {name} | {condition} | {c['mean_dice']:.3f} | {c['auroc']['fused']:.3f} | {c['auroc']['combined']:.3f} |"
+                f"| {name} | {condition} | {c['mean_dice']:.3f} | {c['auroc']['decision']:.3f} | {c['auroc']['fused']:.3f} |"
             )
     text = "\n".join(lines) + "\n"
     write_atomic(out / "noise_train.md", lambda tmp: tmp.write_text(text))

@@ -39,34 +39,34 @@ def _flat(scores: dict[str, Any], clean: dict[str, Any]) -> dict[str, Any]:
             flat[f"hd95_px_{name}"] = scores["hd95_px"][name]
     for head, value in scores["auroc"].items():
         flat[f"auroc_{head.replace(' ', '_')}"] = value
-    flat["drop_auroc_fused"] = clean["auroc"]["fused"] - scores["auroc"]["fused"]
+    flat["drop_auroc_decision"] = clean["auroc"]["decision"] - scores["auroc"]["decision"]
     return flat
 
 
 def markdown(results: dict[str, Any]) -> str:
-    """The summary table: per corruption, mean Dice at each severity, fused/combined AUROC, relative errors."""
+    """The summary table: per corruption, mean Dice at each severity, decision/fused AUROC, relative errors."""
     clean, per = results["clean"], results["summary"]["per_corruption"]
     lines = [
-        f"Clean: mean Dice {clean['mean_dice']:.3f}, fused AUROC {clean['auroc']['fused']:.3f}, "
-        f"combined AUROC {clean['auroc']['combined']:.3f} ({results['studies']} {results['split']} studies)",
+        f"Clean: mean Dice {clean['mean_dice']:.3f}, decision AUROC {clean['auroc']['decision']:.3f}, "
+        f"fused AUROC {clean['auroc']['fused']:.3f} ({results['studies']} {results['split']} studies)",
         "",
-        "| corruption | mean Dice s1 | s2 | s3 | s4 | s5 | fused AUROC s1..s5 | combined AUROC s1..s5 | rel. error Dice | rel. error AUROC |",
+        "| corruption | mean Dice s1 | s2 | s3 | s4 | s5 | decision AUROC s1..s5 | fused AUROC s1..s5 | rel. error Dice | rel. error AUROC (decision) |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, entry in results["corruptions"].items():
         sev = entry["severities"]
         dice = " | ".join(f"{s['mean_dice']:.3f}" for s in sev)
+        decision = " ".join(f"{s['auroc']['decision']:.2f}" for s in sev)
         fused = " ".join(f"{s['auroc']['fused']:.2f}" for s in sev)
-        combined = " ".join(f"{s['auroc']['combined']:.2f}" for s in sev)
         p = per[name]
         lines.append(
-            f"| {name} | {dice} | {fused} | {combined} | {p['relative_error_dice']:.2f} | {p['relative_error_auroc']:.2f} |"
+            f"| {name} | {dice} | {decision} | {fused} | {p['relative_error_dice']:.2f} | {p['relative_error_auroc']:.2f} |"
         )
     mean = results["summary"]["mean"]
     lines += [
         "",
         f"Mean relative error (1.0 = as on clean images): Dice {mean['relative_error_dice']:.2f}, "
-        f"fused AUROC {mean['relative_error_auroc']:.2f}, combined AUROC {mean['relative_error_auroc_combined']:.2f}.",
+        f"decision AUROC {mean['relative_error_auroc']:.2f}, fused AUROC {mean['relative_error_auroc_fused']:.2f}.",
     ]
     return "\n".join(lines) + "\n"
 
@@ -92,7 +92,7 @@ def plot_dice(results: dict[str, Any], path: Path) -> None:
 
 def plot_auroc(results: dict[str, Any], path: Path) -> None:
     fig, axes = subplots(1, 2, figsize=(11, 4), sharey=True)
-    for ax, head in zip(axes, ("fused", "combined")):
+    for ax, head in zip(axes, ("decision", "fused")):
         for corruption, entry in results["corruptions"].items():
             ax.plot(
                 range(6),

@@ -87,3 +87,31 @@ def test_bad_device_is_one_line_and_exit_2(tmp_path: Path) -> None:
     assert result.returncode == 2 and result.stderr.strip().splitlines() == [
         "error: --device tpu: unknown device; use auto, cpu, cuda, cuda:N or gpu"
     ]
+
+
+def test_mirrored_lateral_films_keep_their_lines(synth_root: Path, tmp_path: Path) -> None:
+    """The runner scores the product's path: a LAT film of a patient facing the other way is mirrored
+    before the lines are drawn (StudyInferer), so flip_lat keeps the anterior/posterior lines on their
+    walls. A plain whole-film pass puts them on the wrong walls (line Dice near 0)."""
+    from spine_app.bundle import BUNDLE_DIR, load_bundle_network
+    from spine_app.robustness.corruptions import load_suite
+    from spine_app.robustness.evaluate import RobustnessRunner, condition_scores, plain_forward
+
+    datalist = tmp_path / "datalist.json"
+    import_dataset(synth_root, datalist, seed=0, fractions=(0.0, 0.0, 1.0), workers=1)
+    from spine_app.data.importer import load_datalist
+
+    entries = load_datalist(datalist)["test"][:3]
+    network, canvas = load_bundle_network(BUNDLE_DIR)
+    flip = next(spec for spec in load_suite(SUITE) if spec.name == "flip_lat")
+    lines = ("Lat_Anterior_Vertebral_Line", "Lat_Posterior_Vertebral_Line")
+
+    product = RobustnessRunner(network, entries, list(canvas), workers=0)
+    clean, flipped = condition_scores(product.run()), condition_scores(product.run(flip, 1))
+    plain = condition_scores(
+        RobustnessRunner(network, entries, list(canvas), workers=0, inferer=plain_forward).run(flip, 1)
+    )
+    for name in lines:
+        assert clean["dice"][name] > 0.5, (name, clean["dice"][name])
+        assert flipped["dice"][name] > clean["dice"][name] - 0.15, (name, flipped["dice"][name], clean["dice"][name])
+        assert plain["dice"][name] < flipped["dice"][name] - 0.3, (name, plain["dice"][name])
