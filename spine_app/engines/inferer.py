@@ -10,7 +10,7 @@ import torch
 from monai.inferers import Inferer, SlidingWindowInferer
 from torch import nn
 
-from spine_app.channels import MASK_NAMES
+from spine_app.channels import LINE_CHANNELS, MASK_NAMES
 from spine_app.data.levels import MAX_LEVELS, film_level_boxes, pad_boxes
 from spine_app.networks.levels import LevelBatch
 from spine_app.networks.multitask import SpineMultiTaskNet, StudyModel
@@ -81,6 +81,10 @@ class StudyInferer(Inferer):
     their boxes ``level_centre`` (B, L, 2) / ``level_size`` (B, L) / ``level_valid`` (B, L) in canvas
     pixels, and ``cls_levels`` (B,) the study logit pooled from them.
 
+    ``mirror_tta``: also run every film mirrored left-right and average the two passes' logits on every
+    channel but the two LAT lines (those come from the canonical-facing pass only), nnU-Net's
+    mirroring test-time augmentation; twice the segmentation cost.
+
     ``explain`` (one of :data:`spine_app.explain.METHODS`, or None): also ``saliency_ap`` and
     ``saliency_lat`` (B, 1, H, W) in [0, 1], the map of the fused Damaged logit on each view
     (:func:`spine_app.explain.saliency_maps`; gradients are computed for it even under no_grad).
@@ -93,13 +97,14 @@ class StudyInferer(Inferer):
         overlap: float = 0.25,
         precision: Precision = FP32,
         explain: str | None = None,
+        mirror_tta: bool = False,
     ) -> None:
         super().__init__()
         from spine_app.explain import METHODS
 
         if explain is not None and explain not in METHODS:
             raise ValueError(f"explain must be one of {', '.join(METHODS)} or None, got {explain!r}")
-        self.precision, self.explain = precision, explain
+        self.precision, self.explain, self.mirror_tta = precision, explain, bool(mirror_tta)
         self.window = SlidingWindowInferer(
             roi_size=roi_size, sw_batch_size=sw_batch_size, overlap=overlap, mode="gaussian"
         )
@@ -114,7 +119,9 @@ class StudyInferer(Inferer):
             for view in ("ap", "lat"):
                 out[f"seg_{view}"] = self.window(to_input(inputs[view]), net)
             mirrored = lat_faces_right(out["seg_lat"]) & (inputs["present"][:, 1] > 0)
-            if mirrored.any():
+            if self.mirror_tta:
+                self._mirror_average(net, inputs, out, mirrored)
+            elif mirrored.any():
                 flipped = self.window(to_input(torch.flip(inputs["lat"][mirrored], dims=[-1])), net)
                 out["seg_lat"][mirrored] = torch.flip(flipped, dims=[-1]).to(out["seg_lat"].dtype)
             add_level_outputs(net, to_input(inputs["lat"]), inputs["present"][:, 1], out)
@@ -125,3 +132,21 @@ class StudyInferer(Inferer):
             maps = saliency_maps(net, inputs["ap"], inputs["lat"], inputs["present"], self.explain, self.precision)
             out.update({f"saliency_{view}": value for view, value in maps.items()})
         return {key: value.float() for key, value in out.items()}
+
+    def _mirrored_pass(self, net: nn.Module, image: torch.Tensor) -> torch.Tensor:
+        """Window logits of the left-right mirrored film, mirrored back onto the film."""
+        return torch.flip(self.window(self.precision.to_input(torch.flip(image, dims=[-1])), net), dims=[-1])
+
+    def _mirror_average(
+        self, net: nn.Module, inputs: dict[str, torch.Tensor], out: dict[str, torch.Tensor], mirrored: torch.Tensor
+    ) -> None:
+        """Mirroring TTA (in place): logits averaged over the film and its mirror image; the LAT lines
+        from whichever pass saw the film facing the canonical way."""
+        ap = self._mirrored_pass(net, inputs["ap"]).to(out["seg_ap"].dtype)
+        out["seg_ap"] = 0.5 * (out["seg_ap"] + ap)
+        lat = self._mirrored_pass(net, inputs["lat"]).to(out["seg_lat"].dtype)
+        lines = [MASK_NAMES.index(name) for name in LINE_CHANNELS]
+        canonical = torch.where(mirrored[:, None, None, None], lat, out["seg_lat"])
+        averaged = 0.5 * (out["seg_lat"] + lat)
+        averaged[:, lines] = canonical[:, lines]
+        out["seg_lat"] = averaged

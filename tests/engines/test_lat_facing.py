@@ -73,3 +73,29 @@ def test_inferer_mirrors_a_film_facing_right_and_draws_the_anterior_line_on_the_
         spinous = torch.nonzero(out["seg_lat"][0, SP] > 0)[:, 1].float().mean()
         front = body.min() if spinous > body.float().mean() else body.max()  # the wall away from the spinous side
         assert columns.numel() and torch.all(columns == front), (expected, columns.unique(), front)
+
+
+class _LeftLeaning(torch.nn.Module):
+    """A stand-in whose logits are the image plus a left-to-right ramp: not mirror-equivariant, so
+    the mirroring TTA changes its output in a way that can be computed by hand."""
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        ramp = torch.linspace(-1.0, 1.0, image.shape[-1])
+        return (image + ramp).repeat(1, len(MASK_NAMES), 1, 1)
+
+    def classify(self, ap: torch.Tensor, lat: torch.Tensor, present: torch.Tensor) -> dict[str, torch.Tensor]:
+        zeros = torch.zeros(ap.shape[0])
+        return {"cls": zeros, "cls_ap": zeros, "cls_lat": zeros}
+
+
+def test_mirror_tta_averages_every_channel_but_the_lines() -> None:
+    image = torch.rand(1, 1, 32, 24)
+    inputs = {"ap": image, "lat": image, "present": torch.ones(1, 2)}
+    plain = StudyInferer(roi_size=(32, 24))(inputs, _LeftLeaning())
+    tta = StudyInferer(roi_size=(32, 24), mirror_tta=True)(inputs, _LeftLeaning())
+    expected = image[0, 0]  # the ramp cancels: (x + r + x + flip(r)) / 2 = x
+    for view in ("ap", "lat"):
+        assert torch.allclose(tta[f"seg_{view}"][0, VB], expected, atol=1e-5)
+        assert not torch.allclose(plain[f"seg_{view}"][0, VB], expected, atol=1e-2)
+    for line in (ANT, POST):  # lines from the canonical-facing pass only
+        assert torch.allclose(tta["seg_lat"][0, line], plain["seg_lat"][0, line])
