@@ -16,8 +16,9 @@ from typing import Any
 from spine_app.data.importer import load_datalist
 from spine_app.data.io import write_atomic
 from spine_app.engines.writer import write_json
+from spine_app.evaluation.runner import SplitRunner, split_scores
 from spine_app.robustness.corruptions import load_suite
-from spine_app.robustness.evaluate import RobustnessRunner, condition_scores
+from spine_app.robustness.evaluate import corruption_hook
 from spine_app.viz.figures import save_figure, subplots
 
 logger = logging.getLogger(__name__)
@@ -64,8 +65,10 @@ def _test_scores(
     from spine_app.bundle import load_bundle_network
 
     network, default_canvas = load_bundle_network(bundle, model)
-    runner = RobustnessRunner(network, load_datalist(datalist)["test"], list(canvas or default_canvas))
-    return {name: condition_scores(runner.run(spec, severity)) for name, (spec, severity) in conditions.items()}
+    runner = SplitRunner(network, load_datalist(datalist)["test"], list(canvas or default_canvas))
+    return {
+        name: split_scores(runner.run(corruption_hook(spec, severity))) for name, (spec, severity) in conditions.items()
+    }
 
 
 def _plot(x: list[int], runs: list[dict[str, Any]], path: Path) -> None:
