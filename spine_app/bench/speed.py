@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from spine_app.channels import VIEW_KEYS, avail_key, geom_key, seg_key
 from spine_app.losses import MultiTaskLoss
 from spine_app.networks import SpineMultiTaskNet, StudyModel
 from spine_app.networks.precision import Precision, cpu_has_native_bf16
@@ -31,8 +32,8 @@ def _random_batches(batch: int, canvas: tuple[int, int]):
     """Endless random study batches in the training batch format."""
     while True:
         out = {k: torch.rand(batch, 1, *canvas) for k in ("ap", "lat")}
-        out |= {f"seg_{v}": torch.rand(batch, 8, *canvas).round() for v in ("ap", "lat")}
-        out |= {f"avail_{v}": torch.ones(batch, 8) for v in ("ap", "lat")}
+        out |= {seg_key(v): torch.rand(batch, 8, *canvas).round() for v in VIEW_KEYS}
+        out |= {avail_key(v): torch.ones(batch, 8) for v in VIEW_KEYS}
         out |= {"label": torch.ones(batch), "present": torch.ones(batch, 2)}
         yield out
 
@@ -70,7 +71,10 @@ def to_device(raw: dict[str, Any], device: torch.device) -> dict[str, torch.Tens
     """The tensors a training step needs (inputs and targets of ``prepare_study_batch``) on ``device``."""
     from spine_app.engines.batch import INPUT_KEYS, LEVEL_INPUT_KEYS, LEVEL_TARGET_KEYS, TARGET_KEYS, plain_tensor
 
-    keys = {*INPUT_KEYS, *TARGET_KEYS, *LEVEL_INPUT_KEYS, *LEVEL_TARGET_KEYS} - {"geom_ap", "geom_lat", "levels_lat"}
+    keys = {*INPUT_KEYS, *TARGET_KEYS, *LEVEL_INPUT_KEYS, *LEVEL_TARGET_KEYS} - {
+        *map(geom_key, VIEW_KEYS),
+        "levels_lat",
+    }
     return {k: plain_tensor(raw[k]).to(device) for k in keys if k in raw}
 
 

@@ -54,7 +54,7 @@ import torch
 from torch.nn import functional as F
 
 from spine_app import __version__
-from spine_app.channels import CHANNEL_VIEW, MASK_NAMES
+from spine_app.channels import CHANNEL_VIEW, MASK_NAMES, geom_key, seg_key
 from spine_app.data.io import fsync_folder, image_format, read_image, write_atomic, write_nifti, write_png
 from spine_app.data.layout import CLASS_NAMES
 from spine_app.data.study_transforms import FilmGeometry, fit_geometry
@@ -575,10 +575,10 @@ class StudyPredictionWriter:
                     "LAT film faces right (anterior to the right): its masks were drawn on the mirrored film"
                 )
             result["view_probabilities"][view] = round(float(torch.sigmoid(pred[f"cls_{key}"][b].float())), 4)
-            geom = target[f"geom_{key}"][b]
+            geom = target[geom_key(view)][b]
             spacing = FilmGeometry.from_tensor(geom).spacing
             channels = [c for c, v in enumerate(CHANNEL_VIEW) if v == view]
-            probs = to_original(pred[f"seg_{key}"][b][channels], geom)  # only this view's channels are resized
+            probs = to_original(pred[seg_key(view)][b][channels], geom)  # only this view's channels are resized
             masks = {c: (probs[i] > self.threshold).cpu().numpy() for i, c in enumerate(channels)}
             for c, mask in masks.items():
                 name = MASK_NAMES[c]

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from spine_app.channels import MASK_NAMES
+from spine_app.data.importer import DatalistEntry
 from spine_app.data.io import read_image, read_mask
 from spine_app.data.study_transforms import LoadStudyd
 from spine_app.engines.batch import prepare_study_batch
@@ -79,7 +80,7 @@ class SplitRunner:
     def __init__(
         self,
         network: torch.nn.Module,
-        entries: list[dict[str, Any]],
+        entries: list[DatalistEntry],
         canvas: list[int],
         device: str = "cpu",
         batch_size: int = 4,
