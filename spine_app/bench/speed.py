@@ -21,6 +21,7 @@ from spine_app.channels import VIEW_KEYS, avail_key, geom_key, seg_key
 from spine_app.losses import MultiTaskLoss
 from spine_app.networks import SpineMultiTaskNet, StudyModel
 from spine_app.networks.precision import Precision, cpu_has_native_bf16
+from spine_app.viz.tables import markdown_table
 
 
 def _sync(device: torch.device) -> None:
@@ -185,14 +186,14 @@ def bench_speed(
 
 def format_speed(rows: list[dict[str, Any]]) -> str:
     """Markdown table of :func:`bench_speed` rows."""
-    lines = [
-        "| device | precision | channels-last | batch (studies) | canvas | train step (s) | images/s | loader wait (s/step) | inference median (s) | p95 (s) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['device']} ({r['threads']} threads) | {r['amp']} | {r['channels_last']} | {r['batch']} | "
-            f"{r['canvas'][0]}x{r['canvas'][1]} | {r['step_s']:.3f} | {r['images_per_s']:.1f} | "
-            f"{r['loader_wait_s']:.3f} ({r['data']} data) | {r['infer_median_s']:.3f} | {r['infer_p95_s']:.3f} |"
-        )
-    return "\n".join(lines)
+    header = ["device", "precision", "channels-last", "batch (studies)", "canvas", "train step (s)", "images/s"]
+    header += ["loader wait (s/step)", "inference median (s)", "p95 (s)"]
+    return markdown_table(
+        header,
+        [
+            [f"{r['device']} ({r['threads']} threads)", r["amp"], r["channels_last"], r["batch"]]
+            + [f"{r['canvas'][0]}x{r['canvas'][1]}", f"{r['step_s']:.3f}", f"{r['images_per_s']:.1f}"]
+            + [f"{r['loader_wait_s']:.3f} ({r['data']} data)", f"{r['infer_median_s']:.3f}", f"{r['infer_p95_s']:.3f}"]
+            for r in rows
+        ],
+    )
