@@ -65,15 +65,19 @@ logger = logging.getLogger(__name__)
 #: what decides Normal/Damaged (see StudyPredictionWriter)
 DECISIONS: tuple[str, ...] = ("levels", "levels_network", "network", "combined")
 
-SUMMARY_COLUMNS = (
-    "study_id",
-    "status",
+#: the summary.csv columns copied from result.json as they are
+RESULT_COLUMNS = (
     "damaged_probability",
     "label",
     "threshold",
     "network_probability",
     "morphometry_probability",
     "levels_probability",
+)
+SUMMARY_COLUMNS = (
+    "study_id",
+    "status",
+    *RESULT_COLUMNS,
     "suspected_levels",
     "probability_ap",
     "probability_lat",
@@ -675,17 +679,7 @@ def summary_row(result: dict[str, Any], study_id: str, status: str, output: str 
     same row whether the study was just written or skipped as already done."""
     views = result.get("view_probabilities") or {}
     morphometry = result.get("morphometry")
-    row = {
-        key: result.get(key)
-        for key in (
-            "damaged_probability",
-            "label",
-            "threshold",
-            "network_probability",
-            "morphometry_probability",
-            "levels_probability",
-        )
-    }
+    row = {key: result.get(key) for key in RESULT_COLUMNS}
     row.update(
         study_id=study_id,
         status=status,
