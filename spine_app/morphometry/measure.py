@@ -39,7 +39,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-from scipy import ndimage
+from scipy import ndimage, stats
 
 from spine_app.metrics.matching import nearest_matches
 
@@ -206,11 +206,9 @@ def _expected_posterior(posterior: np.ndarray, index: int, reach: int = 3) -> fl
     idx = [j for j in idx if np.isfinite(posterior[j])]
     if len(idx) < 2:
         return None
-    x, y = np.asarray(idx, float), posterior[idx]
-    slopes = [(y[b] - y[a]) / (x[b] - x[a]) for a in range(len(x)) for b in range(a + 1, len(x))]
-    slope = float(np.median(slopes))
-    intercept = float(np.median(y - slope * x))
-    return intercept + slope * index
+    # the median of the pairwise slopes, and the median of y - slope * x as the intercept ("joint")
+    slope, intercept, _, _ = stats.theilslopes(posterior[idx], np.asarray(idx, float), method="joint")
+    return float(intercept) + float(slope) * index
 
 
 def measure_lat_film(
