@@ -32,17 +32,8 @@ def bundle_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     tmp = tmp_path_factory.mktemp("bundle")
     generate_dataset(tmp / "data", 6, seed=3, preset="easy", workers=2)
     paths = {"data": tmp / "data", "root": tmp / "bundle"}
-    workflow = ConfigWorkflow(
-        TRAIN,
-        META,
-        LOGGING,
-        workflow_type="train",
-        run_id="training",
-        dataset_dir=str(paths["data"]),
-        bundle_root=str(paths["root"]),
-        epochs=2,
-        **SMALL,
-    )
+    workflow = ConfigWorkflow(TRAIN, META, LOGGING, workflow_type="train", run_id="training",
+                              dataset_dir=str(paths["data"]), bundle_root=str(paths["root"]), epochs=2, **SMALL)
     workflow.initialize()
     assert workflow.check_properties() == []
     workflow.run()
@@ -59,16 +50,8 @@ def test_training_writes_best_model_and_epoch_checkpoint(bundle_run) -> None:
 
 
 def test_resume_continues_from_the_saved_epoch(bundle_run) -> None:
-    workflow = ConfigWorkflow(
-        TRAIN,
-        META,
-        LOGGING,
-        workflow_type="train",
-        dataset_dir=str(bundle_run["data"]),
-        bundle_root=str(bundle_run["root"]),
-        epochs=3,
-        **SMALL,
-    )
+    workflow = ConfigWorkflow(TRAIN, META, LOGGING, workflow_type="train", dataset_dir=str(bundle_run["data"]),
+                              bundle_root=str(bundle_run["root"]), epochs=3, **SMALL)
     workflow.initialize()
     trainer = workflow.parser.get_parsed_content("train#trainer")
     started: list[int] = []
@@ -80,54 +63,24 @@ def test_resume_continues_from_the_saved_epoch(bundle_run) -> None:
 
 
 def test_evaluate_writes_the_report(bundle_run, tmp_path: Path) -> None:
-    workflow = ConfigWorkflow(
-        [TRAIN, EVALUATE],
-        META,
-        LOGGING,
-        workflow_type="train",
-        run_id="evaluate",
-        dataset_dir=str(bundle_run["data"]),
-        bundle_root=str(bundle_run["root"]),
-        ckpt_dir=str(bundle_run["run"]),
-        output_dir=str(tmp_path),
-        **SMALL,
-    )
+    workflow = ConfigWorkflow([TRAIN, EVALUATE], META, LOGGING, workflow_type="train", run_id="evaluate",
+                              dataset_dir=str(bundle_run["data"]), bundle_root=str(bundle_run["root"]),
+                              ckpt_dir=str(bundle_run["run"]), output_dir=str(tmp_path), **SMALL)
     workflow.initialize()
     workflow.run()
     workflow.finalize()
-    for name in (
-        "metrics.json",
-        "per_study.csv",
-        "results.md",
-        "per_mask_dice.png",
-        "roc.png",
-        "examples.png",
-        "embedding_map.png",
-    ):
+    for name in ("metrics.json", "per_study.csv", "results.md", "per_mask_dice.png", "roc.png", "examples.png",
+                 "embedding_map.png"):
         assert (tmp_path / name).is_file(), name
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     points = json.loads((tmp_path / "embedding_map.json").read_text())["points"]
     assert len(points) == metrics["n_test"] and all(p["worst_grade"] >= 0 for p in points)  # truth.json read
     assert metrics["embedding_map"]["figure"] == "embedding_map.png"
     assert set(metrics["segmentation"]) == {
-        "Ap_Vertebra",
-        "Ap_Pedicle",
-        "Ap_Spinous_Process",
-        "Lat_Vertebra",
-        "Lat_Spinous_Process",
-        "Lat_Disk_Height",
-        "Lat_Anterior_Vertebral_Line",
-        "Lat_Posterior_Vertebral_Line",
-    }
-    assert set(metrics["classification"]) == {
-        "fused",
-        "AP only",
-        "LAT only",
-        "morphometry",
-        "combined",
-        "levels",
-        "levels + fused",
-    }
+        "Ap_Vertebra", "Ap_Pedicle", "Ap_Spinous_Process", "Lat_Vertebra", "Lat_Spinous_Process",
+        "Lat_Disk_Height", "Lat_Anterior_Vertebral_Line", "Lat_Posterior_Vertebral_Line"}
+    assert set(metrics["classification"]) == {"fused", "AP only", "LAT only", "morphometry", "combined",
+                                              "levels", "levels + fused"}
     assert "| Ap_Vertebra |" in (tmp_path / "results.md").read_text()
     # per-vertebra scores from the truth.json level labels (a small network: values, not quality)
     levels = metrics["levels"]
@@ -136,17 +89,9 @@ def test_evaluate_writes_the_report(bundle_run, tmp_path: Path) -> None:
 
 
 def test_inference_writes_masks_at_original_size(bundle_run, tmp_path: Path) -> None:
-    workflow = ConfigWorkflow(
-        INFER,
-        META,
-        LOGGING,
-        workflow_type="infer",
-        dataset_dir=str(bundle_run["data"]),
-        bundle_root=str(bundle_run["root"]),
-        output_dir=str(tmp_path),
-        patch_size=[128, 96],
-        ckpt_path=str(bundle_run["run"] / "model.pt"),
-    )
+    workflow = ConfigWorkflow(INFER, META, LOGGING, workflow_type="infer", dataset_dir=str(bundle_run["data"]),
+                              bundle_root=str(bundle_run["root"]), output_dir=str(tmp_path), patch_size=[128, 96],
+                              ckpt_path=str(bundle_run["run"] / "model.pt"))
     workflow.initialize()
     assert workflow.check_properties() == []
     workflow.run()
@@ -160,18 +105,9 @@ def test_inference_writes_masks_at_original_size(bundle_run, tmp_path: Path) -> 
 
 
 def test_inference_explains_the_decision(bundle_run, tmp_path: Path) -> None:
-    workflow = ConfigWorkflow(
-        INFER,
-        META,
-        LOGGING,
-        workflow_type="infer",
-        dataset_dir=str(bundle_run["data"]),
-        bundle_root=str(bundle_run["root"]),
-        output_dir=str(tmp_path),
-        patch_size=[128, 96],
-        ckpt_path=str(bundle_run["run"] / "model.pt"),
-        explain="gradcam",
-    )
+    workflow = ConfigWorkflow(INFER, META, LOGGING, workflow_type="infer", dataset_dir=str(bundle_run["data"]),
+                              bundle_root=str(bundle_run["root"]), output_dir=str(tmp_path), patch_size=[128, 96],
+                              ckpt_path=str(bundle_run["run"] / "model.pt"), explain="gradcam")
     workflow.initialize()
     workflow.run()
     workflow.finalize()
@@ -213,15 +149,8 @@ def test_torchscript_export_matches_eager(bundle_run, tmp_path: Path) -> None:
     from spine_app.networks import SpineMultiTaskNet
 
     ckpt = bundle_run["run"] / "model.pt"
-    ckpt_export(
-        net_id="network_def",
-        filepath=str(tmp_path / "model.ts"),
-        ckpt_file=str(ckpt),
-        meta_file=META,
-        config_file=INFER,
-        bundle_root=str(CONFIGS.parent),
-        use_trace=True,
-    )
+    ckpt_export(net_id="network_def", filepath=str(tmp_path / "model.ts"), ckpt_file=str(ckpt), meta_file=META,
+                config_file=INFER, bundle_root=str(CONFIGS.parent), use_trace=True)
     scripted = torch.jit.load(str(tmp_path / "model.ts"))
     eager = SpineMultiTaskNet()
     eager.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True))
@@ -239,49 +168,18 @@ def test_metadata_json_is_formatted_like_the_zoo_hook() -> None:
     assert text == json.dumps(json.loads(text), indent=4) + "\n"
     meta = json.loads(text)
     assert meta["version"] in meta["changelog"]
-    assert (
-        list(meta["network_data_format"]["outputs"]["pred"]["channel_def"].values())[6] == "Lat_Anterior_Vertebral_Line"
-    )
+    assert list(meta["network_data_format"]["outputs"]["pred"]["channel_def"].values())[6] == "Lat_Anterior_Vertebral_Line"
 
 
 def test_multi_process_training_with_gloo(tmp_path: Path) -> None:
     """torchrun with 2 CPU processes (DDP over gloo) through multi_gpu_train.yaml, starting from an empty
     dataset_dir: rank 0 generates the synthetic default (the main job's fallback) while rank 1 waits."""
     root, data = tmp_path / "ddp", tmp_path / "empty"
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nnodes=1",
-        "--nproc_per_node=2",
-        "-m",
-        "monai.bundle",
-        "run",
-        "training",
-        "--config_file",
-        f"['{TRAIN}','{MULTI_GPU}']",
-        "--meta_file",
-        META,
-        "--logging_file",
-        LOGGING,
-        "--dataset_dir",
-        str(data),
-        "--synthetic_studies",
-        "6",
-        "--bundle_root",
-        str(root),
-        "--epochs",
-        "1",
-        "--val_interval",
-        "1",
-        "--patch_size",
-        "[128, 96]",
-        "--num_workers",
-        "0",
-        "--batch_size",
-        "1",
-    ]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2",
+           "-m", "monai.bundle", "run", "training", "--config_file", f"['{TRAIN}','{MULTI_GPU}']",
+           "--meta_file", META, "--logging_file", LOGGING, "--dataset_dir", str(data), "--synthetic_studies", "6",
+           "--bundle_root", str(root), "--epochs", "1", "--val_interval", "1", "--patch_size", "[128, 96]", "--num_workers", "0",
+           "--batch_size", "1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -309,33 +207,11 @@ def test_inference_across_two_processes_writes_each_study_once(bundle_run, tmp_p
     """torchrun with 2 CPU processes (gloo) through multi_gpu_inference.yaml: the studies are shared
     between the ranks, each written once, and rank 0 merges the summary."""
     out = tmp_path / "out"
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nnodes=1",
-        "--nproc_per_node=2",
-        "-m",
-        "monai.bundle",
-        "run",
-        "--config_file",
-        f"['{INFER}','{CONFIGS / 'multi_gpu_inference.yaml'}']",
-        "--meta_file",
-        META,
-        "--logging_file",
-        LOGGING,
-        "--dataset_dir",
-        str(bundle_run["data"]),
-        "--bundle_root",
-        str(bundle_run["root"]),
-        "--output_dir",
-        str(out),
-        "--patch_size",
-        "[128, 96]",
-        "--ckpt_path",
-        str(bundle_run["run"] / "model.pt"),
-    ]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2",
+           "-m", "monai.bundle", "run", "--config_file", f"['{INFER}','{CONFIGS / 'multi_gpu_inference.yaml'}']",
+           "--meta_file", META, "--logging_file", LOGGING, "--dataset_dir", str(bundle_run["data"]),
+           "--bundle_root", str(bundle_run["root"]), "--output_dir", str(out), "--patch_size", "[128, 96]",
+           "--ckpt_path", str(bundle_run["run"] / "model.pt")]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
