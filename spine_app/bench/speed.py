@@ -32,7 +32,7 @@ def _sync(device: torch.device) -> None:
 def _random_batches(batch: int, canvas: tuple[int, int]):
     """Endless random study batches in the training batch format."""
     while True:
-        out = {k: torch.rand(batch, 1, *canvas) for k in ("ap", "lat")}
+        out = {k: torch.rand(batch, 1, *canvas) for k in VIEW_KEYS}
         out |= {seg_key(v): torch.rand(batch, 8, *canvas).round() for v in VIEW_KEYS}
         out |= {avail_key(v): torch.ones(batch, 8) for v in VIEW_KEYS}
         out |= {"label": torch.ones(batch), "present": torch.ones(batch, 2)}
@@ -128,7 +128,7 @@ def inference_latency(
     fp16 = torch.autocast(device.type, dtype=torch.float16, enabled=precision.engine_amp)
     times = []
     for i in range(warmup + n):
-        batch = {k: torch.rand(1, 1, *canvas, device=device) for k in ("ap", "lat")}
+        batch = {k: torch.rand(1, 1, *canvas, device=device) for k in VIEW_KEYS}
         batch["present"] = torch.ones(1, 2, device=device)
         _sync(device)
         start = time.perf_counter()

@@ -162,7 +162,7 @@ class RandCorruptiond(RandomizableTransform):
         if not self.specs:
             return data
         out = dict(data)
-        for view in ("ap", "lat"):
+        for view in VIEW_KEYS:
             for spec in self.specs:
                 self.randomize(None)
                 if not self._do_transform:

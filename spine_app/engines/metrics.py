@@ -22,6 +22,7 @@ from spine_app.channels import (
     CHANNEL_VIEW,
     LINE_CHANNELS,
     MASK_NAMES,
+    VIEW_KEYS,
     avail_key,
     channels_of_view,
     geom_key,
@@ -181,7 +182,7 @@ class StudyMetrics(Metric):
         pred, target = output
         ids = target.get("study_id") or []
         for b in range(target["label"].shape[0]):
-            masks = {view: binary_masks(pred, target, view, b) for view in ("ap", "lat")}
+            masks = {view: binary_masks(pred, target, view, b) for view in VIEW_KEYS}
             record: dict[str, Any] = {
                 "study_id": ids[b] if b < len(ids) else str(len(self.records)),
                 "label": float(target["label"][b]),

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from spine_app import __version__
-from spine_app.channels import CHANNEL_VIEW, MASK_NAMES, avail_key
+from spine_app.channels import CHANNEL_VIEW, MASK_NAMES, VIEW_KEYS, avail_key
 from spine_app.data.io import write_atomic
 from spine_app.engines.metrics import HEADS, StudyMetrics, head_rows, line_side_summary, segmentation_table
 from spine_app.metrics.classification import auroc, auroc_ci, threshold_scores, youden_threshold
@@ -178,7 +178,7 @@ def plot_examples(examples: list[dict[str, Any]], path: Path) -> None:
 
     fig, axes = subplots(len(examples), 2, figsize=(6, 4 * len(examples)), squeeze=False)
     for row, ex in enumerate(examples):
-        for col, view in enumerate(("ap", "lat")):
+        for col, view in enumerate(VIEW_KEYS):
             channels = np.nonzero(ex[avail_key(view)])[0]
             rgb = overlay(ex[f"image_{view}"], {int(c): ex[f"pred_{view}"][c] for c in channels})
             for c in channels:

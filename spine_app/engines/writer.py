@@ -436,7 +436,7 @@ class StudyPredictionWriter:
             return None
         if result.get("settings") != self.settings():
             return None
-        films = {view: entry.get(f"image_{view.lower()}") for view in ("AP", "LAT")}
+        films = {view: entry.get(f"image_{view.lower()}") for view in VIEWS}
         inputs = result.get("inputs") or {}
         if set(inputs) != {view for view, path in films.items() if path}:
             return None

@@ -109,7 +109,7 @@ class MultiTaskLoss(nn.Module):
         per_study = F.binary_cross_entropy_with_logits(pred["cls"], label, reduction="none")
         cls = (per_study * known).sum() / known.sum().clamp(min=1.0)
         present = target["present"].to(label.dtype)
-        for i, view in enumerate(("ap", "lat")):
+        for i, view in enumerate(VIEW_KEYS):
             per_study = F.binary_cross_entropy_with_logits(pred[f"cls_{view}"], label, reduction="none")
             weight = present[:, i] * known
             cls = cls + self.view_cls_weight * (per_study * weight).sum() / weight.sum().clamp(min=1.0)

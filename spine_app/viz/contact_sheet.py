@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from spine_app.channels import CHANNEL_VIEW, MASK_NAMES
+from spine_app.channels import CHANNEL_VIEW, MASK_NAMES, VIEWS
 from spine_app.data.importer import load_datalist
 from spine_app.data.io import atomic_path, read_image, read_mask
 from spine_app.data.layout import CLASS_NAMES
@@ -50,7 +50,7 @@ def _fit(array: np.ndarray, height: int) -> Image.Image:
 def study_tiles(entry: dict, height: int) -> list[Image.Image]:
     """[AP image, AP overlay, LAT image, LAT overlay] for one datalist entry."""
     tiles = []
-    for view in ("AP", "LAT"):
+    for view in VIEWS:
         path = entry[f"image_{view.lower()}"]
         if path is None:
             blank = np.zeros((height, height // 2, 3), np.uint8)
