@@ -27,10 +27,10 @@ from spine_app.channels import MASK_NAMES
 from spine_app.data.importer import load_datalist
 from spine_app.engines.dataset import mask_priors
 from spine_app.engines.metrics import line_side_summary, segmentation_table
+from spine_app.evaluation.runner import SplitRunner
 from spine_app.losses import MultiTaskLoss
 from spine_app.networks import SpineMultiTaskNet, StudyModel, resolve_precision
 from spine_app.networks.multitask import init_output_bias
-from spine_app.robustness.evaluate import RobustnessRunner
 
 
 def cached_batches(datalist: str, batch: int, canvas: tuple[int, int], workers: int, seed: int):
@@ -110,7 +110,7 @@ def trial(
             sched.step()
     train_s = time.perf_counter() - start
     model.eval()
-    runner = RobustnessRunner(
+    runner = SplitRunner(
         net, load_datalist(datalist)[split], list(canvas), torch.device("cpu"), batch_size=1, workers=0
     )
     records = runner.run()

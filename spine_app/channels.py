@@ -1,4 +1,5 @@
-"""The eight-mask channel contract (docs/design.md): names, views and file-name aliases.
+"""The eight-mask channel contract (docs/design.md): names, views, file-name aliases and the
+per-view keys of a study batch (:func:`seg_key`, :func:`avail_key`, :func:`geom_key`).
 
 Channel order is fixed everywhere: network output, mask files, metadata ``channel_def`` and reports.
 """
@@ -19,6 +20,35 @@ MASK_NAMES: tuple[str, ...] = (
     "Lat_Anterior_Vertebral_Line",
     "Lat_Posterior_Vertebral_Line",
 )
+
+#: a view's name in batch keys ("AP" -> "ap"), in VIEWS order
+VIEW_KEYS: tuple[str, str] = ("ap", "lat")
+
+
+def view_key(view: str) -> str:
+    """The batch-key name of ``view``: "AP"/"ap" -> "ap", "LAT"/"lat" -> "lat"."""
+    key = view.lower()
+    if key not in VIEW_KEYS:
+        raise ValueError(f"unknown view {view!r}; use one of {', '.join(VIEWS)}")
+    return key
+
+
+# The per-view keys of a study sample/batch (LoadStudyd writes them, prepare_study_batch moves them,
+# the network's outputs use seg_<view> too): the view's image is the key itself ("ap", "lat").
+def seg_key(view: str) -> str:
+    """Key of a view's eight-channel masks (truth in a batch, logits in the network's outputs): "seg_ap"."""
+    return f"seg_{view_key(view)}"
+
+
+def avail_key(view: str) -> str:
+    """Key of a view's per-channel availability of the truth masks (eight flags): "avail_ap"."""
+    return f"avail_{view_key(view)}"
+
+
+def geom_key(view: str) -> str:
+    """Key of a view's film geometry (``FilmGeometry.to_tensor()``): "geom_ap"."""
+    return f"geom_{view_key(view)}"
+
 
 #: view of each channel, in channel order
 CHANNEL_VIEW: tuple[str, ...] = tuple("AP" if name.startswith("Ap_") else "LAT" for name in MASK_NAMES)

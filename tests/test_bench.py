@@ -40,6 +40,22 @@ def test_compare_runs_every_variant_with_a_one_step_budget(synth_root, tmp_path)
     assert (tmp_path / "cmp" / "compare.png").stat().st_size > 0
 
 
+def test_compare_table_has_one_separator_per_column() -> None:
+    """The compare table (from the stored docs results) and the shared builder: a separator cell per
+    header cell, else GitHub renders no table (compare.md once had one too few)."""
+    import json
+    from pathlib import Path
+
+    from spine_app.bench.compare_report import markdown
+    from spine_app.viz.tables import markdown_table
+
+    stored = Path(__file__).resolve().parents[1] / "docs" / "figures" / "benchmarks" / "compare.json"
+    lines = markdown(json.loads(stored.read_text())).splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("| variant |"))
+    assert lines[header + 1].count("---") == lines[header].count("|") - 1
+    assert markdown_table(["a", "b"], [[1, "x"], ["y", 2.5]]) == "| a | b |\n|---|---|\n| 1 | x |\n| y | 2.5 |"
+
+
 def test_bench_all_rewrites_only_the_marked_blocks(synth_root, tmp_path) -> None:
     import json
 

@@ -247,3 +247,30 @@ def test_negative_expected_posterior_height_is_dropped() -> None:
     for b in bodies:
         assert b.expected_posterior_mm is None or b.expected_posterior_mm > 0
         assert 0.0 <= b.reduction <= 1.0
+
+
+def test_expected_posterior_is_the_theil_sen_line_of_the_neighbours() -> None:
+    """scipy's Theil-Sen (method="joint") gives exactly the hand-written estimator it replaced:
+    median of the pairwise slopes, median of y - slope * x as the intercept."""
+    import warnings
+
+    from spine_app.morphometry.measure import _expected_posterior
+
+    def by_hand(posterior: np.ndarray, index: int, reach: int = 3) -> float | None:
+        idx = [j for j in range(max(0, index - reach), min(len(posterior), index + reach + 1)) if j != index]
+        idx = [j for j in idx if np.isfinite(posterior[j])]
+        if len(idx) < 2:
+            return None
+        x, y = np.asarray(idx, float), posterior[idx]
+        slopes = [(y[b] - y[a]) / (x[b] - x[a]) for a in range(len(x)) for b in range(a + 1, len(x))]
+        slope = float(np.median(slopes))
+        return float(np.median(y - slope * x)) + slope * index
+
+    rng = np.random.default_rng(3)
+    columns = [np.array([20.0, 21.0, 22.0, 23.0]), np.array([30.0, np.nan, 28.0, 27.5, np.nan, 26.0, 25.0])]
+    columns += [np.where(rng.random(n) < 0.2, np.nan, rng.normal(25, 4, n)) for n in rng.integers(2, 12, 40)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning from scipy on short columns either
+        for posterior in columns:
+            for index in range(len(posterior)):
+                assert _expected_posterior(posterior, index) == by_hand(posterior, index), (posterior, index)

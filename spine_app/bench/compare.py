@@ -175,10 +175,10 @@ def train_variant(
 def evaluate_variant(model: nn.Module, datalist: str, canvas: tuple[int, int], device: torch.device) -> dict[str, Any]:
     """Bundle metric records on the test split plus the median network latency per study."""
     from spine_app.data.importer import load_datalist
-    from spine_app.robustness.evaluate import RobustnessRunner, plain_forward
+    from spine_app.evaluation.runner import SplitRunner, plain_forward
 
     test = load_datalist(datalist)["test"]
-    runner = RobustnessRunner(model, test, list(canvas), device, batch_size=1, workers=0, inferer=plain_forward)
+    runner = SplitRunner(model, test, list(canvas), device, batch_size=1, workers=0, inferer=plain_forward)
     records = runner.run()
     return {"records": records, "latency_s": float(np.median(runner.forward_seconds))}
 

@@ -11,6 +11,7 @@ from spine_app.engines.metrics import line_side_summary, segmentation_table
 from spine_app.engines.writer import write_json
 from spine_app.metrics.classification import auroc, auroc_ci
 from spine_app.viz.figures import save_figure, subplots
+from spine_app.viz.tables import markdown_table
 
 SHORT = {
     name: name.replace("Lat_", "L ").replace("Ap_", "A ").replace("_Vertebral_Line", " line").replace("_", " ")
@@ -37,15 +38,13 @@ def summarize(entry: dict[str, Any]) -> dict[str, Any]:
 
 def markdown(results: dict[str, Any]) -> str:
     """One table: a row per variant, Dice (HD95 px) per mask, line clDice, AUROC, cost."""
-    head = " | ".join(SHORT[m] for m in MASK_NAMES)
     lines = [
         f"Same split, same batches, {results['steps']} AdamW steps of {results['batch']} studies at "
         f"{results['canvas'][0]}x{results['canvas'][1]} for every variant, trained in "
         f"{results.get('precision', 'fp32')}; test split scores in fp32 (Dice, HD95 in px).",
         "",
-        f"| variant | {head} | line clDice (ant/post) | line side check | decision AUROC (95 % CI; ours: level head) | params (M) | GMACs/study | train (s) | latency/study (s) | peak train memory (MiB) |",
-        "|---|" + "---|" * (len(MASK_NAMES) + 7),
     ]
+    rows = []
     for name, entry in results["variants"].items():
         s = entry["summary"]
         seg = s["segmentation"]
@@ -55,12 +54,14 @@ def markdown(results: dict[str, Any]) -> str:
         sides = f"{side['pass']}/{side['n']}" if side.get("n") else "-"
         ci = f" ({s['auroc_ci'][0]:.2f}-{s['auroc_ci'][1]:.2f})" if s["auroc_ci"] else ""
         peak = f"{entry['peak_train_mib']:.0f}" if entry["peak_train_mib"] is not None else "n/a (CPU)"
-        lines.append(
-            f"| {name} | "
-            + " | ".join(cells)
-            + f" | {cl} | {sides} | {s['auroc']:.3f}{ci} | {entry['params'] / 1e6:.1f} | "
-            f"{entry['macs_per_study'] / 1e9:.1f} | {entry['train_s']:.0f} | {entry['latency_s']:.3f} | {peak} |"
+        rows.append(
+            [name, *cells, cl, sides, f"{s['auroc']:.3f}{ci}", f"{entry['params'] / 1e6:.1f}"]
+            + [f"{entry['macs_per_study'] / 1e9:.1f}", f"{entry['train_s']:.0f}", f"{entry['latency_s']:.3f}", peak]
         )
+    header = ["variant", *(SHORT[m] for m in MASK_NAMES), "line clDice (ant/post)", "line side check"]
+    header += ["decision AUROC (95 % CI; ours: level head)", "params (M)", "GMACs/study", "train (s)"]
+    header += ["latency/study (s)", "peak train memory (MiB)"]
+    lines.append(markdown_table(header, rows))
     return "\n".join(lines) + "\n"
 
 

@@ -17,9 +17,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from spine_app.channels import VIEW_KEYS, avail_key, geom_key, seg_key
 from spine_app.losses import MultiTaskLoss
 from spine_app.networks import SpineMultiTaskNet, StudyModel
 from spine_app.networks.precision import Precision, cpu_has_native_bf16
+from spine_app.viz.tables import markdown_table
 
 
 def _sync(device: torch.device) -> None:
@@ -30,9 +32,9 @@ def _sync(device: torch.device) -> None:
 def _random_batches(batch: int, canvas: tuple[int, int]):
     """Endless random study batches in the training batch format."""
     while True:
-        out = {k: torch.rand(batch, 1, *canvas) for k in ("ap", "lat")}
-        out |= {f"seg_{v}": torch.rand(batch, 8, *canvas).round() for v in ("ap", "lat")}
-        out |= {f"avail_{v}": torch.ones(batch, 8) for v in ("ap", "lat")}
+        out = {k: torch.rand(batch, 1, *canvas) for k in VIEW_KEYS}
+        out |= {seg_key(v): torch.rand(batch, 8, *canvas).round() for v in VIEW_KEYS}
+        out |= {avail_key(v): torch.ones(batch, 8) for v in VIEW_KEYS}
         out |= {"label": torch.ones(batch), "present": torch.ones(batch, 2)}
         yield out
 
@@ -70,7 +72,10 @@ def to_device(raw: dict[str, Any], device: torch.device) -> dict[str, torch.Tens
     """The tensors a training step needs (inputs and targets of ``prepare_study_batch``) on ``device``."""
     from spine_app.engines.batch import INPUT_KEYS, LEVEL_INPUT_KEYS, LEVEL_TARGET_KEYS, TARGET_KEYS, plain_tensor
 
-    keys = {*INPUT_KEYS, *TARGET_KEYS, *LEVEL_INPUT_KEYS, *LEVEL_TARGET_KEYS} - {"geom_ap", "geom_lat", "levels_lat"}
+    keys = {*INPUT_KEYS, *TARGET_KEYS, *LEVEL_INPUT_KEYS, *LEVEL_TARGET_KEYS} - {
+        *map(geom_key, VIEW_KEYS),
+        "levels_lat",
+    }
     return {k: plain_tensor(raw[k]).to(device) for k in keys if k in raw}
 
 
@@ -123,7 +128,7 @@ def inference_latency(
     fp16 = torch.autocast(device.type, dtype=torch.float16, enabled=precision.engine_amp)
     times = []
     for i in range(warmup + n):
-        batch = {k: torch.rand(1, 1, *canvas, device=device) for k in ("ap", "lat")}
+        batch = {k: torch.rand(1, 1, *canvas, device=device) for k in VIEW_KEYS}
         batch["present"] = torch.ones(1, 2, device=device)
         _sync(device)
         start = time.perf_counter()
@@ -181,14 +186,14 @@ def bench_speed(
 
 def format_speed(rows: list[dict[str, Any]]) -> str:
     """Markdown table of :func:`bench_speed` rows."""
-    lines = [
-        "| device | precision | channels-last | batch (studies) | canvas | train step (s) | images/s | loader wait (s/step) | inference median (s) | p95 (s) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['device']} ({r['threads']} threads) | {r['amp']} | {r['channels_last']} | {r['batch']} | "
-            f"{r['canvas'][0]}x{r['canvas'][1]} | {r['step_s']:.3f} | {r['images_per_s']:.1f} | "
-            f"{r['loader_wait_s']:.3f} ({r['data']} data) | {r['infer_median_s']:.3f} | {r['infer_p95_s']:.3f} |"
-        )
-    return "\n".join(lines)
+    header = ["device", "precision", "channels-last", "batch (studies)", "canvas", "train step (s)", "images/s"]
+    header += ["loader wait (s/step)", "inference median (s)", "p95 (s)"]
+    return markdown_table(
+        header,
+        [
+            [f"{r['device']} ({r['threads']} threads)", r["amp"], r["channels_last"], r["batch"]]
+            + [f"{r['canvas'][0]}x{r['canvas'][1]}", f"{r['step_s']:.3f}", f"{r['images_per_s']:.1f}"]
+            + [f"{r['loader_wait_s']:.3f} ({r['data']} data)", f"{r['infer_median_s']:.3f}", f"{r['infer_p95_s']:.3f}"]
+            for r in rows
+        ],
+    )

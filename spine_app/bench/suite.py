@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from spine_app.data.io import write_atomic
+from spine_app.viz.tables import markdown_table
 
 logger = logging.getLogger(__name__)
 
@@ -49,12 +50,6 @@ class BenchSettings:
 
 #: a part's result: (Markdown for the docs, figures as JSON, figure files to publish)
 PartResult = tuple[str, Any, list[Path]]
-
-
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    """A Markdown table."""
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
 
 
 def part_machine(s: BenchSettings) -> PartResult:
@@ -109,7 +104,7 @@ def part_machine(s: BenchSettings) -> PartResult:
         commit,
         info["date"],
     ]
-    return _table(header, [row]), info, []
+    return markdown_table(header, [row]), info, []
 
 
 def part_infer(s: BenchSettings) -> PartResult:
@@ -134,7 +129,7 @@ def part_infer(s: BenchSettings) -> PartResult:
         f"{r['throughput_studies_per_s']:.2f} studies/s",
         f"{r['peak_rss_mib']:.0f} MiB",
     ]
-    return _table(header, [row]), r, []
+    return markdown_table(header, [row]), r, []
 
 
 def _speed(s: BenchSettings, data: str | None) -> PartResult:
@@ -169,7 +164,7 @@ def part_view(s: BenchSettings) -> PartResult:
         f"{r['lat_score_max']:+.3f}",
         f"{r['median_seconds']:.2f} s",
     ]
-    return _table(header, [row]), r, []
+    return markdown_table(header, [row]), r, []
 
 
 def morphometry_row(name: str, r: dict[str, Any]) -> list[str]:
@@ -218,7 +213,7 @@ def part_morphometry(s: BenchSettings) -> PartResult:
         morphometry_row("reference (the method alone)", reports["reference"]),
         morphometry_row("the model's predictions (end to end)", reports["model"]),
     ]
-    return _table(MORPHOMETRY_HEADER, rows), reports, []
+    return markdown_table(MORPHOMETRY_HEADER, rows), reports, []
 
 
 def part_compare(s: BenchSettings) -> PartResult:

@@ -33,7 +33,7 @@ from monai.transforms import (
 )
 from monai.utils import convert_to_dst_type
 
-from spine_app.channels import LINE_CHANNELS, MASK_NAMES
+from spine_app.channels import LINE_CHANNELS, MASK_NAMES, VIEW_KEYS, seg_key
 
 
 def study_augmentation(
@@ -64,8 +64,8 @@ def study_augmentation(
         canvas: working size, for the translation range.
     """
     transforms = []
-    for view in ("ap", "lat"):
-        spatial_keys = [view, f"seg_{view}"] + (["levels_lat"] if view == "lat" else [])
+    for view in VIEW_KEYS:
+        spatial_keys = [view, seg_key(view)] + (["levels_lat"] if view == "lat" else [])
         modes = ("bilinear", "bilinear", "nearest")[: len(spatial_keys)]
         transforms += [
             RandAffined(
@@ -162,7 +162,7 @@ class RandCorruptiond(RandomizableTransform):
         if not self.specs:
             return data
         out = dict(data)
-        for view in ("ap", "lat"):
+        for view in VIEW_KEYS:
             for spec in self.specs:
                 self.randomize(None)
                 if not self._do_transform:

@@ -17,7 +17,7 @@ from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 
@@ -55,6 +55,26 @@ def _relative(path: Path, root: Path) -> str:
         return str(path.resolve().relative_to(root.resolve()))
     except ValueError:
         return str(path.resolve())
+
+
+class DatalistEntry(TypedDict, total=False):
+    """One study of a datalist split, as :func:`check_study` writes it and :func:`load_datalist` reads
+    it back (paths absolute after loading); ``LoadStudyd`` turns it into a study sample. Inference
+    entries (``spine_app.inference.run``) carry the paths, masks of None and ``notes``."""
+
+    study_id: str
+    label: int | None  # 0 Normal, 1 Damaged, None unlabelled
+    class_name: str | None
+    image_ap: str | None  # None where the study has no such film
+    image_lat: str | None
+    meta_ap: dict[str, Any]  # shape, bit_depth, format, spacing, spacing_source, dicom_view, constant
+    meta_lat: dict[str, Any]
+    views: list[str]
+    masks: list[str | None]  # one per channel, in MASK_NAMES order
+    mask_present: list[int]
+    empty_masks: list[str]
+    truth: str | None  # truth.json of the study (synthetic data)
+    notes: str  # inference: notes passed on to result.json
 
 
 def _truth_spacing(truth: Path | None) -> list[float] | None:

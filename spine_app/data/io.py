@@ -75,6 +75,12 @@ def file_stem(path: str | Path) -> str:
     return name[: -len(".nii.gz")] if name.lower().endswith(".nii.gz") else Path(name).stem
 
 
+def file_suffix(path: str | Path) -> str:
+    """A file name's extension, lower-cased, ``.nii.gz`` counting as one (``AP.NII.GZ`` -> ``.nii.gz``)."""
+    name = Path(path).name
+    return ".nii.gz" if name.lower().endswith(".nii.gz") else Path(name).suffix.lower()
+
+
 def image_format(path: str | Path) -> str | None:
     """Format of ``path`` from its suffix (``.nii.gz`` included), or DICOM by its magic bytes."""
     name = str(path).lower()

@@ -29,7 +29,7 @@ import torch
 from monai.transforms import MapTransform, Randomizable
 from scipy import ndimage
 
-from spine_app.channels import MASK_NAMES
+from spine_app.channels import MASK_NAMES, avail_key, seg_key
 
 #: fracture types, in level-map code order (0 = no fracture)
 FRACTURE_KINDS: tuple[str, ...] = ("none", "wedge", "biconcave", "crush")
@@ -315,7 +315,7 @@ class LevelBoxesd(MapTransform, Randomizable):
         shift: float = 0.06,
         scale: float = 0.12,
         turn_deg: float = 6.0,
-        keys: tuple[Hashable, ...] = ("seg_lat",),
+        keys: tuple[Hashable, ...] = (seg_key("lat"),),
     ) -> None:
         super().__init__(keys, allow_missing_keys=True)
         self.max_levels = max_levels
@@ -326,8 +326,8 @@ class LevelBoxesd(MapTransform, Randomizable):
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         out = dict(data)
-        seg = np.asarray(torch.as_tensor(data["seg_lat"]).detach().cpu())
-        avail = np.asarray(torch.as_tensor(data["avail_lat"]).detach().cpu())
+        seg = np.asarray(torch.as_tensor(data[seg_key("lat")]).detach().cpu())
+        avail = np.asarray(torch.as_tensor(data[avail_key("lat")]).detach().cpu())
         level_map = data.get("levels_lat")
         level_map = None if level_map is None else np.asarray(torch.as_tensor(level_map).detach().cpu())[0]
         if avail[_VB] > 0:

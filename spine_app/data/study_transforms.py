@@ -32,7 +32,7 @@ import torch
 from monai.transforms import MapTransform
 from torch.nn import functional as F
 
-from spine_app.channels import CHANNEL_VIEW, LINE_CHANNELS, MASK_NAMES, VIEWS
+from spine_app.channels import CHANNEL_VIEW, LINE_CHANNELS, MASK_NAMES, VIEWS, avail_key, geom_key, seg_key
 from spine_app.data.io import ImageReadError, read_image, read_mask
 from spine_app.data.levels import LEVEL_LABEL_SOURCES, level_map_from_morphometry, level_map_from_truth
 
@@ -207,7 +207,7 @@ class LoadStudyd(MapTransform):
             avail = torch.zeros(len(MASK_NAMES))
             if path is None:
                 out[key] = torch.zeros((1, *self.canvas))
-                out[f"geom_{key}"] = torch.zeros(FilmGeometry.FIELDS)
+                out[geom_key(view)] = torch.zeros(FilmGeometry.FIELDS)
                 present.append(0.0)
             else:
                 image, meta = self.read_image(path)
@@ -232,7 +232,7 @@ class LoadStudyd(MapTransform):
                 )
                 scale, _, _, top, left = fit_geometry(image.shape, self.canvas)
                 spacing = (data.get(f"meta_{key}") or {}).get("spacing") or meta.spacing or (0.0, 0.0)
-                out[f"geom_{key}"] = FilmGeometry(*image.shape, scale, top, left, tuple(spacing)).to_tensor()
+                out[geom_key(view)] = FilmGeometry(*image.shape, scale, top, left, tuple(spacing)).to_tensor()
                 if view == "LAT" and self.level_labels is not None and data["masks"][channels[0]]:
                     level_map = film_level_map(
                         masks, data.get("truth"), spacing if spacing[0] else None, self.level_labels
@@ -240,7 +240,7 @@ class LoadStudyd(MapTransform):
                     if level_map is not None:
                         out["levels_lat"] = fit_nearest(level_map, self.canvas)
                 present.append(1.0)
-            out[f"seg_{key}"] = seg
-            out[f"avail_{key}"] = avail
+            out[seg_key(view)] = seg
+            out[avail_key(view)] = avail
         out["present"] = torch.tensor(present)
         return out

@@ -6,7 +6,6 @@ from spine_app.engines.handlers import (
     AtomicCheckpointSaver,
     EpochCheckpoint,
     ValidationState,
-    key_metric_score,
 )
 from spine_app.engines.inferer import StudyInferer, unwrap_network
 from spine_app.engines.metrics import StudyMetrics
@@ -30,7 +29,6 @@ __all__ = [
     "ensure_datalist",
     "evaluate_and_report",
     "inference_entries",
-    "key_metric_score",
     "mask_priors",
     "output_loss",
     "prepare_study_batch",

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch.distributed as dist
 
-from spine_app.channels import MASK_NAMES
+from spine_app.channels import MASK_NAMES, VIEW_KEYS, avail_key, seg_key
 from spine_app.data.importer import import_dataset, load_datalist
 from spine_app.data.layout import find_studies
 
@@ -78,9 +78,9 @@ def mask_priors(datalist: str, canvas: tuple[int, int], limit: int = 40) -> list
     sums, counts = np.zeros(len(MASK_NAMES)), np.zeros(len(MASK_NAMES))
     for entry in load_datalist(datalist)["training"][:limit]:
         data = load(entry)
-        for view in ("ap", "lat"):
-            avail = np.asarray(data[f"avail_{view}"]) > 0
-            fraction = np.asarray(data[f"seg_{view}"]).reshape(len(MASK_NAMES), -1).mean(axis=1)
+        for view in VIEW_KEYS:
+            avail = np.asarray(data[avail_key(view)]) > 0
+            fraction = np.asarray(data[seg_key(view)]).reshape(len(MASK_NAMES), -1).mean(axis=1)
             sums[avail] += fraction[avail]
             counts[avail] += 1
     return [float(s / c) if c else 0.01 for s, c in zip(sums, counts)]

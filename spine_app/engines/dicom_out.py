@@ -169,6 +169,99 @@ def _local(value: str, meaning: str) -> Any:
     return _code(value, LOCAL_SCHEME, meaning)
 
 
+def _vertebra_group(body: Any, lat: Any, level: dict[str, Any] | None, length_unit: Any, ratio_unit: Any) -> Any:
+    """The SR measurement group of one measured vertebra of the LAT film ``lat``: heights, ratios,
+    reduction, the level head's fracture probability (``level``, where it scored the body), the
+    Genant grade and deformity type, on a circle of the body's area around its centre."""
+    import highdicom as hd
+    from pydicom.uid import generate_uid
+
+    name = body.level or f"#{body.index + 1} from the top of the field"
+    measurements = [
+        hd.sr.Measurement(
+            name=_local(f"H{k[0].upper()}", f"{k.capitalize()} vertebral body height"),
+            value=float(body.heights_mm[k]),
+            unit=length_unit,
+        )
+        for k in ("anterior", "middle", "posterior")
+    ]
+    measurements += [
+        hd.sr.Measurement(
+            name=_local(RATIO_CODES[key], f"Height ratio {key.replace('_', '/')}"),
+            value=float(value),
+            unit=ratio_unit,
+        )
+        for key, value in body.ratios.items()
+        if key in RATIO_CODES and value == value
+    ]
+    measurements.append(
+        hd.sr.Measurement(
+            name=_local("REDUCTION", "Vertebral body height reduction"),
+            value=float(body.reduction),
+            unit=ratio_unit,
+        )
+    )
+    if level is not None:  # the level head's fracture probability of the same body
+        measurements.append(
+            hd.sr.Measurement(
+                name=_local("FRACTUREP", "Vertebral fracture probability (level head)"),
+                value=float(level["fracture_probability"]),
+                unit=_code("1", "UCUM", "no units"),
+            )
+        )
+    row, col = body.centroid_px
+    radius = max(1.0, float(np.sqrt(body.area_px / np.pi)))
+    region = hd.sr.ImageRegion(
+        graphic_type="CIRCLE",
+        graphic_data=np.array([[col, row], [col + radius, row]], dtype=float),
+        source_image=hd.sr.SourceImageForRegion(lat.SOPClassUID, lat.SOPInstanceUID),
+    )
+    return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier=f"vertebra {name}"),
+        referenced_region=region,
+        finding_type=_code("51282000", "SCT", "Vertebra"),
+        measurements=measurements,
+        qualitative_evaluations=[
+            hd.sr.QualitativeEvaluation(
+                _local("GENANT", "Genant semiquantitative grade"),
+                _local(f"G{body.grade}", f"Genant grade {body.grade}"),
+            ),
+            hd.sr.QualitativeEvaluation(
+                _local("DEFORMITY", "Vertebral deformity type"),
+                _local(body.deformity.upper(), f"deformity: {body.deformity}"),
+            ),
+        ],
+    )
+
+
+def _study_group(result: dict[str, Any], datasets: dict[str, Any]) -> Any:
+    """The SR measurement group of the study: the Normal/Damaged finding and its probability."""
+    import highdicom as hd
+    from pydicom.uid import generate_uid
+
+    damaged = result.get("label") == "Damaged"
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier="study decision"),
+        finding_type=_local("SPINESTUDY", "Thoracolumbar spine, AP and lateral films"),
+        measurements=[
+            hd.sr.Measurement(
+                name=_local("DAMAGEDP", "Probability of a damaged (fractured) spine"),
+                value=float(result.get("damaged_probability") or 0.0),
+                unit=_code("1", "UCUM", "no units"),
+            )
+        ],
+        qualitative_evaluations=[
+            hd.sr.QualitativeEvaluation(
+                _code("121071", "DCM", "Finding"),
+                _code("263654008", "SCT", "Abnormal") if damaged else _code("17621005", "SCT", "Normal"),
+            )
+        ],
+        source_images=[
+            hd.sr.SourceImageForMeasurementGroup(ds.SOPClassUID, ds.SOPInstanceUID) for ds in datasets.values()
+        ],
+    )
+
+
 def write_sr(
     films: dict[str, str | Path],
     segs: list[str | Path],
@@ -219,88 +312,8 @@ def write_sr(
     for body in bodies if lat is not None else []:
         if body.grade < 0:  # not measurable / not graded: listed in result.json with the reason
             continue
-        name = body.level or f"#{body.index + 1} from the top of the field"
-        measurements = [
-            hd.sr.Measurement(
-                name=_local(f"H{k[0].upper()}", f"{k.capitalize()} vertebral body height"),
-                value=float(body.heights_mm[k]),
-                unit=length_unit,
-            )
-            for k in ("anterior", "middle", "posterior")
-        ]
-        measurements += [
-            hd.sr.Measurement(
-                name=_local(RATIO_CODES[key], f"Height ratio {key.replace('_', '/')}"),
-                value=float(value),
-                unit=ratio_unit,
-            )
-            for key, value in body.ratios.items()
-            if key in RATIO_CODES and value == value
-        ]
-        measurements.append(
-            hd.sr.Measurement(
-                name=_local("REDUCTION", "Vertebral body height reduction"),
-                value=float(body.reduction),
-                unit=ratio_unit,
-            )
-        )
-        level = level_of_body.get(body.index + 1)
-        if level is not None:  # the level head's fracture probability of the same body
-            measurements.append(
-                hd.sr.Measurement(
-                    name=_local("FRACTUREP", "Vertebral fracture probability (level head)"),
-                    value=float(level["fracture_probability"]),
-                    unit=_code("1", "UCUM", "no units"),
-                )
-            )
-        row, col = body.centroid_px
-        radius = max(1.0, float(np.sqrt(body.area_px / np.pi)))
-        region = hd.sr.ImageRegion(
-            graphic_type="CIRCLE",
-            graphic_data=np.array([[col, row], [col + radius, row]], dtype=float),
-            source_image=hd.sr.SourceImageForRegion(lat.SOPClassUID, lat.SOPInstanceUID),
-        )
-        groups.append(
-            hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-                tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier=f"vertebra {name}"),
-                referenced_region=region,
-                finding_type=_code("51282000", "SCT", "Vertebra"),
-                measurements=measurements,
-                qualitative_evaluations=[
-                    hd.sr.QualitativeEvaluation(
-                        _local("GENANT", "Genant semiquantitative grade"),
-                        _local(f"G{body.grade}", f"Genant grade {body.grade}"),
-                    ),
-                    hd.sr.QualitativeEvaluation(
-                        _local("DEFORMITY", "Vertebral deformity type"),
-                        _local(body.deformity.upper(), f"deformity: {body.deformity}"),
-                    ),
-                ],
-            )
-        )
-    damaged = result.get("label") == "Damaged"
-    groups.append(
-        hd.sr.MeasurementsAndQualitativeEvaluations(
-            tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier="study decision"),
-            finding_type=_local("SPINESTUDY", "Thoracolumbar spine, AP and lateral films"),
-            measurements=[
-                hd.sr.Measurement(
-                    name=_local("DAMAGEDP", "Probability of a damaged (fractured) spine"),
-                    value=float(result.get("damaged_probability") or 0.0),
-                    unit=_code("1", "UCUM", "no units"),
-                )
-            ],
-            qualitative_evaluations=[
-                hd.sr.QualitativeEvaluation(
-                    _code("121071", "DCM", "Finding"),
-                    _code("263654008", "SCT", "Abnormal") if damaged else _code("17621005", "SCT", "Normal"),
-                )
-            ],
-            source_images=[
-                hd.sr.SourceImageForMeasurementGroup(ds.SOPClassUID, ds.SOPInstanceUID) for ds in datasets.values()
-            ],
-        )
-    )
+        groups.append(_vertebra_group(body, lat, level_of_body.get(body.index + 1), length_unit, ratio_unit))
+    groups.append(_study_group(result, datasets))
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=observer),
         procedure_reported=_local("SPINEXR", "Spine radiographs, AP and lateral"),

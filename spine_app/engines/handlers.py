@@ -283,8 +283,3 @@ class EpochCheckpoint:
         for tmp in self.ckpt_dir.glob(".*.pt.*.tmp"):
             logger.warning("removing %s, left by an interrupted save", tmp)
             tmp.unlink(missing_ok=True)
-
-
-def key_metric_score(engine: Any) -> float:
-    """The evaluator's key metric value (higher is better), for early stopping."""
-    return float(engine.state.metrics[engine.state.key_metric_name])

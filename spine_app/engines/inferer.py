@@ -10,7 +10,7 @@ import torch
 from monai.inferers import Inferer, SlidingWindowInferer
 from torch import nn
 
-from spine_app.channels import LINE_CHANNELS, MASK_NAMES
+from spine_app.channels import LINE_CHANNELS, MASK_NAMES, VIEW_KEYS, seg_key
 from spine_app.data.levels import MAX_LEVELS, film_level_boxes, pad_boxes
 from spine_app.networks.levels import LevelBatch
 from spine_app.networks.multitask import SpineMultiTaskNet, StudyModel
@@ -116,8 +116,8 @@ class StudyInferer(Inferer):
         to_input = self.precision.to_input
         with self.precision.autocast():
             out = net.classify(to_input(inputs["ap"]), to_input(inputs["lat"]), inputs["present"])
-            for view in ("ap", "lat"):
-                out[f"seg_{view}"] = self.window(to_input(inputs[view]), net)
+            for view in VIEW_KEYS:
+                out[seg_key(view)] = self.window(to_input(inputs[view]), net)
             mirrored = lat_faces_right(out["seg_lat"]) & (inputs["present"][:, 1] > 0)
             if self.mirror_tta:
                 self._mirror_average(net, inputs, out, mirrored)

@@ -18,7 +18,16 @@ import torch
 from ignite.engine import Engine
 from ignite.metrics import Metric
 
-from spine_app.channels import CHANNEL_VIEW, LINE_CHANNELS, MASK_NAMES, channels_of_view
+from spine_app.channels import (
+    CHANNEL_VIEW,
+    LINE_CHANNELS,
+    MASK_NAMES,
+    VIEW_KEYS,
+    avail_key,
+    channels_of_view,
+    geom_key,
+    seg_key,
+)
 from spine_app.data.levels import FRACTURE_KINDS, film_level_boxes
 from spine_app.data.study_transforms import FilmGeometry
 from spine_app.metrics.classification import auroc
@@ -91,8 +100,8 @@ def binary_masks(
     pred: dict[str, torch.Tensor], target: dict[str, torch.Tensor], view: str, b: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """(predicted, true) bool masks (8, H, W) of study ``b`` on ``view`` ("ap"/"lat"): sigmoid > 0.5, target > 0.5."""
-    predicted = (torch.sigmoid(pred[f"seg_{view}"][b].float()) > 0.5).cpu().numpy()
-    truth = (target[f"seg_{view}"][b].float() > 0.5).cpu().numpy()
+    predicted = (torch.sigmoid(pred[seg_key(view)][b].float()) > 0.5).cpu().numpy()
+    truth = (target[seg_key(view)][b].float() > 0.5).cpu().numpy()
     return predicted, truth
 
 
@@ -137,7 +146,7 @@ def level_records(pred: dict[str, torch.Tensor], target: dict[str, torch.Tensor]
     truth: list[dict[str, Any]] = []
     level_map = target.get("levels_lat")
     if level_map is not None and float(level_map[b].max()) > 0:
-        seg = target["seg_lat"][b].float().cpu().numpy()
+        seg = target[seg_key("lat")][b].float().cpu().numpy()
         vb, disk = MASK_NAMES.index("Lat_Vertebra"), MASK_NAMES.index("Lat_Disk_Height")
         boxes = film_level_boxes(seg[vb] > 0.5, seg[disk] > 0.5, 0, level_map[b, 0].cpu().numpy())
         known = [i for i in range(len(boxes)) if boxes.grade[i] >= 0]
@@ -173,7 +182,7 @@ class StudyMetrics(Metric):
         pred, target = output
         ids = target.get("study_id") or []
         for b in range(target["label"].shape[0]):
-            masks = {view: binary_masks(pred, target, view, b) for view in ("ap", "lat")}
+            masks = {view: binary_masks(pred, target, view, b) for view in VIEW_KEYS}
             record: dict[str, Any] = {
                 "study_id": ids[b] if b < len(ids) else str(len(self.records)),
                 "label": float(target["label"][b]),
@@ -187,15 +196,15 @@ class StudyMetrics(Metric):
                 record["prob_levels_fused"] = levels_and_fused(record["prob_cls_levels"], record["prob_cls"])
             record.update(
                 study_probabilities(
-                    record["prob_cls"], masks["lat"][0], target["geom_lat"][b], record["present"][1] > 0
+                    record["prob_cls"], masks["lat"][0], target[geom_key("lat")][b], record["present"][1] > 0
                 )
             )
             for c, (name, view) in enumerate(zip(MASK_NAMES, CHANNEL_VIEW)):
                 key = view.lower()
-                if float(target[f"avail_{key}"][b, c]) <= 0:
+                if float(target[avail_key(key)][b, c]) <= 0:
                     continue
                 predicted, truth = masks[key]
-                spacing = FilmGeometry.from_tensor(target[f"geom_{key}"][b]).working_spacing
+                spacing = FilmGeometry.from_tensor(target[geom_key(key)][b]).working_spacing
                 record[name] = score_masks(predicted[c], truth[c], spacing, line=name in LINE_CHANNELS).to_dict()
             if all(name in record for name in LINE_CHANNELS):
                 predicted, truth = masks["lat"]
@@ -216,7 +225,7 @@ class StudyMetrics(Metric):
         for view, (predicted, truth) in masks.items():
             example[f"image_{view}"] = target[f"image_{view}"][b, 0].float().cpu().numpy()
             example[f"pred_{view}"], example[f"truth_{view}"] = predicted, truth
-            example[f"avail_{view}"] = target[f"avail_{view}"][b].cpu().numpy() > 0
+            example[avail_key(view)] = target[avail_key(view)][b].cpu().numpy() > 0
         return example
 
     def _gather(self) -> None:

@@ -18,12 +18,13 @@ from typing import Any
 import numpy as np
 
 from spine_app import __version__
-from spine_app.channels import CHANNEL_VIEW, MASK_NAMES
+from spine_app.channels import CHANNEL_VIEW, MASK_NAMES, VIEW_KEYS, avail_key
 from spine_app.data.io import write_atomic
 from spine_app.engines.metrics import HEADS, StudyMetrics, head_rows, line_side_summary, segmentation_table
 from spine_app.metrics.classification import auroc, auroc_ci, threshold_scores, youden_threshold
 from spine_app.metrics.levels import level_markdown, level_scores, level_threshold
 from spine_app.viz.figures import save_figure, subplots
+from spine_app.viz.tables import markdown_table
 
 logger = logging.getLogger(__name__)
 
@@ -74,28 +75,25 @@ def markdown(
 ) -> str:
     """The results as Markdown tables (one row per mask, then one row per classification head),
     with the line side check between them."""
-    lines = [
-        "| Mask | Dice | IoU | TPR | Precision | HD95 (px) | HD95 (mm) | clDice | NSD | n |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+    rows = [
+        [name, *(f"{e[k]:.4f}" for k in ("dice", "iou", "tpr", "precision")), f"{e['hd95_px']:.2f}"]
+        + [f"{e['hd95_mm']:.2f}" if e["hd95_mm"] is not None else "-"]
+        + ([f"{e['cldice']:.4f}", f"{e['nsd']:.4f}"] if "cldice" in e else ["-", "-"])
+        + [e["n"]]
+        for name, e in seg.items()
     ]
-    for name, e in seg.items():
-        mm = f"{e['hd95_mm']:.2f}" if e["hd95_mm"] is not None else "-"
-        line_scores = f"{e['cldice']:.4f} | {e['nsd']:.4f}" if "cldice" in e else "- | -"
-        lines.append(
-            f"| {name} | {e['dice']:.4f} | {e['iou']:.4f} | {e['tpr']:.4f} | {e['precision']:.4f} | {e['hd95_px']:.2f} | {mm} | {line_scores} | {e['n']} |"
-        )
+    header = ["Mask", "Dice", "IoU", "TPR", "Precision", "HD95 (px)", "HD95 (mm)", "clDice", "NSD", "n"]
+    lines = [markdown_table(header, rows)]
     if side_line(sides):
         lines += ["", side_line(sides).strip()]
-    lines += [
-        "",
-        "| Classifier | AUROC (95 % CI) | Accuracy | Sensitivity | Specificity | F1 | Threshold | Confusion [[TN, FP], [FN, TP]] |",
-        "|---|---|---|---|---|---|---|---|",
+    rows = [
+        [head, f"{e['auroc']:.3f} ({e['auroc_ci95'][0]:.3f}-{e['auroc_ci95'][1]:.3f})"]
+        + [f"{e[k]:.3f}" for k in ("accuracy", "sensitivity", "specificity", "f1", "threshold")]
+        + [e["confusion_matrix"]]
+        for head, e in cls.items()
     ]
-    for head, e in cls.items():
-        ci = f"{e['auroc']:.3f} ({e['auroc_ci95'][0]:.3f}-{e['auroc_ci95'][1]:.3f})"
-        lines.append(
-            f"| {head} | {ci} | {e['accuracy']:.3f} | {e['sensitivity']:.3f} | {e['specificity']:.3f} | {e['f1']:.3f} | {e['threshold']:.3f} | {e['confusion_matrix']} |"
-        )
+    header = ["Classifier", "AUROC (95 % CI)", "Accuracy", "Sensitivity", "Specificity", "F1", "Threshold"]
+    lines += ["", markdown_table(header + ["Confusion [[TN, FP], [FN, TP]]"], rows)]
     if levels:
         lines += [
             "",
@@ -180,8 +178,8 @@ def plot_examples(examples: list[dict[str, Any]], path: Path) -> None:
 
     fig, axes = subplots(len(examples), 2, figsize=(6, 4 * len(examples)), squeeze=False)
     for row, ex in enumerate(examples):
-        for col, view in enumerate(("ap", "lat")):
-            channels = np.nonzero(ex[f"avail_{view}"])[0]
+        for col, view in enumerate(VIEW_KEYS):
+            channels = np.nonzero(ex[avail_key(view)])[0]
             rgb = overlay(ex[f"image_{view}"], {int(c): ex[f"pred_{view}"][c] for c in channels})
             for c in channels:
                 truth = ex[f"truth_{view}"][c]

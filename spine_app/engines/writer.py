@@ -47,14 +47,14 @@ import shutil
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 from torch.nn import functional as F
 
 from spine_app import __version__
-from spine_app.channels import CHANNEL_VIEW, MASK_NAMES
+from spine_app.channels import CHANNEL_VIEW, MASK_NAMES, VIEWS, geom_key, seg_key
 from spine_app.data.io import fsync_folder, image_format, read_image, write_atomic, write_nifti, write_png
 from spine_app.data.layout import CLASS_NAMES
 from spine_app.data.study_transforms import FilmGeometry, fit_geometry
@@ -65,15 +65,19 @@ logger = logging.getLogger(__name__)
 #: what decides Normal/Damaged (see StudyPredictionWriter)
 DECISIONS: tuple[str, ...] = ("levels", "levels_network", "network", "combined")
 
-SUMMARY_COLUMNS = (
-    "study_id",
-    "status",
+#: the summary.csv columns copied from result.json as they are
+RESULT_COLUMNS = (
     "damaged_probability",
     "label",
     "threshold",
     "network_probability",
     "morphometry_probability",
     "levels_probability",
+)
+SUMMARY_COLUMNS = (
+    "study_id",
+    "status",
+    *RESULT_COLUMNS,
     "suspected_levels",
     "probability_ap",
     "probability_lat",
@@ -308,6 +312,17 @@ def _hold_for_tests(study_id: str) -> None:
             time.sleep(60)
 
 
+class _WrittenView(NamedTuple):
+    """One film as :meth:`StudyPredictionWriter._write_view` wrote it."""
+
+    view: str
+    source: str
+    masks: dict[int, np.ndarray]  # channel -> bool mask at the original resolution
+    bodies: list  # morphometry.measure.VertebralBody (LAT only)
+    geom: torch.Tensor
+    dicom: bool  # a DICOM film with a SEG written beside it
+
+
 class StudyPredictionWriter:
     """Ignite handler for the inference evaluator: writes every study of each batch (see module doc).
 
@@ -421,7 +436,7 @@ class StudyPredictionWriter:
             return None
         if result.get("settings") != self.settings():
             return None
-        films = {view: entry.get(f"image_{view.lower()}") for view in ("AP", "LAT")}
+        films = {view: entry.get(f"image_{view.lower()}") for view in VIEWS}
         inputs = result.get("inputs") or {}
         if set(inputs) != {view for view, path in films.items() if path}:
             return None
@@ -529,17 +544,61 @@ class StudyPredictionWriter:
 
     def _write_files(self, study_id: str, folder: Path, pred: dict, target: dict, b: int) -> dict[str, Any]:
         """Write one study's files into ``folder``; returns its summary row."""
-        from spine_app.morphometry.measure import (
-            combine_probabilities,
-            measure_lat_film,
-            morphometry_probability,
-            study_fracture_score,
-        )
-
         network = float(torch.sigmoid(pred["cls"][b].float()))
-        result: dict[str, Any] = {
+        result = self._new_result(study_id, network, target, b)
+        spacing = None
+        views: list[_WrittenView] = []
+        for i, view in enumerate(VIEWS):
+            if float(target["present"][b, i]) <= 0:
+                result["warnings"].append(
+                    f"no {view} view: its masks" + (" and morphometry" if view == "LAT" else "") + " are missing"
+                )
+                continue
+            written = self._write_view(folder, view, pred, target, b, result)
+            spacing = FilmGeometry.from_tensor(written.geom).spacing
+            views.append(written)
+        lat_bodies = next((v.bodies for v in views if v.view == "LAT"), [])
+        probability, levels_block = self._decide(result, network, pred, target, b, lat_bodies)
+        dicom_films = {v.view: v.source for v in views if v.dicom}  # view -> DICOM source, for the SR
+        if dicom_films:
+            from spine_app.engines.dicom_out import write_sr
+
+            segs = [folder / f"seg_{view}.dcm" for view in dicom_films]
+            write_sr(
+                dicom_films,
+                segs,
+                result,
+                lat_bodies,
+                folder / "report.dcm",
+                self.model_version,
+                (self.model or {}).get("sha256"),
+            )
+            result["dicom_outputs"].append("report.dcm")
+        overlays = [(v.view, v.source, v.masks, v.bodies, v.geom) for v in views]
+        if self.overlays:
+            self._write_overlays(folder, study_id, result, probability, overlays, levels_block, target, b)
+        if self.explain and "saliency_ap" in pred:
+            result["explanation"] = self._explain(folder, study_id, probability, pred, b, overlays)
+        if spacing is None and result["inputs"]:
+            result["warnings"].append("pixel spacing unknown: areas and heights are in pixels")
+        probabilities = [
+            network,
+            result["combined_probability"],
+            *result["view_probabilities"].values(),
+            result.get("levels_probability", 0.0),
+        ]
+        if not all(math.isfinite(p) for p in probabilities):
+            raise ValueError("the network's probabilities are not finite numbers (NaN/inf): broken weights?")
+        result = finite_json(result)
+        write_json(folder / "result.json", result, strict=True)
+        return summary_row(result, study_id, "ok")
+
+    def _new_result(self, study_id: str, network: float, target: dict, b: int) -> dict[str, Any]:
+        """result.json before the views are written: the run's settings, the network's probability,
+        the study's notes as warnings; the rest is filled view by view and by the decision."""
+        return {
             "study_id": study_id,
-            "damaged_probability": None,  # the decision's probability (filled below)
+            "damaged_probability": None,  # the decision's probability (filled by _decide)
             "label": None,
             "threshold": self.damaged_threshold,
             "network_probability": round(network, 4),
@@ -557,58 +616,59 @@ class StudyPredictionWriter:
             "bundle_version": self.model_version,
             "spine_app_version": __version__,
         }
-        spacing = None
-        overlays: list[tuple[str, str, dict, list, torch.Tensor]] = []
-        dicom_films: dict[str, str] = {}  # view -> DICOM source, for the SEG/SR outputs
-        lat_bodies: list = []
-        for i, view in enumerate(("AP", "LAT")):
-            key = view.lower()
-            if float(target["present"][b, i]) <= 0:
-                result["warnings"].append(
-                    f"no {view} view: its masks" + (" and morphometry" if view == "LAT" else "") + " are missing"
-                )
-                continue
-            source = target[f"path_{key}"][b]
-            result["inputs"][view] = {"path": source, "sha256": sha256_of(source)}
-            if view == "LAT" and "lat_mirrored" in pred and float(pred["lat_mirrored"][b]) > 0:
-                result["warnings"].append(
-                    "LAT film faces right (anterior to the right): its masks were drawn on the mirrored film"
-                )
-            result["view_probabilities"][view] = round(float(torch.sigmoid(pred[f"cls_{key}"][b].float())), 4)
-            geom = target[f"geom_{key}"][b]
-            spacing = FilmGeometry.from_tensor(geom).spacing
-            channels = [c for c, v in enumerate(CHANNEL_VIEW) if v == view]
-            probs = to_original(pred[f"seg_{key}"][b][channels], geom)  # only this view's channels are resized
-            masks = {c: (probs[i] > self.threshold).cpu().numpy() for i, c in enumerate(channels)}
-            for c, mask in masks.items():
-                name = MASK_NAMES[c]
-                write_png(folder / f"{name}.png", mask)
-                if self.nifti:
-                    write_nifti(folder / f"{name}.nii.gz", mask, spacing)
-                result["mask_area_px"][name] = int(mask.sum())
-                result["mask_area_mm2"][name] = (
-                    round(float(mask.sum() * spacing[0] * spacing[1]), 1) if spacing else None
-                )
-            if self.dicom_out and image_format(Path(source)) == "dicom":
-                from spine_app.engines.dicom_out import write_seg
 
-                write_seg(source, masks, view, folder / f"seg_{view}.dcm", self.model_version)
-                result.setdefault("dicom_outputs", []).append(f"seg_{view}.dcm")
-                dicom_films[view] = source
-            bodies = []
-            if view == "LAT":
-                bodies = measure_lat_film(
-                    {MASK_NAMES[c]: m for c, m in masks.items()}, spacing or (1.0, 1.0), self.lowest_level
-                )
-                result["morphometry"] = _morphometry_summary(bodies, spacing, self.lowest_level)
-                lat_bodies = bodies
-                result["morphometry_probability"] = round(morphometry_probability(study_fracture_score(bodies)), 4)
-            overlays.append((view, source, masks, bodies, geom))
+    def _write_view(self, folder: Path, view: str, pred: dict, target: dict, b: int, result: dict) -> _WrittenView:
+        """One present film: its masks at the original resolution (PNG, NIfTI, DICOM SEG), their
+        areas, and on the LAT film the morphometry; ``result`` gets the view's entries."""
+        from spine_app.morphometry.measure import measure_lat_film, morphometry_probability, study_fracture_score
+
+        key = view.lower()
+        source = target[f"path_{key}"][b]
+        result["inputs"][view] = {"path": source, "sha256": sha256_of(source)}
+        if view == "LAT" and "lat_mirrored" in pred and float(pred["lat_mirrored"][b]) > 0:
+            result["warnings"].append(
+                "LAT film faces right (anterior to the right): its masks were drawn on the mirrored film"
+            )
+        result["view_probabilities"][view] = round(float(torch.sigmoid(pred[f"cls_{key}"][b].float())), 4)
+        geom = target[geom_key(view)][b]
+        spacing = FilmGeometry.from_tensor(geom).spacing
+        channels = [c for c, v in enumerate(CHANNEL_VIEW) if v == view]
+        probs = to_original(pred[seg_key(view)][b][channels], geom)  # only this view's channels are resized
+        masks = {c: (probs[i] > self.threshold).cpu().numpy() for i, c in enumerate(channels)}
+        for c, mask in masks.items():
+            name = MASK_NAMES[c]
+            write_png(folder / f"{name}.png", mask)
+            if self.nifti:
+                write_nifti(folder / f"{name}.nii.gz", mask, spacing)
+            result["mask_area_px"][name] = int(mask.sum())
+            result["mask_area_mm2"][name] = round(float(mask.sum() * spacing[0] * spacing[1]), 1) if spacing else None
+        dicom = self.dicom_out and image_format(Path(source)) == "dicom"
+        if dicom:
+            from spine_app.engines.dicom_out import write_seg
+
+            write_seg(source, masks, view, folder / f"seg_{view}.dcm", self.model_version)
+            result.setdefault("dicom_outputs", []).append(f"seg_{view}.dcm")
+        bodies = []
+        if view == "LAT":
+            bodies = measure_lat_film(
+                {MASK_NAMES[c]: m for c, m in masks.items()}, spacing or (1.0, 1.0), self.lowest_level
+            )
+            result["morphometry"] = _morphometry_summary(bodies, spacing, self.lowest_level)
+            result["morphometry_probability"] = round(morphometry_probability(study_fracture_score(bodies)), 4)
+        return _WrittenView(view, source, masks, bodies, geom, dicom)
+
+    def _decide(
+        self, result: dict, network: float, pred: dict, target: dict, b: int, lat_bodies: list
+    ) -> tuple[float, dict[str, Any] | None]:
+        """The decision (:data:`DECISIONS`; a level decision falls back to the network without level
+        head output) into ``result``: its probability and label; returns (probability, levels block)."""
+        from spine_app.morphometry.measure import combine_probabilities
+
         combined = combine_probabilities(network, result["morphometry_probability"])
         decision = self.decision
         levels_block = None
         if "level_logits" in pred and float(target["present"][b, 1]) > 0:
-            levels_block = level_summary(pred, b, target["geom_lat"][b], lat_bodies, self.level_threshold)
+            levels_block = level_summary(pred, b, target[geom_key("lat")][b], lat_bodies, self.level_threshold)
             result["levels"] = levels_block
             result["levels_probability"] = levels_block["study_probability"]
         elif decision in ("levels", "levels_network"):
@@ -626,48 +686,32 @@ class StudyPredictionWriter:
         result["combined_probability"] = round(combined, 4)
         result["damaged_probability"] = round(probability, 4)
         result["label"] = "Damaged" if probability >= self.damaged_threshold else "Normal"
-        if dicom_films:
-            from spine_app.engines.dicom_out import write_sr
+        return probability, levels_block
 
-            segs = [folder / f"seg_{view}.dcm" for view in dicom_films]
-            write_sr(
-                dicom_films,
-                segs,
-                result,
-                lat_bodies,
-                folder / "report.dcm",
-                self.model_version,
-                (self.model or {}).get("sha256"),
+    def _write_overlays(
+        self,
+        folder: Path,
+        study_id: str,
+        result: dict,
+        probability: float,
+        overlays: list,
+        levels_block: dict[str, Any] | None,
+        target: dict,
+        b: int,
+    ) -> None:
+        """overlay_<view>.png: the masks (and on LAT the bodies and flagged levels) on each film."""
+        from spine_app.viz.overlay import write_overlay
+
+        known = float(target["label"][b]) if "label" in target else -1.0
+        title_end = f" | known label: {CLASS_NAMES[int(known)]}" if known in (0.0, 1.0) else ""
+        for view, source, masks, bodies, _ in overlays:
+            image, _ = read_image(source)
+            title = (
+                f"{study_id} {view} | prediction: {result['label']} "
+                f"(P(Damaged) {probability:.2f}, threshold {self.damaged_threshold:.2f}){title_end}"
             )
-            result["dicom_outputs"].append("report.dcm")
-        if self.overlays:
-            from spine_app.viz.overlay import write_overlay
-
-            known = float(target["label"][b]) if "label" in target else -1.0
-            title_end = f" | known label: {CLASS_NAMES[int(known)]}" if known in (0.0, 1.0) else ""
-            for view, source, masks, bodies, _ in overlays:
-                image, _ = read_image(source)
-                title = (
-                    f"{study_id} {view} | prediction: {result['label']} "
-                    f"(P(Damaged) {probability:.2f}, threshold {self.damaged_threshold:.2f}){title_end}"
-                )
-                marks = _suspect_marks(levels_block) if view == "LAT" else ()
-                write_overlay(folder / f"overlay_{view}.png", image, masks, title, bodies, marks)
-        if self.explain and "saliency_ap" in pred:
-            result["explanation"] = self._explain(folder, study_id, probability, pred, b, overlays)
-        if spacing is None and result["inputs"]:
-            result["warnings"].append("pixel spacing unknown: areas and heights are in pixels")
-        probabilities = [
-            network,
-            combined,
-            *result["view_probabilities"].values(),
-            result.get("levels_probability", 0.0),
-        ]
-        if not all(math.isfinite(p) for p in probabilities):
-            raise ValueError("the network's probabilities are not finite numbers (NaN/inf): broken weights?")
-        result = finite_json(result)
-        write_json(folder / "result.json", result, strict=True)
-        return summary_row(result, study_id, "ok")
+            marks = _suspect_marks(levels_block) if view == "LAT" else ()
+            write_overlay(folder / f"overlay_{view}.png", image, masks, title, bodies, marks)
 
 
 def summary_row(result: dict[str, Any], study_id: str, status: str, output: str | None = None) -> dict[str, Any]:
@@ -675,17 +719,7 @@ def summary_row(result: dict[str, Any], study_id: str, status: str, output: str 
     same row whether the study was just written or skipped as already done."""
     views = result.get("view_probabilities") or {}
     morphometry = result.get("morphometry")
-    row = {
-        key: result.get(key)
-        for key in (
-            "damaged_probability",
-            "label",
-            "threshold",
-            "network_probability",
-            "morphometry_probability",
-            "levels_probability",
-        )
-    }
+    row = {key: result.get(key) for key in RESULT_COLUMNS}
     row.update(
         study_id=study_id,
         status=status,

@@ -25,10 +25,10 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from spine_app.channels import VIEW_KEYS
 from spine_app.networks.precision import FP32, Precision
 
 METHODS = ("gradcam", "gradcampp", "occlusion")
-VIEWS = ("ap", "lat")
 
 
 def scale_per_film(maps: torch.Tensor) -> torch.Tensor:
@@ -61,8 +61,8 @@ class ViewDecision(nn.Module):
         precision: Precision = FP32,
     ) -> None:
         super().__init__()
-        if view not in VIEWS:
-            raise ValueError(f"view must be one of {VIEWS}, got {view!r}")
+        if view not in VIEW_KEYS:
+            raise ValueError(f"view must be one of {VIEW_KEYS}, got {view!r}")
         self.net, self.view, self.precision = net, view, precision
         self.deepest = nn.Identity()
         self.register_buffer("other_embedding", other_embedding.detach().float(), persistent=False)
@@ -134,12 +134,12 @@ def saliency_maps(
     net.eval()  # the decision as inference makes it (dropout off, batch statistics fixed)
     embeddings = _view_embeddings(net, ap, lat, precision)
     images = {"ap": ap, "lat": lat}
-    maps: dict[str, list[torch.Tensor]] = {view: [] for view in VIEWS}
+    maps: dict[str, list[torch.Tensor]] = {view: [] for view in VIEW_KEYS}
     with torch.enable_grad():
         # one study at a time: the fixed embedding belongs to one study (and MONAI's GradCAM++ and
         # occlusion take one image per call)
         for b in range(ap.shape[0]):
-            for i, view in enumerate(VIEWS):
+            for i, view in enumerate(VIEW_KEYS):
                 if float(present[b, i]) <= 0:
                     maps[view].append(torch.zeros_like(images[view][b : b + 1], dtype=torch.float32))
                     continue
@@ -149,7 +149,7 @@ def saliency_maps(
                 maps[view].append(scale_per_film(raw.detach()))
                 net.zero_grad(set_to_none=True)
     net.train(was_training)
-    return {view: torch.cat(maps[view]) for view in VIEWS}
+    return {view: torch.cat(maps[view]) for view in VIEW_KEYS}
 
 
 def peak_position(saliency: torch.Tensor, smooth: int = 9) -> tuple[int, int] | None:

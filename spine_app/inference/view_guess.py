@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from spine_app.channels import MASK_NAMES
+from spine_app.channels import MASK_NAMES, VIEWS
 from spine_app.data.io import read_image
 from spine_app.data.study_transforms import fit_to_canvas, normalize_intensity
 
@@ -92,14 +92,14 @@ def bench_views(datalist: str | Path, split: str = "test", model: str | Path | N
 
     rows = []
     for entry in load_datalist(datalist)[split]:
-        for view in ("AP", "LAT"):
+        for view in VIEWS:
             path = entry.get(f"image_{view.lower()}")
             if path:
                 start = time.perf_counter()
                 guess = guess_view(path, model=model)
                 rows.append({"view": view, "guess": guess, "seconds": time.perf_counter() - start})
     decided = [r for r in rows if r["guess"].confident]
-    scores = {v: [r["guess"].score for r in rows if r["view"] == v] for v in ("AP", "LAT")}
+    scores = {v: [r["guess"].score for r in rows if r["view"] == v] for v in VIEWS}
     return {
         "films": len(rows),
         "correct": sum(r["guess"].view == r["view"] for r in decided),

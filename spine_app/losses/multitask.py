@@ -11,7 +11,7 @@ from monai.losses import SoftclDiceLoss
 from torch import nn
 from torch.nn import functional as F
 
-from spine_app.channels import CHANNEL_VIEW, LINE_CHANNELS, MASK_NAMES
+from spine_app.channels import CHANNEL_VIEW, LINE_CHANNELS, MASK_NAMES, VIEW_KEYS, avail_key, seg_key
 
 
 def cumulative_targets(grade: torch.Tensor, grades: int = 3) -> torch.Tensor:
@@ -94,11 +94,11 @@ class MultiTaskLoss(nn.Module):
         self.last: dict[str, float] = {}
 
     def forward(self, pred: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -> torch.Tensor:
-        seg = pred["seg_ap"].new_zeros(())
-        for view in ("ap", "lat"):
-            available = target[f"avail_{view}"] * self.channel_weight.to(target[f"avail_{view}"].device)
+        seg = pred[seg_key("ap")].new_zeros(())
+        for view in VIEW_KEYS:
+            available = target[avail_key(view)] * self.channel_weight.to(target[avail_key(view)].device)
             dice, bce = masked_dice_bce(
-                pred[f"seg_{view}"], target[f"seg_{view}"].to(pred[f"seg_{view}"].dtype), available
+                pred[seg_key(view)], target[seg_key(view)].to(pred[seg_key(view)].dtype), available
             )
             seg = seg + self.dice_weight * dice + self.bce_weight * bce
         if self.cldice is not None:
@@ -109,7 +109,7 @@ class MultiTaskLoss(nn.Module):
         per_study = F.binary_cross_entropy_with_logits(pred["cls"], label, reduction="none")
         cls = (per_study * known).sum() / known.sum().clamp(min=1.0)
         present = target["present"].to(label.dtype)
-        for i, view in enumerate(("ap", "lat")):
+        for i, view in enumerate(VIEW_KEYS):
             per_study = F.binary_cross_entropy_with_logits(pred[f"cls_{view}"], label, reduction="none")
             weight = present[:, i] * known
             cls = cls + self.view_cls_weight * (per_study * weight).sum() / weight.sum().clamp(min=1.0)
@@ -141,12 +141,12 @@ class MultiTaskLoss(nn.Module):
 
     def _line_cldice(self, pred: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -> torch.Tensor:
         """Soft-clDice loss of the line channels, averaged over the images where they are annotated."""
-        total = pred["seg_lat"].new_zeros(())
+        total = pred[seg_key("lat")].new_zeros(())
         for name in LINE_CHANNELS:
-            c, view = MASK_NAMES.index(name), CHANNEL_VIEW[MASK_NAMES.index(name)].lower()
-            available = target[f"avail_{view}"][:, c].to(total.dtype)
+            c, view = MASK_NAMES.index(name), CHANNEL_VIEW[MASK_NAMES.index(name)]
+            available = target[avail_key(view)][:, c].to(total.dtype)
             per_image = self.cldice(
-                pred[f"seg_{view}"][:, c : c + 1], target[f"seg_{view}"][:, c : c + 1].to(total.dtype)
+                pred[seg_key(view)][:, c : c + 1], target[seg_key(view)][:, c : c + 1].to(total.dtype)
             )
             total = total + (per_image.reshape(-1) * available).sum() / available.sum().clamp(min=1.0)
         return total / len(LINE_CHANNELS)

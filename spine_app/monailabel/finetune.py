@@ -111,11 +111,11 @@ def validation_score(model: Path, datalist: Path, bundle: Path, canvas: list[int
     """The bundle's key metric (``StudyMetrics`` score) and mean Dice of ``model`` on the validation split."""
     from spine_app.bundle import load_bundle_network
     from spine_app.engines.metrics import StudyMetrics
-    from spine_app.robustness.evaluate import RobustnessRunner
+    from spine_app.evaluation.runner import SplitRunner
 
     network, _ = load_bundle_network(bundle, model)
     metric = StudyMetrics()
-    metric.records = RobustnessRunner(network, load_datalist(datalist)["validation"], canvas, workers=0).run()
+    metric.records = SplitRunner(network, load_datalist(datalist)["validation"], canvas, workers=0).run()
     score = metric.compute()
     return {
         "score": round(float(score), 5),

@@ -22,7 +22,7 @@ from typing import Any
 
 from spine_app.channels import VIEWS, view_for_image_stem
 from spine_app.data.importer import refuse_duplicates
-from spine_app.data.io import check_output_folder, file_stem, write_atomic
+from spine_app.data.io import check_output_folder, file_stem, file_suffix, write_atomic
 from spine_app.data.layout import CLASS_NAMES, find_studies
 
 CLASSES_FILE = "study_classes.json"
@@ -100,11 +100,6 @@ def _link_atomic(target: Path, source: Path) -> None:
             tmp.unlink()
 
 
-def _image_id(name: str) -> str:
-    """A file name without its extension (``.nii.gz`` counts as one)."""
-    return file_stem(name)
-
-
 def prepare_studies(dataset: str | Path, out: str | Path, copy: bool = True, overwrite: bool = False) -> dict[str, Any]:
     """Flatten a dataset in the canonical layout into a MONAI Label studies folder.
 
@@ -126,18 +121,17 @@ def prepare_studies(dataset: str | Path, out: str | Path, copy: bool = True, ove
     existing: dict[str, list[str]] = {}
     for path in sorted(out.iterdir()):
         if path.is_file() and not path.name.startswith("."):
-            existing.setdefault(_image_id(path.name), []).append(path.name)
+            existing.setdefault(file_stem(path.name), []).append(path.name)
     classes: dict[str, str] = {}
     images = studies = 0
     notes: list[str] = []
     for study in found:
         studies += bool(study.images)
         for view, source in study.images.items():
-            suffix = ".nii.gz" if source.name.lower().endswith(".nii.gz") else source.suffix.lower()
-            target = out / f"{study.study_id}_{view}{suffix}"
+            target = out / f"{study.study_id}_{view}{file_suffix(source)}"
             notes += [
                 f"{out / name}: kept, but {target.name} now has the same image id; remove the older film"
-                for name in existing.get(_image_id(target.name), [])
+                for name in existing.get(file_stem(target.name), [])
                 if name != target.name
             ]
             if copy:

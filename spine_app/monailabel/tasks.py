@@ -25,7 +25,7 @@ from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 from monailabel.interfaces.tasks.train import TrainTask
 
-from spine_app.data.io import write_png
+from spine_app.data.io import file_stem, write_png
 from spine_app.engines.writer import finite_json
 from spine_app.monailabel.encoding import LABEL_VALUES
 from spine_app.monailabel.finetune import LabelledImage, finetune
@@ -42,8 +42,7 @@ logger = logging.getLogger(__name__)
 
 def image_id_of(path: str | Path) -> str:
     """Datastore id of a film: its file name without the extension (``.nii.gz`` counted whole)."""
-    name = Path(path).name
-    return name[: -len(".nii.gz")] if name.lower().endswith(".nii.gz") else Path(name).stem
+    return file_stem(path)
 
 
 class _BundleInfer(InferTask):

@@ -19,6 +19,7 @@ from spine_app.data.importer import load_datalist
 from spine_app.data.io import read_image, read_mask
 from spine_app.metrics.classification import auroc, auroc_ci
 from spine_app.morphometry.measure import DISK_GAP_MM, match_truth, measure_lat_film, study_fracture_score
+from spine_app.viz.tables import markdown_table
 
 HEIGHTS = ("anterior", "middle", "posterior")
 
@@ -140,12 +141,15 @@ def format_morphometry(report: dict[str, Any]) -> str:
     lines = [
         f"Morphometry vs truth.json ({report['masks']} masks, {report['split']} split, {report['studies']} studies)",
         "",
-        "| height | bias (mm) | MAE (mm) | p95 abs error (mm) |",
-        "|---|---|---|---|",
+        markdown_table(
+            ["height", "bias (mm)", "MAE (mm)", "p95 abs error (mm)"],
+            [
+                [h, f"{row['bias_mm']:+.2f}", f"{row['mae_mm']:.2f}", f"{row['p95_mm']:.2f}"]
+                for h, row in report["heights"].items()
+                if row
+            ],
+        ),
     ]
-    for h, row in report["heights"].items():
-        if row:
-            lines.append(f"| {h} | {row['bias_mm']:+.2f} | {row['mae_mm']:.2f} | {row['p95_mm']:.2f} |")
     lv, fx, st, ds = report["levels"], report["fractures"], report["study"], report["damaged_studies"]
     by_type = ", ".join(f"{k} {v['detected']}/{v['total']}" for k, v in fx["by_type"].items())
     ci = st["auroc_ci"]

@@ -39,7 +39,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-from scipy import ndimage
+from scipy import ndimage, stats
 
 from spine_app.metrics.matching import nearest_matches
 
@@ -206,11 +206,9 @@ def _expected_posterior(posterior: np.ndarray, index: int, reach: int = 3) -> fl
     idx = [j for j in idx if np.isfinite(posterior[j])]
     if len(idx) < 2:
         return None
-    x, y = np.asarray(idx, float), posterior[idx]
-    slopes = [(y[b] - y[a]) / (x[b] - x[a]) for a in range(len(x)) for b in range(a + 1, len(x))]
-    slope = float(np.median(slopes))
-    intercept = float(np.median(y - slope * x))
-    return intercept + slope * index
+    # the median of the pairwise slopes, and the median of y - slope * x as the intercept ("joint")
+    slope, intercept, _, _ = stats.theilslopes(posterior[idx], np.asarray(idx, float), method="joint")
+    return float(intercept) + float(slope) * index
 
 
 def measure_lat_film(
@@ -238,6 +236,146 @@ def measure_lat_film(
     return measure_vertebrae(vertebra, spacing_mm, posterior, lowest_level)
 
 
+@dataclass
+class _Column:
+    """A LAT vertebra mask seen along its centre line: every foreground pixel (``rows``, ``cols``;
+    ``points_mm``) with the centre-line sample nearest to it (``nearest``), and the line's samples
+    (``line_mm``), unit tangents and normals (``normal``: the tangent turned by 90 degrees)."""
+
+    shape: tuple[int, int]
+    rows: np.ndarray
+    cols: np.ndarray
+    points_mm: np.ndarray
+    line_mm: np.ndarray
+    tangent: np.ndarray
+    normal: np.ndarray
+    nearest: np.ndarray
+    step_mm: float  # spacing of the centre-line samples
+    profile: np.ndarray  # pixels per centre-line sample (the column's cross-section)
+    smooth: np.ndarray  # the profile, Gaussian-smoothed (sigma 2 samples)
+
+
+def _column(mask: np.ndarray, sr: float, sc: float) -> _Column:
+    """Project every pixel of ``mask`` to the nearest centre-line sample."""
+    rows, cols = np.nonzero(mask)
+    line = _centre_line(rows, cols, mask.shape)
+    line_mm = line * [sr, sc]
+    tangent = np.gradient(line_mm, axis=0)
+    tangent /= np.linalg.norm(tangent, axis=1, keepdims=True)
+    points_mm = np.stack([rows * sr, cols * sc], axis=1)
+    # rows are monotone along the line: a nearest-neighbour search on a KD-tree
+    from scipy.spatial import cKDTree
+
+    _, nearest = cKDTree(line_mm).query(points_mm)
+    step_mm = float(np.median(np.linalg.norm(np.diff(line_mm, axis=0), axis=1)))
+    profile = np.bincount(nearest, minlength=len(line)).astype(float)
+    normal = np.stack([-tangent[:, 1], tangent[:, 0]], axis=1)
+    smooth = ndimage.gaussian_filter1d(profile, 2.0)
+    return _Column(mask.shape, rows, cols, points_mm, line_mm, tangent, normal, nearest, step_mm, profile, smooth)
+
+
+def _body_segments(column: _Column, sr: float, sc: float) -> list[tuple[int, int]]:
+    """Runs of the profile, one per body: split first at the gaps, then at the typical body length
+    (the median run where there are three or more, else 0.72 x the column's depth: bodies are wider
+    than tall)."""
+    profile, smooth, step_mm = column.profile, column.smooth, column.step_mm
+    depth_mm = np.percentile(smooth[smooth > 0], 75) * sr * sc / step_mm if profile.any() else 0.0
+    first = _split_segments(profile, 0.0, min_len=3.0 / step_mm)
+    lengths = np.array([b - a for a, b in first], float)
+    if lengths.size >= 3:
+        typical = float(np.median(lengths))
+    else:
+        typical = 0.72 * depth_mm / step_mm
+    return _split_segments(profile, typical, min_len=3.0 / step_mm)
+
+
+def _anterior_sign(column: _Column, posterior_mask: np.ndarray | None, sr: float, sc: float) -> float:
+    """+1 where the normals point anterior (away from the posterior structures), else -1; without
+    posterior structures the side with more mask mass beyond the centre line is posterior."""
+    normal = column.normal
+    centre_mm = column.points_mm.mean(axis=0)
+    if posterior_mask is not None and np.any(np.asarray(posterior_mask) > 0):
+        pr, pc = np.nonzero(np.asarray(posterior_mask) > 0)
+        posterior_dir = np.array([pr.mean() * sr, pc.mean() * sc]) - centre_mm
+    else:
+        nearest = column.nearest
+        offsets = np.einsum("ij,ij->i", column.points_mm - column.line_mm[nearest], normal[nearest])
+        posterior_dir = normal.mean(axis=0) * (1.0 if np.mean(offsets > 0) < 0.5 else -1.0)
+    return -1.0 if float(np.mean(normal @ posterior_dir)) > 0 else 1.0
+
+
+def _body_pixels(column: _Column, segments: list[tuple[int, int]]) -> tuple[list[np.ndarray], list[bool]]:
+    """Each kept body's pixel selection (over ``column``'s pixels) and whether it is unseparated.
+
+    A body owns the pixels up to the middle of the gaps around it (the runs stop short of a wedge's
+    sloping endplate, whose thin tip falls below the run threshold). A split inside a run (no gap) is
+    trusted only at a real dip of the cross-section; the bodies beside an untrusted split are
+    ``unseparated``. Pieces under 20 px or a quarter of the median piece are dropped."""
+    smooth, nearest = column.smooth, column.nearest
+    cuts = [0] + [(segments[i][1] + segments[i + 1][0]) // 2 for i in range(len(segments) - 1)] + [len(column.line_mm)]
+    unsure = [
+        segments[i][1] == segments[i + 1][0]
+        and smooth[segments[i][1]] > MIN_DIP * np.median(smooth[segments[i][0] : segments[i + 1][1]])
+        for i in range(len(segments) - 1)
+    ]
+    pieces = [(nearest >= cuts[i]) & (nearest < cuts[i + 1]) for i in range(len(segments))]
+    kept = [i for i, sel in enumerate(pieces) if sel.sum() >= 20]
+    if kept:
+        areas = {i: int(pieces[i].sum()) for i in kept}
+        kept = [i for i in kept if areas[i] >= 0.25 * float(np.median(list(areas.values())))]
+    unseparated = [(i > 0 and unsure[i - 1]) or (i < len(unsure) and unsure[i]) for i in kept]
+    return [pieces[i] for i in kept], unseparated
+
+
+def _measure_body(
+    column: _Column,
+    selections: list[np.ndarray],
+    centres: np.ndarray,
+    i: int,
+    anterior_sign: float,
+    pixel_mm: float,
+    unseparated: bool,
+) -> VertebralBody:
+    """Heights of body ``i`` (ungraded) along its axis: the chord between the neighbouring bodies'
+    centres (exact on a straight column, unaffected by the body's own shape; one-sided at the ends
+    of the column)."""
+    sel = selections[i]
+    chord = centres[min(i + 1, len(centres) - 1)] - centres[max(i - 1, 0)]
+    k = int(np.median(column.nearest[sel]))
+    t = chord / np.linalg.norm(chord) if np.linalg.norm(chord) > 0 else column.tangent[k]
+    n = np.array([-t[1], t[0]])
+    n *= anterior_sign * np.sign(np.dot(n, column.normal[k]))
+    rel = column.points_mm[sel] - centres[i]
+    heights = _heights(rel @ t, rel @ n, pixel_mm)
+    r, c = column.rows[sel], column.cols[sel]
+    height, width = column.shape
+    truncated = bool(r.min() == 0 or c.min() == 0 or r.max() == height - 1 or c.max() == width - 1)
+    return VertebralBody(
+        index=i,
+        level=None,
+        centroid_px=(float(r.mean()), float(c.mean())),
+        area_px=int(sel.sum()),
+        heights_mm={key: heights[key] for key in HEIGHT_POSITIONS},
+        ratios={},
+        expected_posterior_mm=None,
+        reduction=0.0,
+        grade=0,
+        deformity="none",
+        truncated=truncated,
+        unseparated=bool(unseparated),
+        depth_mm=float(heights["depth"]),
+    )
+
+
+def _name_levels(bodies: list[VertebralBody], lowest_level: str | None) -> None:
+    """Level names counted up from ``lowest_level`` (the lowest body); none without it."""
+    if lowest_level is not None and lowest_level in _LEVELS:
+        last = _LEVELS.index(lowest_level)
+        for body in bodies:
+            position = last - (len(bodies) - 1 - body.index)
+            body.level = _LEVELS[position] if position >= 0 else None
+
+
 def measure_vertebrae(
     vertebra_mask: np.ndarray,
     spacing_mm: tuple[float, float] = (1.0, 1.0),
@@ -260,98 +398,21 @@ def measure_vertebrae(
     mask = np.asarray(vertebra_mask) > 0
     if mask.ndim != 2:
         raise ValueError(f"vertebra mask must be 2-D, got shape {mask.shape}")
-    rows, cols = np.nonzero(mask)
-    if rows.size < 50:
+    if np.count_nonzero(mask) < 50:
         return []
     sr, sc = float(spacing_mm[0]), float(spacing_mm[1])
+    column = _column(mask, sr, sc)
+    segments = _body_segments(column, sr, sc)
+    anterior_sign = _anterior_sign(column, posterior_mask, sr, sc)
+    selections, unseparated = _body_pixels(column, segments)
+    centres = np.array([column.points_mm[sel].mean(axis=0) for sel in selections]).reshape(-1, 2)
     pixel_mm = float(np.sqrt(sr * sc))
-    line = _centre_line(rows, cols, mask.shape)
-    line_mm = line * [sr, sc]
-    tangent = np.gradient(line_mm, axis=0)
-    tangent /= np.linalg.norm(tangent, axis=1, keepdims=True)
-    points_mm = np.stack([rows * sr, cols * sc], axis=1)
-
-    # project every pixel to the nearest centre-line sample (rows are monotone: a search on a KD-tree)
-    from scipy.spatial import cKDTree
-
-    _, nearest = cKDTree(line_mm).query(points_mm)
-    step_mm = float(np.median(np.linalg.norm(np.diff(line_mm, axis=0), axis=1)))
-    profile = np.bincount(nearest, minlength=len(line)).astype(float)
-    # typical body length along the line: 0.72 x the column's depth (bodies are wider than tall)
-    smooth = ndimage.gaussian_filter1d(profile, 2.0)
-    depth_mm = np.percentile(smooth[smooth > 0], 75) * sr * sc / step_mm if profile.any() else 0.0
-    first = _split_segments(profile, 0.0, min_len=3.0 / step_mm)
-    lengths = np.array([b - a for a, b in first], float)
-    if lengths.size >= 3:
-        typical = float(np.median(lengths))
-    else:
-        typical = 0.72 * depth_mm / step_mm
-    segments = _split_segments(profile, typical, min_len=3.0 / step_mm)
-
-    # anterior direction: away from the posterior structures
-    normal = np.stack([-tangent[:, 1], tangent[:, 0]], axis=1)  # tangent rotated by 90 degrees
-    centre_mm = points_mm.mean(axis=0)
-    if posterior_mask is not None and np.any(np.asarray(posterior_mask) > 0):
-        pr, pc = np.nonzero(np.asarray(posterior_mask) > 0)
-        posterior_dir = np.array([pr.mean() * sr, pc.mean() * sc]) - centre_mm
-    else:
-        offsets = np.einsum("ij,ij->i", points_mm - line_mm[nearest], normal[nearest])
-        posterior_dir = normal.mean(axis=0) * (1.0 if np.mean(offsets > 0) < 0.5 else -1.0)
-    anterior_sign = -1.0 if float(np.mean(normal @ posterior_dir)) > 0 else 1.0
-
-    # each body owns the pixels up to the middle of the gaps around it (the runs stop short of a
-    # wedge's sloping endplate, whose thin tip falls below the run threshold)
-    cuts = [0] + [(segments[i][1] + segments[i + 1][0]) // 2 for i in range(len(segments) - 1)] + [len(line)]
-    # a split inside a run (no gap) is trusted only at a real dip of the cross-section
-    unsure = [
-        segments[i][1] == segments[i + 1][0]
-        and smooth[segments[i][1]] > MIN_DIP * np.median(smooth[segments[i][0] : segments[i + 1][1]])
-        for i in range(len(segments) - 1)
+    bodies = [
+        _measure_body(column, selections, centres, i, anterior_sign, pixel_mm, unseparated[i])
+        for i in range(len(selections))
     ]
-    pieces = [(nearest >= cuts[i]) & (nearest < cuts[i + 1]) for i in range(len(segments))]
-    kept = [i for i, sel in enumerate(pieces) if sel.sum() >= 20]
-    if kept:
-        areas = {i: int(pieces[i].sum()) for i in kept}
-        kept = [i for i in kept if areas[i] >= 0.25 * float(np.median(list(areas.values())))]
-    selections = [pieces[i] for i in kept]
-    unseparated = [(i > 0 and unsure[i - 1]) or (i < len(unsure) and unsure[i]) for i in kept]
-    centres = np.array([points_mm[sel].mean(axis=0) for sel in selections]).reshape(-1, 2)
-    bodies: list[VertebralBody] = []
-    for i, sel in enumerate(selections):
-        # body axis: the chord between the neighbouring bodies' centres (exact on a straight column,
-        # unaffected by the body's own shape); one-sided at the ends of the column
-        chord = centres[min(i + 1, len(centres) - 1)] - centres[max(i - 1, 0)]
-        k = int(np.median(nearest[sel]))
-        t = chord / np.linalg.norm(chord) if np.linalg.norm(chord) > 0 else tangent[k]
-        n = np.array([-t[1], t[0]])
-        n *= anterior_sign * np.sign(np.dot(n, normal[k]))
-        rel = points_mm[sel] - centres[i]
-        heights = _heights(rel @ t, rel @ n, pixel_mm)
-        r, c = rows[sel], cols[sel]
-        truncated = bool(r.min() == 0 or c.min() == 0 or r.max() == mask.shape[0] - 1 or c.max() == mask.shape[1] - 1)
-        bodies.append(
-            VertebralBody(
-                index=i,
-                level=None,
-                centroid_px=(float(r.mean()), float(c.mean())),
-                area_px=int(sel.sum()),
-                heights_mm={k2: heights[k2] for k2 in HEIGHT_POSITIONS},
-                ratios={},
-                expected_posterior_mm=None,
-                reduction=0.0,
-                grade=0,
-                deformity="none",
-                truncated=truncated,
-                unseparated=bool(unseparated[i]),
-                depth_mm=float(heights["depth"]),
-            )
-        )
     _grade(bodies)
-    if lowest_level is not None and lowest_level in _LEVELS:
-        last = _LEVELS.index(lowest_level)
-        for body in bodies:
-            position = last - (len(bodies) - 1 - body.index)
-            body.level = _LEVELS[position] if position >= 0 else None
+    _name_levels(bodies, lowest_level)
     return bodies
 
 

@@ -16,9 +16,11 @@ from typing import Any
 from spine_app.data.importer import load_datalist
 from spine_app.data.io import write_atomic
 from spine_app.engines.writer import write_json
+from spine_app.evaluation.runner import SplitRunner, split_scores
 from spine_app.robustness.corruptions import load_suite
-from spine_app.robustness.evaluate import RobustnessRunner, condition_scores
+from spine_app.robustness.evaluate import corruption_hook
 from spine_app.viz.figures import save_figure, subplots
+from spine_app.viz.tables import markdown_table
 
 logger = logging.getLogger(__name__)
 TRAIN_SIZES = (5, 10, 15, 20, 25, 45, 65, 85, 105)
@@ -64,8 +66,10 @@ def _test_scores(
     from spine_app.bundle import load_bundle_network
 
     network, default_canvas = load_bundle_network(bundle, model)
-    runner = RobustnessRunner(network, load_datalist(datalist)["test"], list(canvas or default_canvas))
-    return {name: condition_scores(runner.run(spec, severity)) for name, (spec, severity) in conditions.items()}
+    runner = SplitRunner(network, load_datalist(datalist)["test"], list(canvas or default_canvas))
+    return {
+        name: split_scores(runner.run(corruption_hook(spec, severity))) for name, (spec, severity) in conditions.items()
+    }
 
 
 def _plot(x: list[int], runs: list[dict[str, Any]], path: Path) -> None:
@@ -127,21 +131,31 @@ def train_size(
         logger.warning("train-size %d: mean Dice %.3f", n, runs[-1]["clean"]["mean_dice"])
     result = {"sizes": chosen, "steps": steps, "runs": runs, "overrides": overrides}
     write_json(out / "train_size.json", result)
-    lines = [
-        "| training studies | mean Dice | " + " | ".join(runs[0]["clean"]["dice"]) + " | decision AUROC | fused AUROC |"
-    ]
-    lines.append("|" + "---|" * (len(runs[0]["clean"]["dice"]) + 4))
-    for r in runs:
-        c = r["clean"]
-        lines.append(
-            f"| {r['train_studies']} | {c['mean_dice']:.3f} | "
-            + " | ".join(f"{v:.3f}" for v in c["dice"].values())
-            + f" | {c['auroc']['decision']:.3f} | {c['auroc']['fused']:.3f} |"
-        )
-    text = "\n".join(lines) + "\n"
+    text = train_size_markdown(runs)
     write_atomic(out / "train_size.md", lambda tmp: tmp.write_text(text))
     _plot(chosen, runs, out / "train_size.png")
     return result
+
+
+def train_size_markdown(runs: list[dict[str, Any]]) -> str:
+    """train_size.md: a row per training-set size, clean test scores (mean and per-mask Dice, AUROCs)."""
+    masks = list(runs[0]["clean"]["dice"])
+    rows = [
+        [r["train_studies"], *(f"{v:.3f}" for v in (r["clean"]["mean_dice"], *r["clean"]["dice"].values()))]
+        + [f"{r['clean']['auroc'][head]:.3f}" for head in ("decision", "fused")]
+        for r in runs
+    ]
+    return markdown_table(["training studies", "mean Dice", *masks, "decision AUROC", "fused AUROC"], rows) + "\n"
+
+
+def noise_train_markdown(runs: dict[str, dict[str, dict[str, Any]]]) -> str:
+    """noise_train.md: a row per (training, test condition)."""
+    rows = [
+        [name, condition, f"{c['mean_dice']:.3f}", f"{c['auroc']['decision']:.3f}", f"{c['auroc']['fused']:.3f}"]
+        for name, scores in runs.items()
+        for condition, c in scores.items()
+    ]
+    return markdown_table(["training", "test films", "mean Dice", "decision AUROC", "fused AUROC"], rows) + "\n"
 
 
 def noise_train(
@@ -174,13 +188,7 @@ def noise_train(
         "overrides": overrides,
     }
     write_json(out / "noise_train.json", result)
-    lines = ["| training | test films | mean Dice | decision AUROC | fused AUROC |", "|---|---|---|---|---|"]
-    for name, scores in runs.items():
-        for condition, c in scores.items():
-            lines.append(
-                f"| {name} | {condition} | {c['mean_dice']:.3f} | {c['auroc']['decision']:.3f} | {c['auroc']['fused']:.3f} |"
-            )
-    text = "\n".join(lines) + "\n"
+    text = noise_train_markdown(runs)
     write_atomic(out / "noise_train.md", lambda tmp: tmp.write_text(text))
     return result
 

@@ -16,6 +16,7 @@ from spine_app.engines.writer import write_json
 from spine_app.robustness.corruptions import CorruptionSpec, full_scale
 from spine_app.viz.contact_sheet import to_display
 from spine_app.viz.figures import save_figure, subplots
+from spine_app.viz.tables import markdown_table
 
 
 def rows(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -50,18 +51,17 @@ def markdown(results: dict[str, Any]) -> str:
         f"Clean: mean Dice {clean['mean_dice']:.3f}, decision AUROC {clean['auroc']['decision']:.3f}, "
         f"fused AUROC {clean['auroc']['fused']:.3f} ({results['studies']} {results['split']} studies)",
         "",
-        "| corruption | mean Dice s1 | s2 | s3 | s4 | s5 | decision AUROC s1..s5 | fused AUROC s1..s5 | rel. error Dice | rel. error AUROC (decision) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
     ]
+    rows = []
     for name, entry in results["corruptions"].items():
-        sev = entry["severities"]
-        dice = " | ".join(f"{s['mean_dice']:.3f}" for s in sev)
-        decision = " ".join(f"{s['auroc']['decision']:.2f}" for s in sev)
-        fused = " ".join(f"{s['auroc']['fused']:.2f}" for s in sev)
-        p = per[name]
-        lines.append(
-            f"| {name} | {dice} | {decision} | {fused} | {p['relative_error_dice']:.2f} | {p['relative_error_auroc']:.2f} |"
+        sev, p = entry["severities"], per[name]
+        rows.append(
+            [name, *(f"{s['mean_dice']:.3f}" for s in sev)]
+            + [" ".join(f"{s['auroc'][head]:.2f}" for s in sev) for head in ("decision", "fused")]
+            + [f"{p['relative_error_dice']:.2f}", f"{p['relative_error_auroc']:.2f}"]
         )
+    header = ["corruption", "mean Dice s1", "s2", "s3", "s4", "s5", "decision AUROC s1..s5", "fused AUROC s1..s5"]
+    lines.append(markdown_table(header + ["rel. error Dice", "rel. error AUROC (decision)"], rows))
     mean = results["summary"]["mean"]
     lines += [
         "",

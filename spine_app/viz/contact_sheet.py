@@ -8,9 +8,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from spine_app.channels import CHANNEL_VIEW, MASK_NAMES
+from spine_app.channels import CHANNEL_VIEW, MASK_NAMES, VIEWS
 from spine_app.data.importer import load_datalist
 from spine_app.data.io import atomic_path, read_image, read_mask
+from spine_app.data.layout import CLASS_NAMES
 from spine_app.data.study_transforms import normalize_intensity
 
 #: one colour per channel (RGB 0..255), used by every overlay the project draws
@@ -49,7 +50,7 @@ def _fit(array: np.ndarray, height: int) -> Image.Image:
 def study_tiles(entry: dict, height: int) -> list[Image.Image]:
     """[AP image, AP overlay, LAT image, LAT overlay] for one datalist entry."""
     tiles = []
-    for view in ("AP", "LAT"):
+    for view in VIEWS:
         path = entry[f"image_{view.lower()}"]
         if path is None:
             blank = np.zeros((height, height // 2, 3), np.uint8)
@@ -69,7 +70,7 @@ def contact_sheet(datalist: str | Path, out: str | Path, per_class: int = 2, hei
     """Write a PNG with ``per_class`` Normal and Damaged studies of the datalist's test split (or any split)."""
     data = load_datalist(datalist)
     entries = data["test"] + data["validation"] + data["training"]
-    chosen = [e for c in ("Normal", "Damaged") for e in [e for e in entries if e["class_name"] == c][:per_class]]
+    chosen = [e for c in CLASS_NAMES for e in [e for e in entries if e["class_name"] == c][:per_class]]
     if not chosen:
         raise ValueError(f"{datalist}: no labelled studies to show")
     font = ImageFont.load_default(size=18)

@@ -128,6 +128,21 @@ def test_verify_net_in_out() -> None:
     verify_net_in_out(net_id="network_def", meta_file=META, config_file=INFER, bundle_root=str(CONFIGS.parent))
 
 
+def test_early_stopping_follows_the_key_metric() -> None:
+    """EarlyStopHandler scores an epoch by the evaluator's one key metric (MONAI's
+    stopping_fn_from_metric), under the name the key metric has in the config."""
+    from types import SimpleNamespace
+
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(TRAIN)
+    (name,) = parser.get("validate#key_metric")
+    stop = parser.get_parsed_content("validate#early_stop")
+    engine = SimpleNamespace(state=SimpleNamespace(metrics={name: 0.75, "loss": 3.0}, key_metric_name=name))
+    assert stop.score_function(engine) == 0.75 and stop.patience == parser.get_parsed_content("early_stop_patience")
+
+
 def test_torchscript_export_matches_eager(bundle_run, tmp_path: Path) -> None:
     from monai.bundle import ckpt_export
 

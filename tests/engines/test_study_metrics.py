@@ -67,3 +67,25 @@ def test_swapped_lines_fail_the_side_check_and_unknown_channels_are_not_scored(b
     assert "dice_Ap_Pedicle" not in metric.summary
     assert metric.summary["dice_Lat_Anterior_Vertebral_Line"] < 0.5
     assert metric.summary["auroc"] == 0.0
+
+
+def test_a_prepared_batch_has_the_named_keys(batch: dict) -> None:
+    """The batch-key contract: LoadStudyd writes the per-view keys the channel module names, and
+    prepare_study_batch returns exactly the keys its TypedDicts declare (the optional level keys
+    only where the batch has them)."""
+    from spine_app.channels import VIEWS, avail_key, geom_key, seg_key, view_key
+    from spine_app.engines.batch import StudyInputs, StudyTargets
+
+    assert [(seg_key(v), avail_key(v), geom_key(v)) for v in VIEWS] == [
+        ("seg_ap", "avail_ap", "geom_ap"),
+        ("seg_lat", "avail_lat", "geom_lat"),
+    ]
+    assert seg_key("lat") == seg_key("LAT")
+    with pytest.raises(ValueError, match="unknown view 'PA'"):
+        view_key("PA")
+    assert {key(v) for v in VIEWS for key in (seg_key, avail_key, geom_key)} <= set(batch)
+    inputs, target = prepare_study_batch(batch)
+    assert set(inputs) == StudyInputs.__required_keys__  # no level boxes without LevelBoxesd
+    assert (
+        StudyTargets.__required_keys__ <= set(target) <= StudyTargets.__required_keys__ | StudyTargets.__optional_keys__
+    )

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from spine_app.channels import MASK_NAMES, channels_of_view
+from spine_app.channels import CHANNEL_VIEW, MASK_NAMES, channels_of_view
 from spine_app.data.io import write_png
 from spine_app.monailabel.encoding import LABEL_VALUES, decode_masks, encode_masks
 from spine_app.monailabel.studies import (
@@ -61,9 +61,19 @@ def test_prepare_flattens_a_dataset_with_its_classes(tmp_path: Path) -> None:
     assert done == {"images": 5, "studies": 3, "classes": 3, "warnings": []}
     assert known_classes(tmp_path / "studies") == {"s1": 1, "s2": 0, "s3": 0}
     assert json.loads((tmp_path / "studies" / CLASSES_FILE).read_text())["s1"] == "Damaged"
-    assert sorted(LABEL_VALUES.values()) == [
-        1 << k for k in range(len(MASK_NAMES))
-    ]  # one bit per structure, no two alike
+
+
+def test_label_values_are_what_the_encoder_writes_for_one_structure() -> None:
+    """The values /info lists (LABEL_VALUES): a film painted with one of them decodes to that
+    structure alone, and the encoder writes exactly that value for a lone structure."""
+    single = np.zeros((4, 4), bool)
+    single[1:3, 1:3] = True
+    for c, (name, view) in enumerate(zip(MASK_NAMES, CHANNEL_VIEW)):
+        assert set(np.unique(encode_masks({c: single}))) == {0, LABEL_VALUES[name]}, name
+        decoded = decode_masks(np.where(single, LABEL_VALUES[name], 0), view)
+        assert [k for k, mask in decoded.items() if mask.any()] == [c], name
+        assert np.array_equal(decoded[c], single), name
+    assert len(set(LABEL_VALUES.values())) == len(MASK_NAMES) and max(LABEL_VALUES.values()) <= 255
 
 
 def test_prepare_into_a_used_studies_folder(tmp_path: Path) -> None:

@@ -94,8 +94,9 @@ def test_mirrored_lateral_films_keep_their_lines(synth_root: Path, tmp_path: Pat
     before the lines are drawn (StudyInferer), so flip_lat keeps the anterior/posterior lines on their
     walls. A plain whole-film pass puts them on the wrong walls (line Dice near 0)."""
     from spine_app.bundle import BUNDLE_DIR, load_bundle_network
+    from spine_app.evaluation.runner import SplitRunner, plain_forward, split_scores
     from spine_app.robustness.corruptions import load_suite
-    from spine_app.robustness.evaluate import RobustnessRunner, condition_scores, plain_forward
+    from spine_app.robustness.evaluate import corruption_hook
 
     datalist = tmp_path / "datalist.json"
     import_dataset(synth_root, datalist, seed=0, fractions=(0.0, 0.0, 1.0), workers=1)
@@ -106,10 +107,10 @@ def test_mirrored_lateral_films_keep_their_lines(synth_root: Path, tmp_path: Pat
     flip = next(spec for spec in load_suite(SUITE) if spec.name == "flip_lat")
     lines = ("Lat_Anterior_Vertebral_Line", "Lat_Posterior_Vertebral_Line")
 
-    product = RobustnessRunner(network, entries, list(canvas), workers=0)
-    clean, flipped = condition_scores(product.run()), condition_scores(product.run(flip, 1))
-    plain = condition_scores(
-        RobustnessRunner(network, entries, list(canvas), workers=0, inferer=plain_forward).run(flip, 1)
+    product = SplitRunner(network, entries, list(canvas), workers=0)
+    clean, flipped = split_scores(product.run()), split_scores(product.run(corruption_hook(flip, 1)))
+    plain = split_scores(
+        SplitRunner(network, entries, list(canvas), workers=0, inferer=plain_forward).run(corruption_hook(flip, 1))
     )
     for name in lines:
         assert clean["dice"][name] > 0.5, (name, clean["dice"][name])
