@@ -15,8 +15,15 @@ from spine_app.synthetic.config import ALL_LEVELS, SynthConfig
 from spine_app.synthetic.geometry import rotation_matrix
 
 # Typical adult dimensions per level (mm): half width, anterior half depth, posterior half depth,
-# height, and the height of the disk *below* the level. Interpolated from morphometric tables.
+# height, and the height of the disk *below* the level. Interpolated from morphometric tables
+# (cervicothoracic bodies are small; height, width and depth grow caudally).
 _LEVEL_DIMS: dict[str, tuple[float, float, float, float, float]] = {
+    "C7": (11.5, 8.5, 7.0, 14.0, 4.5),
+    "T1": (12.5, 9.0, 7.5, 15.5, 3.5),
+    "T2": (13.0, 9.5, 8.0, 16.5, 3.5),
+    "T3": (13.3, 10.0, 8.5, 17.0, 3.5),
+    "T4": (13.7, 10.5, 9.0, 17.5, 3.5),
+    "T5": (14.3, 11.2, 9.5, 18.2, 4.0),
     "T6": (15.0, 12.0, 10.0, 19.0, 4.0),
     "T7": (15.5, 12.5, 10.5, 19.5, 4.0),
     "T8": (16.0, 13.0, 11.0, 20.0, 4.5),
@@ -34,6 +41,12 @@ _LEVEL_DIMS: dict[str, tuple[float, float, float, float, float]] = {
 _LORDOSIS_SHARE = {"L1": 0.08, "L2": 0.14, "L3": 0.2, "L4": 0.26, "L5": 0.32}
 # where compression fractures happen (thoracolumbar junction most often)
 _FRACTURE_SITE_WEIGHT = {
+    "C7": 0.1,
+    "T1": 0.15,
+    "T2": 0.2,
+    "T3": 0.25,
+    "T4": 0.3,
+    "T5": 0.35,
     "T6": 0.4,
     "T7": 0.5,
     "T8": 0.6,
@@ -231,7 +244,7 @@ def sample_spine(rng: np.random.Generator, cfg: SynthConfig, label: int) -> Spin
         # sagittal chain: lordotic lumbar disks, kyphotic thoracic disks, plus the bodies' wedges
         if name.startswith("L"):
             disk_turn = -lordosis * _LORDOSIS_SHARE[name]
-        elif name == "T12":
+        elif name in ("T12", "C7"):
             disk_turn = 0.0
         else:
             disk_turn = kyphosis / 9.0 * 0.6  # the rest of the kyphosis comes from wedged bodies
