@@ -304,3 +304,24 @@ def sample_spine(rng: np.random.Generator, cfg: SynthConfig, label: int) -> Spin
         listhesis=listhesis,
         disk_collapse=disk_collapse,
     )
+
+
+def balance_sagittal(model: SpineModel, rng: np.random.Generator) -> float:
+    """Lean the whole patient back about the S1 endplate so the top vertebra stands over the sacrum.
+
+    A column built up from the sacrum with every lordotic and kyphotic angle ends far in front of it;
+    standing patients keep C7 within a few centimetres of the plumb line over S1 (sagittal balance)
+    by tilting the pelvis. Rotates every vertebra, the sacrum and the torso in place; returns the
+    angle (deg, negative = backwards).
+    """
+    top = model.vertebrae[0].center
+    target = rng.uniform(-10.0, 35.0)  # plumb line from the top vertebra: posterior of S1's centre (mm)
+    angle = float(np.rad2deg(np.arctan2(-target, top[2]) - np.arctan2(-top[1], top[2])))
+    turn = rotation_matrix(angle, 0.0, 0.0)
+    old_mean = float(np.mean([v.center[1] for v in model.vertebrae]))
+    for v in model.vertebrae:
+        v.center = turn @ v.center
+        v.rotation = turn @ v.rotation
+    model.sacrum_rotation = turn @ model.sacrum_rotation
+    model.torso_center_y += float(np.mean([v.center[1] for v in model.vertebrae])) - old_mean
+    return angle

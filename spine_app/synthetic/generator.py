@@ -25,7 +25,7 @@ from spine_app import __version__
 from spine_app.channels import MASK_NAMES
 from spine_app.data.io import FolderNotEmptyError, check_output_folder, write_atomic, write_dicom, write_png
 from spine_app.data.layout import CLASS_NAMES
-from spine_app.synthetic.anatomy import SpineModel, Vertebra, sample_spine
+from spine_app.synthetic.anatomy import SpineModel, Vertebra, balance_sagittal, sample_spine
 from spine_app.synthetic.config import ALL_LEVELS, FieldOfView, SynthConfig, json_ready, load_preset
 from spine_app.synthetic.imaging import ExposureParams, chord_mask, expose, polygons_mask, polyline_mask, quantize
 from spine_app.synthetic.realism import (
@@ -184,7 +184,10 @@ def render_model(
     proj = Projections.empty(film)
     thorax = extras.thorax if extras is not None else None
     realism = extras.realism if extras is not None else None
-    add_torso(film, proj, model, rng, neck_z=thorax.neck_z if thorax else None)
+    if thorax is not None:
+        add_torso(film, proj, model, rng, neck_z=thorax.neck_z, center_y=thorax.torso_y)
+    else:
+        add_torso(film, proj, model, rng)
     pockets = int(rng.integers(cfg.bowel_gas_pockets[0], cfg.bowel_gas_pockets[1] + 1))
     add_lungs_and_gas(film, proj, model, rng, pockets, lungs=thorax is None)
     add_pelvis(film, proj, model, rng)
@@ -255,6 +258,8 @@ def render_study(
         extras = StudyExtras(rng=np.random.default_rng(np.random.SeedSequence([seed, index, 16])))
         cfg, extras.fov = choose_field_of_view(cfg, extras.rng)
     model = sample_spine(rng, cfg, label)
+    if extras is not None and extras.fov is not None:
+        balance_sagittal(model, extras.rng)  # the whole column is modelled: stand it over the sacrum
     if extras is not None:
         extras.realism = sample_realism(extras.rng, cfg, model)
         if extras.realism.osteoporosis:

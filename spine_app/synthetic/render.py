@@ -321,11 +321,17 @@ def add_ellipsoid(
 
 
 def add_torso(
-    film: Film, proj: Projections, model: SpineModel, rng: np.random.Generator, neck_z: float | None = None
+    film: Film,
+    proj: Projections,
+    model: SpineModel,
+    rng: np.random.Generator,
+    neck_z: float | None = None,
+    center_y: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> None:
     """Soft-tissue torso: an elliptic cylinder (fat) around a muscle/organ core, wider at the hips.
 
-    With ``neck_z`` (the shoulder line) the torso narrows to the neck above it.
+    With ``neck_z`` (the shoulder line) the torso narrows to the neck above it; ``center_y(z)`` moves
+    the cross-section's centre with height (the chest following a kyphotic column).
     """
     s = film.step
     z = film.z_top - (np.arange(film.rows) + 0.5) * s
@@ -348,7 +354,8 @@ def add_torso(
                 t = np.clip(1.0 - np.abs((col[None, :] - xc) / a) ** 4, 0.0, None)
                 chord = 2.0 * b * t**0.25
             else:
-                t = np.clip(1.0 - np.abs((col[None, :] - model.torso_center_y) / b) ** 4, 0.0, None)
+                yc = model.torso_center_y if center_y is None else center_y(z)[:, None]
+                t = np.clip(1.0 - np.abs((col[None, :] - yc) / b) ** 4, 0.0, None)
                 chord = 2.0 * a * t**0.25
             proj.attenuation[view] += (mu * chord).astype(np.float32)
 

@@ -49,6 +49,18 @@ class Thorax:
     airway: list[tuple[np.ndarray, np.ndarray, float]]  # trachea and main bronchi: (start, end, radius)
     breasts: list[tuple[np.ndarray, np.ndarray]]  # (centre, radii) of each breast; empty for none
     neck_z: float  # shoulder line: the torso narrows to the neck above it
+    torso_center_y: float  # the torso's centre below T12; above, it follows the column's drift
+    drift_from_z: float  # height (T12) from which the torso follows the column
+
+    def torso_y(self, z: np.ndarray) -> np.ndarray:
+        """Centre (y) of the torso's cross-section at heights ``z``: it follows the kyphotic column."""
+        _, y = self.spine_at(np.maximum(z, self.drift_from_z))
+        _, y0 = self.spine_at(self.drift_from_z)
+        return self.torso_center_y + 0.8 * (y - y0)
+
+    def front_y(self, z: float | np.ndarray) -> np.ndarray:
+        """Inner anterior chest wall (y) at heights ``z``: the sternum at T7, moving with the torso."""
+        return self.sternum_y + self.torso_y(np.asarray(z)) - self.torso_y(np.asarray(self.level_z["T7"]))
 
     def spine_at(self, z: float | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(x, y) of the column's body centres at height ``z`` (interpolated)."""
@@ -84,13 +96,14 @@ def sample_thorax(model: SpineModel, rng: np.random.Generator, breast_probabilit
     sz, sx, sy = spine[:, 2], spine[:, 0], spine[:, 1]
     b, yc = model.torso_half_depth, model.torso_center_y
     cage = min(125.0 * sc * rng.uniform(0.93, 1.07), 0.88 * model.torso_half_width)
-    sternum_y = yc - 0.82 * b
+    drift = float(np.interp(z["T7"], sz, sy) - np.interp(z["T12"], sz, sy))
+    sternum_y = yc + 0.8 * drift - 0.82 * b
     dome_right = z["T10"] + rng.uniform(-15.0, 20.0)
     dome_left = dome_right - rng.uniform(8.0, 25.0)
 
     # heart: on the left dome, from the sternum back to (just over) the front of the column
-    rl, ry, rs = (rng.uniform(lo, hi) * sc for lo, hi in ((66.0, 82.0), (52.0, 64.0), (56.0, 66.0)))
-    hz = dome_left + 0.35 * rs
+    rl, ry, rs = (rng.uniform(lo, hi) * sc for lo, hi in ((56.0, 68.0), (44.0, 54.0), (50.0, 60.0)))
+    hz = dome_left + 0.7 * rs
     spine_front = float(np.interp(hz, sz, sy)) - 15.0 * sc
     ry = min(ry, 0.5 * (spine_front - sternum_y))
     hy = spine_front - ry + rng.uniform(-6.0, 8.0)
@@ -107,11 +120,12 @@ def sample_thorax(model: SpineModel, rng: np.random.Generator, breast_probabilit
 
     breasts = []
     if rng.random() < breast_probability:
-        size = rng.uniform(0.5, 1.1)
+        size = rng.uniform(0.45, 0.95)
         droop = rng.uniform(-50.0, -10.0)
         for side in (-1.0, 1.0):
             radii = np.array([60.0, 40.0, 52.0]) * size
-            center = np.array([side * 0.45 * model.torso_half_width, yc - b + 10.0 - 0.3 * radii[1], z["T8"] + droop])
+            front = yc + 0.8 * (np.interp(z["T8"], sz, sy) - np.interp(z["T12"], sz, sy)) - b
+            center = np.array([side * 0.45 * model.torso_half_width, front + 10.0 - 0.3 * radii[1], z["T8"] + droop])
             breasts.append((center, radii))
     return Thorax(
         level_z=z,
@@ -130,6 +144,8 @@ def sample_thorax(model: SpineModel, rng: np.random.Generator, breast_probabilit
         airway=airway,
         breasts=breasts,
         neck_z=z["T1"] + 25.0 * sc,
+        torso_center_y=yc,
+        drift_from_z=z["T12"],
     )
 
 
@@ -177,8 +193,9 @@ def _soft_evaluator(t: Thorax) -> Callable[[np.ndarray, np.ndarray, np.ndarray],
         # cage cross-section: narrows to the apices above T6
         taper = np.sqrt(np.clip(1.0 - np.clip((z - z6) / (t.apex_z - z6), 0.0, None) ** 2, 0.0, 1.0))
         post = sy + 38.0
-        yc = 0.5 * (post + t.sternum_y)
-        half_b = 0.5 * (post - t.sternum_y)
+        front = t.front_y(z).astype(np.float32)
+        yc = 0.5 * (post + front)
+        half_b = 0.5 * (post - front)
         width = t.cage_half_width * taper + 1e-3
         inside = np.sqrt((x / width) ** 2 + ((y - yc) / (half_b * (0.6 + 0.4 * taper))) ** 2)
         cavity = (inside - 1.0) * 40.0
@@ -194,7 +211,7 @@ def _soft_evaluator(t: Thorax) -> Callable[[np.ndarray, np.ndarray, np.ndarray],
         lung = occupancy(lung_sdf, step)
         u, v, w = (rot[0, a] * (x - hc[0]) + rot[1, a] * (y - hc[1]) + rot[2, a] * (z - hc[2]) for a in range(3))
         # the heart with its pericardial fat and the mediastinum around it: no lung there
-        heart = occupancy(ellipsoid_sdf(u, v, w, (0.0, 0.0, 0.0), t.heart_radii) - 12.0, step)
+        heart = occupancy(ellipsoid_sdf(u, v, w, (0.0, 0.0, 0.0), t.heart_radii) - 5.0, step)
         vessel = occupancy(_capsules_sdf(x, y, z, aorta), step)
         air = occupancy(_capsules_sdf(x, y, z, t.airway), step)
         solid = np.maximum(heart, vessel)
@@ -265,8 +282,8 @@ def add_chest_bones(film: Film, proj: Projections, model: SpineModel, t: Thorax,
     for side in (-1.0, 1.0):
         clavicle = np.array(
             [
-                [side * 18.0 * sc, t.sternum_y + 6.0, z["T2"] + 8.0],
-                [side * 0.5 * cage, t.sternum_y - 4.0, z["T1"] + 18.0],
+                [side * 18.0 * sc, float(t.front_y(z["T2"])) + 6.0, z["T2"] + 8.0],
+                [side * 0.5 * cage, float(t.front_y(z["T1"])) - 4.0, z["T1"] + 18.0],
                 [side * (cage + 8.0), float(y1) + 5.0, z["T1"] + 30.0],
             ]
         )
@@ -305,7 +322,7 @@ def add_rib_cage(film: Film, proj: Projections, model: SpineModel, t: Thorax, rn
         drop = rng.uniform(50.0, 80.0) * {1: 0.6, 2: 1.0}.get(number, 1.35)
         half_w = t.cage_half_width * _RIB_WIDTH[number]
         posterior = v.center[1] + v.half_depth_posterior + 28.0 * sc
-        anterior = t.sternum_y + 10.0
+        anterior = float(t.front_y(v.center[2])) + 10.0
         yc, half_d = 0.5 * (posterior + anterior), 0.5 * (posterior - anterior)
         for side in (-1.0, 1.0):
             joint = v.to_world(
@@ -320,5 +337,7 @@ def add_rib_cage(film: Film, proj: Projections, model: SpineModel, t: Thorax, rn
                 ],
                 axis=1,
             )
-            path = np.concatenate([joint[None, :], ring], axis=0)
-            _add_tube(film, proj, path, 3.6 * sc, cortex=0.8, core=0.004)
+            lateral = int(np.searchsorted(angle, 1.9))  # posterior and lateral arc | thinner anterior arc
+            _add_tube(film, proj, np.concatenate([joint[None, :], ring[: lateral + 1]]), 3.6 * sc, 0.8, core=0.004)
+            if lateral < len(ring) - 1:
+                _add_tube(film, proj, ring[lateral:], 2.8 * sc, 0.6, core=0.003)
