@@ -3,11 +3,15 @@ the heart's shadow, grid lines, and the default study left as it was (small film
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
 from spine_app.synthetic.config import FIELDS_OF_VIEW, load_preset
 from spine_app.synthetic.generator import generate_study, render_study
+from spine_app.synthetic.render import Projections
+from spine_app.synthetic.thorax import add_soft_organs
 
 SMALL = {"long_side_px": (320, 320), "render_voxel_mm": 1.2}
 
@@ -63,20 +67,26 @@ def test_cement_and_screws_are_brighter_than_bone() -> None:
 
 
 def test_heart_shadow_darkens_the_lateral_film_in_front_of_the_thoracic_column() -> None:
-    """Less transmission (more attenuation) anterior to T7-T9 on the LAT film with the thorax than without."""
+    """The same thoracic study with and without its heart: more attenuation in front of T7-T9 on the LAT
+    film (less transmission), none behind the column."""
+    cfg = load_preset("thoracic", long_side_px=(400, 400), breast_probability=0.0)
+    _, _, model, film, _, extras = render_study(cfg, 5, 0)
     attenuation = {}
-    for thorax in (True, False):
-        cfg = load_preset("thoracic", long_side_px=(400, 400), thorax=thorax, breast_probability=0.0)
-        _, _, model, film, proj, _ = render_study(cfg, 5, 0)
-        attenuation[thorax] = proj.attenuation["LAT"]
+    for heart in (True, False):
+        chest = extras.thorax if heart else dataclasses.replace(extras.thorax, heart_radii=np.full(3, 1e-3))
+        proj = Projections.empty(film)
+        add_soft_organs(film, proj, chest)
+        attenuation[heart] = proj.attenuation["LAT"]
     by_name = {v.name: v for v in model.vertebrae}
-    top, bottom = (film.to_detector("LAT", by_name[n].center) for n in ("T7", "T9"))
-    front = film.to_detector("LAT", by_name["T8"].to_world(np.array([0.0, -by_name["T8"].half_depth_anterior, 0])))
-    f, step = film.upsample, film.step
-    rows = slice(int(top[0] / f), int(bottom[0] / f))
-    cols = slice(int(front[1] / f - 70.0 / step), int(front[1] / f - 15.0 / step))  # 15-70 mm in front
-    gain = attenuation[True][rows, cols].mean() - attenuation[False][rows, cols].mean()
-    assert gain > 0.5, gain
+    top, bottom = (film.to_detector("LAT", by_name[n].center) / film.upsample for n in ("T7", "T9"))
+    t8 = by_name["T8"]
+    front = film.to_detector("LAT", t8.to_world(np.array([0.0, -t8.half_depth_anterior, 0]))) / film.upsample
+    back = film.to_detector("LAT", t8.to_world(np.array([0.0, t8.half_depth_posterior + 40.0, 0]))) / film.upsample
+    rows, mm = slice(int(top[0]), int(bottom[0])), 1.0 / film.step
+    gain = attenuation[True] - attenuation[False]
+    in_front = gain[rows, int(front[1] - 70 * mm) : int(front[1] - 15 * mm)].mean()
+    behind = gain[rows, int(back[1]) : int(back[1] + 30 * mm)].mean()
+    assert in_front > 0.5 and abs(behind) < 0.1, (in_front, behind)
 
 
 def test_grid_lines_are_a_column_pattern_on_the_same_film() -> None:
