@@ -73,7 +73,7 @@ class SynthConfig:
 
     # what real patients have (each drawn per study from its own random stream; 0 / False: off)
     thorax: bool = False  # heart, aorta, mediastinum, diaphragm, rib cage, scapulae, shoulders, breasts
-    breast_probability: float = 0.5  # with ``thorax``: breast shadows
+    breast_probability: float = 0.35  # with ``thorax``: breast shadows
     osteoporosis_probability: float = 0.0  # thin cortex, low bone density
     degeneration_probability: float = 0.0  # osteophytes and endplate sclerosis
     cement_probability: float = 0.0  # per fractured body: vertebroplasty cement

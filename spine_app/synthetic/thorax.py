@@ -54,7 +54,8 @@ class Thorax:
 
     def torso_y(self, z: np.ndarray) -> np.ndarray:
         """Centre (y) of the torso's cross-section at heights ``z``: it follows the kyphotic column."""
-        _, y = self.spine_at(np.maximum(z, self.drift_from_z))
+        soft = 30.0 * np.logaddexp(0.0, (np.asarray(z) - self.drift_from_z) / 30.0)  # smooth max(z - z12, 0)
+        _, y = self.spine_at(self.drift_from_z + soft)
         _, y0 = self.spine_at(self.drift_from_z)
         return self.torso_center_y + 0.8 * (y - y0)
 
@@ -291,9 +292,11 @@ def add_chest_bones(film: Film, proj: Projections, model: SpineModel, t: Thorax,
         scapula = (side * 0.55 * cage, float(y5) + 55.0 * sc, z["T5"] + rng.uniform(-10.0, 15.0))
         rot = rotation_matrix(0.0, side * rng.uniform(5.0, 15.0), side * rng.uniform(20.0, 35.0))
         add_ellipsoid(film, proj, scapula, rot, (45.0 * sc, 5.0, 72.0 * sc), MU_CORTEX, shell=(1.5, 0.005))
-        head = np.array([side * (cage + 30.0 * sc), float(y1) - 10.0, z["T2"] + 5.0])
+        head = np.array([side * (cage + 30.0 * sc), float(y1) + 20.0 * sc, z["T2"] + 5.0])
         add_ellipsoid(film, proj, head, np.eye(3), (23.0 * sc,) * 3, MU_CORTEX, shell=(2.0, 0.006))
-        add_ellipsoid(film, proj, head, np.eye(3), (40.0 * sc, 45.0 * sc, 45.0 * sc), MU_SOFT, textured=False)
+        for size in (1.0, 0.75, 0.5):  # the shoulder muscles, densest round the joint (no hard outline)
+            radii = np.array([40.0, 50.0, 50.0]) * sc * size
+            add_ellipsoid(film, proj, head, np.eye(3), radii, MU_SOFT / 3.0, textured=False)
         _add_arm(film, proj, head, side, sc)
 
 
