@@ -80,6 +80,7 @@ class SynthConfig:
     instrumentation_probability: float = 0.0  # pedicle screws and rods over 2-4 levels
     grid_line_probability: float = 0.0  # anti-scatter grid lines on the film
     ecg_probability: float = 0.0  # ECG electrodes and leads on the chest
+    lat_mask_concavity: bool = False  # LAT vertebra mask follows concave (biconcave) endplates, not the rims
 
     # labels
     damaged_fraction: float = 0.5
@@ -161,8 +162,9 @@ class SynthConfig:
             lo, hi = self.long_side_px
             if not 64 <= lo <= hi <= 8000:
                 raise ValueError(f"long_side_px: expected [low, high] within 64..8000, got {list(self.long_side_px)}")
-        if not isinstance(self.thorax, bool):
-            raise ValueError(f"thorax must be true or false, got {self.thorax!r}")
+        for name in ("thorax", "lat_mask_concavity"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         for name in PROBABILITIES:
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be within [0, 1]")

@@ -204,7 +204,7 @@ def render_model(
     sacrum = sacrum_as_vertebra(model)
     render_vertebra(film, proj, sacrum, bone, annotate=False, posterior=False)
     for vertebra in model.vertebrae:
-        render_vertebra(film, proj, vertebra, bone)
+        render_vertebra(film, proj, vertebra, bone, concave_lat=cfg.lat_mask_concavity)
     return proj
 
 

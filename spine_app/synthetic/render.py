@@ -106,7 +106,8 @@ def project_block(film: Film, proj: Projections, lo: np.ndarray, hi: np.ndarray,
 
     ``evaluate(x, y, z)`` gets broadcastable world coordinates (z, y, x axis order) and returns a dict
     with ``"density"`` (1/mm, bone: also textured), optionally ``"attenuation_only"`` (1/mm, untextured:
-    metal, cement, soft tissue) and structure occupancies (0..1) named in MASK_STRUCTURES.
+    metal, cement, soft tissue) and structure occupancies (0..1) named in MASK_STRUCTURES, optionally
+    for one view only ("LAT:vertebra").
     """
     s = film.step
     i0, i1 = _index_range(lo[0], hi[0], film.ap_x0, s)
@@ -127,10 +128,11 @@ def project_block(film: Film, proj: Projections, lo: np.ndarray, hi: np.ndarray,
                 if key == "density":
                     _add_clipped(proj.bone[view], p, k0, i0 if view == "AP" else j0)
             continue
-        if key in proj.chords["AP"]:
-            _add_clipped(proj.chords["AP"][key], ap, k0, i0)
-        if key in proj.chords["LAT"]:
-            _add_clipped(proj.chords["LAT"][key], lat, k0, j0)
+        view_only, _, name = key.rpartition(":")  # "LAT:vertebra" feeds only that view's chord
+        if view_only in ("", "AP") and name in proj.chords["AP"]:
+            _add_clipped(proj.chords["AP"][name], ap, k0, i0)
+        if view_only in ("", "LAT") and name in proj.chords["LAT"]:
+            _add_clipped(proj.chords["LAT"][name], lat, k0, j0)
 
 
 def _to_local(vertebra_center: np.ndarray, rotation: np.ndarray, x, y, z) -> tuple[np.ndarray, ...]:
@@ -160,7 +162,12 @@ def body_surfaces(v: Vertebra, u: np.ndarray, vv: np.ndarray, w: np.ndarray) -> 
     return (r - 1.0) * min(a, bp), half
 
 
-def _body_evaluator(v: Vertebra, step: float, bone: float, structure: str | None) -> Evaluator:
+def _body_evaluator(
+    v: Vertebra, step: float, bone: float, structure: str | None, concave_lat: bool = False
+) -> Evaluator:
+    """Density and mask occupancy of the body; with ``concave_lat`` the LAT mask follows the endplates'
+    mid-sagittal (concave) contour instead of the full-height projection of the lateral rims."""
+
     def evaluate(x, y, z):
         u, vv, w = _to_local(v.center, v.rotation, x, y, z)
         radial, half = body_surfaces(v, u, vv, w)
@@ -171,7 +178,11 @@ def _body_evaluator(v: Vertebra, step: float, bone: float, structure: str | None
             band = np.maximum(radial, np.abs(w - (half - 3.0)) - 2.0)
             density = density + v.sclerosis * occupancy(band, step)
         out = {"density": density}
-        if structure:
+        if structure and concave_lat:
+            _, mid_half = body_surfaces(v, np.zeros_like(u), vv, w)  # endplates on the mid-sagittal plane
+            out[f"AP:{structure}"] = outer
+            out[f"LAT:{structure}"] = occupancy(np.maximum(radial, np.abs(w) - mid_half), step)
+        elif structure:
             out[structure] = outer
         return out
 
@@ -248,13 +259,21 @@ def _part_evaluator(v: Vertebra, kind: str, structure: str | None, geometry: tup
 
 
 def render_vertebra(
-    film: Film, proj: Projections, v: Vertebra, bone: float, annotate: bool = True, posterior: bool = True
+    film: Film,
+    proj: Projections,
+    v: Vertebra,
+    bone: float,
+    annotate: bool = True,
+    posterior: bool = True,
+    concave_lat: bool = False,
 ) -> None:
-    """Body and (optionally) posterior elements of one vertebra; masks only when ``annotate``."""
+    """Body and (optionally) posterior elements of one vertebra; masks only when ``annotate``
+    (``concave_lat``: the LAT body mask follows the concave endplates, see ``_body_evaluator``)."""
     a, ba, bp = v.half_width, v.half_depth_anterior, v.half_depth_posterior
     hmax = max(v.height_anterior, v.height_posterior) / 2.0
     lo, hi = _world_box(v, (-a, -ba, -hmax), (a, bp, hmax))
-    project_block(film, proj, lo, hi, _body_evaluator(v, film.step, bone, "vertebra" if annotate else None))
+    evaluator = _body_evaluator(v, film.step, bone, "vertebra" if annotate else None, concave_lat)
+    project_block(film, proj, lo, hi, evaluator)
     for kind, structure, geometry in _posterior_parts(v) if posterior else ():
         plo, phi = _part_box(kind, geometry)
         lo, hi = _world_box(v, plo, phi)

@@ -172,12 +172,16 @@ def _aorta_path(model: SpineModel, z: dict, heart: np.ndarray, rs: float, sz, sy
 
 
 def _capsules_sdf(x, y, z, segments: list[tuple[np.ndarray, np.ndarray, float]]) -> np.ndarray:
-    """Signed distance to a union of world-frame capsules."""
+    """Signed distance to a union of world-frame capsules (segments clear of ``z``'s slab are skipped:
+    the distance there is only a bound, which is all the 1-voxel occupancy needs)."""
+    z_lo, z_hi = float(np.min(z)), float(np.max(z))
     out = None
     for p0, p1, radius in segments:
+        if min(p0[2], p1[2]) - radius > z_hi + COARSE_MM or max(p0[2], p1[2]) + radius < z_lo - COARSE_MM:
+            continue
         d = capsule_sdf(x, y, z, p0, p1, radius)
         out = d if out is None else np.minimum(out, d)
-    return out
+    return np.full((1, 1, 1), 1e3, np.float32) if out is None else out
 
 
 def _soft_evaluator(t: Thorax) -> Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]:

@@ -130,3 +130,28 @@ def test_features_off_reproduce_the_default_and_on_leave_the_spine_alone() -> No
 def test_bad_realism_settings_are_refused(overrides: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         load_preset("default", **overrides)
+
+
+def test_lateral_mask_follows_biconcave_endplates_only_when_asked() -> None:
+    """With ``lat_mask_concavity`` a biconcave body's LAT mask is lower at its centre; the AP mask is unchanged."""
+    cfg = {"damaged_fraction": 1.0, "type_weights": {"biconcave": 1.0}, "grade_weights": (0.0, 0.0, 1.0)}
+    rims = generate_study(load_preset("default", **cfg), 0, 0)
+    concave = generate_study(load_preset("default", lat_mask_concavity=True, **cfg), 0, 0)
+    np.testing.assert_array_equal(concave.masks["Ap_Vertebra"], rims.masks["Ap_Vertebra"])
+    level = next(lv for lv in rims.truth["levels"] if lv["fracture"])
+    row, col = (int(x) for x in level["center_lat_px"])
+    spacing = rims.pixel_spacing
+
+    def height_at_centre(mask: np.ndarray) -> int:
+        column = mask[:, col]
+        top, bottom = row, row
+        while column[top - 1]:
+            top -= 1
+        while column[bottom + 1]:
+            bottom += 1
+        return bottom - top + 1
+
+    loss = level["heights_mm"]["posterior"] - level["heights_mm"]["middle"]  # at least 40 % of the height
+    assert height_at_centre(rims.masks["Lat_Vertebra"]) - height_at_centre(concave.masks["Lat_Vertebra"]) > (
+        0.5 * loss / spacing
+    )
