@@ -42,7 +42,7 @@ class FieldOfView:
 
 #: the framings ``field_of_view`` can draw from, on the cassette/detector sizes used for them
 FIELDS_OF_VIEW: dict[str, FieldOfView] = {
-    "lumbar": FieldOfView("lumbar", ("L1", "S1"), (330.0, 400.0), (280.0, 350.0), (280.0, 350.0)),
+    "lumbar": FieldOfView("lumbar", ("L1", "S1"), (350.0, 430.0), (280.0, 350.0), (280.0, 350.0)),
     "thoracolumbar": FieldOfView("thoracolumbar", ("T10", "L5"), (380.0, 430.0), (230.0, 300.0), (230.0, 300.0)),
     "thoracic": FieldOfView("thoracic", ("T1", "T12"), (400.0, 430.0), (330.0, 400.0), (300.0, 350.0)),
     "whole_spine": FieldOfView("whole_spine", ("C7", "S1"), (800.0, 900.0), (300.0, 350.0), (300.0, 350.0)),
