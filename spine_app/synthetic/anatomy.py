@@ -193,8 +193,14 @@ def _normal_heights(rng: np.random.Generator, expected: float, name: str, variat
     return anterior, middle, posterior
 
 
-def sample_spine(rng: np.random.Generator, cfg: SynthConfig, label: int) -> SpineModel:
-    """Sample one patient's spine (``label`` 1 = Damaged) as a :class:`SpineModel`."""
+def sample_spine(
+    rng: np.random.Generator, cfg: SynthConfig, label: int, disk_narrowing: dict[str, float] | None = None
+) -> SpineModel:
+    """Sample one patient's spine (``label`` 1 = Damaged) as a :class:`SpineModel`.
+
+    ``disk_narrowing`` (level -> factor) narrows the disk below those levels (degeneration); it draws
+    no random numbers, so the rest of the spine is the one sampled without it.
+    """
     levels, roi = modelled_levels(cfg)
     scale = _uniform(rng, cfg.patient_scale)
     fractures = _sample_fractures(rng, cfg, roi) if label == 1 else {}
@@ -236,6 +242,8 @@ def sample_spine(rng: np.random.Generator, cfg: SynthConfig, label: int) -> Spin
             ha, hm, hp = _normal_heights(rng, expected, name, cfg.normal_height_variation)
         disk_name = f"{name}-{below_name}"
         disk = disk_below * rng.uniform(0.9, 1.1)
+        if disk_narrowing and name in disk_narrowing:
+            disk *= disk_narrowing[name]
         if name == collapsed:
             disk *= rng.uniform(0.25, 0.45)
             disk_collapse.append({"disk": disk_name, "height_mm": round(disk, 2)})

@@ -75,7 +75,7 @@ class SynthConfig:
     thorax: bool = False  # heart, aorta, mediastinum, diaphragm, rib cage, scapulae, shoulders, breasts
     breast_probability: float = 0.35  # with ``thorax``: breast shadows
     osteoporosis_probability: float = 0.0  # thin cortex, low bone density
-    degeneration_probability: float = 0.0  # osteophytes and endplate sclerosis
+    degeneration_probability: float = 0.0  # narrowed disks, osteophytes and endplate sclerosis
     cement_probability: float = 0.0  # per fractured body: vertebroplasty cement
     instrumentation_probability: float = 0.0  # pedicle screws and rods over 2-4 levels
     grid_line_probability: float = 0.0  # anti-scatter grid lines on the film

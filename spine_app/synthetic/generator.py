@@ -37,6 +37,7 @@ from spine_app.synthetic.realism import (
     apply_osteoporosis,
     bone_density,
     grid_lines,
+    sample_degeneration,
     sample_realism,
 )
 from spine_app.synthetic.render import (
@@ -257,11 +258,12 @@ def render_study(
     if uses_extras(cfg):
         extras = StudyExtras(rng=np.random.default_rng(np.random.SeedSequence([seed, index, 16])))
         cfg, extras.fov = choose_field_of_view(cfg, extras.rng)
-    model = sample_spine(rng, cfg, label)
+    degeneration = sample_degeneration(extras.rng, cfg) if extras is not None else {}
+    model = sample_spine(rng, cfg, label, disk_narrowing=degeneration)
     if extras is not None and extras.fov is not None:
         balance_sagittal(model, extras.rng)  # the whole column is modelled: stand it over the sacrum
     if extras is not None:
-        extras.realism = sample_realism(extras.rng, cfg, model)
+        extras.realism = sample_realism(extras.rng, cfg, model, degeneration)
         if extras.realism.osteoporosis:
             apply_osteoporosis(model, extras.realism.osteoporosis)
         if cfg.thorax:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from spine_app.synthetic.anatomy import SpineModel, Vertebra
+from spine_app.synthetic.anatomy import SpineModel, Vertebra, modelled_levels
 from spine_app.synthetic.config import SynthConfig
 from spine_app.synthetic.geometry import capsule_sdf, ellipsoid_sdf, occupancy
 from spine_app.synthetic.render import Film, Projections, _add_tube, _to_local, _world_box, add_ellipsoid, project_block
@@ -29,6 +29,7 @@ class Realism:
 
     osteoporosis: float = 0.0  # bone density loss (0 none .. 0.6)
     degenerated: list[str] = field(default_factory=list)  # levels with osteophytes and sclerosis
+    disk_narrowing: dict[str, float] = field(default_factory=dict)  # level -> height factor of the disk below
     cement: list[str] = field(default_factory=list)  # fractured levels filled with cement
     instrumented: list[str] = field(default_factory=list)  # levels with pedicle screws (joined by rods)
     ecg_electrodes: int = 0
@@ -39,6 +40,7 @@ class Realism:
         return {
             "osteoporosis": round(self.osteoporosis, 3),
             "degenerated": self.degenerated,
+            "disk_narrowing": {name: round(f, 3) for name, f in self.disk_narrowing.items()},
             "cement": self.cement,
             "instrumented": self.instrumented,
             "ecg_electrodes": self.ecg_electrodes,
@@ -46,17 +48,30 @@ class Realism:
         }
 
 
-def sample_realism(rng: np.random.Generator, cfg: SynthConfig, model: SpineModel) -> Realism:
-    """Draw the realism features of one study (every feature draws only when its probability > 0)."""
+def sample_degeneration(rng: np.random.Generator, cfg: SynthConfig) -> dict[str, float]:
+    """Degenerated levels (2-5 contiguous, in the region of interest) and the height factor of the disk
+    below each (0.55-0.85), drawn before the spine is built; empty when none."""
+    if not cfg.degeneration_probability or rng.random() >= cfg.degeneration_probability:
+        return {}
+    roi = modelled_levels(cfg)[1]
+    count = int(rng.integers(2, 6))
+    start = int(rng.integers(0, max(1, len(roi) - count + 1)))
+    return {name: float(rng.uniform(0.55, 0.85)) for name in roi[start : start + count]}
+
+
+def sample_realism(
+    rng: np.random.Generator, cfg: SynthConfig, model: SpineModel, degeneration: dict[str, float] | None = None
+) -> Realism:
+    """Draw the realism features of one study (every feature draws only when its probability > 0);
+    ``degeneration`` is what :func:`sample_degeneration` drew for the spine (empty: none)."""
     out = Realism()
     names = [v.name for v in model.vertebrae]
     roi = [v.name for v in model.roi_levels()]
     if cfg.osteoporosis_probability and rng.random() < cfg.osteoporosis_probability:
         out.osteoporosis = float(rng.uniform(0.3, 0.6))
-    if cfg.degeneration_probability and rng.random() < cfg.degeneration_probability:
-        count = int(rng.integers(2, 6))
-        start = int(rng.integers(0, max(1, len(roi) - count + 1)))
-        out.degenerated = roi[start : start + count]
+    if degeneration:
+        out.degenerated = [name for name in names if name in degeneration]
+        out.disk_narrowing = dict(degeneration)
     if cfg.cement_probability:
         out.cement = [name for name, _ in model.fractures if rng.random() < cfg.cement_probability]
     if cfg.instrumentation_probability and rng.random() < cfg.instrumentation_probability:

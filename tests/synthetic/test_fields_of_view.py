@@ -108,12 +108,21 @@ def test_features_off_reproduce_the_default_and_on_leave_the_spine_alone() -> No
     for view in ("AP", "LAT"):
         np.testing.assert_array_equal(off.images[view], base.images[view])
     assert off.truth == base.truth
-    on = generate_study(load_preset("default", osteoporosis_probability=1.0, degeneration_probability=1.0), 7, 1)
+    on = generate_study(load_preset("default", osteoporosis_probability=1.0, ecg_probability=1.0), 7, 1)
     assert on.truth["levels"] == base.truth["levels"] and on.truth["fractures"] == base.truth["fractures"]
-    assert on.truth["realism"]["osteoporosis"] > 0 and on.truth["realism"]["degenerated"]
+    assert on.truth["realism"]["osteoporosis"] > 0 and on.truth["realism"]["ecg_electrodes"] >= 3
     assert not np.array_equal(on.images["AP"], base.images["AP"])
     for name in base.masks:
         np.testing.assert_array_equal(on.masks[name], base.masks[name])  # masks: the bodies alone
+    # degeneration narrows the disks below its levels and nothing else of the spine
+    worn = generate_study(load_preset("default", degeneration_probability=1.0), 7, 1)
+    narrowing = worn.truth["realism"]["disk_narrowing"]
+    assert narrowing and worn.truth["fractures"] == base.truth["fractures"]
+    heights = [lv["heights_mm"] for lv in base.truth["levels"]]
+    assert [lv["heights_mm"] for lv in worn.truth["levels"]] == heights
+    for disk, height in base.truth["disk_heights_mm"].items():
+        factor = narrowing.get(disk.split("-")[0], 1.0)
+        assert worn.truth["disk_heights_mm"][disk] == pytest.approx(height * factor, abs=0.01)
 
 
 @pytest.mark.parametrize(
