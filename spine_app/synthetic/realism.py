@@ -119,8 +119,8 @@ def add_osteophytes(film: Film, proj: Projections, v: Vertebra, rng: np.random.G
     """Bony spurs at the anterior and lateral endplate rims, pointing towards the disk, plus sclerosis."""
     a, ba = v.half_width, v.half_depth_anterior
     for end in (-1.0, 1.0):
-        h = (v.height_anterior if end > 0 else v.height_anterior) / 2.0
         for u0, v0, du, dv in ((0.0, -ba, 0.0, -1.0), (-a, 0.0, -1.0, 0.0), (a, 0.0, 1.0, 0.0)):
+            h = (v.height_anterior if dv < 0 else v.center_height) / 2.0  # rim height at the spur
             length = rng.uniform(3.0, 9.0)
             p0 = np.array([u0 * 0.9, v0 * 0.9, end * (h - 1.5)])
             p1 = p0 + np.array([du * 0.7 * length, dv * 0.7 * length, end * 0.7 * length])
