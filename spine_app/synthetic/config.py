@@ -80,6 +80,7 @@ class SynthConfig:
     instrumentation_probability: float = 0.0  # pedicle screws and rods over 2-4 levels
     grid_line_probability: float = 0.0  # anti-scatter grid lines on the film
     ecg_probability: float = 0.0  # ECG electrodes and leads on the chest
+    aortic_calcification_probability: float = 0.0  # calcified plaques in the aorta's wall in front of the column
     lat_mask_concavity: bool = False  # LAT vertebra mask follows concave (biconcave) endplates, not the rims
 
     # labels
@@ -187,6 +188,7 @@ PROBABILITIES = (
     "instrumentation_probability",
     "grid_line_probability",
     "ecg_probability",
+    "aortic_calcification_probability",
 )
 
 

@@ -30,6 +30,7 @@ from spine_app.synthetic.config import ALL_LEVELS, FieldOfView, SynthConfig, jso
 from spine_app.synthetic.imaging import ExposureParams, chord_mask, expose, polygons_mask, polyline_mask, quantize
 from spine_app.synthetic.realism import (
     Realism,
+    add_aortic_calcification,
     add_cement,
     add_ecg_leads,
     add_instrumentation,
@@ -108,6 +109,7 @@ def uses_extras(cfg: SynthConfig) -> bool:
         cfg.instrumentation_probability,
         cfg.grid_line_probability,
         cfg.ecg_probability,
+        cfg.aortic_calcification_probability,
     )
     return bool(cfg.field_of_view) or cfg.long_side_px is not None or cfg.thorax or any(probabilities)
 
@@ -222,6 +224,8 @@ def _render_realism(
         add_instrumentation(film, proj, model, realism.instrumented)
     if realism.ecg_electrodes:
         add_ecg_leads(film, proj, model, realism.ecg_electrodes, rng)
+    if realism.calcified_plaques:
+        add_aortic_calcification(film, proj, model, realism.calcified_plaques, rng)
 
 
 def _corner_points(v: Vertebra) -> dict[str, np.ndarray]:

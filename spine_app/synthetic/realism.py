@@ -15,7 +15,7 @@ import numpy as np
 
 from spine_app.synthetic.anatomy import SpineModel, Vertebra, modelled_levels
 from spine_app.synthetic.config import SynthConfig
-from spine_app.synthetic.geometry import capsule_sdf, ellipsoid_sdf, occupancy
+from spine_app.synthetic.geometry import capsule_sdf, ellipsoid_sdf, occupancy, rotation_matrix
 from spine_app.synthetic.render import Film, Projections, _add_tube, _to_local, _world_box, add_ellipsoid, project_block
 
 MU_CEMENT = 0.075  # PMMA with barium sulphate: denser than cortical bone
@@ -33,6 +33,7 @@ class Realism:
     cement: list[str] = field(default_factory=list)  # fractured levels filled with cement
     instrumented: list[str] = field(default_factory=list)  # levels with pedicle screws (joined by rods)
     ecg_electrodes: int = 0
+    calcified_plaques: int = 0  # plaques in the wall of the aorta in front of the column
     grid: dict | None = None  # {"period_px", "amplitude", "phase"} of the grid-line pattern
 
     def to_json(self) -> dict:
@@ -44,6 +45,7 @@ class Realism:
             "cement": self.cement,
             "instrumented": self.instrumented,
             "ecg_electrodes": self.ecg_electrodes,
+            "calcified_plaques": self.calcified_plaques,
             "grid_lines": self.grid,
         }
 
@@ -90,6 +92,8 @@ def sample_realism(
             "amplitude": float(rng.uniform(0.004, 0.015)),
             "phase": float(rng.uniform(0.0, 2.0 * np.pi)),
         }
+    if cfg.aortic_calcification_probability and rng.random() < cfg.aortic_calcification_probability:
+        out.calcified_plaques = int(rng.integers(4, 25))
     return out
 
 
@@ -205,6 +209,26 @@ def add_ecg_leads(film: Film, proj: Projections, model: SpineModel, count: int, 
             heading /= np.linalg.norm(heading) + 1e-6
             points.append(points[-1] + 18.0 * heading)
         _add_tube(film, proj, np.array(points), 0.9, cortex=0.9, mu=MU_WIRE, core=MU_WIRE, textured=False)
+
+
+def add_aortic_calcification(
+    film: Film, proj: Projections, model: SpineModel, plaques: int, rng: np.random.Generator
+) -> None:
+    """Thin calcified plaques in the wall of the aorta (radius ~11 mm, left of and in front of the bodies),
+    most of them from T12 down to the bifurcation at L4: the flecks in front of the lumbar column on LAT films."""
+    column = [v for v in model.vertebrae if v.name in ("T10", "T11", "T12", "L1", "L2", "L3", "L4")]
+    if not column:
+        return
+    weights = np.linspace(0.5, 2.0, len(column))
+    for _ in range(plaques):
+        v = column[int(rng.choice(len(column), p=weights / weights.sum()))]
+        axis = v.to_world(np.array([0.8 * v.half_width, -v.half_depth_anterior - 14.0, rng.uniform(-0.6, 0.6) * 20.0]))
+        angle = rng.uniform(0.0, 2.0 * np.pi)
+        normal = np.array([np.cos(angle), np.sin(angle), 0.0])
+        center = axis + 11.0 * normal
+        tangent = np.degrees(angle) + 90.0
+        radii = (rng.uniform(2.5, 7.0), rng.uniform(0.8, 1.5), rng.uniform(3.0, 9.0))
+        add_ellipsoid(film, proj, center, rotation_matrix(0.0, 0.0, tangent), radii, MU_CEMENT, textured=False)
 
 
 def grid_lines(shape: tuple[int, int], grid: dict) -> np.ndarray:

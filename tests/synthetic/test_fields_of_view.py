@@ -164,3 +164,25 @@ def test_lateral_mask_follows_biconcave_endplates_only_when_asked() -> None:
     assert height_at_centre(rims.masks["Lat_Vertebra"]) - height_at_centre(concave.masks["Lat_Vertebra"]) > (
         0.5 * loss / spacing
     )
+
+
+def test_aortic_calcification_lies_in_front_of_the_lumbar_column() -> None:
+    """The same study with and without calcified plaques: added attenuation only in front of the bodies."""
+    attenuation = {}
+    for probability in (1.0, 0.0):
+        cfg = load_preset("default", aortic_calcification_probability=probability)
+        _, _, model, film, proj, extras = render_study(cfg, 2, 3)
+        attenuation[probability] = proj.attenuation["LAT"]
+        if probability:
+            assert extras.realism.calcified_plaques >= 4
+    added = attenuation[1.0] - attenuation[0.0]
+    rows, cols = np.nonzero(added > 0.01)
+    assert rows.size > 0
+    fronts = (
+        np.array(
+            [film.to_detector("LAT", v.to_world(np.array([0.0, -v.half_depth_anterior, 0.0]))) for v in model.vertebrae]
+        )
+        / film.upsample
+    )  # (row, col) of each body's anterior wall, top to bottom
+    front_at_row = np.interp(rows, fronts[:, 0], fronts[:, 1])
+    assert np.mean(cols < front_at_row) > 0.95  # in front of the column (smaller LAT column = anterior)
