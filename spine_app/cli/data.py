@@ -24,7 +24,8 @@ def synth(
         out: output folder (created); must be new or empty unless --overwrite.
         n: number of studies (>= 1).
         seed: dataset seed (>= 0); study i is the same for any N and any number of workers.
-        preset: "easy", "default", "hard" (configs/synthetic/) or a path to a YAML preset.
+        preset: "easy", "default", "hard", "lumbar", "thoracolumbar", "thoracic", "whole_spine", "mixed_fov"
+            (configs/synthetic/) or a path to a YAML preset.
         workers: processes (default: all cores).
         overwrite: write into a non-empty OUT: replace the generated files of same-id studies (file by
             file) and the manifest; every other file is kept.

@@ -15,8 +15,15 @@ from spine_app.synthetic.config import ALL_LEVELS, SynthConfig
 from spine_app.synthetic.geometry import rotation_matrix
 
 # Typical adult dimensions per level (mm): half width, anterior half depth, posterior half depth,
-# height, and the height of the disk *below* the level. Interpolated from morphometric tables.
+# height, and the height of the disk *below* the level. Interpolated from morphometric tables
+# (cervicothoracic bodies are small; height, width and depth grow caudally).
 _LEVEL_DIMS: dict[str, tuple[float, float, float, float, float]] = {
+    "C7": (11.5, 8.5, 7.0, 14.0, 4.5),
+    "T1": (12.5, 9.0, 7.5, 15.5, 3.5),
+    "T2": (13.0, 9.5, 8.0, 16.5, 3.5),
+    "T3": (13.3, 10.0, 8.5, 17.0, 3.5),
+    "T4": (13.7, 10.5, 9.0, 17.5, 3.5),
+    "T5": (14.3, 11.2, 9.5, 18.2, 4.0),
     "T6": (15.0, 12.0, 10.0, 19.0, 4.0),
     "T7": (15.5, 12.5, 10.5, 19.5, 4.0),
     "T8": (16.0, 13.0, 11.0, 20.0, 4.5),
@@ -34,6 +41,12 @@ _LEVEL_DIMS: dict[str, tuple[float, float, float, float, float]] = {
 _LORDOSIS_SHARE = {"L1": 0.08, "L2": 0.14, "L3": 0.2, "L4": 0.26, "L5": 0.32}
 # where compression fractures happen (thoracolumbar junction most often)
 _FRACTURE_SITE_WEIGHT = {
+    "C7": 0.1,
+    "T1": 0.15,
+    "T2": 0.2,
+    "T3": 0.25,
+    "T4": 0.3,
+    "T5": 0.35,
     "T6": 0.4,
     "T7": 0.5,
     "T8": 0.6,
@@ -180,8 +193,14 @@ def _normal_heights(rng: np.random.Generator, expected: float, name: str, variat
     return anterior, middle, posterior
 
 
-def sample_spine(rng: np.random.Generator, cfg: SynthConfig, label: int) -> SpineModel:
-    """Sample one patient's spine (``label`` 1 = Damaged) as a :class:`SpineModel`."""
+def sample_spine(
+    rng: np.random.Generator, cfg: SynthConfig, label: int, disk_narrowing: dict[str, float] | None = None
+) -> SpineModel:
+    """Sample one patient's spine (``label`` 1 = Damaged) as a :class:`SpineModel`.
+
+    ``disk_narrowing`` (level -> factor) narrows the disk below those levels (degeneration); it draws
+    no random numbers, so the rest of the spine is the one sampled without it.
+    """
     levels, roi = modelled_levels(cfg)
     scale = _uniform(rng, cfg.patient_scale)
     fractures = _sample_fractures(rng, cfg, roi) if label == 1 else {}
@@ -223,6 +242,8 @@ def sample_spine(rng: np.random.Generator, cfg: SynthConfig, label: int) -> Spin
             ha, hm, hp = _normal_heights(rng, expected, name, cfg.normal_height_variation)
         disk_name = f"{name}-{below_name}"
         disk = disk_below * rng.uniform(0.9, 1.1)
+        if disk_narrowing and name in disk_narrowing:
+            disk *= disk_narrowing[name]
         if name == collapsed:
             disk *= rng.uniform(0.25, 0.45)
             disk_collapse.append({"disk": disk_name, "height_mm": round(disk, 2)})
@@ -231,7 +252,7 @@ def sample_spine(rng: np.random.Generator, cfg: SynthConfig, label: int) -> Spin
         # sagittal chain: lordotic lumbar disks, kyphotic thoracic disks, plus the bodies' wedges
         if name.startswith("L"):
             disk_turn = -lordosis * _LORDOSIS_SHARE[name]
-        elif name == "T12":
+        elif name in ("T12", "C7"):
             disk_turn = 0.0
         else:
             disk_turn = kyphosis / 9.0 * 0.6  # the rest of the kyphosis comes from wedged bodies
@@ -291,3 +312,24 @@ def sample_spine(rng: np.random.Generator, cfg: SynthConfig, label: int) -> Spin
         listhesis=listhesis,
         disk_collapse=disk_collapse,
     )
+
+
+def balance_sagittal(model: SpineModel, rng: np.random.Generator) -> float:
+    """Lean the whole patient back about the S1 endplate so the top vertebra stands over the sacrum.
+
+    A column built up from the sacrum with every lordotic and kyphotic angle ends far in front of it;
+    standing patients keep C7 within a few centimetres of the plumb line over S1 (sagittal balance)
+    by tilting the pelvis. Rotates every vertebra, the sacrum and the torso in place; returns the
+    angle (deg, negative = backwards).
+    """
+    top = model.vertebrae[0].center
+    target = rng.uniform(-10.0, 35.0)  # plumb line from the top vertebra: posterior of S1's centre (mm)
+    angle = float(np.rad2deg(np.arctan2(-target, top[2]) - np.arctan2(-top[1], top[2])))
+    turn = rotation_matrix(angle, 0.0, 0.0)
+    old_mean = float(np.mean([v.center[1] for v in model.vertebrae]))
+    for v in model.vertebrae:
+        v.center = turn @ v.center
+        v.rotation = turn @ v.rotation
+    model.sacrum_rotation = turn @ model.sacrum_rotation
+    model.torso_center_y += float(np.mean([v.center[1] for v in model.vertebrae])) - old_mean
+    return angle

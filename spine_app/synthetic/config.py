@@ -18,8 +18,35 @@ from spine_app.resources import config_dir
 
 Range = tuple[float, float]
 
-#: thoracic and lumbar levels the generator can model, top to bottom
-ALL_LEVELS: tuple[str, ...] = tuple(f"T{i}" for i in range(6, 13)) + tuple(f"L{i}" for i in range(1, 6))
+#: vertebrae the generator can model, top to bottom (the sacrum, "S1", is modelled below L5)
+ALL_LEVELS: tuple[str, ...] = ("C7",) + tuple(f"T{i}" for i in range(1, 13)) + tuple(f"L{i}" for i in range(1, 6))
+#: names a film may be framed on: the vertebrae and the sacrum
+FRAME_LEVELS: tuple[str, ...] = ALL_LEVELS + ("S1",)
+
+
+@dataclass(frozen=True)
+class FieldOfView:
+    """A radiographic framing: the levels the film is centred on and the detector size used for it."""
+
+    name: str
+    levels: tuple[str, str]  # top and bottom level framed ("S1" = the sacrum)
+    film_height_mm: Range
+    ap_width_mm: Range
+    lat_width_mm: Range
+
+    def level_names(self) -> list[str]:
+        """The framed levels top to bottom (vertebrae, then "S1" when the sacrum is framed)."""
+        top, bottom = (FRAME_LEVELS.index(name) for name in self.levels)
+        return list(FRAME_LEVELS[top : bottom + 1])
+
+
+#: the framings ``field_of_view`` can draw from, on the cassette/detector sizes used for them
+FIELDS_OF_VIEW: dict[str, FieldOfView] = {
+    "lumbar": FieldOfView("lumbar", ("L1", "S1"), (350.0, 430.0), (280.0, 350.0), (280.0, 350.0)),
+    "thoracolumbar": FieldOfView("thoracolumbar", ("T10", "L5"), (380.0, 430.0), (230.0, 300.0), (230.0, 300.0)),
+    "thoracic": FieldOfView("thoracic", ("T1", "T12"), (400.0, 430.0), (330.0, 400.0), (300.0, 350.0)),
+    "whole_spine": FieldOfView("whole_spine", ("C7", "S1"), (800.0, 900.0), (300.0, 350.0), (300.0, 350.0)),
+}
 
 PRESET_DIR = config_dir("synthetic")  # the checkout's configs/synthetic or the wheel's copy
 
@@ -39,6 +66,22 @@ class SynthConfig:
     axial_rotation_deg: Range = (0.0, 6.0)
     normal_height_variation: float = 0.06  # natural per-level height jitter (Normal studies stay < 15 %)
     bowel_gas_pockets: tuple[int, int] = (2, 8)
+
+    # field of view (empty: the film is framed on ``levels`` with the film sizes below, as before)
+    field_of_view: dict[str, float] = field(default_factory=dict)  # framing -> weight, drawn per study
+    long_side_px: tuple[int, int] | None = None  # film's long side in pixels (sets the spacing; None: pixel_spacing_mm)
+
+    # what real patients have (each drawn per study from its own random stream; 0 / False: off)
+    thorax: bool = False  # heart, aorta, mediastinum, diaphragm, rib cage, scapulae, shoulders, breasts
+    breast_probability: float = 0.35  # with ``thorax``: breast shadows
+    osteoporosis_probability: float = 0.0  # thin cortex, low bone density
+    degeneration_probability: float = 0.0  # narrowed disks, osteophytes and endplate sclerosis
+    cement_probability: float = 0.0  # per fractured body: vertebroplasty cement
+    instrumentation_probability: float = 0.0  # pedicle screws and rods over 2-4 levels
+    grid_line_probability: float = 0.0  # anti-scatter grid lines on the film
+    ecg_probability: float = 0.0  # ECG electrodes and leads on the chest
+    aortic_calcification_probability: float = 0.0  # calcified plaques in the aorta's wall in front of the column
+    lat_mask_concavity: bool = False  # LAT vertebra mask follows concave (biconcave) endplates, not the rims
 
     # labels
     damaged_fraction: float = 0.5
@@ -83,6 +126,7 @@ class SynthConfig:
 
     def validate(self) -> None:
         """Raise ValueError naming the first invalid setting."""
+        self._validate_realism()
         top, bottom = self.levels
         for level in (top, bottom):
             if level not in ALL_LEVELS:
@@ -106,9 +150,46 @@ class SynthConfig:
             if f.type == "Range" and (len(value) != 2 or value[0] > value[1]):
                 raise ValueError(f"{f.name}: expected [low, high] with low <= high, got {value}")
 
+    def _validate_realism(self) -> None:
+        """Raise ValueError naming the first invalid field-of-view or realism setting."""
+        for name, weight in self.field_of_view.items():
+            if name not in FIELDS_OF_VIEW:
+                raise ValueError(f"field_of_view: unknown framing {name!r}; choose from {', '.join(FIELDS_OF_VIEW)}")
+            if not isinstance(weight, (int, float)) or weight < 0:
+                raise ValueError(f"field_of_view: weight of {name} must be a number >= 0, got {weight!r}")
+        if self.field_of_view and sum(self.field_of_view.values()) <= 0:
+            raise ValueError("field_of_view: at least one weight must be > 0")
+        if self.long_side_px is not None:
+            lo, hi = self.long_side_px
+            if not 64 <= lo <= hi <= 8000:
+                raise ValueError(f"long_side_px: expected [low, high] within 64..8000, got {list(self.long_side_px)}")
+        for name in ("thorax", "lat_mask_concavity"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        for name in PROBABILITIES:
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be within [0, 1]")
+
+    def fields_of_view(self) -> list[FieldOfView]:
+        """The framings this config draws from (empty when the film is framed on ``levels``)."""
+        return [FIELDS_OF_VIEW[name] for name, weight in self.field_of_view.items() if weight > 0]
+
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form (recorded in every truth.json)."""
         return json_ready(dataclasses.asdict(self))
+
+
+#: the per-study probabilities of the realism features
+PROBABILITIES = (
+    "breast_probability",
+    "osteoporosis_probability",
+    "degeneration_probability",
+    "cement_probability",
+    "instrumentation_probability",
+    "grid_line_probability",
+    "ecg_probability",
+    "aortic_calcification_probability",
+)
 
 
 def json_ready(value: Any) -> Any:

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -24,9 +25,22 @@ from spine_app import __version__
 from spine_app.channels import MASK_NAMES
 from spine_app.data.io import FolderNotEmptyError, check_output_folder, write_atomic, write_dicom, write_png
 from spine_app.data.layout import CLASS_NAMES
-from spine_app.synthetic.anatomy import SpineModel, Vertebra, sample_spine
-from spine_app.synthetic.config import SynthConfig, json_ready, load_preset
+from spine_app.synthetic.anatomy import SpineModel, Vertebra, balance_sagittal, sample_spine
+from spine_app.synthetic.config import ALL_LEVELS, FieldOfView, SynthConfig, json_ready, load_preset
 from spine_app.synthetic.imaging import ExposureParams, chord_mask, expose, polygons_mask, polyline_mask, quantize
+from spine_app.synthetic.realism import (
+    Realism,
+    add_aortic_calcification,
+    add_cement,
+    add_ecg_leads,
+    add_instrumentation,
+    add_osteophytes,
+    apply_osteoporosis,
+    bone_density,
+    grid_lines,
+    sample_degeneration,
+    sample_realism,
+)
 from spine_app.synthetic.render import (
     Film,
     Projections,
@@ -37,6 +51,7 @@ from spine_app.synthetic.render import (
     render_vertebra,
     sacrum_as_vertebra,
 )
+from spine_app.synthetic.thorax import Thorax, add_chest_bones, add_rib_cage, add_soft_organs, sample_thorax
 
 logger = logging.getLogger(__name__)
 
@@ -75,15 +90,77 @@ def study_id_for(seed: int, index: int) -> str:
     return f"syn{seed}_{index:05d}"
 
 
-def frame_film(model: SpineModel, cfg: SynthConfig, rng: np.random.Generator) -> Film:
-    """Choose pixel spacing and film extents so that the region-of-interest levels fill the film."""
+@dataclass
+class StudyExtras:
+    """What one study draws from its realism stream: framing, thorax and realism features (all optional)."""
+
+    rng: np.random.Generator  # the realism stream, SeedSequence([seed, index, 16])
+    fov: FieldOfView | None = None
+    thorax: Thorax | None = None
+    realism: Realism | None = None
+
+
+def uses_extras(cfg: SynthConfig) -> bool:
+    """Whether ``cfg`` turns on any field-of-view or realism setting (else the study is drawn as before)."""
+    probabilities = (
+        cfg.osteoporosis_probability,
+        cfg.degeneration_probability,
+        cfg.cement_probability,
+        cfg.instrumentation_probability,
+        cfg.grid_line_probability,
+        cfg.ecg_probability,
+        cfg.aortic_calcification_probability,
+    )
+    return bool(cfg.field_of_view) or cfg.long_side_px is not None or cfg.thorax or any(probabilities)
+
+
+def choose_field_of_view(cfg: SynthConfig, rng: np.random.Generator) -> tuple[SynthConfig, FieldOfView | None]:
+    """The study's framing drawn from ``field_of_view`` and the config framed on it (``cfg`` when none).
+
+    Every level from C7 down is modelled, so whatever the film shows above the framed levels is anatomy.
+    """
+    fovs = cfg.fields_of_view()
+    if not fovs:
+        return cfg, None
+    weights = np.array([cfg.field_of_view[f.name] for f in fovs], dtype=float)
+    fov = fovs[int(rng.choice(len(fovs), p=weights / weights.sum()))]
+    top, bottom = fov.levels
+    levels = (top, "L5" if bottom == "S1" else bottom)
+    framed = dataclasses.replace(
+        cfg,
+        levels=levels,
+        context_levels=len(ALL_LEVELS),
+        film_height_mm=fov.film_height_mm,
+        ap_width_mm=fov.ap_width_mm,
+        lat_width_mm=fov.lat_width_mm,
+    )
+    return framed, fov
+
+
+def frame_film(
+    model: SpineModel,
+    cfg: SynthConfig,
+    rng: np.random.Generator,
+    fov: FieldOfView | None = None,
+    extra_rng: np.random.Generator | None = None,
+) -> Film:
+    """Choose pixel spacing and film extents so that the region-of-interest levels fill the film.
+
+    With ``fov`` framing on the sacrum the film's bottom is the sacrum's; with ``cfg.long_side_px`` the
+    pixel spacing is the film height over a long side drawn from ``extra_rng`` (the random numbers drawn
+    from ``rng`` are the same in every case).
+    """
     spacing = float(rng.uniform(*cfg.pixel_spacing_mm))
-    factor = max(1, int(round(cfg.render_voxel_mm / spacing)))
-    step = spacing * factor
     roi = model.roi_levels()
     top = roi[0].center[2] + roi[0].height_posterior
-    bottom = roi[-1].center[2] - roi[-1].height_posterior
+    bottom_body = sacrum_as_vertebra(model) if fov is not None and fov.levels[1] == "S1" else roi[-1]
+    bottom = bottom_body.center[2] - bottom_body.height_posterior
     height = float(rng.uniform(*cfg.film_height_mm))
+    if cfg.long_side_px is not None:
+        generator = extra_rng if extra_rng is not None else np.random.default_rng(0)
+        spacing = height / float(generator.integers(cfg.long_side_px[0], cfg.long_side_px[1] + 1))
+    factor = max(1, int(round(cfg.render_voxel_mm / spacing)))
+    step = spacing * factor
     center_z = 0.5 * (top + bottom) + rng.uniform(-0.05, 0.05) * height
     rows = int(round(height / step))
     ap_cols = int(round(rng.uniform(*cfg.ap_width_mm) / step))
@@ -103,19 +180,52 @@ def frame_film(model: SpineModel, cfg: SynthConfig, rng: np.random.Generator) ->
     )
 
 
-def render_model(model: SpineModel, film: Film, cfg: SynthConfig, rng: np.random.Generator) -> Projections:
-    """All anatomy of ``model`` projected on ``film``'s render grid."""
+def render_model(
+    model: SpineModel, film: Film, cfg: SynthConfig, rng: np.random.Generator, extras: StudyExtras | None = None
+) -> Projections:
+    """All anatomy of ``model`` projected on ``film``'s render grid (plus the thorax and realism extras)."""
     proj = Projections.empty(film)
-    add_torso(film, proj, model, rng)
-    add_lungs_and_gas(film, proj, model, rng, int(rng.integers(cfg.bowel_gas_pockets[0], cfg.bowel_gas_pockets[1] + 1)))
+    thorax = extras.thorax if extras is not None else None
+    realism = extras.realism if extras is not None else None
+    if thorax is not None:
+        add_torso(film, proj, model, rng, neck_z=thorax.neck_z, center_y=thorax.torso_y)
+    else:
+        add_torso(film, proj, model, rng)
+    pockets = int(rng.integers(cfg.bowel_gas_pockets[0], cfg.bowel_gas_pockets[1] + 1))
+    add_lungs_and_gas(film, proj, model, rng, pockets, lungs=thorax is None)
     add_pelvis(film, proj, model, rng)
-    add_ribs(film, proj, model, rng)
+    if thorax is not None:
+        add_rib_cage(film, proj, model, thorax, rng)
+        add_soft_organs(film, proj, thorax)
+        add_chest_bones(film, proj, model, thorax, extras.rng)
+    else:
+        add_ribs(film, proj, model, rng)
     bone = float(rng.uniform(0.008, 0.016))  # cancellous excess attenuation: bone mineral density
+    if realism is not None:
+        bone = bone_density(bone, realism)
+        _render_realism(film, proj, model, realism, extras.rng, bone)
     sacrum = sacrum_as_vertebra(model)
     render_vertebra(film, proj, sacrum, bone, annotate=False, posterior=False)
     for vertebra in model.vertebrae:
-        render_vertebra(film, proj, vertebra, bone)
+        render_vertebra(film, proj, vertebra, bone, concave_lat=cfg.lat_mask_concavity)
     return proj
+
+
+def _render_realism(
+    film: Film, proj: Projections, model: SpineModel, realism: Realism, rng: np.random.Generator, bone: float
+) -> None:
+    """Osteophytes, cement, screws and rods, ECG leads (none of them annotated)."""
+    by_name = {v.name: v for v in model.vertebrae}
+    for name in realism.degenerated:
+        add_osteophytes(film, proj, by_name[name], rng, bone)
+    for name in realism.cement:
+        add_cement(film, proj, by_name[name], rng)
+    if realism.instrumented:
+        add_instrumentation(film, proj, model, realism.instrumented)
+    if realism.ecg_electrodes:
+        add_ecg_leads(film, proj, model, realism.ecg_electrodes, rng)
+    if realism.calcified_plaques:
+        add_aortic_calcification(film, proj, model, realism.calcified_plaques, rng)
 
 
 def _corner_points(v: Vertebra) -> dict[str, np.ndarray]:
@@ -140,13 +250,36 @@ def _flip_cols(points: np.ndarray, width: int) -> np.ndarray:
     return out
 
 
-def generate_study(cfg: SynthConfig, seed: int, index: int) -> SyntheticStudy:
-    """Generate study ``index`` of the dataset seeded with ``seed`` (deterministic)."""
+def render_study(
+    cfg: SynthConfig, seed: int, index: int
+) -> tuple[np.random.Generator, SynthConfig, SpineModel, Film, Projections, StudyExtras | None]:
+    """Sample and project study ``index`` of seed ``seed``: (study stream, framed config, model, film,
+    projections, extras); ``generate_study`` exposes these. The study stream is left where exposure goes on.
+    """
     rng = np.random.default_rng(np.random.SeedSequence([seed, index]))
     label = label_for_index(index, cfg.damaged_fraction)
-    model = sample_spine(rng, cfg, label)
-    film = frame_film(model, cfg, rng)
-    proj = render_model(model, film, cfg, rng)
+    extras = None
+    if uses_extras(cfg):
+        extras = StudyExtras(rng=np.random.default_rng(np.random.SeedSequence([seed, index, 16])))
+        cfg, extras.fov = choose_field_of_view(cfg, extras.rng)
+    degeneration = sample_degeneration(extras.rng, cfg) if extras is not None else {}
+    model = sample_spine(rng, cfg, label, disk_narrowing=degeneration)
+    if extras is not None and extras.fov is not None:
+        balance_sagittal(model, extras.rng)  # the whole column is modelled: stand it over the sacrum
+    if extras is not None:
+        extras.realism = sample_realism(extras.rng, cfg, model, degeneration)
+        if extras.realism.osteoporosis:
+            apply_osteoporosis(model, extras.realism.osteoporosis)
+        if cfg.thorax:
+            extras.thorax = sample_thorax(model, extras.rng, cfg.breast_probability)
+    film = frame_film(model, cfg, rng, extras.fov if extras else None, extras.rng if extras else None)
+    proj = render_model(model, film, cfg, rng, extras)
+    return rng, cfg, model, film, proj, extras
+
+
+def generate_study(cfg: SynthConfig, seed: int, index: int) -> SyntheticStudy:
+    """Generate study ``index`` of the dataset seeded with ``seed`` (deterministic)."""
+    rng, cfg, model, film, proj, extras = render_study(cfg, seed, index)
     ps = film.pixel_spacing
     facing = cfg.lat_facing if cfg.lat_facing != "random" else str(rng.choice(["left", "right"]))
     flip = {"AP": False, "LAT": facing == "right"}
@@ -155,6 +288,8 @@ def generate_study(cfg: SynthConfig, seed: int, index: int) -> SyntheticStudy:
     for view in ("AP", "LAT"):
         params = ExposureParams.sample(rng, cfg, view)
         film_img = expose(proj.attenuation[view], proj.bone[view], film.upsample, params, ps, rng)
+        if extras is not None and extras.realism is not None and extras.realism.grid is not None:
+            film_img = np.clip(film_img + grid_lines(film_img.shape, extras.realism.grid), 0.0, 1.0)
         images[view] = quantize(film_img[:, ::-1] if flip[view] else film_img, cfg.bit_depth)
         exposure[view] = json_ready(asdict(params))
 
@@ -187,7 +322,9 @@ def generate_study(cfg: SynthConfig, seed: int, index: int) -> SyntheticStudy:
     masks = {name: masks[name] for name in MASK_NAMES}
 
     truth = _truth(model, film, seed, index, facing, to_px, exposure, corners, images)
-    return SyntheticStudy(study_id_for(seed, index), label, images, masks, truth, ps)
+    if extras is not None:
+        truth.update(_extras_truth(extras, cfg, truth, model, to_px, images))
+    return SyntheticStudy(study_id_for(seed, index), model.label, images, masks, truth, ps)
 
 
 def _pixel_mapper(film: Film, flip: dict[str, bool], widths: dict[str, int]) -> Callable[[str, Any], np.ndarray]:
@@ -244,6 +381,27 @@ def _truth(model, film, seed, index, facing, to_px, exposure, corners, images) -
             "exposure": exposure,
         }
     )
+
+
+def _extras_truth(extras: StudyExtras, cfg: SynthConfig, truth: dict, model, to_px, images) -> dict[str, Any]:
+    """truth.json keys of a study drawn with field-of-view or realism settings (absent otherwise)."""
+    in_view = [lv["name"] for lv in truth["levels"] if lv["in_view_ap"] and lv["in_view_lat"]]
+    sacrum = sacrum_as_vertebra(model).center
+    if all(_inside(to_px(view, sacrum), images[view].shape) for view in ("AP", "LAT")):
+        in_view.append("S1")
+    fov = extras.fov
+    framed = fov.level_names() if fov else [v.name for v in model.roi_levels()]
+    out = {
+        "field_of_view": {"name": fov.name if fov else "levels", "levels": framed},
+        "levels_in_view": in_view,
+        "realism": extras.realism.to_json() if extras.realism else None,
+        "thorax": extras.thorax.to_json() if extras.thorax else None,
+    }
+    return json_ready(out)
+
+
+def _inside(point: np.ndarray, shape: tuple[int, ...]) -> bool:
+    return bool(0 <= point[0] < shape[0] and 0 <= point[1] < shape[1])
 
 
 def image_suffix(cfg: SynthConfig, index: int) -> str:

@@ -105,7 +105,9 @@ def project_block(film: Film, proj: Projections, lo: np.ndarray, hi: np.ndarray,
     """Sample ``evaluate`` over the voxels of the world box [lo, hi] and add its projections.
 
     ``evaluate(x, y, z)`` gets broadcastable world coordinates (z, y, x axis order) and returns a dict
-    with ``"density"`` (1/mm) and optional structure occupancies (0..1) named in MASK_STRUCTURES.
+    with ``"density"`` (1/mm, bone: also textured), optionally ``"attenuation_only"`` (1/mm, untextured:
+    metal, cement, soft tissue) and structure occupancies (0..1) named in MASK_STRUCTURES, optionally
+    for one view only ("LAT:vertebra").
     """
     s = film.step
     i0, i1 = _index_range(lo[0], hi[0], film.ap_x0, s)
@@ -120,15 +122,17 @@ def project_block(film: Film, proj: Projections, lo: np.ndarray, hi: np.ndarray,
     for key, block in evaluate(x, y, z).items():
         block = np.broadcast_to(block, (k1 - k0, j1 - j0, i1 - i0))
         ap, lat = block.sum(axis=1) * s, block.sum(axis=2) * s
-        if key == "density":
+        if key in ("density", "attenuation_only"):
             for view, p in (("AP", ap), ("LAT", lat)):
                 _add_clipped(proj.attenuation[view], p, k0, i0 if view == "AP" else j0)
-                _add_clipped(proj.bone[view], p, k0, i0 if view == "AP" else j0)
+                if key == "density":
+                    _add_clipped(proj.bone[view], p, k0, i0 if view == "AP" else j0)
             continue
-        if key in proj.chords["AP"]:
-            _add_clipped(proj.chords["AP"][key], ap, k0, i0)
-        if key in proj.chords["LAT"]:
-            _add_clipped(proj.chords["LAT"][key], lat, k0, j0)
+        view_only, _, name = key.rpartition(":")  # "LAT:vertebra" feeds only that view's chord
+        if view_only in ("", "AP") and name in proj.chords["AP"]:
+            _add_clipped(proj.chords["AP"][name], ap, k0, i0)
+        if view_only in ("", "LAT") and name in proj.chords["LAT"]:
+            _add_clipped(proj.chords["LAT"][name], lat, k0, j0)
 
 
 def _to_local(vertebra_center: np.ndarray, rotation: np.ndarray, x, y, z) -> tuple[np.ndarray, ...]:
@@ -158,7 +162,12 @@ def body_surfaces(v: Vertebra, u: np.ndarray, vv: np.ndarray, w: np.ndarray) -> 
     return (r - 1.0) * min(a, bp), half
 
 
-def _body_evaluator(v: Vertebra, step: float, bone: float, structure: str | None) -> Evaluator:
+def _body_evaluator(
+    v: Vertebra, step: float, bone: float, structure: str | None, concave_lat: bool = False
+) -> Evaluator:
+    """Density and mask occupancy of the body; with ``concave_lat`` the LAT mask follows the endplates'
+    mid-sagittal (concave) contour instead of the full-height projection of the lateral rims."""
+
     def evaluate(x, y, z):
         u, vv, w = _to_local(v.center, v.rotation, x, y, z)
         radial, half = body_surfaces(v, u, vv, w)
@@ -169,7 +178,11 @@ def _body_evaluator(v: Vertebra, step: float, bone: float, structure: str | None
             band = np.maximum(radial, np.abs(w - (half - 3.0)) - 2.0)
             density = density + v.sclerosis * occupancy(band, step)
         out = {"density": density}
-        if structure:
+        if structure and concave_lat:
+            _, mid_half = body_surfaces(v, np.zeros_like(u), vv, w)  # endplates on the mid-sagittal plane
+            out[f"AP:{structure}"] = outer
+            out[f"LAT:{structure}"] = occupancy(np.maximum(radial, np.abs(w) - mid_half), step)
+        elif structure:
             out[structure] = outer
         return out
 
@@ -246,13 +259,21 @@ def _part_evaluator(v: Vertebra, kind: str, structure: str | None, geometry: tup
 
 
 def render_vertebra(
-    film: Film, proj: Projections, v: Vertebra, bone: float, annotate: bool = True, posterior: bool = True
+    film: Film,
+    proj: Projections,
+    v: Vertebra,
+    bone: float,
+    annotate: bool = True,
+    posterior: bool = True,
+    concave_lat: bool = False,
 ) -> None:
-    """Body and (optionally) posterior elements of one vertebra; masks only when ``annotate``."""
+    """Body and (optionally) posterior elements of one vertebra; masks only when ``annotate``
+    (``concave_lat``: the LAT body mask follows the concave endplates, see ``_body_evaluator``)."""
     a, ba, bp = v.half_width, v.half_depth_anterior, v.half_depth_posterior
     hmax = max(v.height_anterior, v.height_posterior) / 2.0
     lo, hi = _world_box(v, (-a, -ba, -hmax), (a, bp, hmax))
-    project_block(film, proj, lo, hi, _body_evaluator(v, film.step, bone, "vertebra" if annotate else None))
+    evaluator = _body_evaluator(v, film.step, bone, "vertebra" if annotate else None, concave_lat)
+    project_block(film, proj, lo, hi, evaluator)
     for kind, structure, geometry in _posterior_parts(v) if posterior else ():
         plo, phi = _part_box(kind, geometry)
         lo, hi = _world_box(v, plo, phi)
@@ -281,9 +302,19 @@ def sacrum_as_vertebra(model: SpineModel) -> Vertebra:
 
 
 def add_ellipsoid(
-    film: Film, proj: Projections, center, rotation, radii, mu: float, shell: tuple | None = None
+    film: Film,
+    proj: Projections,
+    center,
+    rotation,
+    radii,
+    mu: float,
+    shell: tuple | None = None,
+    textured: bool | None = None,
 ) -> None:
-    """Exact projection of a (optionally shelled: (thickness, core mu)) ellipsoid into both views."""
+    """Exact projection of a (optionally shelled: (thickness, core mu)) ellipsoid into both views.
+
+    ``textured`` (default: ``mu`` above half soft tissue) adds it to the bone map that gets trabecular grain.
+    """
     center = np.asarray(center, dtype=np.float64)
     lo, hi = ellipsoid_extent(center, rotation, radii)
     s = film.step
@@ -304,18 +335,33 @@ def add_ellipsoid(
             inner = np.maximum(np.asarray(radii) - thickness, 0.1)
             chord = chord + (core - mu) * ellipsoid_chord(col, z, (axis, 2), ray, center, rotation, inner)
         proj.attenuation[view][k0:k1, c0:c1] += chord
-        if mu > MU_SOFT * 0.5:
+        if (mu > MU_SOFT * 0.5) if textured is None else textured:
             proj.bone[view][k0:k1, c0:c1] += chord
 
 
-def add_torso(film: Film, proj: Projections, model: SpineModel, rng: np.random.Generator) -> None:
-    """Soft-tissue torso: an elliptic cylinder (fat) around a muscle/organ core, wider at the hips."""
+def add_torso(
+    film: Film,
+    proj: Projections,
+    model: SpineModel,
+    rng: np.random.Generator,
+    neck_z: float | None = None,
+    center_y: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> None:
+    """Soft-tissue torso: an elliptic cylinder (fat) around a muscle/organ core, wider at the hips.
+
+    With ``neck_z`` (the shoulder line) the torso narrows to the neck above it; ``center_y(z)`` moves
+    the cross-section's centre with height (the chest following a kyphotic column).
+    """
     s = film.step
     z = film.z_top - (np.arange(film.rows) + 0.5) * s
     z_hip = -40.0
     flare = 1.0 + 0.12 * np.clip((z_hip + 60.0 - z) / 80.0, 0.0, 1.0) - 0.04 * np.exp(-(((z - 60.0) / 60.0) ** 2))
     half_w = (model.torso_half_width * flare)[:, None]
     half_d = np.full_like(half_w, model.torso_half_depth)
+    if neck_z is not None:
+        neck = 1.0 / (1.0 + np.exp(-(z[:, None] - neck_z) / 12.0))  # 0 below the shoulders, 1 in the neck
+        half_w = half_w * (1.0 - 0.6 * neck)
+        half_d = half_d * (1.0 - 0.4 * neck)
     fat = rng.uniform(0.1, 0.25)
     xc = rng.uniform(-6.0, 6.0)
     for view in ("AP", "LAT"):
@@ -327,20 +373,27 @@ def add_torso(film: Film, proj: Projections, model: SpineModel, rng: np.random.G
                 t = np.clip(1.0 - np.abs((col[None, :] - xc) / a) ** 4, 0.0, None)
                 chord = 2.0 * b * t**0.25
             else:
-                t = np.clip(1.0 - np.abs((col[None, :] - model.torso_center_y) / b) ** 4, 0.0, None)
+                yc = model.torso_center_y if center_y is None else center_y(z)[:, None]
+                t = np.clip(1.0 - np.abs((col[None, :] - yc) / b) ** 4, 0.0, None)
                 chord = 2.0 * a * t**0.25
             proj.attenuation[view] += (mu * chord).astype(np.float32)
 
 
-def add_lungs_and_gas(film: Film, proj: Projections, model: SpineModel, rng: np.random.Generator, pockets: int) -> None:
-    """Lung bases above the diaphragm and bowel-gas pockets in the abdomen (both displace tissue)."""
+def add_lungs_and_gas(
+    film: Film, proj: Projections, model: SpineModel, rng: np.random.Generator, pockets: int, lungs: bool = True
+) -> None:
+    """Lung bases above the diaphragm and bowel-gas pockets in the abdomen (both displace tissue).
+
+    ``lungs=False`` leaves the lungs to the thorax model (the same random numbers are drawn).
+    """
     by_name = {v.name: v for v in model.vertebrae}
     dome = by_name.get("T12", model.vertebrae[0]).center[2] + rng.uniform(-10.0, 30.0)
     a, b, yc = model.torso_half_width, model.torso_half_depth, model.torso_center_y
     eye = np.eye(3)
     for side in (-1.0, 1.0):
         center = (side * 0.5 * a, yc + 0.15 * b, dome + 150.0 + rng.uniform(-10, 10))
-        add_ellipsoid(film, proj, center, eye, (0.38 * a, 0.7 * b, 150.0), MU_LUNG)
+        if lungs:
+            add_ellipsoid(film, proj, center, eye, (0.38 * a, 0.7 * b, 150.0), MU_LUNG)
     l1 = by_name.get("L1", model.vertebrae[-1]).center[2]
     for _ in range(pockets):
         center = (rng.uniform(-0.6, 0.6) * a, yc + rng.uniform(-0.6, 0.1) * b, rng.uniform(-40.0, l1 + 20.0))
@@ -388,8 +441,20 @@ def add_ribs(film: Film, proj: Projections, model: SpineModel, rng: np.random.Ge
             _add_tube(film, proj, path, radius, cortex=1.2)
 
 
-def _add_tube(film: Film, proj: Projections, path: np.ndarray, radius: float, cortex: float) -> None:
-    """A shelled tube of ``radius`` along the 3-D polyline ``path`` (projected per view in 2-D)."""
+def _add_tube(
+    film: Film,
+    proj: Projections,
+    path: np.ndarray,
+    radius: float,
+    cortex: float,
+    mu: float = MU_CORTEX,
+    core: float = 0.006,
+    textured: bool = True,
+) -> None:
+    """A shelled tube of ``radius`` along the 3-D polyline ``path`` (projected per view in 2-D).
+
+    ``mu`` is the shell's and ``core`` the inside's attenuation; ``textured`` adds it to the bone map.
+    """
     s = film.step
     for view, axis, ray in (("AP", 0, 1), ("LAT", 1, 0)):
         pts = np.stack([(film.z_top - path[:, 2]) / s, (path[:, axis] - film.col_origin(view)) / s], axis=1)
@@ -424,6 +489,7 @@ def _add_tube(film: Film, proj: Projections, path: np.ndarray, radius: float, co
         dist_mm = best * s
         outer = 2.0 * np.sqrt(np.clip(radius**2 - dist_mm**2, 0.0, None))
         inner = 2.0 * np.sqrt(np.clip((radius - cortex) ** 2 - dist_mm**2, 0.0, None))
-        chord = factor * (MU_CORTEX * outer + (0.006 - MU_CORTEX) * inner)
+        chord = factor * (mu * outer + (core - mu) * inner)
         proj.attenuation[view][lo[0] : hi[0], lo[1] : hi[1]] += chord
-        proj.bone[view][lo[0] : hi[0], lo[1] : hi[1]] += chord
+        if textured:
+            proj.bone[view][lo[0] : hi[0], lo[1] : hi[1]] += chord
