@@ -44,13 +44,13 @@ class Level:
     body_center: np.ndarray | None = None
 
 
-def _local_frames(centroids: list[np.ndarray]) -> list[np.ndarray]:
+def _local_frames(centroids: list[np.ndarray], sacrum_last: bool = False) -> list[np.ndarray]:
     """Per level (3, 3) axes: w along the neighbours' centroids (superior), v posterior, u = v x w."""
     frames = []
     n = len(centroids)
     for i in range(n):
         up = centroids[max(i - 1, 0)]
-        down = centroids[min(i + 1, n - 1)]
+        down = centroids[min(i + 1, n - 1)] if i + 1 < n - 1 or not sacrum_last else centroids[i]
         w = up - down if n > 1 else np.array([0.0, 0.0, 1.0])
         w = w / (np.linalg.norm(w) or 1.0)
         if w[2] < 0:
@@ -114,32 +114,71 @@ def classify(local: np.ndarray, canal: tuple[float, float, float, float] | None)
     return parts
 
 
-def _body_landmarks(level: Level, local: np.ndarray, res: float) -> None:
-    """The body's six wall/end-plate points and its three heights, from its local voxel centres."""
-    if len(local) == 0:
+def _body_landmarks(level: Level, body_idx: np.ndarray, i2w: np.ndarray, res: float) -> None:
+    """The body's six wall/end-plate points and its three heights (the generator's corner points).
+
+    The body's voxels are resampled (trilinear, level 0.5) on its mid-sagittal plane u = u_c at a
+    quarter voxel: each column along v gives the end plates there; the first and last columns are the
+    anterior and posterior walls (heights read one voxel inside them), the middle column the middle.
+    """
+    if len(body_idx) == 0:
         return
+    lo = body_idx.min(axis=0) - 2
+    box = np.zeros(body_idx.max(axis=0) - lo + 3, np.float32)
+    box[tuple((body_idx - lo).T)] = 1.0
+    pts = body_idx @ i2w[:3, :3].T + i2w[:3, 3]
+    local = (pts - level.centroid) @ level.axes
     uc = float(np.median(local[:, 0]))
-    width = np.percentile(np.abs(local[:, 0] - uc), 98)
-    slab = local[np.abs(local[:, 0] - uc) <= max(0.2 * width, 1.5 * res)]
-    if len(slab) < 4:
-        slab = local
-    va, vp = slab[:, 1].min(), slab[:, 1].max()
-    band = 1.5 * res
-    points = {}
-    heights = {}
-    for side, sel, v_wall in (
-        ("anterior", slab[:, 1] <= va + band, va - 0.5 * res),
-        ("middle", np.abs(slab[:, 1] - 0.5 * (va + vp)) <= band, 0.5 * (va + vp)),
-        ("posterior", slab[:, 1] >= vp - band, vp + 0.5 * res),
+    fine = 0.25 * res
+    vs = np.arange(local[:, 1].min() - res, local[:, 1].max() + res, fine)
+    ws = np.arange(local[:, 2].min() - res, local[:, 2].max() + res, fine)
+    vv, ww = np.meshgrid(vs, ws, indexing="ij")
+    plane = level.centroid + np.stack([np.full_like(vv, uc), vv, ww], axis=-1) @ level.axes.T
+    w2i = np.linalg.inv(i2w)
+    idx = plane @ w2i[:3, :3].T + w2i[:3, 3] - lo
+    inside = ndimage.map_coordinates(box, idx.reshape(-1, 3).T, order=1, cval=0.0).reshape(vv.shape) > 0.5
+    columns = np.nonzero(inside.any(axis=1))[0]
+    if columns.size < 3:
+        return
+    first, last = columns[0], columns[-1]
+    inset = max(1, int(round(res / fine)))
+    ant = min(first + inset, last)
+    post = max(last - inset, first)
+    mid = columns[np.argmin(np.abs(vs[columns] - 0.5 * (vs[first] + vs[last])))]
+
+    def extent(c: int) -> tuple[float, float]:
+        rows = np.nonzero(inside[c])[0]
+        return ws[rows.max()] + 0.5 * fine, ws[rows.min()] - 0.5 * fine
+
+    points, heights = {}, {}
+    for side, c, v_wall in (
+        ("anterior", ant, vs[first] - 0.5 * fine),
+        ("middle", mid, vs[mid]),
+        ("posterior", post, vs[last] + 0.5 * fine),
     ):
-        w = slab[sel, 2] if sel.any() else slab[:, 2]
-        top, bottom = w.max() + 0.5 * res, w.min() - 0.5 * res
+        top, bottom = extent(c)
         points[f"{side}_superior"] = np.array([uc, v_wall, top])
         points[f"{side}_inferior"] = np.array([uc, v_wall, bottom])
         heights[side] = float(top - bottom)
     level.corners = {k: level.centroid + level.axes @ p for k, p in points.items()}
     level.heights_mm = heights
-    level.body_center = level.centroid + level.axes @ np.array([uc, 0.5 * (va + vp), 0.5 * (slab[:, 2].max() + slab[:, 2].min())])
+    top, bottom = extent(mid)
+    level.body_center = level.centroid + level.axes @ np.array([uc, vs[mid], 0.5 * (top + bottom)])
+
+
+def _refined_axes(axes: np.ndarray, body: np.ndarray) -> np.ndarray:
+    """Axes whose w is the body's principal direction nearest w (its end plates' normal), if within 15 deg."""
+    if len(body) < 20:
+        return axes
+    cov = np.cov((body - body.mean(axis=0)).T)
+    _, vectors = np.linalg.eigh(cov)
+    w = vectors[:, int(np.argmax(np.abs(vectors.T @ axes[:, 2])))]  # the principal axis nearest w
+    w = w if w @ axes[:, 2] >= 0 else -w
+    if w @ axes[:, 2] < np.cos(np.deg2rad(15.0)):
+        return axes
+    v = np.array([0.0, 1.0, 0.0]) - w[1] * w
+    v /= np.linalg.norm(v)
+    return np.stack([np.cross(v, w), v, w], axis=1)
 
 
 def analyse(labels: np.ndarray, i2w: np.ndarray, conv: LabelConvention) -> tuple[np.ndarray, list[Level]]:
@@ -166,18 +205,23 @@ def analyse(labels: np.ndarray, i2w: np.ndarray, conv: LabelConvention) -> tuple
         voxels.append(idx)
         centroids.append(pts.mean(axis=0))
         kept.append((value, name, pts))
-    frames = _local_frames(centroids)
+    frames = _local_frames(centroids, bool(kept) and kept[-1][1] == SACRUM)
     levels = []
     for (value, name, pts), idx, centroid, axes in zip(kept, voxels, centroids, frames):
         local = (pts - centroid) @ axes
         level = Level(name=name, value=value, centroid=centroid, axes=axes, canal=None)
         if name == SACRUM:  # not annotated (as in the generator); its top still bounds the last disk
             parts[idx[:, 0], idx[:, 1], idx[:, 2]] = OTHER
-            _body_landmarks(level, local, res)
+            _body_landmarks(level, idx, i2w, res)
         else:
             level.canal = _canal(local, res)
             codes = classify(local, level.canal)
+            if (codes == BODY).any():  # refine the frame on the body, then split again
+                level.axes = _refined_axes(axes, pts[codes == BODY])
+                local = (pts - centroid) @ level.axes
+                level.canal = _canal(local, res)
+                codes = classify(local, level.canal)
             parts[idx[:, 0], idx[:, 1], idx[:, 2]] = codes
-            _body_landmarks(level, local[codes == BODY], res)
+            _body_landmarks(level, idx[codes == BODY], i2w, res)
         levels.append(level)
     return parts, levels
