@@ -138,7 +138,9 @@ def cast(
     rows, cols = film.rows, film.cols(view)
     m = w2i @ (pose if pose is not None else np.eye(4))
     # the volume's box in the film's frame, to bound the rays
-    box = np.array([[i, j, k] for i in (-0.5, size[0] - 0.5) for j in (-0.5, size[1] - 0.5) for k in (-0.5, size[2] - 0.5)])
+    box = np.array(
+        [[i, j, k] for i in (-0.5, size[0] - 0.5) for j in (-0.5, size[1] - 0.5) for k in (-0.5, size[2] - 0.5)]
+    )
     i2w = np.linalg.inv(m)
     corners = box @ i2w[:3, :3].T + i2w[:3, 3]
 
@@ -156,25 +158,27 @@ def cast(
     ts = t0 + (np.arange(n_samples) + 0.5) * step_mm
 
     tvol = torch.from_numpy(np.ascontiguousarray(vol))[None]  # (1, C, I, J, K)
+    # rays in normalised grid coordinates (align_corners=True: index 0 -> -1, size-1 -> +1), (k, j, i) order
     scale = 2.0 / np.maximum(size - 1.0, 1.0)
+    o_norm = ((origins @ m[:3, :3].T + m[:3, 3]) * scale - 1.0)[:, ::-1]
+    d_norm = ((dirs @ m[:3, :3].T) * scale)[:, ::-1]
+    o_t = torch.from_numpy(np.ascontiguousarray(o_norm, dtype=np.float32))
+    d_t = torch.from_numpy(np.ascontiguousarray(d_norm, dtype=np.float32))
+    ts_t = torch.from_numpy(ts.astype(np.float32))[None, :, None]
     out: np.ndarray | None = None
     per_chunk = max(1, chunk_points // n_samples)
-    for start in range(0, rows * cols, per_chunk):
-        o = origins[start : start + per_chunk]
-        d = dirs[start : start + per_chunk]
-        pts = o[:, None, :] + d[:, None, :] * ts[None, :, None]  # (n, S, 3) patient frame
-        idx = pts @ m[:3, :3].T + m[:3, 3]
-        norm = idx * scale - 1.0  # align_corners=True: index 0 -> -1, size-1 -> +1
-        grid = torch.from_numpy(norm[..., ::-1].astype(np.float32).copy())[None, :, :, None, :]  # (1, n, S, 1, 3)
-        with torch.no_grad():
+    with torch.no_grad():
+        for start in range(0, rows * cols, per_chunk):
+            o = o_t[start : start + per_chunk]
+            grid = (o[:, None, :] + d_t[start : start + per_chunk, None, :] * ts_t)[None, :, :, None, :]
             sampled = torch.nn.functional.grid_sample(
                 tvol, grid, mode="bilinear", padding_mode="zeros", align_corners=True
             )[0, :, :, :, 0].numpy()  # (C, n, S)
-        if transform is not None:
-            sampled = transform(sampled)
-        if out is None:
-            out = np.zeros((sampled.shape[0], rows * cols), np.float32)
-        out[:, start : start + len(o)] = sampled.sum(axis=2) * step_mm
+            if transform is not None:
+                sampled = transform(sampled)
+            if out is None:
+                out = np.zeros((sampled.shape[0], rows * cols), np.float32)
+            out[:, start : start + len(o)] = sampled.sum(axis=2) * step_mm
     assert out is not None
     return out.reshape(-1, rows, cols)
 

@@ -19,7 +19,7 @@ from spine_app.drr.fracture import SimulatedFracture, compress, sample_fracture
 from spine_app.drr.labels import SACRUM, convention
 from spine_app.drr.project import Beam, Geometry, apply, cast, index_to_world, rigid, world_to_index
 from spine_app.synthetic.config import SynthConfig, json_ready, load_preset
-from spine_app.synthetic.ct import MU_WATER, hu_to_mu
+from spine_app.synthetic.ct import hu_to_mu
 from spine_app.synthetic.generator import SyntheticStudy
 from spine_app.synthetic.imaging import ExposureParams, chord_mask, expose, polygons_mask, polyline_mask, quantize
 from spine_app.synthetic.render import MU_SOFT, Film

@@ -34,7 +34,7 @@ from spine_app.synthetic import render
 from spine_app.synthetic.anatomy import SpineModel, Vertebra, sample_spine
 from spine_app.synthetic.config import SynthConfig
 from spine_app.synthetic.geometry import occupancy
-from spine_app.synthetic.render import Film, MU_SOFT
+from spine_app.synthetic.render import MU_SOFT, Film
 
 #: linear attenuation of water (1/mm) that maps the generator's mu to Hounsfield units
 MU_WATER = 0.019
@@ -343,9 +343,7 @@ def read_metadata(image: Any) -> dict[str, Any] | None:
     return None
 
 
-def write_ct(
-    cfg: SynthConfig, seed: int, index: int, folder: str | Path, voxel_mm: float = 1.0
-) -> tuple[Path, Path]:
+def write_ct(cfg: SynthConfig, seed: int, index: int, folder: str | Path, voxel_mm: float = 1.0) -> tuple[Path, Path]:
     """Write ``folder/ct.nii.gz`` and ``folder/ct_labels.nii.gz`` of study ``index`` (atomic renames)."""
     scene = build_scene(cfg, seed, index)
     hu, labels, grid = voxelise(scene, voxel_mm)
@@ -365,3 +363,34 @@ def write_nifti(path: str | Path, image: Any) -> Path:
 
     payload = gzip.compress(image.to_bytes(), compresslevel=1)
     return write_atomic(path, lambda tmp: tmp.write_bytes(payload))
+
+
+def _write_one(args: tuple[SynthConfig, int, int, str, float]) -> None:
+    cfg, seed, index, out, voxel_mm = args
+    from spine_app.data.layout import CLASS_NAMES
+
+    folder = Path(out) / CLASS_NAMES[gen.label_for_index(index, cfg.damaged_fraction)] / gen.study_id_for(seed, index)
+    write_ct(cfg, seed, index, folder, voxel_mm)
+
+
+def write_study_cts(
+    out: str | Path, n: int, seed: int, preset: str, voxel_mm: float, workers: int | None = None, **overrides: Any
+) -> float:
+    """Write the CT of each of the ``n`` studies ``generate_dataset`` wrote into ``out``; returns seconds."""
+    import os
+    import time
+    from concurrent.futures import ProcessPoolExecutor
+
+    from spine_app.synthetic.config import load_preset
+
+    cfg = load_preset(preset, **overrides)
+    jobs = [(cfg, seed, i, str(out), voxel_mm) for i in range(n)]
+    start = time.perf_counter()
+    workers = max(1, min(workers or os.cpu_count() or 1, n))
+    if workers == 1:
+        for job in jobs:
+            _write_one(job)
+    else:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            list(pool.map(_write_one, jobs))
+    return time.perf_counter() - start
