@@ -7,8 +7,6 @@ Small on purpose: a lumbar film of 0.8 mm pixels and 2 mm CT voxels (a few secon
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -239,17 +237,18 @@ def test_bad_inputs_are_one_line_and_exit_2(cts: dict[int, Path], tmp_path: Path
     assert (foreign / "notes.txt").read_text() == "mine" and len(list(foreign.iterdir())) == 1
 
 
-def test_synth_ct_then_drr_poses_on_the_command_line(tmp_path: Path) -> None:
-    """synth --ct leaves the study files as they were; drr --poses 2 writes two posed studies, then reruns."""
+def test_synth_ct_then_drr_poses_on_the_command_line(tmp_path: Path, capsys) -> None:
+    """synth --ct leaves the study files as they were; drr --poses 2 writes two posed studies, then reruns.
 
-    def run(*args: str) -> subprocess.CompletedProcess:
-        cmd = [sys.executable, "-m", "spine_app.cli", *args]
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-
-    flags = ["--n", "1", "--seed", "4", "--workers", "1", "--levels", "[L2, L4]"]
-    assert run("synth", str(tmp_path / "plain"), *flags).returncode == 0
-    with_ct = run("synth", str(tmp_path / "ct"), *flags, "--ct", "--ct_voxel_mm", "3")
-    assert with_ct.returncode == 0, with_ct.stderr
+    In-process (``spine_app.cli.main``): the command line as a user types it, without the interpreter's
+    start-up per command; ``test_cli.py`` covers the subprocess entry point.
+    """
+    small = ["--pixel_spacing_mm", "[0.8, 0.8]", "--render_voxel_mm", "0.8", "--film_height_mm", "[200, 200]"]
+    small += ["--ap_width_mm", "[150, 150]", "--lat_width_mm", "[150, 150]"]
+    flags = ["--n", "1", "--seed", "4", "--workers", "1", "--levels", "[L2, L4]", *small]
+    main(["synth", str(tmp_path / "plain"), *flags])
+    main(["synth", str(tmp_path / "ct"), *flags, "--ct", "--ct_voxel_mm", "3"])
+    assert "wrote 1 CT volumes" in capsys.readouterr().out
     plain = sorted(p.relative_to(tmp_path / "plain") for p in (tmp_path / "plain").rglob("*") if p.is_file())
     study = tmp_path / "ct" / "Normal" / "syn4_00000"
     assert {p.name for p in study.iterdir()} - {p.name for p in (tmp_path / "plain/Normal/syn4_00000").iterdir()} == {
@@ -259,21 +258,13 @@ def test_synth_ct_then_drr_poses_on_the_command_line(tmp_path: Path) -> None:
     for rel in plain:
         if rel.name != "synth_manifest.json":
             assert (tmp_path / "ct" / rel).read_bytes() == (tmp_path / "plain" / rel).read_bytes(), rel
-    drr = [
-        "drr",
-        str(study / "ct.nii.gz"),
-        str(study / "ct_labels.nii.gz"),
-        "--out",
-        str(tmp_path / "drr"),
-        "--poses",
-        "2",
-    ]
-    first = run(*drr)
-    assert first.returncode == 0, first.stderr
+    drr = ["drr", str(study / "ct.nii.gz"), str(study / "ct_labels.nii.gz"), "--out", str(tmp_path / "drr")]
+    main([*drr, "--poses", "2"])
+    assert "wrote 2 DRR studies" in capsys.readouterr().out
     studies = sorted((tmp_path / "drr" / "Normal").iterdir())
     assert [p.name for p in studies] == ["syn4_00000_drr0_00", "syn4_00000_drr0_01"]
     poses = [json.loads((p / "truth.json").read_text())["geometry"]["pose"]["rotation_deg"] for p in studies]
     assert poses[0] != poses[1] and max(abs(a) for pose in poses for a in pose) <= 3.0
-    assert run(*drr).returncode == 0  # its own studies are rewritten
-    imported = run("import", str(tmp_path / "drr"), "--out", str(tmp_path / "dl.json"))
-    assert imported.returncode == 0 and "imported: 2   skipped: 0" in imported.stdout, imported.stdout
+    main([*drr, "--poses", "1"])  # its own studies are rewritten, not refused
+    main(["import", str(tmp_path / "drr"), "--out", str(tmp_path / "dl.json")])
+    assert "imported: 2   skipped: 0" in capsys.readouterr().out
