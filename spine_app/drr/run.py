@@ -90,6 +90,15 @@ def generate(
         raise BadInput(f"poses must be a whole number >= 1, got {s.poses!r}")
     if isinstance(s.seed, bool) or not isinstance(s.seed, int) or s.seed < 0:
         raise BadInput(f"seed must be a whole number >= 0, got {s.seed!r}")
+    for name in ("pixel_mm", "ray_step_mm", "max_rotation_deg", "max_shift_mm"):
+        value = getattr(s, name)
+        least_ok = value is None and name == "ray_step_mm"
+        if not least_ok and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
+            raise BadInput(f"{name} must be a number >= 0, got {value!r}")
+    if s.pixel_mm <= 0 or (s.ray_step_mm is not None and s.ray_step_mm <= 0):
+        raise BadInput("pixel_mm and ray_step_mm must be > 0")
+    if Path(out).exists() and not Path(out).is_dir():
+        raise BadInput(f"{out}: not a folder")
     from spine_app.drr.labels import convention
     from spine_app.drr.project import Beam
 
