@@ -199,9 +199,12 @@ def _frame(w: np.ndarray) -> np.ndarray:
     return np.stack([np.cross(v, w), v, w], axis=1)
 
 
-def _refined_axes(axes: np.ndarray, body: np.ndarray, res: float, rounds: int = 3) -> np.ndarray:
+def _refined_axes(
+    axes: np.ndarray, body: np.ndarray, res: float, rounds: int = 3, top_only: bool = False, max_turn: float = 20.0
+) -> np.ndarray:
     """Axes whose w is the mean normal of the body's two end plates (planes fitted to its top and
-    bottom voxels over the central part of its footprint); ``axes`` when that fails or turns > 20 deg.
+    bottom voxels over the central part of its footprint; only the top one with ``top_only``, for the
+    sacrum); ``axes`` when that fails or turns more than ``max_turn`` degrees.
     """
     if len(body) < 50:
         return axes
@@ -228,10 +231,10 @@ def _refined_axes(axes: np.ndarray, body: np.ndarray, res: float, rounds: int = 
         design = np.column_stack([np.ones(keep.sum()), uv[keep]])
         slope_top = np.linalg.lstsq(design, top[keep], rcond=None)[0][1:]
         slope_bottom = np.linalg.lstsq(design, bottom[keep], rcond=None)[0][1:]
-        gu, gv = 0.5 * (slope_top + slope_bottom)
+        gu, gv = slope_top if top_only else 0.5 * (slope_top + slope_bottom)
         normal = current @ np.array([-gu, -gv, 1.0])
         current = _frame(normal if normal[2] >= 0 else -normal)
-    if current[:, 2] @ axes[:, 2] < np.cos(np.deg2rad(20.0)):
+    if current[:, 2] @ axes[:, 2] < np.cos(np.deg2rad(max_turn)):
         return axes
     return current
 
@@ -271,9 +274,8 @@ def analyse(labels: np.ndarray, i2w: np.ndarray, conv: LabelConvention) -> tuple
         level = Level(name=name, value=value, centroid=centroid, axes=axes, canal=None)
         if name == SACRUM:  # not annotated (as in the generator); its top still bounds the last disk
             parts[idx[:, 0], idx[:, 1], idx[:, 2]] = OTHER
-            level.truncated = _touches_edge(idx, labels.shape)
-            if not level.truncated:
-                _body_landmarks(level, idx, i2w, res)
+            level.axes = _refined_axes(axes, pts, res, top_only=True, max_turn=50.0)  # the S1 end plate
+            _body_landmarks(level, idx, i2w, res)  # only its top is used: a sacrum cut below still counts
         else:
             level.canal = _canal(local, res)
             codes = classify(local, level.canal)
