@@ -34,7 +34,7 @@ _STRUCTURE_OF_MASK = {
     "Lat_Vertebra": ("LAT", "vertebra"),
     "Lat_Spinous_Process": ("LAT", "spinous"),
 }
-_BONE_HU = 150.0  # above this, sampled tissue counts as bone for the film's trabecular texture
+_BONE_HU = 250.0  # above this, sampled tissue counts as bone for the film's trabecular texture
 
 
 @dataclass
