@@ -268,3 +268,6 @@ def test_synth_ct_then_drr_poses_on_the_command_line(tmp_path: Path, capsys) -> 
     main([*drr, "--poses", "1"])  # its own studies are rewritten, not refused
     main(["import", str(tmp_path / "drr"), "--out", str(tmp_path / "dl.json")])
     assert "imported: 2   skipped: 0" in capsys.readouterr().out
+    main(["check", str(tmp_path / "ct")])  # the CT beside a study is no unknown file to the importer
+    report = capsys.readouterr().out
+    assert "imported: 1   skipped: 0" in report and "ct.nii.gz" not in report
