@@ -32,7 +32,9 @@ class SimulatedFracture:
     level: str
     grade: int
     kind: str
-    height_loss: float
+    height_loss: float  # applied: the scale's largest loss
+    measured_height_loss: float | None = None  # 1 - min(Ha, Hm, Hp) after / max(Ha, Hp) before, on the labels
+    measured_grade: int | None = None  # grade_for_loss(measured_height_loss)
 
 
 def grade_for_loss(loss: float) -> int:

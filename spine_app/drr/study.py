@@ -15,7 +15,7 @@ from spine_app import __version__
 from spine_app.channels import MASK_NAMES
 from spine_app.data.layout import CLASS_NAMES
 from spine_app.drr import masks as parts_mod
-from spine_app.drr.fracture import SimulatedFracture, compress, sample_fracture
+from spine_app.drr.fracture import SimulatedFracture, compress, grade_for_loss, sample_fracture
 from spine_app.drr.labels import SACRUM, convention
 from spine_app.drr.project import Beam, Geometry, apply, cast, index_to_world, rigid, world_to_index
 from spine_app.synthetic.config import SynthConfig, json_ready, load_preset
@@ -274,6 +274,11 @@ def prepare(vol: Volume, s: DrrSettings) -> tuple[Volume, np.ndarray, list[parts
     hu, labels = compress(vol.hu, vol.labels, parts, level, i2w, fracture)
     vol = Volume(hu=hu, labels=labels, affine=vol.affine, meta=vol.meta)
     parts, levels = parts_mod.analyse(labels, i2w, conv)
+    after = next((lv for lv in levels if lv.name == fracture.level), None)
+    if after is not None and after.heights_mm and level.heights_mm:
+        expected = max(level.heights_mm["anterior"], level.heights_mm["posterior"])
+        fracture.measured_height_loss = float(1.0 - min(after.heights_mm.values()) / expected)
+        fracture.measured_grade = grade_for_loss(fracture.measured_height_loss)
     return vol, parts, levels, fracture
 
 

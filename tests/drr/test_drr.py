@@ -162,6 +162,8 @@ def test_fracture_lowers_the_body_by_the_grades_range(cts: dict[int, Path], tmp_
     ]
     lo, hi = GENANT_LOSS[grade]
     assert lo <= truth["simulated_fracture"]["height_loss"] <= hi
+    measured = truth["simulated_fracture"]["measured_height_loss"]
+    assert lo - 0.05 <= measured <= hi + 0.05, measured  # on the squashed labels (2 mm voxels)
     before = {lv["name"]: lv for lv in json.loads((base / "truth.json").read_text())["levels"]}["L2"]
     after = {lv["name"]: lv for lv in truth["levels"]}["L2"]
     wall = "anterior" if kind == "wedge" else "middle"
