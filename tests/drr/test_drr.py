@@ -273,3 +273,31 @@ def test_synth_ct_then_drr_poses_on_the_command_line(tmp_path: Path, capsys) -> 
     main(["check", str(tmp_path / "ct")])  # the CT beside a study is no unknown file to the importer
     report = capsys.readouterr().out
     assert "imported: 1   skipped: 0" in report and "ct.nii.gz" not in report
+
+
+def test_a_ct_without_a_film_frame_is_framed_on_its_labelled_bodies(cts: dict[int, Path], tmp_path: Path) -> None:
+    """A plain NIfTI pair (no spine_app extension, e.g. VerSe): the film is centred on the bodies."""
+    import nibabel as nib
+
+    for name in ("ct", "ct_labels"):
+        image = nib.load(str(cts[0] / f"{name}.nii.gz"))
+        write_nifti(tmp_path / f"plain_{name}.nii.gz", nifti(np.asarray(image.dataobj), image.affine))
+    summary = generate(
+        tmp_path / "plain_ct.nii.gz",
+        tmp_path / "plain_ct_labels.nii.gz",
+        tmp_path / "out",
+        DrrSettings(pixel_mm=0.8, poses=1),
+    )
+    folder = Path(summary["studies"][0])
+    assert folder.name == "plain_ct_drr0_00"
+    truth = json.loads((folder / "truth.json").read_text())
+    assert truth["source"]["generator_ct"] is None and truth["geometry"]["beam"] == "divergent"
+    lumbar = [lv for lv in truth["levels"] if lv["name"].startswith("L")]
+    assert lumbar and all(lv["in_view_ap"] and lv["in_view_lat"] for lv in lumbar)
+    for name, least in (("Ap_Vertebra", 5000), ("Lat_Vertebra", 5000), ("Lat_Disk_Height", 300)):
+        assert _mask(folder, name).sum() > least, name
+    assert _mask(folder, "Lat_Anterior_Vertebral_Line").sum() > 150  # 2 px wide along the lumbar bodies
+    ap = _mask(folder, "Ap_Vertebra")
+    for lv in lumbar:  # each body's centre lies on its mask
+        r, c = (int(round(v)) for v in lv["center_ap_px"])
+        assert ap[r, c], lv["name"]
