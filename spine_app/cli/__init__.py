@@ -1,6 +1,6 @@
 """``spine-app``: the command line (python-fire). Run ``spine-app --help`` or ``spine-app COMMAND --help``.
 
-One module per command group: ``data`` (synth, import, check, contact-sheet), ``inference`` (infer,
+One module per command group: ``data`` (synth, import, check, contact-sheet), ``drr``, ``inference`` (infer,
 export, publish), ``bench``, ``robustness``, ``monailabel``; ``checks`` checks the command line
 before python-fire runs anything; ``common`` holds the helpers they share.
 """
@@ -26,6 +26,7 @@ from spine_app.cli.bench import (
 from spine_app.cli.checks import CommandLineError, Group, check_command_line
 from spine_app.cli.common import _refuse
 from spine_app.cli.data import _synth_settings, check, contact_sheet, import_, synth
+from spine_app.cli.drr import drr
 from spine_app.cli.inference import export, infer, publish
 from spine_app.cli.monailabel import monailabel_app, monailabel_prepare, monailabel_serve
 from spine_app.cli.robustness import (
@@ -59,6 +60,7 @@ COMMANDS = {
         },
     ),
     "contact-sheet": contact_sheet,
+    "drr": drr,
     "infer": infer,
     "export": export,
     "publish": publish,

@@ -16,6 +16,8 @@ def synth(
     preset: str = "default",
     workers: int | None = None,
     overwrite: bool = False,
+    ct: bool = False,
+    ct_voxel_mm: float = 1.0,
     **overrides,
 ) -> None:
     """Generate N synthetic studies (canonical layout, 16-bit PNG by default) into OUT.
@@ -29,6 +31,9 @@ def synth(
         workers: processes (default: all cores).
         overwrite: write into a non-empty OUT: replace the generated files of same-id studies (file by
             file) and the manifest; every other file is kept.
+        ct: also write each study's 3-D patient as <study>/ct.nii.gz (HU) and <study>/ct_labels.nii.gz
+            (VerSe vertebra labels), the input of `spine-app drr` (docs/drr.md).
+        ct_voxel_mm: voxel size of those volumes (mm).
         overrides: any generator setting, e.g. --image_format mixed --damaged_fraction 0.3.
     """
     from spine_app.data.io import FolderNotEmptyError
@@ -40,6 +45,8 @@ def synth(
         check_count_and_seed(n, seed)
     except ValueError as err:
         _refuse(str(err))
+    if isinstance(ct_voxel_mm, bool) or not isinstance(ct_voxel_mm, (int, float)) or not 0.25 <= ct_voxel_mm <= 5:
+        _refuse(f"ct_voxel_mm must be a number within [0.25, 5], got {ct_voxel_mm!r}")
     try:
         manifest = generate_dataset(out, n, seed=seed, preset=preset, workers=workers, overwrite=overwrite, **overrides)
     except (FolderNotEmptyError, NotADirectoryError) as err:
@@ -48,6 +55,11 @@ def synth(
     print(
         f"wrote {n} studies ({counts}) to {out} in {manifest['seconds']} s ({manifest['studies_per_second']} studies/s)"
     )
+    if ct:
+        from spine_app.synthetic.ct import write_study_cts
+
+        seconds = write_study_cts(out, n, seed, preset, float(ct_voxel_mm), workers, **overrides)
+        print(f"wrote {n} CT volumes (ct.nii.gz, ct_labels.nii.gz; {ct_voxel_mm} mm voxels) in {seconds:.1f} s")
 
 
 def import_(

@@ -19,6 +19,8 @@ from spine_app.data.io import dicom_view, file_stem, image_format
 
 CLASS_NAMES: tuple[str, str] = ("Normal", "Damaged")
 SIDECAR_NAMES = {"truth.json"}
+#: the source CT that ``spine-app synth --ct`` writes beside a study (kept, not imported)
+CT_SIDECAR_NAMES = {"ct.nii.gz", "ct_labels.nii.gz"}
 IGNORED_NAMES = {".ds_store", "thumbs.db", "desktop.ini"}
 
 
@@ -92,6 +94,8 @@ def scan_study(folder: Path, class_name: str | None = None) -> StudyFiles:
             continue
         if path.name.lower() in SIDECAR_NAMES and hint is None:
             study.truth = path
+            continue
+        if path.name.lower() in CT_SIDECAR_NAMES and hint is None:
             continue
         if image_format(path) is None:
             study.unknown.append(path)
