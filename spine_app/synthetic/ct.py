@@ -105,6 +105,8 @@ def build_scene(cfg: SynthConfig, seed: int, index: int) -> Scene:
 
     The render is replayed on a one-pixel film far away from the patient (nothing is rasterised), with
     the placement functions intercepted to record what they place. Not thread-safe (module patching).
+    The CT holds the spine, torso, lungs, bowel gas, pelvis and the default preset's ribs; the thorax
+    organs and patient features of the field-of-view presets (``thorax``, ``realism``) are not voxelised.
     """
     rng = np.random.default_rng(np.random.SeedSequence([seed, index]))
     label = gen.label_for_index(index, cfg.damaged_fraction)
@@ -115,21 +117,21 @@ def build_scene(cfg: SynthConfig, seed: int, index: int) -> Scene:
     scene = Scene(model=model, film=film, label=label, bone=0.012, torso_fat=0.15, torso_xc=0.0)
     original_torso = gen.add_torso
 
-    def torso(film_, proj, model_, rng_):
+    def torso(film_, proj, model_, rng_, **kwargs):
         recorder = _Recorder(rng_)
-        original_torso(film_, proj, model_, recorder)
+        original_torso(film_, proj, model_, recorder, **kwargs)
         values = [float(v) for name, v in recorder.calls if name == "uniform"]
         if len(values) >= 2:
             scene.torso_fat, scene.torso_xc = values[0], values[1]
 
-    def vertebra(film_, proj, v, bone, annotate=True, posterior=True):
+    def vertebra(film_, proj, v, bone, annotate=True, posterior=True, **_):
         scene.bone = float(bone)
         scene.vertebrae.append((v, annotate, posterior))
 
-    def ellipsoid(film_, proj, center, rotation, radii, mu, shell=None):
+    def ellipsoid(film_, proj, center, rotation, radii, mu, shell=None, **_):
         scene.ellipsoids.append((np.asarray(center, float), np.asarray(rotation, float), np.asarray(radii), mu, shell))
 
-    def tube(film_, proj, path, radius, cortex):
+    def tube(film_, proj, path, radius, cortex, *_, **__):
         scene.tubes.append((np.asarray(path, float), float(radius), float(cortex)))
 
     with (
