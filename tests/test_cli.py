@@ -40,8 +40,11 @@ def test_check_fails_on_a_broken_study(tmp_path: Path) -> None:
 
 def test_bad_preset_is_a_one_line_error(tmp_path: Path) -> None:
     result = run("synth", "--out", str(tmp_path / "x"), "--n", "1", "--preset", "nope")
-    assert result.returncode != 0
+    assert result.returncode == 2  # a bad command line, refused before anything is written
     assert result.stderr.strip().splitlines()[-1].startswith("error: unknown preset 'nope'")
+    assert not (tmp_path / "x").exists()
+    result = run("synth", "--out", str(tmp_path / "x"), "--n", "1", "--gamma", "[2, 1]")
+    assert result.returncode == 2 and "gamma" in result.stderr.strip().splitlines()[-1]
 
 
 def test_bench_synth_prints_studies_per_second() -> None:

@@ -37,12 +37,14 @@ def synth(
         overrides: any generator setting, e.g. --image_format mixed --damaged_fraction 0.3.
     """
     from spine_app.data.io import FolderNotEmptyError
+    from spine_app.synthetic.config import load_preset
     from spine_app.synthetic.generator import check_count_and_seed, generate_dataset
 
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
         _refuse(f"workers must be a whole number >= 1, got {workers!r}")
     try:
         check_count_and_seed(n, seed)
+        load_preset(preset, **overrides)  # an unknown preset or a bad setting is a bad command line
     except ValueError as err:
         _refuse(str(err))
     if isinstance(ct_voxel_mm, bool) or not isinstance(ct_voxel_mm, (int, float)) or not 0.25 <= ct_voxel_mm <= 5:
