@@ -21,7 +21,7 @@ from spine_app.drr.project import Beam, Geometry, apply, cast, index_to_world, r
 from spine_app.synthetic.config import SynthConfig, json_ready, load_preset
 from spine_app.synthetic.ct import hu_to_mu
 from spine_app.synthetic.generator import SyntheticStudy
-from spine_app.synthetic.imaging import ExposureParams, chord_mask, expose, polygons_mask, polyline_mask, quantize
+from spine_app.synthetic.imaging import ExposureParams, chord_mask, expose, lat_column_masks, quantize
 from spine_app.synthetic.render import MU_SOFT, Film
 
 logger = logging.getLogger(__name__)
@@ -175,22 +175,10 @@ def render_study(
     lat_shape = images["LAT"].shape
     column = [lv for lv in levels if lv.corners]
     lat = {lv.name: _corner_pixels(geometry, moved, lv, "LAT") for lv in column}
-    disks = [
-        np.array(
-            [
-                lat[up.name]["anterior_inferior"],
-                lat[up.name]["posterior_inferior"],
-                lat[lo.name]["posterior_superior"],
-                lat[lo.name]["anterior_superior"],
-            ]
-        )
-        for up, lo in zip(column[:-1], column[1:])
-    ]
-    masks["Lat_Disk_Height"] = polygons_mask(lat_shape, disks) & ~masks["Lat_Vertebra"]
     vertebrae = [lv for lv in column if lv.name != SACRUM]
-    for name, side in (("Lat_Anterior_Vertebral_Line", "anterior"), ("Lat_Posterior_Vertebral_Line", "posterior")):
-        pts = np.array([lat[lv.name][f"{side}_{end}"] for lv in vertebrae for end in ("superior", "inferior")])
-        masks[name] = polyline_mask(lat_shape, pts, cfg.line_width_mm / ps)
+    names = [lv.name for lv in vertebrae]
+    width = cfg.line_width_mm / ps
+    masks.update(lat_column_masks(lat_shape, lat, [lv.name for lv in column], names, masks["Lat_Vertebra"], width))
     masks = {name: masks[name] for name in MASK_NAMES}
 
     source_fractures = {f["level"]: f for f in meta.get("fractures", [])}

@@ -27,7 +27,7 @@ from spine_app.data.io import FolderNotEmptyError, check_output_folder, write_at
 from spine_app.data.layout import CLASS_NAMES
 from spine_app.synthetic.anatomy import SpineModel, Vertebra, balance_sagittal, sample_spine
 from spine_app.synthetic.config import ALL_LEVELS, FieldOfView, SynthConfig, json_ready, load_preset
-from spine_app.synthetic.imaging import ExposureParams, chord_mask, expose, polygons_mask, polyline_mask, quantize
+from spine_app.synthetic.imaging import ExposureParams, chord_mask, expose, lat_column_masks, quantize
 from spine_app.synthetic.realism import (
     Realism,
     add_aortic_calcification,
@@ -303,22 +303,17 @@ def generate_study(cfg: SynthConfig, seed: int, index: int) -> SyntheticStudy:
     to_px = _pixel_mapper(film, flip, {view: img.shape[1] for view, img in images.items()})
 
     # disk height: the space between the upper body's inferior and the lower body's superior endplate
-    disks = [
-        to_px(
-            "LAT",
-            [
-                corners[up.name]["anterior_inferior"],
-                corners[up.name]["posterior_inferior"],
-                corners[lo.name]["posterior_superior"],
-                corners[lo.name]["anterior_superior"],
-            ],
+    corners_px = {name: {k: to_px("LAT", p) for k, p in points.items()} for name, points in corners.items()}
+    masks.update(
+        lat_column_masks(
+            lat_shape,
+            corners_px,
+            [v.name for v in column],
+            [v.name for v in model.vertebrae],
+            masks["Lat_Vertebra"],
+            cfg.line_width_mm / ps,
         )
-        for up, lo in zip(column[:-1], column[1:])
-    ]
-    masks["Lat_Disk_Height"] = polygons_mask(lat_shape, disks) & ~masks["Lat_Vertebra"]
-    for name, side in (("Lat_Anterior_Vertebral_Line", "anterior"), ("Lat_Posterior_Vertebral_Line", "posterior")):
-        pts = [corners[v.name][f"{side}_{end}"] for v in model.vertebrae for end in ("superior", "inferior")]
-        masks[name] = polyline_mask(lat_shape, to_px("LAT", pts), cfg.line_width_mm / ps)
+    )
     masks = {name: masks[name] for name in MASK_NAMES}
 
     truth = _truth(model, film, seed, index, facing, to_px, exposure, corners, images)

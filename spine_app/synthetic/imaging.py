@@ -226,3 +226,36 @@ def polygons_mask(shape: tuple[int, int], polygons: list[np.ndarray]) -> np.ndar
     for polygon in polygons:
         draw.polygon([(float(c), float(r)) for r, c in polygon], fill=255)
     return np.asarray(canvas) > 0
+
+
+def lat_column_masks(
+    shape: tuple[int, int],
+    corners: dict[str, dict[str, np.ndarray]],
+    column: list[str],
+    vertebrae: list[str],
+    vertebra_mask: np.ndarray,
+    line_width_px: float,
+) -> dict[str, np.ndarray]:
+    """A LAT film's ``Lat_Disk_Height`` mask and its two vertebral lines, from the bodies' corners.
+
+    ``corners``: body name -> corner name (``anterior_superior``, ``posterior_inferior``, ...) ->
+    (row, col) on the film; ``column``: the bodies top to bottom (the sacrum last) whose facing
+    endplates bound a disk space; ``vertebrae``: the bodies the lines run through. The disk mask
+    leaves out ``vertebra_mask``. Shared by the generator and the DRR (:mod:`spine_app.drr.study`).
+    """
+    disks = [
+        np.array(
+            [
+                corners[up]["anterior_inferior"],
+                corners[up]["posterior_inferior"],
+                corners[lo]["posterior_superior"],
+                corners[lo]["anterior_superior"],
+            ]
+        )
+        for up, lo in zip(column[:-1], column[1:])
+    ]
+    masks = {"Lat_Disk_Height": polygons_mask(shape, disks) & ~vertebra_mask}
+    for name, side in (("Lat_Anterior_Vertebral_Line", "anterior"), ("Lat_Posterior_Vertebral_Line", "posterior")):
+        points = np.array([corners[v][f"{side}_{end}"] for v in vertebrae for end in ("superior", "inferior")])
+        masks[name] = polyline_mask(shape, points, line_width_px)
+    return masks
