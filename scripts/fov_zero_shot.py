@@ -20,6 +20,7 @@ import fire
 from spine_app.bundle import BUNDLE_DIR, load_bundle_network
 from spine_app.channels import MASK_NAMES
 from spine_app.data.importer import import_dataset, load_datalist
+from spine_app.engines.metrics import line_side_summary
 from spine_app.evaluation.runner import SplitRunner, split_scores
 from spine_app.synthetic.generator import generate_dataset
 from spine_app.viz.tables import markdown_table
@@ -42,8 +43,8 @@ def main(
             import_dataset(folder / "studies", folder / "datalist.json", seed=0, fractions=(0.0, 0.0, 1.0), workers=2)
         records = SplitRunner(network, load_datalist(folder / "datalist.json")["test"], list(canvas)).run()
         scores = split_scores(records)
-        sides = [r["line_side_ok"] for r in records if r.get("line_side_ok") is not None]
-        results[preset] = {**scores, "side_check": f"{sum(map(bool, sides))}/{len(sides)}", "studies": len(records)}
+        sides = line_side_summary(records)
+        results[preset] = {**scores, "side_check": f"{sides['pass']}/{sides['n']}", "studies": len(records)}
         print(preset, {k: round(v, 3) for k, v in scores["dice"].items()}, round(scores["auroc"]["decision"], 3))
     header = [
         "field of view",
