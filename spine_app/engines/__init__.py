@@ -1,7 +1,14 @@
 """Glue between spine_app and MONAI/Ignite engines, referenced by the bundle configs."""
 
 from spine_app.engines.batch import output_loss, prepare_study_batch
-from spine_app.engines.dataset import datalist_split, ensure_datalist, inference_entries, mask_priors
+from spine_app.engines.dataset import (
+    datalist_split,
+    ensure_datalist,
+    extra_training_datalist,
+    inference_entries,
+    mask_priors,
+    training_entries,
+)
 from spine_app.engines.handlers import (
     AtomicCheckpointSaver,
     EpochCheckpoint,
@@ -27,6 +34,8 @@ __all__ = [
     "StudyPredictionWriter",
     "shard_entries",
     "ensure_datalist",
+    "extra_training_datalist",
+    "training_entries",
     "evaluate_and_report",
     "inference_entries",
     "mask_priors",

@@ -15,28 +15,78 @@ from spine_app.data.layout import find_studies
 logger = logging.getLogger(__name__)
 
 
+#: the split of an extra training dataset: every study trains (its films are never the benchmark)
+TRAINING_ONLY = (1.0, 0.0, 0.0)
+#: generator settings of the extra training studies: LAT films facing the canonical way, whose
+#: vertebral lines are supervised (the augmentation mirrors films and hides their lines itself)
+EXTRA_OVERRIDES: dict[str, Any] = {"lat_facing": "left"}
+
+
 def ensure_datalist(
-    dataset_dir: str, synthetic_studies: int = 300, seed: int = 0, preset: str = "default", split_seed: int = 0
+    dataset_dir: str,
+    synthetic_studies: int = 300,
+    seed: int = 0,
+    preset: str = "default",
+    split_seed: int = 0,
+    fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
+    overrides: dict[str, Any] | None = None,
 ) -> str:
     """Path of ``dataset_dir/datalist.json``, importing the studies there first if needed.
 
     If ``dataset_dir`` holds no study, the embedded default is generated there first:
-    ``synthetic_studies`` synthetic studies of ``preset`` with ``seed`` (this is logged). An existing
-    datalist is reused as it is: after adding studies, delete it or run ``spine-app import`` again.
+    ``synthetic_studies`` synthetic studies of ``preset`` with ``seed`` and generator ``overrides``
+    (this is logged), split by ``fractions``. An existing datalist is reused as it is: after adding
+    studies, delete it or run ``spine-app import`` again.
     """
     root = Path(dataset_dir)
     datalist = root / "datalist.json"
+    args = (root, datalist, synthetic_studies, seed, preset, split_seed, tuple(fractions), overrides or {})
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         # under DDP, rank 0 generates/imports while the other ranks wait at the barrier
         if dist.get_rank() == 0:
-            _prepare(root, datalist, synthetic_studies, seed, preset, split_seed)
+            _prepare(*args)
         dist.barrier()
     else:
-        _prepare(root, datalist, synthetic_studies, seed, preset, split_seed)
+        _prepare(*args)
     return str(datalist)
 
 
-def _prepare(root: Path, datalist: Path, synthetic_studies: int, seed: int, preset: str, split_seed: int) -> None:
+def extra_training_datalist(dataset_dir: str, studies: int, seed: int, preset: str) -> str | None:
+    """The datalist of the extra training studies (all in its ``training`` split), generating
+    ``studies`` synthetic studies of ``preset`` there first if the folder holds none; None when
+    ``studies`` is 0 (train on the main dataset alone).
+
+    This is how the main job widens the generator (other fields of view, the thorax, implants:
+    preset ``mixed_fov``) without touching the benchmark split of the main dataset.
+    """
+    if not studies:
+        return None
+    return ensure_datalist(dataset_dir, studies, seed, preset, 0, TRAINING_ONLY, EXTRA_OVERRIDES)
+
+
+def training_entries(datalist: str, limit: int | None = None, extra: str | None = None) -> list[dict[str, Any]]:
+    """The training split of ``datalist`` (optionally its first ``limit``) followed by the whole
+    training split of the ``extra`` datalist, if any."""
+    entries = datalist_split(datalist, "training", limit)
+    if extra:
+        added = datalist_split(extra, "training")
+        logger.warning(
+            "training on %d studies of %s and %d extra studies of %s", len(entries), datalist, len(added), extra
+        )
+        entries = entries + added
+    return entries
+
+
+def _prepare(
+    root: Path,
+    datalist: Path,
+    synthetic_studies: int,
+    seed: int,
+    preset: str,
+    split_seed: int,
+    fractions: tuple[float, float, float],
+    overrides: dict[str, Any],
+) -> None:
     """Generate the synthetic default if ``root`` holds no study, then import it, unless a datalist exists."""
     if datalist.is_file():
         return
@@ -45,15 +95,15 @@ def _prepare(root: Path, datalist: Path, synthetic_studies: int, seed: int, pres
         from spine_app.synthetic.generator import generate_dataset
 
         logger.warning(
-            "no studies in %s: generating the default synthetic dataset (%d studies, preset %s, seed %d)",
+            "no studies in %s: generating synthetic studies there (%d studies, preset %s, seed %d)",
             root,
             synthetic_studies,
             preset,
             seed,
         )
         # no study here: overwrite only lets it write beside other files (it replaces generated ones only)
-        generate_dataset(root, synthetic_studies, seed=seed, preset=preset, overwrite=True)
-    summary = import_dataset(root, datalist, seed=split_seed)["summary"]
+        generate_dataset(root, synthetic_studies, seed=seed, preset=preset, overwrite=True, **overrides)
+    summary = import_dataset(root, datalist, seed=split_seed, fractions=fractions)["summary"]
     logger.warning(
         "imported %d studies from %s (%d skipped) -> %s", summary["imported"], root, summary["skipped"], datalist
     )

@@ -11,6 +11,7 @@ from monai.inferers import Inferer, SlidingWindowInferer
 from torch import nn
 
 from spine_app.channels import LINE_CHANNELS, MASK_NAMES, VIEW_KEYS, seg_key
+from spine_app.data.facing import lat_faces_right
 from spine_app.data.levels import MAX_LEVELS, film_level_boxes, pad_boxes
 from spine_app.networks.levels import LevelBatch
 from spine_app.networks.multitask import SpineMultiTaskNet, StudyModel
@@ -50,21 +51,6 @@ def add_level_outputs(
     levels = predicted_levels(out["seg_lat"], present_lat)
     out.update(net.level_logits(lat, levels))
     out.update(level_centre=levels.centre, level_size=levels.size, level_valid=levels.valid)
-
-
-def lat_faces_right(seg_lat: torch.Tensor, min_pixels: int = 50) -> torch.Tensor:
-    """(B,) bool: LAT films facing the other way (anterior to the right), told from mask logits.
-
-    The spinous processes are posterior: on a film facing the canonical way (anterior to the left,
-    as the generator draws them) their centre lies right of the vertebral bodies' centre. A film
-    with too few pixels of either structure (< ``min_pixels``) is taken as canonical.
-    """
-    vb, sp = MASK_NAMES.index("Lat_Vertebra"), MASK_NAMES.index("Lat_Spinous_Process")
-    masks = (seg_lat[:, [vb, sp]].float() > 0).float()  # logit > 0 <=> probability > 0.5
-    columns = torch.arange(masks.shape[-1], device=masks.device, dtype=masks.dtype)
-    mass = masks.sum(dim=(2, 3))
-    centre = (masks.sum(dim=2) * columns).sum(dim=-1) / mass.clamp(min=1.0)
-    return (mass.min(dim=1).values >= min_pixels) & (centre[:, 1] < centre[:, 0])
 
 
 class StudyInferer(Inferer):

@@ -47,15 +47,23 @@ def datalist_sha256(datalist: str | Path) -> str:
     return sha256_of(datalist)
 
 
-def default_run_name(datalist: str | Path, patch_size: list[int] | tuple[int, ...], backbone: str) -> str:
-    """``<dataset folder>-<rows>x<cols>-<backbone>``, e.g. ``synthetic-384x288-resnet18`` for
-    ``data/synthetic/datalist.json``: the same command always finds the same run folder."""
-    path = Path(datalist)
-    base = path.parent.name or "data"
-    if path.stem != "datalist":
-        base += f"-{path.stem}"
+def default_run_name(
+    datalist: str | Path, patch_size: list[int] | tuple[int, ...], backbone: str, extra: str | Path | None = None
+) -> str:
+    """``<dataset folder>[+<extra folder>]-<rows>x<cols>-<backbone>``, e.g.
+    ``synthetic+synthetic_fov-384x288-resnet18`` for ``data/synthetic/datalist.json`` with the extra
+    training studies of ``data/synthetic_fov``: the same command always finds the same run folder."""
+    base = _dataset_name(Path(datalist))
+    if extra:
+        base += "+" + _dataset_name(Path(extra))
     name = f"{base}-{'x'.join(str(int(v)) for v in patch_size)}-{backbone}"
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
+    return re.sub(r"[^A-Za-z0-9._+-]+", "_", name)
+
+
+def _dataset_name(datalist: Path) -> str:
+    """The folder of a datalist, with the file's stem when it is not ``datalist.json``."""
+    base = datalist.parent.name or "data"
+    return base if datalist.stem == "datalist" else f"{base}-{datalist.stem}"
 
 
 def checkpoint_epochs(folder: str | Path) -> list[tuple[int, Path]]:

@@ -1,0 +1,38 @@
+"""The main job's extra training studies (the widened generator): generated once into their own
+folder, all in the training split, added after the main dataset's training split, never to its
+validation or test split, and named in the run folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from spine_app.engines.dataset import datalist_split, ensure_datalist, extra_training_datalist, training_entries
+from spine_app.engines.runs import default_run_name
+
+
+def test_extra_studies_train_only_and_keep_the_benchmark_split(tmp_path: Path) -> None:
+    main = ensure_datalist(str(tmp_path / "synthetic"), 6, 3, "easy")
+    assert extra_training_datalist(str(tmp_path / "fov"), 0, 1, "mixed_fov") is None  # 0: none, nothing written
+    assert not (tmp_path / "fov").exists()
+
+    extra = extra_training_datalist(str(tmp_path / "fov"), 3, 1, "mixed_fov")
+    assert extra is not None
+    listed = json.loads(Path(extra).read_text())
+    assert len(listed["training"]) == 3 and not listed["validation"] and not listed["test"]
+    truths = [json.loads(Path(e["truth"]).read_text()) for e in datalist_split(extra, "training")]
+    assert all(t["lat_facing"] == "left" for t in truths)  # lines supervised on canonical films
+    assert all(t["field_of_view"]["name"] in {"lumbar", "thoracolumbar", "thoracic", "whole_spine"} for t in truths)
+
+    own = datalist_split(main, "training")
+    combined = training_entries(main, None, extra)
+    assert [e["study_id"] for e in combined] == [e["study_id"] for e in own + datalist_split(extra, "training")]
+    assert training_entries(main, 1, extra)[1:] == combined[len(own) :]  # train_limit cuts the main dataset only
+    extra_ids = {e["study_id"] for e in datalist_split(extra, "training")}
+    held_out = datalist_split(main, "validation") + datalist_split(main, "test")
+    assert held_out and not extra_ids & {e["study_id"] for e in held_out}  # validation/test: the main dataset's
+    assert default_run_name(main, [384, 288], "resnet18", extra) == "synthetic+fov-384x288-resnet18"
+    assert default_run_name(main, [384, 288], "resnet18") == "synthetic-384x288-resnet18"
+
+    again = extra_training_datalist(str(tmp_path / "fov"), 3, 1, "mixed_fov")
+    assert Path(again).read_text() == Path(extra).read_text()  # reused, not regenerated
