@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -40,14 +41,24 @@ def ensure_datalist(
     """
     root = Path(dataset_dir)
     datalist = root / "datalist.json"
-    args = (root, datalist, synthetic_studies, seed, preset, split_seed, tuple(fractions), overrides or {})
+    prepare = partial(
+        _prepare,
+        root,
+        datalist,
+        synthetic_studies=synthetic_studies,
+        seed=seed,
+        preset=preset,
+        split_seed=split_seed,
+        fractions=tuple(fractions),
+        overrides=overrides or {},
+    )
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         # under DDP, rank 0 generates/imports while the other ranks wait at the barrier
         if dist.get_rank() == 0:
-            _prepare(*args)
+            prepare()
         dist.barrier()
     else:
-        _prepare(*args)
+        prepare()
     return str(datalist)
 
 
