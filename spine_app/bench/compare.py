@@ -5,8 +5,8 @@ same split, the same batches and the same number of optimisation steps.
 Variants (each exposes ``forward_study`` like :class:`SpineMultiTaskNet`, so one loss, one training
 loop and one metric serve all):
 
-- ``ours``: the bundle's network (masks + Damaged head, one encoder) with the bundle's
-  ``cls_grad_scale`` (train.yaml);
+- ``ours``: the bundle's network (masks + Damaged head + level head, one encoder) with the
+  bundle's ``cls_grad_scale`` and ``level_grad_scale`` (train.yaml);
 - ``seed-style``: eight single-channel FlexibleUNets of the same encoder family, each trained only
   on its view's channel, and a two-view classifier (one encoder per view, fused pooled features);
 - ``ours, no classification head``: ours trained with the classification weight 0;
@@ -83,25 +83,30 @@ class SeedStyleModels(nn.Module):
         return {"seg_ap": seg["ap"], "seg_lat": seg["lat"], **cls._study_logits(emb_ap, emb_lat, present)}
 
 
-def bundle_cls_grad_scale() -> float:
-    """The bundle's default ``cls_grad_scale`` (bundle/configs/train.yaml)."""
+def bundle_grad_scale(key: str) -> float:
+    """The bundle's default gradient scale ``key`` (``cls_grad_scale`` or ``level_grad_scale``,
+    bundle/configs/train.yaml)."""
     from spine_app.bundle import BUNDLE_DIR
 
     config = yaml.safe_load((BUNDLE_DIR / "configs" / "train.yaml").read_text())
-    return float(config.get("cls_grad_scale", 1.0))
+    return float(config.get(key, 1.0))
 
 
 def _variants() -> dict[str, tuple[Any, dict[str, float]]]:
     """variant -> (network builder, loss weights)."""
-    ours = bundle_cls_grad_scale()
+    ours, level = bundle_grad_scale("cls_grad_scale"), bundle_grad_scale("level_grad_scale")
     other = 0.0 if ours else 1.0
     other_name = "ours, classifier trains the encoder" if other else "ours, classifier reads the encoder"
+
+    def net(cls_grad_scale: float) -> SpineMultiTaskNet:
+        return SpineMultiTaskNet(cls_grad_scale=cls_grad_scale, level_grad_scale=level)
+
     return {
-        "ours": (lambda: SpineMultiTaskNet(cls_grad_scale=ours), {}),
+        "ours": (lambda: net(ours), {}),
         "seed-style (8 nets + classifier)": (lambda: SeedStyleModels(), {}),
-        "ours, no classification head": (lambda: SpineMultiTaskNet(cls_grad_scale=ours), {"cls_weight": 0.0}),
-        "ours, classification only": (lambda: SpineMultiTaskNet(cls_grad_scale=1.0), {"seg_weight": 0.0}),
-        other_name: (lambda: SpineMultiTaskNet(cls_grad_scale=other), {}),
+        "ours, no classification head": (lambda: net(ours), {"cls_weight": 0.0}),
+        "ours, classification only": (lambda: net(1.0), {"seg_weight": 0.0}),
+        other_name: (lambda: net(other), {}),
     }
 
 

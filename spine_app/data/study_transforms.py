@@ -154,7 +154,7 @@ class LoadStudyd(MapTransform):
             channels); robustness evaluation corrupts images here.
         reader: ``(read_image, read_mask)`` replacements (e.g. caching ones).
         level_labels: where per-level labels come from (:data:`spine_app.data.levels.LEVEL_LABEL_SOURCES`)
-            or None (no level map: inference).
+            or None (no level map: inference). A study entry's own ``level_labels`` key overrides it.
     """
 
     def __init__(
@@ -234,9 +234,9 @@ class LoadStudyd(MapTransform):
                 spacing = (data.get(f"meta_{key}") or {}).get("spacing") or meta.spacing or (0.0, 0.0)
                 out[geom_key(view)] = FilmGeometry(*image.shape, scale, top, left, tuple(spacing)).to_tensor()
                 if view == "LAT" and self.level_labels is not None and data["masks"][channels[0]]:
-                    level_map = film_level_map(
-                        masks, data.get("truth"), spacing if spacing[0] else None, self.level_labels
-                    )
+                    # an entry may name its own source (the main job's extra studies: study labels only)
+                    source = data.get("level_labels") or self.level_labels
+                    level_map = film_level_map(masks, data.get("truth"), spacing if spacing[0] else None, source)
                     if level_map is not None:
                         out["levels_lat"] = fit_nearest(level_map, self.canvas)
                 present.append(1.0)

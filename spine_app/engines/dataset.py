@@ -12,6 +12,7 @@ import torch.distributed as dist
 from spine_app.channels import MASK_NAMES, VIEW_KEYS, avail_key, seg_key
 from spine_app.data.importer import import_dataset, load_datalist
 from spine_app.data.layout import find_studies
+from spine_app.data.levels import LEVEL_LABEL_SOURCES
 
 logger = logging.getLogger(__name__)
 
@@ -75,12 +76,23 @@ def extra_training_datalist(dataset_dir: str, studies: int, seed: int, preset: s
     return ensure_datalist(dataset_dir, studies, seed, preset, 0, TRAINING_ONLY, EXTRA_OVERRIDES)
 
 
-def training_entries(datalist: str, limit: int | None = None, extra: str | None = None) -> list[dict[str, Any]]:
+def training_entries(
+    datalist: str, limit: int | None = None, extra: str | None = None, extra_level_labels: str | None = None
+) -> list[dict[str, Any]]:
     """The training split of ``datalist`` (optionally its first ``limit``) followed by the whole
-    training split of the ``extra`` datalist, if any."""
+    training split of the ``extra`` datalist, if any. ``extra_level_labels`` (a
+    :data:`spine_app.data.levels.LEVEL_LABEL_SOURCES` value) sets where the extra studies' per-level
+    labels come from, overriding the run's ``level_labels`` for them alone (``study``: their levels
+    learn from the study label only, through the multiple-instance pooling)."""
     entries = datalist_split(datalist, "training", limit)
     if extra:
         added = datalist_split(extra, "training")
+        if extra_level_labels is not None:
+            if extra_level_labels not in LEVEL_LABEL_SOURCES:
+                raise ValueError(
+                    f"extra_level_labels must be one of {', '.join(LEVEL_LABEL_SOURCES)}, got {extra_level_labels!r}"
+                )
+            added = [{**entry, "level_labels": extra_level_labels} for entry in added]
         logger.warning(
             "training on %d studies of %s and %d extra studies of %s", len(entries), datalist, len(added), extra
         )

@@ -91,6 +91,10 @@ class SpineMultiTaskNet(nn.Module):
             earlier, whose weights have none).
         level_pooling: how the study logit is pooled from the level logits (``max``, ``lse``,
             ``noisy_or``; :func:`spine_app.networks.levels.mil_pool`).
+        level_grad_scale: factor on the gradient the level loss sends into the shared features the
+            level head reads (the last decoder layer, which also makes the masks, and the stride-16
+            encoder features); the head's own layers always learn in full. Forward values do not
+            depend on it.
     """
 
     def __init__(
@@ -104,9 +108,11 @@ class SpineMultiTaskNet(nn.Module):
         cls_grad_scale: float = 1.0,
         level_head: bool = True,
         level_pooling: str = "lse",
+        level_grad_scale: float = 1.0,
     ) -> None:
         super().__init__()
         self.cls_grad_scale = float(cls_grad_scale)
+        self.level_grad_scale = float(level_grad_scale)
         if backbone not in SUPPORTED_BACKBONES:
             raise ValueError(f"backbone {backbone!r} is not supported; choose from {', '.join(SUPPORTED_BACKBONES)}")
         self.unet = FlexibleUNet(
@@ -159,6 +165,7 @@ class SpineMultiTaskNet(nn.Module):
         probabilities (not back-propagated into the masks)] and the stride-16 encoder features."""
         vb, disk = MASK_NAMES.index("Lat_Vertebra"), MASK_NAMES.index("Lat_Disk_Height")
         masks = torch.sigmoid(seg[:, [vb, disk]]).detach()
+        decoded, context = (scale_gradient(t, self.level_grad_scale) for t in (decoded, context))
         fine = torch.cat([decoded, image.to(decoded.dtype), masks.to(decoded.dtype)], dim=1)
         return self.level_head(fine, context, levels)
 

@@ -17,6 +17,18 @@ from spine_app.viz.contact_sheet import CHANNEL_COLORS, legend_strip, overlay
 GRADE_COLORS = {0: (255, 255, 255), 1: (255, 220, 60), 2: (255, 150, 40), 3: (255, 60, 60), -1: (170, 170, 170)}
 
 
+def wrap_text(text: str, font: ImageFont.FreeTypeFont, width: float) -> list[str]:
+    """``text`` broken at spaces into lines no wider than ``width`` pixels in ``font`` (a word wider
+    than that stays whole on its own line): a tall, narrow film keeps its whole title."""
+    lines: list[str] = []
+    for word in text.split(" "):
+        if lines and font.getlength(f"{lines[-1]} {word}") <= width:
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            lines.append(word)
+    return lines or [""]
+
+
 def write_overlay(
     path: str | Path,
     image: np.ndarray,
@@ -68,9 +80,10 @@ def write_overlay(
         )
     names = [(MASK_NAMES[c], CHANNEL_COLORS[c]) for c in sorted(masks)]
     legend = legend_strip(picture.width, font, names)
-    header = 8 + font.size + 8
+    lines = wrap_text(title, font, picture.width - 12)
+    header = 8 + len(lines) * (font.size + 4) + 4
     sheet = Image.new("RGB", (picture.width, header + picture.height + legend.height), "white")
-    ImageDraw.Draw(sheet).text((6, 6), title, fill=(0, 0, 0), font=font)
+    ImageDraw.Draw(sheet).text((6, 6), "\n".join(lines), fill=(0, 0, 0), font=font, spacing=4)
     sheet.paste(picture, (0, header))
     sheet.paste(legend, (0, header + picture.height))
     with atomic_path(path) as tmp:

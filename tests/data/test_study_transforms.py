@@ -43,6 +43,8 @@ def test_a_study_loads_both_views_with_masks_geometry_and_level_map(entries: lis
         assert (film.rows, film.cols) == read_image(entry[f"image_{key}"])[0].shape
         assert 0 < film.scale < 1 and film.spacing is not None
     assert out["levels_lat"].max() > 0  # the reference levels of a Damaged study's LAT film
+    # an entry naming its own source (the main job's extra studies): study labels only, no level map
+    assert LoadStudyd(CANVAS, level_labels="truth")({**entry, "level_labels": "study"})["levels_lat"].max() == 0
 
 
 def test_a_missing_view_is_blank_and_a_broken_film_is_recorded(entries: list[dict], tmp_path: Path) -> None:

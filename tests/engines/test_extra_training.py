@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from spine_app.engines.dataset import datalist_split, ensure_datalist, extra_training_datalist, training_entries
 from spine_app.engines.runs import default_run_name
 
@@ -28,6 +30,11 @@ def test_extra_studies_train_only_and_keep_the_benchmark_split(tmp_path: Path) -
     combined = training_entries(main, None, extra)
     assert [e["study_id"] for e in combined] == [e["study_id"] for e in own + datalist_split(extra, "training")]
     assert training_entries(main, 1, extra)[1:] == combined[len(own) :]  # train_limit cuts the main dataset only
+    assert all("level_labels" not in e for e in combined)  # the run's level_labels for every study ...
+    marked = training_entries(main, None, extra, "study")  # ... or the extra studies' own source
+    assert [e.get("level_labels") for e in marked] == [None] * len(own) + ["study"] * 3
+    with pytest.raises(ValueError, match="extra_level_labels"):
+        training_entries(main, None, extra, "grades")
     extra_ids = {e["study_id"] for e in datalist_split(extra, "training")}
     held_out = datalist_split(main, "validation") + datalist_split(main, "test")
     assert held_out and not extra_ids & {e["study_id"] for e in held_out}  # validation/test: the main dataset's

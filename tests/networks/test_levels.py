@@ -189,3 +189,26 @@ def test_network_and_loss_train_the_level_head_from_level_labels_only_where_know
     assert grads[1].abs().sum() == 0  # unknown grade
     assert grads[4:].abs().sum() == 0  # padding
     assert grads[2, 0] < 0 and grads[0, 0] > 0  # fractured up, normal down
+
+
+@pytest.mark.parametrize("scale", [0.0, 0.25])
+def test_level_grad_scale_scales_only_what_the_level_loss_sends_into_the_shared_features(scale: float) -> None:
+    torch.manual_seed(0)
+    plain = SpineMultiTaskNet(decoder_channels=(32, 16, 16, 8, 8))
+    scaled = SpineMultiTaskNet(decoder_channels=(32, 16, 16, 8, 8), level_grad_scale=scale)
+    scaled.load_state_dict(plain.state_dict())
+    plain.eval(), scaled.eval()
+    vertebra, disk = column(n=4, height=20, gap=6, shape=(128, 96))
+    boxes, image = boxes_of(vertebra, disk), torch.rand(1, 1, 128, 96)
+    grads = []
+    for model in (plain, scaled):
+        out = model.forward_study(image, image, torch.ones(1, 2), boxes)
+        model.zero_grad()
+        out["level_logits"][..., 0].sum().backward()
+        decoder_last = model.unet.segmentation_head[0].weight.grad  # not on the level path: no gradient
+        grads.append((out, model.unet.encoder.conv1.weight.grad.clone(), model.level_head.out[-1].weight.grad.clone()))
+        assert decoder_last is None or decoder_last.abs().sum() == 0
+    (out_p, enc_p, head_p), (out_s, enc_s, head_s) = grads
+    assert torch.equal(out_p["level_logits"], out_s["level_logits"])  # forward values do not depend on the scale
+    assert torch.allclose(head_s, head_p)  # the level head itself learns in full
+    assert enc_p.abs().sum() > 0 and torch.allclose(enc_s, scale * enc_p, atol=1e-7)
