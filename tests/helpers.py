@@ -8,6 +8,7 @@ import numpy as np
 
 from spine_app.channels import MASK_NAMES
 from spine_app.data.io import write_png
+from spine_app.networks import SpineMultiTaskNet
 
 
 def radiograph(shape: tuple[int, int] = (96, 80), seed: int = 0) -> np.ndarray:
@@ -41,3 +42,12 @@ def lying_png(path: Path, width: int, height: int) -> Path:
     data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])) & 0xFFFFFFFF)
     path.write_bytes(bytes(data))
     return path
+
+
+def twin_networks(decoder_channels: tuple[int, ...], **changed: float) -> tuple[SpineMultiTaskNet, SpineMultiTaskNet]:
+    """Two SpineMultiTaskNets with the same weights, in eval mode (no dropout), the second built with
+    ``changed`` settings (e.g. a gradient scale): what differs between them is only that setting."""
+    plain = SpineMultiTaskNet(decoder_channels=decoder_channels)
+    other = SpineMultiTaskNet(decoder_channels=decoder_channels, **changed)
+    other.load_state_dict(plain.state_dict())
+    return plain.eval(), other.eval()

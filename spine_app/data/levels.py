@@ -43,6 +43,13 @@ UNKNOWN = -1
 _VB, _DISK = MASK_NAMES.index("Lat_Vertebra"), MASK_NAMES.index("Lat_Disk_Height")
 
 
+def check_label_source(value: str | None, setting: str) -> str | None:
+    """``value`` when it is None or one of :data:`LEVEL_LABEL_SOURCES`; else a ValueError naming ``setting``."""
+    if value is not None and value not in LEVEL_LABEL_SOURCES:
+        raise ValueError(f"{setting} must be one of {', '.join(LEVEL_LABEL_SOURCES)} or None, got {value!r}")
+    return value
+
+
 def encode_level(grade: int, kind: str = "none") -> int:
     """Level-map value of a body: 1 + grade (0-3) + 4 x fracture type index (1..16; 0 = no label)."""
     return 1 + int(grade) + 4 * FRACTURE_KINDS.index(kind if grade > 0 else "none")

@@ -34,7 +34,7 @@ from torch.nn import functional as F
 
 from spine_app.channels import CHANNEL_VIEW, LINE_CHANNELS, MASK_NAMES, VIEWS, avail_key, geom_key, seg_key
 from spine_app.data.io import ImageReadError, read_image, read_mask
-from spine_app.data.levels import LEVEL_LABEL_SOURCES, level_map_from_morphometry, level_map_from_truth
+from spine_app.data.levels import check_label_source, level_map_from_morphometry, level_map_from_truth
 
 LINE_INDICES = [MASK_NAMES.index(name) for name in LINE_CHANNELS]
 
@@ -167,11 +167,7 @@ class LoadStudyd(MapTransform):
         level_labels: str | None = None,
     ) -> None:
         super().__init__(keys, allow_missing_keys=True)
-        if level_labels is not None and level_labels not in LEVEL_LABEL_SOURCES:
-            raise ValueError(
-                f"level_labels must be one of {', '.join(LEVEL_LABEL_SOURCES)} or None, got {level_labels!r}"
-            )
-        self.level_labels = level_labels
+        self.level_labels = check_label_source(level_labels, "level_labels")
         if on_error not in ("raise", "record"):
             raise ValueError(f"on_error must be 'raise' or 'record', got {on_error!r}")
         self.canvas = tuple(int(c) for c in canvas)

@@ -12,7 +12,7 @@ import torch.distributed as dist
 from spine_app.channels import MASK_NAMES, VIEW_KEYS, avail_key, seg_key
 from spine_app.data.importer import import_dataset, load_datalist
 from spine_app.data.layout import find_studies
-from spine_app.data.levels import LEVEL_LABEL_SOURCES
+from spine_app.data.levels import check_label_source
 
 logger = logging.getLogger(__name__)
 
@@ -87,11 +87,7 @@ def training_entries(
     entries = datalist_split(datalist, "training", limit)
     if extra:
         added = datalist_split(extra, "training")
-        if extra_level_labels is not None:
-            if extra_level_labels not in LEVEL_LABEL_SOURCES:
-                raise ValueError(
-                    f"extra_level_labels must be one of {', '.join(LEVEL_LABEL_SOURCES)}, got {extra_level_labels!r}"
-                )
+        if check_label_source(extra_level_labels, "extra_level_labels") is not None:
             added = [{**entry, "level_labels": extra_level_labels} for entry in added]
         logger.warning(
             "training on %d studies of %s and %d extra studies of %s", len(entries), datalist, len(added), extra

@@ -26,7 +26,7 @@ def wrap_text(text: str, font: ImageFont.FreeTypeFont, width: float) -> list[str
             lines[-1] = f"{lines[-1]} {word}"
         else:
             lines.append(word)
-    return lines or [""]
+    return lines  # split() gives at least one word
 
 
 def write_overlay(

@@ -26,6 +26,7 @@ from spine_app.networks.levels import (
     predicted_grade,
     sample_rois,
 )
+from tests.helpers import twin_networks
 
 
 def column(n: int = 5, height: int = 14, gap: int = 4, top: int = 10, shape=(128, 64)) -> tuple[np.ndarray, np.ndarray]:
@@ -194,10 +195,7 @@ def test_network_and_loss_train_the_level_head_from_level_labels_only_where_know
 @pytest.mark.parametrize("scale", [0.0, 0.25])
 def test_level_grad_scale_scales_only_what_the_level_loss_sends_into_the_shared_features(scale: float) -> None:
     torch.manual_seed(0)
-    plain = SpineMultiTaskNet(decoder_channels=(32, 16, 16, 8, 8))
-    scaled = SpineMultiTaskNet(decoder_channels=(32, 16, 16, 8, 8), level_grad_scale=scale)
-    scaled.load_state_dict(plain.state_dict())
-    plain.eval(), scaled.eval()
+    plain, scaled = twin_networks((32, 16, 16, 8, 8), level_grad_scale=scale)
     vertebra, disk = column(n=4, height=20, gap=6, shape=(128, 96))
     boxes, image = boxes_of(vertebra, disk), torch.rand(1, 1, 128, 96)
     grads = []

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from spine_app.networks import SUPPORTED_BACKBONES, SpineMultiTaskNet, StudyModel
+from tests.helpers import twin_networks
 
 
 @pytest.fixture(scope="module")
@@ -65,10 +66,7 @@ def test_classify_equals_the_study_forward_logits(net) -> None:
 @pytest.mark.parametrize("scale", [0.0, 0.5])
 def test_cls_grad_scale_scales_only_the_classifier_gradient_into_the_encoder(scale: float) -> None:
     torch.manual_seed(0)
-    plain = SpineMultiTaskNet(decoder_channels=(16, 16, 8, 8, 8))
-    scaled = SpineMultiTaskNet(decoder_channels=(16, 16, 8, 8, 8), cls_grad_scale=scale)
-    scaled.load_state_dict(plain.state_dict())
-    plain.eval(), scaled.eval()  # no dropout: both see the same forward
+    plain, scaled = twin_networks((16, 16, 8, 8, 8), cls_grad_scale=scale)  # both see the same forward
     ap, lat, present = torch.rand(2, 1, 64, 64), torch.rand(2, 1, 64, 64), torch.ones(2, 2)
     grads = []
     for model in (plain, scaled):
