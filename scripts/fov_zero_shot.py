@@ -1,12 +1,15 @@
 """The shipped model on each field of view the generator renders (issue 16, "measure generalisation").
 
     python scripts/fov_zero_shot.py --out fov_zero_shot [--n 16] [--seed 7] [--long_side_px 1300]
+        [--working_spacing_mm None] [--presets "['whole_spine']"]
 
 Generates ``--n`` studies of each field-of-view preset (``lumbar``, ``thoracolumbar``, ``thoracic``,
 ``whole_spine``; their thorax and patient features as in the preset, films rendered at
 ``--long_side_px`` for speed), runs the bundle's model through the bundle's inferer on all of them
 (:class:`spine_app.evaluation.runner.SplitRunner`) and prints per-mask Dice, the side check and the
 decision AUROC per field of view, next to the ``default`` preset's own studies made the same way.
+Tall films get the taller canvas ``spine-app infer`` gives them (inference.yaml's ``working_spacing_mm``;
+``--working_spacing_mm None``: every film fitted into the training canvas, as evaluation does).
 Writes ``fov_zero_shot.json`` and ``fov_zero_shot.md`` into ``--out``.
 """
 
@@ -17,7 +20,7 @@ from pathlib import Path
 
 import fire
 
-from spine_app.bundle import BUNDLE_DIR, load_bundle_network
+from spine_app.bundle import BUNDLE_DIR, config_value, load_bundle_network
 from spine_app.channels import MASK_NAMES
 from spine_app.data.importer import import_dataset, load_datalist
 from spine_app.engines.metrics import line_side_summary
@@ -29,19 +32,28 @@ PRESETS = ("default", "lumbar", "thoracolumbar", "thoracic", "whole_spine")
 
 
 def main(
-    out: str = "fov_zero_shot", n: int = 16, seed: int = 7, long_side_px: int = 1300, model: str | None = None
+    out: str = "fov_zero_shot",
+    n: int = 16,
+    seed: int = 7,
+    long_side_px: int = 1300,
+    model: str | None = None,
+    working_spacing_mm: float | None | str = "inference",
+    presets: tuple[str, ...] = PRESETS,
 ) -> None:
     """Score the model on ``n`` fresh studies of every field-of-view preset (see the module docstring)."""
     root = Path(out)
+    if working_spacing_mm == "inference":  # tall films as spine-app infer runs them (inference.yaml)
+        working_spacing_mm = config_value("inference.yaml", "working_spacing_mm")
     network, canvas = load_bundle_network(BUNDLE_DIR, model)
     results = {}
-    for preset in PRESETS:
+    for preset in presets:
         folder = root / preset
         overrides = {} if preset == "default" else {"long_side_px": (long_side_px, long_side_px)}
         if not (folder / "datalist.json").is_file():
             generate_dataset(folder / "studies", n, seed=seed, preset=preset, workers=2, **overrides)
             import_dataset(folder / "studies", folder / "datalist.json", seed=0, fractions=(0.0, 0.0, 1.0), workers=2)
-        records = SplitRunner(network, load_datalist(folder / "datalist.json")["test"], list(canvas)).run()
+        entries = load_datalist(folder / "datalist.json")["test"]
+        records = SplitRunner(network, entries, list(canvas), working_spacing_mm=working_spacing_mm).run()
         scores = split_scores(records)
         sides = line_side_summary(records)
         results[preset] = {**scores, "side_check": f"{sides['pass']}/{sides['n']}", "studies": len(records)}

@@ -4,6 +4,7 @@ The one place the rest of the package asks about the bundle:
 
 - :data:`BUNDLE_DIR`: the checkout's ``bundle/`` or the installed wheel's copy (:mod:`spine_app.resources`);
 - :func:`weights_path`, :func:`bundle_version`: its weights file and ``metadata.json`` version;
+- :func:`config_value`: one plain setting of one of its configs;
 - :func:`load_bundle_network`: the network of ``configs/inference.yaml`` with the weights loaded;
 - :func:`config_workflow`: a ``monai.bundle.ConfigWorkflow`` over its configs (with its
   ``metadata.json`` and ``logging.conf``), as ``python -m monai.bundle run`` builds it.
@@ -39,6 +40,15 @@ def bundle_version(bundle_root: str) -> str:
 
     meta = Path(bundle_root) / "configs" / "metadata.json"
     return str(json.loads(meta.read_text()).get("version", "unknown")) if meta.is_file() else "unknown"
+
+
+def config_value(config: str, key: str, default: Any = None, bundle_dir: str | Path | None = None) -> Any:
+    """A plain (non-expression) setting ``key`` of ``bundle_dir/configs/<config>`` (default the bundle's),
+    or ``default`` when the file does not set it."""
+    import yaml
+
+    text = (Path(bundle_dir or BUNDLE_DIR) / "configs" / config).read_text()
+    return (yaml.safe_load(text) or {}).get(key, default)
 
 
 def load_bundle_network(bundle_dir: str | Path, model: str | Path | None = None) -> tuple[SpineMultiTaskNet, list[int]]:

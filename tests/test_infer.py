@@ -555,6 +555,11 @@ def test_rerun_skips_finished_studies_and_redoes_changed_or_incomplete_ones(
     assert "2 studies written, 0 failed" in infer("--damaged_threshold", "0.9")  # other settings: redone
     assert "0 studies written, 2 already done" in infer("--damaged_threshold", "0.9")
     assert "2 studies written, 0 failed" in infer("--damaged_threshold", "0.9", "--force")
+    # a setting before the writer (the canvas of tall films) also changes the output: redone, recorded
+    assert "2 studies written, 0 failed" in infer("--damaged_threshold", "0.9", "--fixed_canvas")
+    result = json.loads((out / "a" / "result.json").read_text())
+    assert result["settings"]["pipeline"]["working_spacing_mm"] is None
+    assert result["settings"]["pipeline"]["patch_size"] == [128, 96]  # the small bundle's canvas
 
 
 def test_interrupted_run_leaves_whole_studies_and_a_summary_of_them(

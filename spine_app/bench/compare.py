@@ -31,7 +31,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 from monai.networks.nets import FlexibleUNet
 from torch import nn
 
@@ -86,10 +85,9 @@ class SeedStyleModels(nn.Module):
 def bundle_grad_scale(key: str) -> float:
     """The bundle's default gradient scale ``key`` (``cls_grad_scale`` or ``level_grad_scale``,
     bundle/configs/train.yaml)."""
-    from spine_app.bundle import BUNDLE_DIR
+    from spine_app.bundle import config_value
 
-    config = yaml.safe_load((BUNDLE_DIR / "configs" / "train.yaml").read_text())
-    return float(config.get(key, 1.0))
+    return float(config_value("train.yaml", key, 1.0))
 
 
 def _variants() -> dict[str, tuple[Any, dict[str, float]]]:

@@ -21,6 +21,7 @@ def infer(
     explain: bool | str = False,
     force: bool = False,
     no_dicom_out: bool = False,
+    fixed_canvas: bool = False,
     dicomweb: str | None = None,
     study: str | tuple | None = None,
     patient: str | None = None,
@@ -49,6 +50,9 @@ def infer(
         force: redo studies whose complete output is already in OUT (by default a re-run skips a
             study written with the same model, films and settings, and lists it as skipped).
         no_dicom_out: do not write seg_<VIEW>.dcm / report.dcm (DICOM SEG and SR of films read from DICOM).
+        fixed_canvas: fit every film into the training canvas (by default a tall film of known pixel
+            spacing, e.g. a whole-spine film, gets a taller canvas so its vertebrae keep the size the
+            model was trained at: inference.yaml's working_spacing_mm, docs/inference.md).
         dicomweb: a DICOMweb PACS (e.g. http://127.0.0.1:8042/dicom-web) to read the studies from
             instead of INPUTS; their DICOM SEG and SR are stored back (docs/pacs.md). Credentials
             from SPINE_APP_DICOMWEB_USER / _PASSWORD or _TOKEN, never on the command line.
@@ -76,7 +80,9 @@ def infer(
         )
     if (study or patient or dates) and not dicomweb:
         _refuse("--study, --patient and --dates select studies of a PACS: give --dicomweb URL too")
-    overrides = {"write_nifti": bool(nifti), "dicom_out": not no_dicom_out}
+    overrides: dict = {"write_nifti": bool(nifti), "dicom_out": not no_dicom_out}
+    if fixed_canvas:
+        overrides["working_spacing_mm"] = None
     if explain is True or (isinstance(explain, str) and explain.lower() in ("true", "yes", "1")):
         explain = "gradcam"
     if explain not in (False, None, "", "false", "no", "0"):

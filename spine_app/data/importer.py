@@ -77,7 +77,8 @@ class DatalistEntry(TypedDict, total=False):
     notes: str  # inference: notes passed on to result.json
 
 
-def _truth_spacing(truth: Path | None) -> list[float] | None:
+def truth_spacing(truth: Path | None) -> list[float] | None:
+    """The pixel spacing (mm) a study's truth.json records (synthetic studies), or None."""
     if truth is None:
         return None
     try:
@@ -95,7 +96,7 @@ def check_study(study: StudyFiles, root: Path) -> StudyCheck:
         result.error_kind = "no view image"
         return result
     entry: dict[str, Any] = {"study_id": study.study_id, "label": study.label, "class_name": study.class_name}
-    truth_spacing = _truth_spacing(study.truth)
+    spacing_of_truth = truth_spacing(study.truth)
     shapes: dict[str, tuple[int, int]] = {}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -111,13 +112,13 @@ def check_study(study: StudyFiles, root: Path) -> StudyCheck:
                 result.error, result.error_kind = str(err), "unreadable image"
                 return result
             shapes[view] = meta.shape
-            spacing = list(meta.spacing) if meta.spacing else truth_spacing
+            spacing = list(meta.spacing) if meta.spacing else spacing_of_truth
             entry[f"meta_{key}"] = {
                 "shape": list(meta.shape),
                 "bit_depth": meta.bit_depth,
                 "format": meta.format,
                 "spacing": spacing,
-                "spacing_source": meta.spacing_source or ("truth.json" if truth_spacing else None),
+                "spacing_source": meta.spacing_source or ("truth.json" if spacing_of_truth else None),
                 "dicom_view": meta.view,
                 "constant": bool(array.min() == array.max()),
             }

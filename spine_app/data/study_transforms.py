@@ -23,6 +23,7 @@ and fits it into a fixed canvas (aspect kept, area-downsampled, centred, zero-pa
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -155,6 +156,12 @@ class LoadStudyd(MapTransform):
         reader: ``(read_image, read_mask)`` replacements (e.g. caching ones).
         level_labels: where per-level labels come from (:data:`spine_app.data.levels.LEVEL_LABEL_SOURCES`)
             or None (no level map: inference). A study entry's own ``level_labels`` key overrides it.
+        working_spacing_mm: tall films (inference): when a film's pixel spacing is known and fitting it
+            into ``canvas`` would make its working pixels coarser than this (mm), the study's canvas
+            grows in rows (a multiple of 32, at most ``max_rows``) so the anatomy keeps about the size
+            the network was trained at (:func:`study_canvas`); None (training): always ``canvas``.
+            Studies of different canvases cannot share a batch: use batch size 1.
+        max_rows: the tallest canvas ``working_spacing_mm`` may ask for.
     """
 
     def __init__(
@@ -165,8 +172,13 @@ class LoadStudyd(MapTransform):
         view_hook: Callable[[str, np.ndarray, np.ndarray, Any], tuple[np.ndarray, np.ndarray]] | None = None,
         reader: tuple[Callable, Callable] | None = None,
         level_labels: str | None = None,
+        working_spacing_mm: float | None = None,
+        max_rows: int = 1024,
     ) -> None:
         super().__init__(keys, allow_missing_keys=True)
+        if working_spacing_mm is not None and working_spacing_mm <= 0:
+            raise ValueError(f"working_spacing_mm must be positive or None, got {working_spacing_mm!r}")
+        self.working_spacing_mm, self.max_rows = working_spacing_mm, int(max_rows)
         self.level_labels = check_label_source(level_labels, "level_labels")
         if on_error not in ("raise", "record"):
             raise ValueError(f"on_error must be 'raise' or 'record', got {on_error!r}")
@@ -192,32 +204,27 @@ class LoadStudyd(MapTransform):
         out: dict[str, Any] = {"study_id": str(data["study_id"]), "error": "", "notes": str(data.get("notes") or "")}
         label = data.get("label")
         out["label"] = torch.tensor(-1.0 if label is None else float(label))
+        films = {view: self._read_view(data, view) for view in VIEWS}
+        canvas = self.canvas
+        if self.working_spacing_mm is not None:
+            shapes = [(f.image.shape, f.spacing) for f in films.values() if f is not None]
+            canvas = study_canvas(shapes, self.canvas, self.working_spacing_mm, self.max_rows)
         present = []
-        out["levels_lat"] = torch.zeros((1, *self.canvas))
+        out["levels_lat"] = torch.zeros((1, *canvas))
         for view in VIEWS:
             key = view.lower()
             channels = [c for c, v in enumerate(CHANNEL_VIEW) if v == view]
-            path = data.get(f"image_{key}")
-            out[f"path_{key}"] = str(path or "")
-            seg = torch.zeros((len(MASK_NAMES), *self.canvas))
+            out[f"path_{key}"] = str(data.get(f"image_{key}") or "")
+            seg = torch.zeros((len(MASK_NAMES), *canvas))
             avail = torch.zeros(len(MASK_NAMES))
-            if path is None:
-                out[key] = torch.zeros((1, *self.canvas))
+            film = films[view]
+            if film is None:
+                out[key] = torch.zeros((1, *canvas))
                 out[geom_key(view)] = torch.zeros(FilmGeometry.FIELDS)
                 present.append(0.0)
             else:
-                image, meta = self.read_image(path)
-                if float(image.max()) <= float(image.min()):
-                    raise ImageReadError(path, "constant image (every pixel is the same value)")
-                masks = np.stack(
-                    [
-                        self.read_mask(m, image.shape).astype(np.float32) if m else np.zeros(image.shape, np.float32)
-                        for m in (data["masks"][c] for c in channels)
-                    ]
-                )
-                if self.view_hook is not None:
-                    image, masks = self.view_hook(view, image, masks, meta)
-                fitted = fit_to_canvas(np.concatenate([normalize_intensity(image)[None], masks]), self.canvas)
+                image, masks, spacing = film.image, film.masks, film.spacing
+                fitted = fit_to_canvas(np.concatenate([normalize_intensity(image)[None], masks]), canvas)
                 out[key] = fitted[:1]
                 seg[channels] = fitted[1:]
                 for c in LINE_INDICES:  # a thin line must survive downsampling: any coverage is foreground
@@ -226,17 +233,69 @@ class LoadStudyd(MapTransform):
                 avail[channels] = torch.tensor(
                     [float(present_flags[c] and data["masks"][c] is not None) for c in channels]
                 )
-                scale, _, _, top, left = fit_geometry(image.shape, self.canvas)
-                spacing = (data.get(f"meta_{key}") or {}).get("spacing") or meta.spacing or (0.0, 0.0)
+                scale, _, _, top, left = fit_geometry(image.shape, canvas)
                 out[geom_key(view)] = FilmGeometry(*image.shape, scale, top, left, tuple(spacing)).to_tensor()
                 if view == "LAT" and self.level_labels is not None and data["masks"][channels[0]]:
                     # an entry may name its own source (the main job's extra studies: study labels only)
                     source = data.get("level_labels") or self.level_labels
                     level_map = film_level_map(masks, data.get("truth"), spacing if spacing[0] else None, source)
                     if level_map is not None:
-                        out["levels_lat"] = fit_nearest(level_map, self.canvas)
+                        out["levels_lat"] = fit_nearest(level_map, canvas)
                 present.append(1.0)
             out[seg_key(view)] = seg
             out[avail_key(view)] = avail
         out["present"] = torch.tensor(present)
         return out
+
+    def _read_view(self, data: Mapping[Hashable, Any], view: str) -> _Film | None:
+        """One view's film and reference masks (the view's channels) as read and hooked; None when absent."""
+        key = view.lower()
+        path = data.get(f"image_{key}")
+        if path is None:
+            return None
+        image, meta = self.read_image(path)
+        if float(image.max()) <= float(image.min()):
+            raise ImageReadError(path, "constant image (every pixel is the same value)")
+        channels = [c for c, v in enumerate(CHANNEL_VIEW) if v == view]
+        masks = np.stack(
+            [
+                self.read_mask(m, image.shape).astype(np.float32) if m else np.zeros(image.shape, np.float32)
+                for m in (data["masks"][c] for c in channels)
+            ]
+        )
+        if self.view_hook is not None:
+            image, masks = self.view_hook(view, image, masks, meta)
+        spacing = (data.get(f"meta_{key}") or {}).get("spacing") or meta.spacing or (0.0, 0.0)
+        return _Film(image, masks, (float(spacing[0]), float(spacing[1])))
+
+
+@dataclass(frozen=True)
+class _Film:
+    """One view as read: the image (its grey levels), the view's reference masks (n, H, W) and the
+    pixel spacing in mm ((0, 0) when unknown)."""
+
+    image: np.ndarray
+    masks: np.ndarray
+    spacing: tuple[float, float]
+
+
+def study_canvas(
+    films: Sequence[tuple[tuple[int, int], Sequence[float]]],
+    canvas: Sequence[int],
+    working_spacing_mm: float,
+    max_rows: int,
+    multiple: int = 32,
+) -> tuple[int, int]:
+    """The canvas (rows, cols) of one study whose films ((rows, cols), spacing mm) are given: ``canvas``
+    unless fitting a film into it would make its working pixels coarser than ``working_spacing_mm``
+    (a whole-spine film squeezed into a lumbar film's canvas); then the rows grow (a multiple of
+    ``multiple``, at most ``max_rows``) until the film's height reaches that spacing or its width
+    fills the canvas. Films of unknown spacing (0) leave the canvas as it is."""
+    rows, cols = int(canvas[0]), int(canvas[1])
+    need = rows
+    for (film_rows, film_cols), spacing in films:
+        if not spacing or float(spacing[0]) <= 0:
+            continue
+        scale = min(float(spacing[0]) / working_spacing_mm, cols / film_cols)  # width caps the scale
+        need = max(need, math.ceil(film_rows * scale / multiple) * multiple)
+    return min(max(need, rows), max(int(max_rows), rows)), cols

@@ -7,6 +7,7 @@ from spine_app.engines.dataset import (
     extra_training_datalist,
     inference_entries,
     mask_priors,
+    tall_film_spacing,
     training_entries,
 )
 from spine_app.engines.handlers import (
@@ -39,6 +40,7 @@ __all__ = [
     "evaluate_and_report",
     "inference_entries",
     "mask_priors",
+    "tall_film_spacing",
     "output_loss",
     "prepare_study_batch",
     "unwrap_network",

@@ -10,7 +10,7 @@ from typing import Any
 import torch.distributed as dist
 
 from spine_app.channels import MASK_NAMES, VIEW_KEYS, avail_key, seg_key
-from spine_app.data.importer import import_dataset, load_datalist
+from spine_app.data.importer import import_dataset, load_datalist, truth_spacing
 from spine_app.data.layout import find_studies
 from spine_app.data.levels import check_label_source
 
@@ -155,9 +155,12 @@ def mask_priors(datalist: str, canvas: tuple[int, int], limit: int = 40) -> list
     return [float(s / c) if c else 0.01 for s, c in zip(sums, counts)]
 
 
-def study_entry(study_id: str, images: dict[str, Any], label: int | None = None) -> dict[str, Any]:
-    """A datalist-style entry without masks for ``images`` ("AP"/"LAT" -> path): what inference reads."""
-    return {
+def study_entry(
+    study_id: str, images: dict[str, Any], label: int | None = None, spacing: list[float] | None = None
+) -> dict[str, Any]:
+    """A datalist-style entry without masks for ``images`` ("AP"/"LAT" -> path): what inference reads.
+    ``spacing`` (mm, e.g. a synthetic study's truth.json) serves films whose files carry none."""
+    entry: dict[str, Any] = {
         "study_id": study_id,
         "label": label,
         "image_ap": str(images["AP"]) if "AP" in images else None,
@@ -165,6 +168,22 @@ def study_entry(study_id: str, images: dict[str, Any], label: int | None = None)
         "masks": [None] * len(MASK_NAMES),
         "mask_present": [0] * len(MASK_NAMES),
     }
+    if spacing:
+        entry.update(meta_ap={"spacing": list(spacing)}, meta_lat={"spacing": list(spacing)})
+    return entry
+
+
+def tall_film_spacing(working_spacing_mm: float | None, batch_size: int) -> float | None:
+    """``LoadStudyd``'s ``working_spacing_mm`` of inference.yaml: the setting itself, refused (ValueError)
+    with a batch of more than one study, whose canvases could differ and not stack."""
+    if working_spacing_mm is None:
+        return None
+    if int(batch_size) != 1:
+        raise ValueError(
+            f"working_spacing_mm ({working_spacing_mm}) gives tall films their own canvas and needs batch_size 1, "
+            f"got batch_size {batch_size} (set working_spacing_mm null to batch studies)"
+        )
+    return float(working_spacing_mm)
 
 
 def inference_entries(dataset_dir: str) -> list[dict[str, Any]]:
@@ -174,7 +193,7 @@ def inference_entries(dataset_dir: str) -> list[dict[str, Any]]:
         if not study.images:
             logger.warning("%s: no AP or LAT image found; skipped", study.folder)
             continue
-        entries.append(study_entry(study.study_id, study.images, study.label))
+        entries.append(study_entry(study.study_id, study.images, study.label, truth_spacing(study.truth)))
     if not entries:
         raise ValueError(f"{dataset_dir}: no study with an AP or LAT image")
     return entries

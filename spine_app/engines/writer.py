@@ -346,6 +346,9 @@ class StudyPredictionWriter:
         dicom_out: for a film read from DICOM, also write ``seg_<VIEW>.dcm``, a DICOM Segmentation
             of its structures, and for the study ``report.dcm``, a DICOM Structured Report (TID 1500)
             of the measurements and the decision (:mod:`spine_app.engines.dicom_out`).
+        pipeline: the inference settings before the writer that change its outputs (inference.yaml:
+            canvas, tall-film spacing, mirroring TTA), recorded in result.json's ``settings`` so a
+            re-run with other ones redoes the study.
     """
 
     def __init__(
@@ -362,6 +365,7 @@ class StudyPredictionWriter:
         explain: str | None = None,
         dicom_out: bool = True,
         level_threshold: float = 0.5,
+        pipeline: Mapping[str, Any] | None = None,
     ) -> None:
         if decision not in DECISIONS:
             raise ValueError(f"decision must be one of {', '.join(DECISIONS)}, got {decision!r}")
@@ -370,6 +374,7 @@ class StudyPredictionWriter:
         self.output_dir = Path(output_dir)
         self.threshold, self.damaged_threshold = float(threshold), float(damaged_threshold)
         self.model_version, self.nifti, self.overlays, self.lowest_level = model_version, nifti, overlays, lowest_level
+        self.pipeline = json.loads(json.dumps(dict(pipeline or {}), default=str))  # as result.json reads back
         self.model = (
             {"path": str(model_path), "sha256": sha256_of(model_path)}
             if model_path and Path(model_path).is_file()
@@ -417,6 +422,7 @@ class StudyPredictionWriter:
             "nifti": bool(self.nifti),
             "overlays": bool(self.overlays),
             "dicom_out": self.dicom_out,
+            "pipeline": self.pipeline,
         }
 
     def finished(self, entry: Mapping[str, Any]) -> dict[str, Any] | None:

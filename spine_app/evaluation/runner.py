@@ -75,6 +75,8 @@ class SplitRunner:
         workers: loader processes that read and preprocess while the network runs.
         inferer: ``(inputs, network) -> predictions``; default the bundle's :class:`StudyInferer` with
             one window of the canvas (as evaluation runs it).
+        working_spacing_mm: tall films get a taller canvas (``LoadStudyd``'s setting of that name, as
+            inference runs it); studies then run one at a time. None: every study on ``canvas``.
     """
 
     def __init__(
@@ -86,8 +88,11 @@ class SplitRunner:
         batch_size: int = 4,
         workers: int = 1,
         inferer: StudyForward | None = None,
+        working_spacing_mm: float | None = None,
     ) -> None:
         self.network, self.entries, self.canvas = network.to(device).eval(), entries, canvas
+        self.working_spacing_mm = working_spacing_mm
+        batch_size = 1 if working_spacing_mm is not None else batch_size
         self.inferer = inferer or StudyInferer(roi_size=canvas)
         self.device, self.batch_size = torch.device(device), batch_size
         self.reader, self.workers, self.cache_warm = cached_reader(), workers, False
@@ -99,7 +104,12 @@ class SplitRunner:
         (``hook(view, image, masks, meta) -> (image, masks)``) right after reading (None: as read)."""
         from monai.data import DataLoader, Dataset
 
-        dataset = Dataset(self.entries, transform=LoadStudyd(self.canvas, view_hook=view_hook, reader=self.reader))
+        dataset = Dataset(
+            self.entries,
+            transform=LoadStudyd(
+                self.canvas, view_hook=view_hook, reader=self.reader, working_spacing_mm=self.working_spacing_mm
+            ),
+        )
         # the first run decodes every file in this process; later runs fork workers that inherit the
         # decoded files and read/preprocess the next batch while the network runs
         workers = self.workers if self.cache_warm else 0

@@ -29,7 +29,7 @@ from typing import Any
 
 from spine_app.bundle import BUNDLE_DIR, config_workflow, weights_path
 from spine_app.channels import VIEWS, view_for_image_stem
-from spine_app.data.importer import load_datalist
+from spine_app.data.importer import load_datalist, truth_spacing
 from spine_app.data.io import dicom_view, file_stem, image_format
 from spine_app.data.layout import find_studies, looks_like_study
 from spine_app.engines.dataset import study_entry
@@ -156,7 +156,7 @@ def resolve_inputs(
         elif path.is_file() and path.suffix.lower() == ".json":
             data = load_datalist(path)
             for name in (split,) if split else ("training", "validation", "test", "unlabelled"):
-                entries += [study_entry(e["study_id"], _entry_images(e), e.get("label")) for e in data.get(name, [])]
+                entries += [_datalist_study(e) for e in data.get(name, [])]
         elif path.is_file():
             notes: list[str] = []
             chosen = view.upper() if view else view_of_file(path) or pixel_view(path, model, notes)
@@ -175,7 +175,7 @@ def resolve_inputs(
                 if _is_output(study.folder, out_dir):
                     logger.info("%s: skipped, an output folder of spine-app infer", study.folder)
                 elif study.images:
-                    entries.append(study_entry(study.study_id, study.images, study.label))
+                    entries.append(study_entry(study.study_id, study.images, study.label, truth_spacing(study.truth)))
                 else:
                     found = _dicom_groups(study.folder, model)
                     if found[0] or found[1]:
@@ -217,6 +217,14 @@ def safe_id(study_id: Any) -> str:
     leading dot (hidden names, "..") becomes "_", and an empty id becomes "study"."""
     name = re.sub(r"[\x00-\x1f/\\]", "_", str(study_id)).strip()[:200]
     return ("_" + name[1:] if name.startswith(".") else name) or "study"
+
+
+def _datalist_study(entry: dict[str, Any]) -> dict[str, Any]:
+    """An inference entry of one datalist entry: its images, label and the films' recorded metadata
+    (pixel spacing from the files or truth.json), without its masks."""
+    out = study_entry(entry["study_id"], _entry_images(entry), entry.get("label"))
+    out.update({key: entry[key] for key in ("meta_ap", "meta_lat") if entry.get(key)})
+    return out
 
 
 def unique_ids(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:

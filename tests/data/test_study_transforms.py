@@ -13,8 +13,8 @@ from spine_app.channels import MASK_NAMES, channels_of_view
 from spine_app.data.augment import study_augmentation
 from spine_app.data.importer import load_datalist
 from spine_app.data.io import read_image
-from spine_app.data.study_transforms import FilmGeometry, LoadStudyd
-from spine_app.engines.dataset import ensure_datalist
+from spine_app.data.study_transforms import FilmGeometry, LoadStudyd, study_canvas
+from spine_app.engines.dataset import ensure_datalist, tall_film_spacing
 
 CANVAS = (128, 96)
 
@@ -62,6 +62,45 @@ def test_a_missing_view_is_blank_and_a_broken_film_is_recorded(entries: list[dic
     recorded = LoadStudyd(CANVAS, on_error="record")(bad)
     assert "broken.png" in recorded["error"]  # one line naming the file; the study comes out blank
     assert "\n" not in recorded["error"] and recorded["ap"].abs().sum() == 0
+
+
+def test_study_canvas_grows_only_for_films_squeezed_coarser_than_the_working_spacing() -> None:
+    canvas = (384, 288)
+    # a default film (1214 x 724 px at 0.33 mm) fits at 1.04 mm per canvas pixel: canvas unchanged
+    assert study_canvas([((1214, 724), (0.3256, 0.3256))], canvas, 1.25, 1024) == canvas
+    # a whole-spine film (1300 x 468 px at 0.646 mm, 840 mm tall) would be squeezed to 2.2 mm per pixel:
+    # the rows grow until 1.25 mm per pixel (672 px = 21 x 32)
+    rows, cols = study_canvas([((1300, 468), (0.646, 0.646)), ((1200, 900), (0.3, 0.3))], canvas, 1.25, 1024)
+    assert (rows, cols) == (672, 288) and rows * 1.25 >= 1300 * 0.646
+    assert study_canvas([((1300, 468), (0.646, 0.646))], canvas, 1.25, 512) == (512, 288)  # capped
+    assert study_canvas([((1300, 468), (0.0, 0.0))], canvas, 1.25, 1024) == canvas  # spacing unknown
+    # a square film: the width caps the growth (it already fills the canvas across), so no taller canvas
+    assert study_canvas([((1300, 1300), (0.646, 0.646))], canvas, 1.25, 1024) == canvas
+    assert study_canvas([((2600, 1300), (0.646, 0.646))], canvas, 1.25, 1024) == (576, 288)  # 2:1: 576 rows
+
+
+def test_a_tall_film_gets_a_taller_canvas_and_its_geometry_maps_back(entries: list[dict]) -> None:
+    entry = dict(entries[0])
+    entry["meta_ap"] = {**entry["meta_ap"], "spacing": [1.0, 1.0]}  # pretend 1 mm pixels: a metre-tall film
+    entry["meta_lat"] = {**entry["meta_lat"], "spacing": [1.0, 1.0]}
+    out = LoadStudyd(CANVAS, working_spacing_mm=1.25, max_rows=4 * CANVAS[0])(entry)
+    rows = out["ap"].shape[-2]
+    assert rows > CANVAS[0] and rows % 32 == 0 and out["ap"].shape[-1] == CANVAS[1]
+    assert out["lat"].shape == out["ap"].shape and out["seg_lat"].shape[-2:] == out["ap"].shape[-2:]
+    film = FilmGeometry.from_tensor(out["geom_ap"])
+    plain = FilmGeometry.from_tensor(LoadStudyd(CANVAS)(entries[0])["geom_ap"])
+    assert film.scale > plain.scale  # finer than the fixed canvas gives ...
+    assert abs(film.to_film(film.top, film.left)[0]) < 1e-6  # ... and the canvas still maps onto the film
+    assert out["seg_ap"][MASK_NAMES.index("Ap_Vertebra")].sum() > 0
+    assert torch.equal(LoadStudyd(CANVAS, working_spacing_mm=None)(entry)["ap"], LoadStudyd(CANVAS)(entry)["ap"])
+    with pytest.raises(ValueError, match="working_spacing_mm"):
+        LoadStudyd(CANVAS, working_spacing_mm=0.0)
+
+
+def test_tall_films_need_one_study_per_batch() -> None:
+    assert tall_film_spacing(1.25, 1) == 1.25 and tall_film_spacing(None, 8) is None
+    with pytest.raises(ValueError, match="batch_size 1"):
+        tall_film_spacing(1.25, 4)
 
 
 def test_augmentation_moves_each_views_image_and_masks_together(entries: list[dict]) -> None:
