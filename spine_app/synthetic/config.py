@@ -98,6 +98,8 @@ class SynthConfig:
     lat_width_mm: Range = (230.0, 300.0)
     render_voxel_mm: float = 0.6  # 3-D model sampling; projections are upsampled to the pixel grid
     lat_facing: str = "left"  # "left", "right" or "random": side the patient faces on the LAT film
+    projection: str = "parallel"  # "parallel" or "divergent" (point source: magnification, oblique endplates)
+    source_isocentre_mm: Range = (850.0, 1650.0)  # divergent: source to the patient's mid-plane (SID 1-1.8 m)
 
     # imaging chain
     detector_quanta: Range = (150.0, 2000.0)  # quanta per pixel behind the spine (dose set by AEC)
@@ -139,6 +141,10 @@ class SynthConfig:
             raise ValueError(f"bit_depth must be 8 or 16, got {self.bit_depth}")
         if self.image_format not in ("png", "dcm", "mixed"):
             raise ValueError(f"image_format must be png, dcm or mixed, got {self.image_format!r}")
+        if self.projection not in ("parallel", "divergent"):
+            raise ValueError(f"projection must be parallel or divergent, got {self.projection!r}")
+        if self.source_isocentre_mm[0] < 300.0:
+            raise ValueError(f"source_isocentre_mm must be at least 300 mm, got {list(self.source_isocentre_mm)}")
         if self.lat_facing not in ("left", "right", "random"):
             raise ValueError(f"lat_facing must be left, right or random, got {self.lat_facing!r}")
         if set(self.type_weights) - {"wedge", "biconcave", "crush"}:

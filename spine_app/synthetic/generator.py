@@ -143,12 +143,14 @@ def frame_film(
     rng: np.random.Generator,
     fov: FieldOfView | None = None,
     extra_rng: np.random.Generator | None = None,
+    beam_rng: np.random.Generator | None = None,
 ) -> Film:
     """Choose pixel spacing and film extents so that the region-of-interest levels fill the film.
 
     With ``fov`` framing on the sacrum the film's bottom is the sacrum's; with ``cfg.long_side_px`` the
     pixel spacing is the film height over a long side drawn from ``extra_rng`` (the random numbers drawn
-    from ``rng`` are the same in every case).
+    from ``rng`` are the same in every case); with ``cfg.projection`` divergent the source distance
+    comes from ``beam_rng``.
     """
     spacing = float(rng.uniform(*cfg.pixel_spacing_mm))
     roi = model.roi_levels()
@@ -177,6 +179,7 @@ def frame_film(
         ap_cols=ap_cols,
         lat_y0=center_y - lat_cols * step / 2.0,
         lat_cols=lat_cols,
+        sod_mm=float(beam_rng.uniform(*cfg.source_isocentre_mm)) if cfg.projection == "divergent" else 0.0,
     )
 
 
@@ -272,7 +275,8 @@ def render_study(
             apply_osteoporosis(model, extras.realism.osteoporosis)
         if cfg.thorax:
             extras.thorax = sample_thorax(model, extras.rng, cfg.breast_probability)
-    film = frame_film(model, cfg, rng, extras.fov if extras else None, extras.rng if extras else None)
+    beam_rng = np.random.default_rng(np.random.SeedSequence([seed, index, 17]))  # drawn only when divergent
+    film = frame_film(model, cfg, rng, extras.fov if extras else None, extras.rng if extras else None, beam_rng)
     proj = render_model(model, film, cfg, rng, extras)
     return rng, cfg, model, film, proj, extras
 
@@ -365,7 +369,8 @@ def _truth(model, film, seed, index, facing, to_px, exposure, corners, images) -
             "class_name": CLASS_NAMES[model.label],
             "pixel_spacing_mm": [film.pixel_spacing, film.pixel_spacing],
             "lat_facing": facing,
-            "projection": "parallel",
+            "projection": "divergent" if film.divergent else "parallel",
+            **({"source_isocentre_mm": round(film.sod_mm, 1)} if film.divergent else {}),
             "image_shapes": {view: list(img.shape) for view, img in images.items()},
             "levels": levels,
             "fractures": [{"level": name, **asdict(f)} for name, f in model.fractures],

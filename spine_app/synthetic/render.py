@@ -39,7 +39,17 @@ MASK_STRUCTURES = {"AP": ("vertebra", "pedicle", "spinous"), "LAT": ("vertebra",
 
 @dataclass
 class Film:
-    """Render-grid geometry of the two films (both share rows, i.e. the z axis)."""
+    """Render-grid geometry of the two films (both share rows, i.e. the z axis).
+
+    ``sod_mm`` 0: parallel beam (every ray along the view's axis). Otherwise a divergent beam from a
+    point source ``sod_mm`` in front of the isocentre, the central ray through the middle of each film:
+    the AP view's source is anterior (-y), the LAT view's on the -x side, and a point is drawn at
+    ``centre + (p - centre) * M`` with ``M = sod / (sod - s)``, ``s`` its distance from the isocentre
+    plane towards the source. The pixel spacing is calibrated at the isocentre plane (M = 1 there), as
+    for a film whose PixelSpacing was calibrated to the patient: structures nearer the source come out
+    larger, those nearer the detector smaller, and an endplate above or below the central ray is seen
+    obliquely (its near and far rims apart: the double contour of real films).
+    """
 
     step: float  # render pixel size (mm) = voxel size
     upsample: int  # detector pixels per render pixel
@@ -49,10 +59,15 @@ class Film:
     ap_cols: int
     lat_y0: float
     lat_cols: int
+    sod_mm: float = 0.0  # source to isocentre plane (mm); 0: parallel beam
 
     @property
     def pixel_spacing(self) -> float:
         return self.step / self.upsample
+
+    @property
+    def divergent(self) -> bool:
+        return self.sod_mm > 0
 
     def col_origin(self, view: str) -> float:
         return self.ap_x0 if view == "AP" else self.lat_y0
@@ -60,11 +75,28 @@ class Film:
     def cols(self, view: str) -> int:
         return self.ap_cols if view == "AP" else self.lat_cols
 
+    def central_ray(self, view: str) -> tuple[float, float]:
+        """World (z, film axis) of the central ray: the middle of that view's film."""
+        return self.z_top - self.rows * self.step / 2.0, self.col_origin(view) + self.cols(view) * self.step / 2.0
+
+    def magnification(self, view: str, depth: np.ndarray | float) -> np.ndarray | float:
+        """M of points at ``depth`` along the view's beam axis (y for AP, x for LAT); 1 for a parallel beam."""
+        if not self.divergent:
+            return np.ones_like(depth, dtype=np.float32) if isinstance(depth, np.ndarray) else 1.0
+        isocentre = self.central_ray("LAT" if view == "AP" else "AP")[1]  # the other film's middle
+        towards_source = isocentre - np.asarray(depth, dtype=np.float64)  # both sources sit on the - side
+        return self.sod_mm / (self.sod_mm - towards_source)
+
     def to_detector(self, view: str, points: np.ndarray) -> np.ndarray:
         """World points (..., 3) to detector (row, col) coordinates (float, pixel centres at .5)."""
         axis = 0 if view == "AP" else 1
-        row = (self.z_top - points[..., 2]) / self.pixel_spacing
-        col = (points[..., axis] - self.col_origin(view)) / self.pixel_spacing
+        z, u = points[..., 2], points[..., axis]
+        if self.divergent:
+            m = self.magnification(view, points[..., 1 - axis])
+            zc, uc = self.central_ray(view)
+            z, u = zc + (z - zc) * m, uc + (u - uc) * m
+        row = (self.z_top - z) / self.pixel_spacing
+        col = (u - self.col_origin(view)) / self.pixel_spacing
         return np.stack([row, col], axis=-1)
 
 
@@ -93,27 +125,21 @@ def _index_range(lo: float, hi: float, origin: float, step: float) -> tuple[int,
     return int(np.floor((lo - origin) / step)), int(np.ceil((hi - origin) / step))
 
 
-def _add_clipped(target: np.ndarray, values: np.ndarray, k0: int, c0: int) -> None:
-    """target[k0:, c0:] += values, clipped to the target's extent."""
-    rows, cols = target.shape
-    ca, cb = max(c0, 0), min(c0 + values.shape[1], cols)
-    if ca < cb:
-        target[k0 : k0 + values.shape[0], ca:cb] += values[:, ca - c0 : cb - c0]
-
-
 def project_block(film: Film, proj: Projections, lo: np.ndarray, hi: np.ndarray, evaluate: Evaluator) -> None:
     """Sample ``evaluate`` over the voxels of the world box [lo, hi] and add its projections.
 
     ``evaluate(x, y, z)`` gets broadcastable world coordinates (z, y, x axis order) and returns a dict
     with ``"density"`` (1/mm, bone: also textured), optionally ``"attenuation_only"`` (1/mm, untextured:
     metal, cement, soft tissue) and structure occupancies (0..1) named in MASK_STRUCTURES, optionally
-    for one view only ("LAT:vertebra").
+    for one view only ("LAT:vertebra"). With a divergent beam (``film.sod_mm``) each view's
+    projection goes through :func:`_diverge`.
     """
     s = film.step
     i0, i1 = _index_range(lo[0], hi[0], film.ap_x0, s)
     j0, j1 = _index_range(lo[1], hi[1], film.lat_y0, s)
     k0, k1 = _index_range(film.z_top - hi[2], film.z_top - lo[2], 0.0, s)
-    k0, k1 = max(k0, 0), min(k1, film.rows)
+    if not film.divergent:  # a divergent beam may bring rows from beyond the film's edge onto it
+        k0, k1 = max(k0, 0), min(k1, film.rows)
     if k0 >= k1 or i0 >= i1 or j0 >= j1:
         return
     x = (film.ap_x0 + (np.arange(i0, i1, dtype=np.float32) + 0.5) * s)[None, None, :]
@@ -121,18 +147,80 @@ def project_block(film: Film, proj: Projections, lo: np.ndarray, hi: np.ndarray,
     z = (film.z_top - (np.arange(k0, k1, dtype=np.float32) + 0.5) * s)[:, None, None]
     for key, block in evaluate(x, y, z).items():
         block = np.broadcast_to(block, (k1 - k0, j1 - j0, i1 - i0))
-        ap, lat = block.sum(axis=1) * s, block.sum(axis=2) * s
+        placed = {}
+        for view, depth_axis, c0, depth in (("AP", 1, i0, y.ravel()), ("LAT", 2, j0, x.ravel())):
+            if film.divergent:
+                placed[view] = _diverge(film, view, block, depth_axis, depth, k0, c0)
+            else:
+                placed[view] = (block.sum(axis=depth_axis) * s, k0, c0)
         if key in ("density", "attenuation_only"):
-            for view, p in (("AP", ap), ("LAT", lat)):
-                _add_clipped(proj.attenuation[view], p, k0, i0 if view == "AP" else j0)
+            for view, (p, r0, c0) in placed.items():
+                _add_window(proj.attenuation[view], p, r0, c0)
                 if key == "density":
-                    _add_clipped(proj.bone[view], p, k0, i0 if view == "AP" else j0)
+                    _add_window(proj.bone[view], p, r0, c0)
             continue
         view_only, _, name = key.rpartition(":")  # "LAT:vertebra" feeds only that view's chord
-        if view_only in ("", "AP") and name in proj.chords["AP"]:
-            _add_clipped(proj.chords["AP"][name], ap, k0, i0)
-        if view_only in ("", "LAT") and name in proj.chords["LAT"]:
-            _add_clipped(proj.chords["LAT"][name], lat, k0, j0)
+        for view in ("AP", "LAT"):
+            if view_only in ("", view) and name in proj.chords[view]:
+                _add_window(proj.chords[view][name], *placed[view])
+
+
+def _add_window(target: np.ndarray, values: np.ndarray, r0: int, c0: int) -> None:
+    """target[r0:, c0:] += values, clipped to the target's extent on both axes."""
+    rows, cols = target.shape
+    ra, rb = max(r0, 0), min(r0 + values.shape[0], rows)
+    ca, cb = max(c0, 0), min(c0 + values.shape[1], cols)
+    if ra < rb and ca < cb:
+        target[ra:rb, ca:cb] += values[ra - r0 : rb - r0, ca - c0 : cb - c0]
+
+
+def _diverge(
+    film: Film, view: str, block: np.ndarray, depth_axis: int, depth: np.ndarray, k0: int, c0: int
+) -> tuple[np.ndarray, int, int]:
+    """One view's projection of a small block through a divergent beam: (values, first row, first col)
+    on the render grid.
+
+    Each depth slice is shifted by where its own magnification moves the block's centre relative to the
+    block's mean magnification (the oblique rays: an endplate away from the central ray is drawn as a
+    band, near and far rims apart), the slices are summed, and the sum is magnified by the block's mean
+    magnification about the central ray (bilinear). Within a block of a few centimetres the spread of
+    magnification is at most a few per cent, which this neglects for the block's own size only.
+    """
+    from scipy.ndimage import map_coordinates
+
+    s = film.step
+    slices = np.moveaxis(block, depth_axis, 1)  # (K, D, C)
+    rows, _, cols = slices.shape
+    m = np.asarray(film.magnification(view, depth.astype(np.float64)))
+    m_block = float(np.mean(m))
+    ray_r, ray_c = film.rows / 2.0, film.cols(view) / 2.0  # the central ray in grid (edge) units
+    centre_r, centre_c = k0 + rows / 2.0, c0 + cols / 2.0
+    shift_r, shift_c = (centre_r - ray_r) * (m - m_block), (centre_c - ray_c) * (m - m_block)
+    pad = int(np.ceil(max(np.abs(shift_r).max(), np.abs(shift_c).max()))) + 1
+    acc = np.zeros((rows + 2 * pad, cols + 2 * pad), np.float64)
+    for d in range(slices.shape[1]):  # bilinear splat of each shifted slice
+        fr, fc = np.floor(shift_r[d]), np.floor(shift_c[d])
+        wr, wc = shift_r[d] - fr, shift_c[d] - fc
+        r, c = pad + int(fr), pad + int(fc)
+        plane = slices[:, d, :]
+        acc[r : r + rows, c : c + cols] += (1 - wr) * (1 - wc) * plane
+        acc[r + 1 : r + 1 + rows, c : c + cols] += wr * (1 - wc) * plane
+        acc[r : r + rows, c + 1 : c + 1 + cols] += (1 - wr) * wc * plane
+        acc[r + 1 : r + 1 + rows, c + 1 : c + 1 + cols] += wr * wc * plane
+    acc *= s
+    # magnify about the central ray: the block's centre goes to ray + (centre - ray) * m_block
+    out_r, out_c = ray_r + (centre_r - ray_r) * m_block, ray_c + (centre_c - ray_c) * m_block
+    half_r, half_c = (rows / 2.0 + pad) * m_block + 1, (cols / 2.0 + pad) * m_block + 1
+    r0, r1 = int(np.floor(out_r - half_r)), int(np.ceil(out_r + half_r))
+    q0, q1 = int(np.floor(out_c - half_c)), int(np.ceil(out_c + half_c))
+    grid_r = np.arange(r0, r1, dtype=np.float64) + 0.5
+    grid_c = np.arange(q0, q1, dtype=np.float64) + 0.5
+    # output pixel centre -> edge coordinate in the block's frame -> index into acc (centres at .5)
+    src_r = centre_r + (grid_r - out_r) / m_block - (k0 - pad) - 0.5
+    src_c = centre_c + (grid_c - out_c) / m_block - (c0 - pad) - 0.5
+    rr, cc = np.meshgrid(src_r, src_c, indexing="ij")
+    values = map_coordinates(acc, [rr, cc], order=1, mode="constant", cval=0.0).astype(np.float32)
+    return values, r0, q0
 
 
 def _to_local(vertebra_center: np.ndarray, rotation: np.ndarray, x, y, z) -> tuple[np.ndarray, ...]:
@@ -162,11 +250,19 @@ def body_surfaces(v: Vertebra, u: np.ndarray, vv: np.ndarray, w: np.ndarray) -> 
     return (r - 1.0) * min(a, bp), half
 
 
+#: half thickness (mm) of the mid-plane slab whose projection is a body's mask under a divergent beam
+MID_PLANE_HALF_MM = 2.0
+
+
 def _body_evaluator(
-    v: Vertebra, step: float, bone: float, structure: str | None, concave_lat: bool = False
+    v: Vertebra, step: float, bone: float, structure: str | None, concave_lat: bool = False, mid_plane: bool = False
 ) -> Evaluator:
     """Density and mask occupancy of the body; with ``concave_lat`` the LAT mask follows the endplates'
-    mid-sagittal (concave) contour instead of the full-height projection of the lateral rims."""
+    mid-sagittal (concave) contour instead of the full-height projection of the lateral rims. With
+    ``mid_plane`` (a divergent beam) each view's mask is the projection of the body's mid-plane slab
+    (mid-sagittal on LAT, mid-coronal on AP, with their own endplates): where vertebral morphometry
+    puts its points, so the double contour of the oblique endplates straddles the mask's edge instead
+    of closing the disk space."""
 
     def evaluate(x, y, z):
         u, vv, w = _to_local(v.center, v.rotation, x, y, z)
@@ -178,7 +274,10 @@ def _body_evaluator(
             band = np.maximum(radial, np.abs(w - (half - 3.0)) - 2.0)
             density = density + v.sclerosis * occupancy(band, step)
         out = {"density": density}
-        if structure and concave_lat:
+        if structure and mid_plane:  # the slab's own (concave) endplates: the mid-plane section's outline
+            out[f"AP:{structure}"] = occupancy(np.maximum(sdf, np.abs(vv) - MID_PLANE_HALF_MM), step)
+            out[f"LAT:{structure}"] = occupancy(np.maximum(sdf, np.abs(u) - MID_PLANE_HALF_MM), step)
+        elif structure and concave_lat:
             _, mid_half = body_surfaces(v, np.zeros_like(u), vv, w)  # endplates on the mid-sagittal plane
             out[f"AP:{structure}"] = outer
             out[f"LAT:{structure}"] = occupancy(np.maximum(radial, np.abs(w) - mid_half), step)
@@ -272,7 +371,8 @@ def render_vertebra(
     a, ba, bp = v.half_width, v.half_depth_anterior, v.half_depth_posterior
     hmax = max(v.height_anterior, v.height_posterior) / 2.0
     lo, hi = _world_box(v, (-a, -ba, -hmax), (a, bp, hmax))
-    evaluator = _body_evaluator(v, film.step, bone, "vertebra" if annotate else None, concave_lat)
+    structure = "vertebra" if annotate else None
+    evaluator = _body_evaluator(v, film.step, bone, structure, concave_lat, mid_plane=film.divergent)
     project_block(film, proj, lo, hi, evaluator)
     for kind, structure, geometry in _posterior_parts(v) if posterior else ():
         plo, phi = _part_box(kind, geometry)
