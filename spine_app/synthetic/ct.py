@@ -31,7 +31,7 @@ import numpy as np
 
 from spine_app.synthetic import generator as gen
 from spine_app.synthetic import render
-from spine_app.synthetic.anatomy import SpineModel, Vertebra, sample_spine
+from spine_app.synthetic.anatomy import SpineModel, Vertebra
 from spine_app.synthetic.config import SynthConfig
 from spine_app.synthetic.geometry import occupancy
 from spine_app.synthetic.render import MU_SOFT, Film
@@ -69,7 +69,17 @@ class Scene:
     torso_xc: float
     vertebrae: list[tuple[Vertebra, bool, bool]] = field(default_factory=list)  # (vertebra, annotate, posterior)
     ellipsoids: list[tuple[Any, ...]] = field(default_factory=list)  # (center, rotation, radii, mu, shell)
-    tubes: list[tuple[np.ndarray, float, float]] = field(default_factory=list)  # (path, radius, cortex)
+    tubes: list[tuple[np.ndarray, float, float, float, float]] = field(
+        default_factory=list
+    )  # (path, radius, cortex, mu, core)
+    blocks: list[tuple[np.ndarray, np.ndarray, Any]] = field(
+        default_factory=list
+    )  # (lo, hi, evaluator): implants, osteophytes
+    soft: list[tuple[np.ndarray, np.ndarray, Any]] = field(
+        default_factory=list
+    )  # (lo, hi, mu field): heart, lungs, vessels
+    torso_y: Any = None  # the thorax's torso centre y(z), or None (the model's torso_center_y)
+    neck_z: float | None = None  # the thorax's shoulder line (the torso narrows to the neck above it)
 
 
 class _Recorder:
@@ -103,44 +113,68 @@ def _patched(module: Any, name: str, replacement: Any) -> Iterator[None]:
 def build_scene(cfg: SynthConfig, seed: int, index: int) -> Scene:
     """The 3-D scene of study ``index`` of the dataset seeded ``seed`` (the generator's random stream).
 
-    The render is replayed on a one-pixel film far away from the patient (nothing is rasterised), with
-    the placement functions intercepted to record what they place. Not thread-safe (module patching).
-    The CT holds the spine, torso, lungs, bowel gas, pelvis and the default preset's ribs; the thorax
-    organs and patient features of the field-of-view presets (``thorax``, ``realism``) are not voxelised.
+    The study is sampled as the generator samples it (``generator.sample_study``: field of view,
+    thorax, patient features) and its render replayed on a one-pixel film far away from the patient
+    (nothing is rasterised), with the placement functions intercepted to record what they place: torso,
+    lungs, bowel gas, pelvis, ribs or the rib cage, the thorax's organs, scapulae and clavicles,
+    osteophytes, cement, screws and rods, ECG leads, aortic plaques and every vertebra with its bone
+    density. The humeri and upper arms of the AP film are left out (a CT is taken with the arms
+    raised). Not thread-safe (module patching).
     """
-    rng = np.random.default_rng(np.random.SeedSequence([seed, index]))
-    label = gen.label_for_index(index, cfg.damaged_fraction)
-    model = sample_spine(rng, cfg, label)
-    film = gen.frame_film(model, cfg, rng)
+    from spine_app.synthetic import realism, thorax
+
+    rng, cfg, model, film, extras = gen.sample_study(cfg, seed, index)
     far = 1.0e7
     dummy = Film(step=film.step, upsample=1, z_top=far, rows=1, ap_x0=far, ap_cols=1, lat_y0=far, lat_cols=1)
-    scene = Scene(model=model, film=film, label=label, bone=0.012, torso_fat=0.15, torso_xc=0.0)
+    scene = Scene(model=model, film=film, label=model.label, bone=0.012, torso_fat=0.15, torso_xc=0.0)
     original_torso = gen.add_torso
+    main: dict[str, Any] = {}  # the render's own projections (a scratch one holds the AP-only arms)
 
-    def torso(film_, proj, model_, rng_, **kwargs):
+    def torso(film_, proj, model_, rng_, neck_z=None, center_y=None):
+        main["proj"] = proj
         recorder = _Recorder(rng_)
-        original_torso(film_, proj, model_, recorder, **kwargs)
+        original_torso(film_, proj, model_, recorder, neck_z=neck_z, center_y=center_y)
         values = [float(v) for name, v in recorder.calls if name == "uniform"]
         if len(values) >= 2:
             scene.torso_fat, scene.torso_xc = values[0], values[1]
+        scene.neck_z, scene.torso_y = neck_z, center_y
 
     def vertebra(film_, proj, v, bone, annotate=True, posterior=True, **_):
         scene.bone = float(bone)
         scene.vertebrae.append((v, annotate, posterior))
 
     def ellipsoid(film_, proj, center, rotation, radii, mu, shell=None, **_):
-        scene.ellipsoids.append((np.asarray(center, float), np.asarray(rotation, float), np.asarray(radii), mu, shell))
+        if proj is main.get("proj"):
+            scene.ellipsoids.append(
+                (np.asarray(center, float), np.asarray(rotation, float), np.asarray(radii), mu, shell)
+            )
 
-    def tube(film_, proj, path, radius, cortex, *_, **__):
-        scene.tubes.append((np.asarray(path, float), float(radius), float(cortex)))
+    def tube(film_, proj, path, radius, cortex, mu=render.MU_CORTEX, core=0.006, **_):
+        if proj is main.get("proj"):
+            scene.tubes.append((np.asarray(path, float), float(radius), float(cortex), float(mu), float(core)))
 
-    with (
-        _patched(gen, "add_torso", torso),
-        _patched(gen, "render_vertebra", vertebra),
-        _patched(render, "add_ellipsoid", ellipsoid),
-        _patched(render, "_add_tube", tube),
-    ):
-        gen.render_model(model, dummy, cfg, rng)
+    def block(film_, proj, lo, hi, evaluate):
+        scene.blocks.append((np.asarray(lo, float), np.asarray(hi, float), evaluate))
+
+    def soft(film_, proj, lo, hi, evaluate, coarse_mm):
+        scene.soft.append((np.asarray(lo, float), np.asarray(hi, float), evaluate))
+
+    patches = [
+        (gen, "add_torso", torso),
+        (gen, "render_vertebra", vertebra),
+        (render, "add_ellipsoid", ellipsoid),
+        (render, "_add_tube", tube),
+        (thorax, "add_ellipsoid", ellipsoid),
+        (thorax, "_add_tube", tube),
+        (thorax, "project_soft", soft),
+        (realism, "add_ellipsoid", ellipsoid),
+        (realism, "_add_tube", tube),
+        (realism, "project_block", block),
+    ]
+    with contextlib.ExitStack() as stack:
+        for module, name, replacement in patches:
+            stack.enter_context(_patched(module, name, replacement))
+        gen.render_model(model, dummy, cfg, rng, extras)
     return scene
 
 
@@ -210,11 +244,16 @@ def _torso_mu(scene: Scene, grid: Grid) -> np.ndarray:
     z_hip = -40.0
     flare = 1.0 + 0.12 * np.clip((z_hip + 60.0 - z) / 80.0, 0.0, 1.0) - 0.04 * np.exp(-(((z - 60.0) / 60.0) ** 2))
     half_w = (m.torso_half_width * flare)[None, None, :]
+    half_d = np.full_like(half_w, m.torso_half_depth)
+    if scene.neck_z is not None:  # as add_torso narrows it above the shoulders
+        neck = 1.0 / (1.0 + np.exp(-(z[None, None, :] - scene.neck_z) / 12.0))
+        half_w, half_d = half_w * (1.0 - 0.6 * neck), half_d * (1.0 - 0.4 * neck)
+    centre_y = scene.torso_y(z) if scene.torso_y is not None else np.full_like(z, m.torso_center_y)
     dx = np.abs(x - scene.torso_xc)[:, None, None]
-    dy = np.abs(y - m.torso_center_y)[None, :, None]
+    dy = np.abs(y[None, :, None] - np.asarray(centre_y, np.float32)[None, None, :])
     mu = np.zeros(grid.shape, np.float32)
     for frac, value in ((1.0, render.MU_FAT), (1.0 - scene.torso_fat, MU_SOFT - render.MU_FAT + 0.002)):
-        a, b = half_w * frac, m.torso_half_depth * frac
+        a, b = half_w * frac, half_d * frac
         inside = (dx / a) ** 4 + (dy / b) ** 4 <= 1.0
         mu += np.float32(value) * inside
     return mu
@@ -241,7 +280,9 @@ def _add_ellipsoid(mu: np.ndarray, grid: Grid, center, rotation, radii, value: f
     mu[box] += block.astype(np.float32)
 
 
-def _add_tube(mu: np.ndarray, grid: Grid, path: np.ndarray, radius: float, cortex: float) -> None:
+def _add_tube(
+    mu: np.ndarray, grid: Grid, path: np.ndarray, radius: float, cortex: float, value: float, core: float
+) -> None:
     for p0, p1 in zip(path[:-1], path[1:]):
         box = grid.box(np.minimum(p0, p1) - radius - grid.step, np.maximum(p0, p1) + radius + grid.step)
         if box is None:
@@ -253,7 +294,7 @@ def _add_tube(mu: np.ndarray, grid: Grid, path: np.ndarray, radius: float, corte
         dist = np.sqrt((x - p0[0] - t * d[0]) ** 2 + (y - p0[1] - t * d[1]) ** 2 + (z - p0[2] - t * d[2]) ** 2)
         outer = occupancy((dist - radius).astype(np.float32), grid.step)
         inner = occupancy((dist - radius + cortex).astype(np.float32), grid.step)
-        block = render.MU_CORTEX * outer + (0.006 - render.MU_CORTEX) * inner
+        block = value * outer + (core - value) * inner
         # joints of consecutive segments overlap: keep the larger value rather than adding twice
         mu[box] = np.maximum(mu[box], block)
 
@@ -276,8 +317,19 @@ def voxelise(scene: Scene, voxel_mm: float = 1.0) -> tuple[np.ndarray, np.ndarra
     for center, rotation, radii, value, shell in scene.ellipsoids:
         _add_ellipsoid(extra, grid, center, rotation, radii, value, shell)
     ribs = np.zeros(grid.shape, np.float32)
-    for path, radius, cortex in scene.tubes:
-        _add_tube(ribs, grid, path, radius, cortex)
+    for path, radius, cortex, value, core in scene.tubes:
+        _add_tube(ribs, grid, path, radius, cortex, value, core)
+    for lo, hi, evaluate in scene.soft:  # the thorax's organs: attenuation relative to soft tissue
+        box = grid.box(lo, hi)
+        if box is not None:
+            extra[box] += np.broadcast_to(evaluate(*grid.coords(box)), extra[box].shape).astype(np.float32)
+    for lo, hi, evaluate in scene.blocks:  # osteophytes, cement, screws: not part of any label
+        box = grid.box(lo, hi)
+        if box is not None:
+            out = evaluate(*grid.coords(box))
+            for key in ("density", "attenuation_only"):
+                if key in out:
+                    extra[box] += np.broadcast_to(out[key], extra[box].shape).astype(np.float32)
     labels = np.zeros(grid.shape, np.uint8)
     best = np.zeros(grid.shape, np.float32)  # occupancy of the label written so far
     spine = np.zeros(grid.shape, np.float32)

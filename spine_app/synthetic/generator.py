@@ -259,6 +259,16 @@ def render_study(
     """Sample and project study ``index`` of seed ``seed``: (study stream, framed config, model, film,
     projections, extras); ``generate_study`` exposes these. The study stream is left where exposure goes on.
     """
+    rng, cfg, model, film, extras = sample_study(cfg, seed, index)
+    proj = render_model(model, film, cfg, rng, extras)
+    return rng, cfg, model, film, proj, extras
+
+
+def sample_study(
+    cfg: SynthConfig, seed: int, index: int
+) -> tuple[np.random.Generator, SynthConfig, SpineModel, Film, StudyExtras | None]:
+    """Study ``index`` of seed ``seed`` before it is projected: (study stream, framed config, model,
+    film, extras); ``render_model`` with the same stream projects it (the CT export replays it too)."""
     rng = np.random.default_rng(np.random.SeedSequence([seed, index]))
     label = label_for_index(index, cfg.damaged_fraction)
     extras = None
@@ -277,8 +287,7 @@ def render_study(
             extras.thorax = sample_thorax(model, extras.rng, cfg.breast_probability)
     beam_rng = np.random.default_rng(np.random.SeedSequence([seed, index, 17]))  # drawn only when divergent
     film = frame_film(model, cfg, rng, extras.fov if extras else None, extras.rng if extras else None, beam_rng)
-    proj = render_model(model, film, cfg, rng, extras)
-    return rng, cfg, model, film, proj, extras
+    return rng, cfg, model, film, extras
 
 
 def generate_study(cfg: SynthConfig, seed: int, index: int) -> SyntheticStudy:
