@@ -214,11 +214,46 @@ def level_boxes(instances: np.ndarray, n: int, level_map: np.ndarray | None = No
 
 
 def film_level_boxes(
-    vertebra: np.ndarray, disk: np.ndarray | None, gap_px: int = 0, level_map: np.ndarray | None = None
+    vertebra: np.ndarray,
+    disk: np.ndarray | None,
+    gap_px: int = 0,
+    level_map: np.ndarray | None = None,
+    field_rows: tuple[int, int] | None = None,
 ) -> LevelBoxes:
-    """:func:`body_instances` then :func:`level_boxes`: the levels of one LAT film's masks."""
+    """:func:`body_instances` then :func:`level_boxes`: the levels of one LAT film's masks; with
+    ``field_rows`` the bodies cut by the exposed field's top or bottom edge are left out
+    (:func:`drop_cut_bodies`)."""
     instances, n = body_instances(vertebra, disk, gap_px)
+    if field_rows is not None:
+        instances, n = drop_cut_bodies(instances, n, field_rows)
     return level_boxes(instances, n, level_map)
+
+
+#: a body whose mask comes this close (pixels) to the exposed field's top or bottom row is cut by it
+FIELD_EDGE_PX = 2
+
+
+def exposed_rows(image: np.ndarray) -> tuple[int, int] | None:
+    """(first, last) row of a working-canvas film (H, W) that holds any non-zero pixel: the exposed
+    field inside the canvas padding and any collimated band the normalisation took to 0; None when blank."""
+    rows = np.flatnonzero(np.asarray(image).reshape(image.shape[0], -1).max(axis=1) > 0)
+    return (int(rows[0]), int(rows[-1])) if rows.size else None
+
+
+def drop_cut_bodies(instances: np.ndarray, n: int, field_rows: tuple[int, int]) -> tuple[np.ndarray, int]:
+    """``instances`` without the bodies that reach within :data:`FIELD_EDGE_PX` of the field's first
+    or last row (``field_rows``): a body the film's edge or the collimator cuts shows only part of its
+    height and would look compressed. Labels renumbered 1..n'."""
+    if n == 0:
+        return instances, 0
+    top, bottom = field_rows
+    keep = []
+    for label, found in enumerate(ndimage.find_objects(instances, max_label=n), start=1):
+        if found is not None and found[0].start > top + FIELD_EDGE_PX and found[0].stop - 1 < bottom - FIELD_EDGE_PX:
+            keep.append(label)
+    remap = np.zeros(n + 1, dtype=instances.dtype)
+    remap[keep] = np.arange(1, len(keep) + 1)
+    return remap[instances], len(keep)
 
 
 def pad_boxes(boxes: LevelBoxes, max_levels: int = MAX_LEVELS) -> dict[str, torch.Tensor]:

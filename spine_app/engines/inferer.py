@@ -12,7 +12,7 @@ from torch import nn
 
 from spine_app.channels import LINE_CHANNELS, MASK_NAMES, VIEW_KEYS, seg_key
 from spine_app.data.facing import lat_faces_right
-from spine_app.data.levels import MAX_LEVELS, film_level_boxes, pad_boxes
+from spine_app.data.levels import MAX_LEVELS, exposed_rows, film_level_boxes, pad_boxes
 from spine_app.networks.levels import LevelBatch
 from spine_app.networks.multitask import SpineMultiTaskNet, StudyModel
 from spine_app.networks.precision import FP32, Precision
@@ -28,15 +28,22 @@ def unwrap_network(network: nn.Module) -> SpineMultiTaskNet:
     return module.net if isinstance(module, StudyModel) else module
 
 
-def predicted_levels(seg_lat: torch.Tensor, present_lat: torch.Tensor, max_levels: int = MAX_LEVELS) -> LevelBatch:
+def predicted_levels(
+    seg_lat: torch.Tensor, present_lat: torch.Tensor, max_levels: int = MAX_LEVELS, lat: torch.Tensor | None = None
+) -> LevelBatch:
     """Level boxes of each LAT film from its predicted masks (logits (B, 8, H, W)): the bodies of
-    ``Lat_Vertebra`` minus the widened ``Lat_Disk_Height`` (:mod:`spine_app.data.levels`)."""
+    ``Lat_Vertebra`` minus the widened ``Lat_Disk_Height`` (:mod:`spine_app.data.levels`). With the
+    films ``lat`` (B, 1, H, W) the bodies cut by the exposed field's top or bottom edge are left out
+    (:func:`spine_app.data.levels.drop_cut_bodies`): only part of such a body is on the film."""
     vb, disk = MASK_NAMES.index("Lat_Vertebra"), MASK_NAMES.index("Lat_Disk_Height")
     masks = (seg_lat[:, [vb, disk]].float() > 0).cpu().numpy()
+    films = lat.float().cpu().numpy()[:, 0] if lat is not None else None
     rows = []
     for b in range(masks.shape[0]):
         vertebra = masks[b, 0] if float(present_lat[b]) > 0 else np.zeros_like(masks[b, 0])
-        rows.append(pad_boxes(film_level_boxes(vertebra, masks[b, 1], PREDICTED_DISK_GAP_PX), max_levels))
+        field = exposed_rows(films[b]) if films is not None else None
+        boxes = film_level_boxes(vertebra, masks[b, 1], PREDICTED_DISK_GAP_PX, field_rows=field)
+        rows.append(pad_boxes(boxes, max_levels))
     stacked = {key: torch.stack([r[key] for r in rows]).to(seg_lat.device) for key in rows[0]}
     return LevelBatch(stacked["level_centre"], stacked["level_axis"], stacked["level_size"], stacked["level_valid"])
 
@@ -48,7 +55,7 @@ def add_level_outputs(
     ``cls_levels``, ``level_centre``, ``level_size``, ``level_valid`` to ``out`` (in place)."""
     if getattr(net, "level_head", None) is None:
         return
-    levels = predicted_levels(out["seg_lat"], present_lat)
+    levels = predicted_levels(out["seg_lat"], present_lat, lat=lat)
     out.update(net.level_logits(lat, levels))
     out.update(level_centre=levels.centre, level_size=levels.size, level_valid=levels.valid)
 

@@ -6,15 +6,18 @@ import numpy as np
 import pytest
 import torch
 
+from spine_app.channels import MASK_NAMES
 from spine_app.data.levels import (
     LevelBoxesd,
     body_instances,
     decode_level,
     encode_level,
+    exposed_rows,
     film_level_boxes,
     level_map_from_truth,
     pad_boxes,
 )
+from spine_app.engines.inferer import predicted_levels
 from spine_app.losses import MultiTaskLoss
 from spine_app.losses.multitask import cumulative_targets
 from spine_app.networks import SpineMultiTaskNet
@@ -60,6 +63,27 @@ def test_bodies_are_separated_by_the_disks_and_merged_ones_are_split():
     narrow[:, 42:44] &= ~disk[:, 22:24]
     _, n = body_instances(narrow, None)
     assert 4 <= n <= 6
+
+
+def test_bodies_cut_by_the_exposed_field_are_left_out():
+    """A body the film's edge (or a collimated band) cuts shows only part of its height: the level head
+    does not grade it. The field is where the working-canvas film has any non-zero pixel."""
+    vertebra, disk = column(n=5, top=10)  # bodies at rows 10-23, 28-41, ..., 82-95
+    film = np.zeros(vertebra.shape, np.float32)
+    film[12:90] = 0.5  # exposed rows 12..89: the first and the last body run past the field's edges
+    field = exposed_rows(film)
+    assert field == (12, 89)
+    boxes = film_level_boxes(vertebra, disk, field_rows=field)
+    assert len(boxes) == 3 and boxes.centre[0, 0] > 28 and boxes.centre[-1, 0] < 82
+    assert len(film_level_boxes(vertebra, disk, field_rows=(0, 127))) == 5  # a whole field cuts nothing
+    assert exposed_rows(np.zeros((8, 8))) is None
+    # the inferer's level search applies it to the LAT film it is given
+    logits = torch.where(torch.from_numpy(np.stack([vertebra, disk])), 5.0, -5.0)
+    seg = torch.full((1, 8, *vertebra.shape), -5.0)
+    seg[0, [MASK_NAMES.index("Lat_Vertebra"), MASK_NAMES.index("Lat_Disk_Height")]] = logits
+    present = torch.ones(1)
+    assert int(predicted_levels(seg, present).valid.sum()) == 5
+    assert int(predicted_levels(seg, present, lat=torch.from_numpy(film)[None, None]).valid.sum()) == 3
 
 
 def test_level_map_labels_each_body_with_its_truth_grade():
