@@ -79,7 +79,7 @@ class SeedStyleModels(nn.Module):
         cls = self.classifier
         emb_ap = cls._embedding(cls.unet.encoder(ap)[-1])
         emb_lat = cls._embedding(self.lat_encoder(lat)[-1])
-        return {"seg_ap": seg["ap"], "seg_lat": seg["lat"], **cls._study_logits(emb_ap, emb_lat, present)}
+        return {"seg_ap": seg["ap"], "seg_lat": seg["lat"], **cls.study_logits(emb_ap, emb_lat, present)}
 
 
 def bundle_grad_scale(key: str) -> float:

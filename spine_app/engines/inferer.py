@@ -14,7 +14,7 @@ from spine_app.channels import LINE_CHANNELS, MASK_NAMES, VIEW_KEYS, seg_key
 from spine_app.data.facing import lat_faces_right
 from spine_app.data.levels import MAX_LEVELS, exposed_rows, film_level_boxes, pad_boxes
 from spine_app.networks.levels import LevelBatch
-from spine_app.networks.multitask import SpineMultiTaskNet, StudyModel
+from spine_app.networks.multitask import SpineMultiTaskNet, StudyModel, ViewPass
 from spine_app.networks.precision import FP32, Precision
 
 #: widening (canvas pixels) of the predicted disk spaces cut out of the predicted vertebra mask
@@ -49,14 +49,19 @@ def predicted_levels(
 
 
 def add_level_outputs(
-    net: nn.Module, lat: torch.Tensor, present_lat: torch.Tensor, out: dict[str, torch.Tensor]
+    net: nn.Module,
+    lat: torch.Tensor,
+    present_lat: torch.Tensor,
+    out: dict[str, torch.Tensor],
+    lat_pass: ViewPass | None = None,
 ) -> None:
     """With a level head: find the bodies on ``out["seg_lat"]`` and add ``level_logits``,
-    ``cls_levels``, ``level_centre``, ``level_size``, ``level_valid`` to ``out`` (in place)."""
+    ``cls_levels``, ``level_centre``, ``level_size``, ``level_valid`` to ``out`` (in place).
+    ``lat_pass``: the films' whole-film pass if it was already run (its features are reused)."""
     if getattr(net, "level_head", None) is None:
         return
     levels = predicted_levels(out["seg_lat"], present_lat, lat=lat)
-    out.update(net.level_logits(lat, levels))
+    out.update(net.level_logits(lat, levels, lat_pass))
     out.update(level_centre=levels.centre, level_size=levels.size, level_valid=levels.valid)
 
 
@@ -73,6 +78,11 @@ class StudyInferer(Inferer):
     With a level head: ``level_logits`` (B, L, 3) of the bodies found on the predicted LAT masks,
     their boxes ``level_centre`` (B, L, 2) / ``level_size`` (B, L) / ``level_valid`` (B, L) in canvas
     pixels, and ``cls_levels`` (B,) the study logit pooled from them.
+
+    A film no larger than ``roi_size`` is one window: then each view runs once through the encoder
+    and decoder, and the masks, the study logits and the level head all come from that pass (the
+    same values as the separate passes, one third of the compute). A larger film (a tall whole-spine
+    film on its taller canvas) is window-stitched and the classifier and level head see it whole.
 
     ``mirror_tta``: also run every film mirrored left-right and average the two passes' logits on every
     channel but the two LAT lines (those come from the canonical-facing pass only), nnU-Net's
@@ -98,6 +108,7 @@ class StudyInferer(Inferer):
         if explain is not None and explain not in METHODS:
             raise ValueError(f"explain must be one of {', '.join(METHODS)} or None, got {explain!r}")
         self.precision, self.explain, self.mirror_tta = precision, explain, bool(mirror_tta)
+        self.roi_size = tuple(int(s) for s in roi_size)
         self.window = SlidingWindowInferer(
             roi_size=roi_size, sw_batch_size=sw_batch_size, overlap=overlap, mode="gaussian"
         )
@@ -108,16 +119,22 @@ class StudyInferer(Inferer):
         net = unwrap_network(network)
         to_input = self.precision.to_input
         with self.precision.autocast():
-            out = net.classify(to_input(inputs["ap"]), to_input(inputs["lat"]), inputs["present"])
-            for view in VIEW_KEYS:
-                out[seg_key(view)] = self.window(to_input(inputs[view]), net)
+            passes = self._whole_film_passes(net, inputs)
+            if passes is not None:
+                out = net.study_logits(passes["ap"].embedding, passes["lat"].embedding, inputs["present"])
+                out.update({seg_key(view): passes[view].seg.float() for view in VIEW_KEYS})
+            else:
+                out = net.classify(to_input(inputs["ap"]), to_input(inputs["lat"]), inputs["present"])
+                for view in VIEW_KEYS:
+                    out[seg_key(view)] = self.window(to_input(inputs[view]), net)
             mirrored = lat_faces_right(out["seg_lat"]) & (inputs["present"][:, 1] > 0)
             if self.mirror_tta:
                 self._mirror_average(net, inputs, out, mirrored)
             elif mirrored.any():
                 flipped = self.window(to_input(torch.flip(inputs["lat"][mirrored], dims=[-1])), net)
                 out["seg_lat"][mirrored] = torch.flip(flipped, dims=[-1]).to(out["seg_lat"].dtype)
-            add_level_outputs(net, to_input(inputs["lat"]), inputs["present"][:, 1], out)
+            lat_pass = passes["lat"] if passes is not None else None
+            add_level_outputs(net, to_input(inputs["lat"]), inputs["present"][:, 1], out, lat_pass)
         out["lat_mirrored"] = mirrored.float()
         if self.explain:
             from spine_app.explain import saliency_maps
@@ -125,6 +142,14 @@ class StudyInferer(Inferer):
             maps = saliency_maps(net, inputs["ap"], inputs["lat"], inputs["present"], self.explain, self.precision)
             out.update({f"saliency_{view}": value for view, value in maps.items()})
         return {key: value.float() for key, value in out.items()}
+
+    def _whole_film_passes(self, net: nn.Module, inputs: dict[str, torch.Tensor]) -> dict[str, ViewPass] | None:
+        """Each view's :meth:`SpineMultiTaskNet.view_pass` where every film is exactly one window
+        (None otherwise: a larger film is stitched, a smaller one padded by the window; a network
+        without ``view_pass`` runs its ``classify`` and its window passes)."""
+        if not hasattr(net, "view_pass") or any(tuple(inputs[view].shape[2:]) != self.roi_size for view in VIEW_KEYS):
+            return None
+        return {view: net.view_pass(self.precision.to_input(inputs[view])) for view in VIEW_KEYS}
 
     def _mirrored_pass(self, net: nn.Module, image: torch.Tensor) -> torch.Tensor:
         """Window logits of the left-right mirrored film, mirrored back onto the film."""

@@ -78,7 +78,7 @@ class ViewDecision(nn.Module):
         present = self.present.expand(n, -1)
         pair = (embedding, other) if self.view == "ap" else (other, embedding)
         with self.precision.autocast():
-            logit = self.net._study_logits(*pair, present)["cls"]
+            logit = self.net.study_logits(*pair, present)["cls"]
         return logit.float()[:, None]
 
 

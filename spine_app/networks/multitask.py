@@ -20,6 +20,7 @@ Shapes (B = batch, H x W = working resolution, any size; multiples of 32 avoid p
 from __future__ import annotations
 
 from functools import partial
+from typing import NamedTuple
 
 import torch
 from monai.networks.nets import FlexibleUNet
@@ -72,6 +73,16 @@ def scale_gradient(x: torch.Tensor, scale: float) -> torch.Tensor:
     if scale == 1.0:
         return x
     return x * scale + x.detach() * (1.0 - scale)
+
+
+class ViewPass(NamedTuple):
+    """What one whole-film pass of :class:`SpineMultiTaskNet` computes for a batch of films."""
+
+    image: torch.Tensor  # (B, 1, H, W) the films
+    seg: torch.Tensor  # (B, 8, H, W) mask logits
+    embedding: torch.Tensor  # (B, embed_dim) view embedding (the classifier heads' input)
+    context: torch.Tensor  # stride-16 encoder features (the level head's context)
+    decoded: torch.Tensor  # last decoder features at full resolution (the level head's fine input)
 
 
 class SpineMultiTaskNet(nn.Module):
@@ -143,43 +154,48 @@ class SpineMultiTaskNet(nn.Module):
 
     def encode(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(mask logits (B, 8, H, W), view embedding (B, embed_dim)) of one batch of radiographs."""
-        seg, embedding, _ = self._encode_all(image, None)
-        return seg, embedding
+        view = self.view_pass(image)
+        return view.seg, view.embedding
 
-    def _encode_all(
-        self, image: torch.Tensor, levels: LevelBatch | None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """(mask logits, view embedding, level logits (B, L, 3) or None without ``levels``)."""
+    def view_pass(self, image: torch.Tensor) -> ViewPass:
+        """One whole-film pass of the encoder and decoder: the masks, the view embedding and the
+        features the level head reads (:meth:`levels_of`), so that nothing runs twice."""
         features = self.unet.encoder(image)
         decoded = self.unet.decoder(features, self.unet.skip_connect)
-        seg = self.unet.segmentation_head(decoded)
-        level_logits = None
-        if levels is not None and self.level_head is not None:
-            level_logits = self._levels(image, features[-2], decoded, seg, levels)
-        return seg, self._embedding(features[-1]), level_logits
+        return ViewPass(
+            image=image,
+            seg=self.unet.segmentation_head(decoded),
+            embedding=self._embedding(features[-1]),
+            context=features[-2],
+            decoded=decoded,
+        )
 
-    def _levels(
-        self, image: torch.Tensor, context: torch.Tensor, decoded: torch.Tensor, seg: torch.Tensor, levels: LevelBatch
-    ) -> torch.Tensor:
-        """Level logits from the full-resolution stack [decoder features, film, vertebra and disk
-        probabilities (not back-propagated into the masks)] and the stride-16 encoder features."""
-        vb, disk = MASK_NAMES.index("Lat_Vertebra"), MASK_NAMES.index("Lat_Disk_Height")
-        masks = torch.sigmoid(seg[:, [vb, disk]]).detach()
-        decoded, context = (scale_gradient(t, self.level_grad_scale) for t in (decoded, context))
-        fine = torch.cat([decoded, image.to(decoded.dtype), masks.to(decoded.dtype)], dim=1)
-        return self.level_head(fine, context, levels)
-
-    def level_logits(self, lat: torch.Tensor, levels: LevelBatch) -> dict[str, torch.Tensor]:
-        """``level_logits`` (B, L, 3) and ``cls_levels`` (B,) of LAT films (B, 1, H, W) with the
-        bodies' boxes ``levels`` (in the films' pixels)."""
+    def levels_of(self, view: ViewPass, levels: LevelBatch) -> torch.Tensor:
+        """Level logits (B, L, 3) of the bodies ``levels`` on a LAT film's :class:`ViewPass`: from the
+        full-resolution stack [decoder features, film, vertebra and disk probabilities (not
+        back-propagated into the masks)] and the stride-16 encoder features."""
         if self.level_head is None:
             raise RuntimeError("this network has no level head (level_head=False)")
-        _, _, logits = self._encode_all(lat, levels)
+        vb, disk = MASK_NAMES.index("Lat_Vertebra"), MASK_NAMES.index("Lat_Disk_Height")
+        masks = torch.sigmoid(view.seg[:, [vb, disk]]).detach()
+        decoded, context = (scale_gradient(t, self.level_grad_scale) for t in (view.decoded, view.context))
+        fine = torch.cat([decoded, view.image.to(decoded.dtype), masks.to(decoded.dtype)], dim=1)
+        return self.level_head(fine, context, levels)
+
+    def level_logits(
+        self, lat: torch.Tensor, levels: LevelBatch, view: ViewPass | None = None
+    ) -> dict[str, torch.Tensor]:
+        """``level_logits`` (B, L, 3) and ``cls_levels`` (B,) of LAT films (B, 1, H, W) with the
+        bodies' boxes ``levels`` (in the films' pixels); ``view``: the films' pass if it was already
+        run (its ``image`` must be ``lat``), else the encoder and decoder run here."""
+        logits = self.levels_of(view if view is not None else self.view_pass(lat), levels)
         return {"level_logits": logits, "cls_levels": mil_pool(logits[..., 0], levels.valid, self.level_pooling)}
 
-    def _study_logits(
+    def study_logits(
         self, emb_ap: torch.Tensor, emb_lat: torch.Tensor, present: torch.Tensor
     ) -> dict[str, torch.Tensor]:
+        """``cls`` (fused), ``cls_ap`` and ``cls_lat`` (B,) from the two view embeddings; a missing
+        view (``present`` 0) is zeroed out of the fused head's input."""
         present = present.to(emb_ap.dtype)
         emb_ap = emb_ap * present[:, 0:1]
         emb_lat = emb_lat * present[:, 1:2]
@@ -198,7 +214,7 @@ class SpineMultiTaskNet(nn.Module):
 
     def classify(self, ap: torch.Tensor, lat: torch.Tensor, present: torch.Tensor) -> dict[str, torch.Tensor]:
         """Only the study logits ``cls``, ``cls_ap``, ``cls_lat`` (B,): the encoder runs, the decoder does not."""
-        return self._study_logits(
+        return self.study_logits(
             self._embedding(self.unet.encoder(ap)[-1]), self._embedding(self.unet.encoder(lat)[-1]), present
         )
 
@@ -212,8 +228,10 @@ class SpineMultiTaskNet(nn.Module):
         """Masks of both views, the study's Normal/Damaged logits and, with ``levels``, the level
         outputs (see the module docstring)."""
         seg_ap, emb_ap = self.encode(ap)
-        seg_lat, emb_lat, level_logits = self._encode_all(lat, levels)
-        out = {"seg_ap": seg_ap, "seg_lat": seg_lat, **self._study_logits(emb_ap, emb_lat, present)}
+        lat_pass = self.view_pass(lat)
+        seg_lat, emb_lat = lat_pass.seg, lat_pass.embedding
+        level_logits = self.levels_of(lat_pass, levels) if levels is not None and self.level_head is not None else None
+        out = {"seg_ap": seg_ap, "seg_lat": seg_lat, **self.study_logits(emb_ap, emb_lat, present)}
         if level_logits is not None:
             valid = levels.valid * present[:, 1:2].to(levels.valid.dtype)
             out["level_logits"] = level_logits

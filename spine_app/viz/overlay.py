@@ -14,6 +14,10 @@ from spine_app.data.io import atomic_path
 from spine_app.morphometry.measure import VertebralBody
 from spine_app.viz.contact_sheet import CHANNEL_COLORS, legend_strip, overlay
 
+#: zlib level of the overlay PNGs: 3 writes them in half the default level 6's time
+#: (an RGB sheet of 1121 rows: 0.063 s against 0.129 s on this CPU) for files 10 % larger
+OVERLAY_PNG_LEVEL = 3
+
 GRADE_COLORS = {0: (255, 255, 255), 1: (255, 220, 60), 2: (255, 150, 40), 3: (255, 60, 60), -1: (170, 170, 170)}
 
 
@@ -87,5 +91,5 @@ def write_overlay(
     sheet.paste(picture, (0, header))
     sheet.paste(legend, (0, header + picture.height))
     with atomic_path(path) as tmp:
-        sheet.save(tmp, format="PNG")
+        sheet.save(tmp, format="PNG", compress_level=OVERLAY_PNG_LEVEL)
     return Path(path)
