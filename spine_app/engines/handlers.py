@@ -155,6 +155,8 @@ class EpochCheckpoint:
         objects: name -> object with a state_dict (network, optimizer, LR scheduler, validation state).
         resume: load the newest checkpoint before training starts.
         fingerprint: values that must match for a resume (datalist hash, patch size, backbone ...).
+        also_accepted: key -> the value an older spine-app recorded under that key for this same run
+            (e.g. the datalist file's hash before the content hash): accepted too when resuming.
         settings: other settings of the run, stored for provenance only.
         n_saved: epoch checkpoints kept.
     """
@@ -167,11 +169,13 @@ class EpochCheckpoint:
         fingerprint: dict[str, Any] | None = None,
         settings: dict[str, Any] | None = None,
         n_saved: int = 2,
+        also_accepted: dict[str, Any] | None = None,
     ) -> None:
         self.ckpt_dir, self.objects = Path(ckpt_dir), dict(objects)
         # a command-line "--resume false" arrives as the string "false" (fire only parses False)
         self.resume = as_flag(resume)
         self.fingerprint = _plain(fingerprint or {})
+        self.also_accepted = _plain(also_accepted or {})
         self.settings = _plain(settings or {})
         self.n_saved = int(n_saved)
         self._loaded: tuple[Path, dict[str, Any]] | None = None
@@ -203,6 +207,7 @@ class EpochCheckpoint:
             f"{key} {_short(stored.get(key))} in the checkpoint, {_short(value)} now"
             for key, value in self.fingerprint.items()
             if _plain(stored.get(key)) != value
+            and (key not in self.also_accepted or _plain(stored.get(key)) != self.also_accepted[key])
         ]
         if diffs:
             raise ResumeError(

@@ -9,6 +9,8 @@ the last two epochs). The shipped ``bundle/models/model.pt`` changes only when a
 from __future__ import annotations
 
 import datetime
+import hashlib
+import json
 import logging
 import re
 import shutil
@@ -42,8 +44,28 @@ def as_flag(value: bool | str | int | None) -> bool:
     return str(value).strip().lower() in ("1", "true", "yes", "on")
 
 
+#: datalist fields that say when and by which version it was written, not what it holds
+DATALIST_STAMP_KEYS = ("created", "spine_app_version")
+
+
 def datalist_sha256(datalist: str | Path) -> str:
-    """SHA-256 of the datalist file (its studies and split): a checkpoint of another dataset differs."""
+    """SHA-256 of what a datalist holds (its studies, their files' settings, the split), without when
+    and by which spine-app version it was written: the same seeds give the same hash, so a checkpoint
+    or a published model is recognised on a dataset generated again; another split differs. A file
+    that is not a JSON object is hashed as it is."""
+    try:
+        content = json.loads(Path(datalist).read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return sha256_of(datalist)
+    if not isinstance(content, dict):
+        return sha256_of(datalist)
+    kept = {key: value for key, value in content.items() if key not in DATALIST_STAMP_KEYS}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def datalist_file_sha256(datalist: str | Path) -> str:
+    """SHA-256 of the datalist file as it is: the fingerprint spine-app 0.2.0 (bundle <= 0.5.2) stored
+    in its checkpoints, still accepted when such a run is resumed."""
     return sha256_of(datalist)
 
 
@@ -190,6 +212,7 @@ __all__ = [
     "ResumeError",
     "as_flag",
     "checkpoint_epochs",
+    "datalist_file_sha256",
     "datalist_sha256",
     "default_run_name",
     "load_checkpoint",

@@ -20,7 +20,7 @@ import torch
 from ignite.engine import Events
 from monai.bundle import ConfigWorkflow
 
-from spine_app.engines import StudyMetrics
+from spine_app.engines import StudyMetrics, datalist_sha256
 from spine_app.synthetic.generator import generate_dataset
 
 CONFIGS = Path(__file__).resolve().parents[2] / "bundle" / "configs"
@@ -106,7 +106,7 @@ def test_training_writes_the_run_folder_and_leaves_the_shipped_model(trained) ->
     assert "unet.segmentation_head.0.weight" in load(run / "model.pt")
     checkpoint = load(run / "checkpoint_epoch=2.pt")
     fingerprint = checkpoint["run"]["fingerprint"]
-    assert fingerprint == {"datalist_sha256": sha(trained["data"] / "datalist.json"), "patch_size": [64, 64],
+    assert fingerprint == {"datalist_sha256": datalist_sha256(trained["data"] / "datalist.json"), "patch_size": [64, 64],
                            "backbone": "resnet18", "decoder_channels": [128, 64, 32, 16, 16], "level_labels": "auto",
                            "extra_datalist_sha256": None, "extra_level_labels": "study"}  # no extra studies here
     assert checkpoint["run"]["settings"]["epochs"] == 2
@@ -140,7 +140,7 @@ def test_kill_during_a_checkpoint_save_then_resume_and_publish(copy, tmp_path: P
     assert_half_copy(published, run / "model.pt")
     provenance = json.loads((root / "models" / "model_provenance.json").read_text())
     assert provenance["run_dir"] == str(run.resolve()) and provenance["sha256"] == sha(published)
-    assert provenance["fingerprint"]["datalist_sha256"] == sha(copy["data"] / "datalist.json")
+    assert provenance["fingerprint"]["datalist_sha256"] == datalist_sha256(copy["data"] / "datalist.json")
     assert provenance["settings"]["epochs"] == 3 and provenance["best_epoch"] in (1, 2, 3)
     assert "git" in provenance and provenance["versions"]["torch"] == str(torch.__version__)
 

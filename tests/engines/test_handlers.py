@@ -75,3 +75,44 @@ def test_default_run_name_is_readable_and_stable() -> None:
         default_run_name("/x/my data/split2.json", (512, 384), "efficientnet-b0")
         == "my_data-split2-512x384-efficientnet-b0"
     )
+
+
+def test_datalist_hash_is_of_its_content_not_of_when_it_was_written(tmp_path) -> None:
+    import json
+
+    from spine_app.engines import datalist_file_sha256, datalist_sha256
+
+    content = {"format": "spine-app datalist v1", "created": "2026-12-01T10:00:00", "spine_app_version": "0.2.0"}
+    content |= {"training": [{"study_id": "a", "label": 0}], "validation": [{"study_id": "b", "label": 1}]}
+    first, again, resplit = tmp_path / "first.json", tmp_path / "again.json", tmp_path / "resplit.json"
+    first.write_text(json.dumps(content))
+    again.write_text(json.dumps({**content, "created": "2026-12-03T16:00:00", "spine_app_version": "0.5.3"}, indent=2))
+    swapped = {**content, "training": content["validation"], "validation": content["training"]}
+    resplit.write_text(json.dumps(swapped))
+    assert datalist_sha256(first) == datalist_sha256(again)  # generated again from the same seeds
+    assert datalist_file_sha256(first) != datalist_file_sha256(again)  # what spine-app 0.2.0 stored
+    assert datalist_sha256(resplit) != datalist_sha256(first)  # another split is another dataset
+
+
+def test_resume_accepts_the_fingerprint_an_older_version_stored_for_the_same_run(tmp_path) -> None:
+    from spine_app.engines import EpochCheckpoint
+    from spine_app.engines.runs import ResumeError
+
+    handler = EpochCheckpoint(
+        str(tmp_path),
+        {},
+        fingerprint={"datalist_sha256": "content", "patch_size": [64, 64]},
+        also_accepted={"datalist_sha256": "file"},
+    )
+    for stored in ("content", "file"):
+        handler.check(
+            tmp_path / "c.pt", {"run": {"fingerprint": {"datalist_sha256": stored, "patch_size": [64, 64]}}}, []
+        )
+    with pytest.raises(ResumeError, match="datalist_sha256 'other' in the checkpoint"):
+        handler.check(
+            tmp_path / "c.pt", {"run": {"fingerprint": {"datalist_sha256": "other", "patch_size": [64, 64]}}}, []
+        )
+    with pytest.raises(ResumeError, match="patch_size"):  # an older value of one key excuses no other key
+        handler.check(
+            tmp_path / "c.pt", {"run": {"fingerprint": {"datalist_sha256": "file", "patch_size": [96, 64]}}}, []
+        )
