@@ -356,7 +356,11 @@ def test_shipped_model_runs_without_training(tmp_path: Path, synth_root: Path) -
         assert 0.0 <= lv["fracture_probability"] <= 1.0 and lv["grade"] in (0, 1, 2, 3)
         assert sum(lv["grade_probabilities"]) == pytest.approx(1.0, abs=1e-3)
         assert lv["flagged"] == (lv["fracture_probability"] >= levels["level_threshold"])
-        assert (lv["grade"] > 0) == lv["flagged"]
+        assert (lv["grade"] > 0) == lv["flagged"] and (lv["grade_head"] > 0) == lv["flagged"]
+        if lv["grade_source"] == "morphometry":  # a flagged body graded on the film's own pixels
+            assert lv["flagged"] and lv["grade"] == lv["morphometry"]["genant_grade"] >= 1
+        else:
+            assert lv["grade_source"] == "level head" and lv["grade"] == max(lv["grade_head"], int(lv["flagged"]))
     assert levels["drives_decision"] and set(levels["drives_decision"]) <= {lv["number"] for lv in levels["levels"]}
     assert saved["damaged_probability"] == pytest.approx(levels["study_probability"], abs=1e-4)
 

@@ -745,12 +745,14 @@ def level_summary(pred: dict, b: int, geom: torch.Tensor, bodies: list, threshol
 
     Each level: ``number`` (1 = top of the field), ``name`` (the morphometry level name at its
     centre, when the films are named by ``lowest_level``, else None), ``centre_px`` on the film,
-    ``fracture_probability`` (P(grade >= 1)), ``grade`` (at ``threshold``, see
-    :func:`spine_app.metrics.levels.graded`), ``grade_probabilities`` (0-3), ``flagged``, and the
+    ``fracture_probability`` (P(grade >= 1)), ``flagged``, ``grade`` with its ``grade_source``
+    (:func:`spine_app.metrics.levels.reported_grade`: a flagged body's morphometry grade where the
+    morphometry grades it, else the head's), ``grade_head`` (the head's own grade at ``threshold``,
+    :func:`spine_app.metrics.levels.graded`), ``grade_probabilities`` (0-3, the head's), and the
     morphometry of the same body (heights, ratios, ``not_measurable``) where it measured one.
     ``drives_decision``: the flagged levels, or the most suspicious one when none is.
     """
-    from spine_app.metrics.levels import graded
+    from spine_app.metrics.levels import graded, reported_grade
     from spine_app.networks.levels import grade_probabilities
 
     valid = pred["level_valid"][b] > 0
@@ -763,14 +765,19 @@ def level_summary(pred: dict, b: int, geom: torch.Tensor, bodies: list, threshol
     for i, (cum, probs, centre) in enumerate(zip(cumulative, grades, centres)):
         film = placement.to_film(float(centre[0]), float(centre[1]))
         body = _nearest_body(bodies, film)
+        head_grade, flagged = graded([float(v) for v in cum], threshold), bool(cum[0] >= threshold)
+        measured = body is not None and body.not_measurable is None
+        grade, source = reported_grade(head_grade, flagged, body.grade if measured else None)
         entry = {
             "number": i + 1,
             "name": body.level if body is not None else None,
             "centre_px": [round(film[0], 1), round(film[1], 1)],
             "fracture_probability": round(float(cum[0]), 4),
-            "grade": graded([float(v) for v in cum], threshold),
+            "grade": grade,
+            "grade_source": source,
+            "grade_head": head_grade,
             "grade_probabilities": [round(float(v), 4) for v in probs],
-            "flagged": bool(cum[0] >= threshold),
+            "flagged": flagged,
             "morphometry": None
             if body is None
             else {

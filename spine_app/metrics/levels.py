@@ -36,6 +36,23 @@ def graded(cumulative: Sequence[float], threshold: float) -> int:
     return 1 + int(cumulative[1] >= 0.5) + int(cumulative[1] >= 0.5 and cumulative[2] >= 0.5)
 
 
+#: where a reported level grade comes from (result.json ``levels[].grade_source``)
+GRADE_FROM_MORPHOMETRY, GRADE_FROM_HEAD = "morphometry", "level head"
+
+
+def reported_grade(head_grade: int, flagged: bool, morphometry_grade: int | None) -> tuple[int, str]:
+    """(grade, source) that inference reports for one level: the level head decides whether the body
+    is fractured (``flagged``); a flagged body's grade is the morphometry's Genant grade of the same
+    body measured on the film's own pixels where that grades it (1-3), else the head's grade (at
+    least 1). The head reads each body on the working canvas, where grades 1 and 2 differ by about a
+    pixel; chosen on the validation split (docs/results.md, "Grades from the film's own pixels")."""
+    if not flagged:
+        return 0, GRADE_FROM_HEAD
+    if morphometry_grade is not None and morphometry_grade >= 1:
+        return int(morphometry_grade), GRADE_FROM_MORPHOMETRY
+    return max(1, int(head_grade)), GRADE_FROM_HEAD
+
+
 def reference_levels(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Every reference level of the records, with the matched predicted level's probabilities
     (``cumulative`` zeros when none was found) and its study's label."""

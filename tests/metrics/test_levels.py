@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from spine_app.metrics.levels import graded, level_scores, level_threshold
+from spine_app.metrics.levels import graded, level_scores, level_threshold, reported_grade
 
 
 def study(study_id: str, label: int, truth: list[tuple[int, str, int | None]], predicted: list[list[float]]) -> dict:
@@ -73,3 +73,11 @@ def test_level_threshold_flags_at_most_the_allowed_share_of_normal_levels():
     assert level_threshold(records, max_flag_rate=0.0) > 0.99
     assert level_threshold(records, max_flag_rate=None) < 0.6
     assert level_scores([{"study_id": "x", "label": 0.0}], 0.5) == {}
+
+
+def test_reported_grade_takes_the_film_morphometry_of_a_flagged_level_only():
+    assert reported_grade(0, False, 3) == (0, "level head")  # the head decides whether a body is fractured
+    assert reported_grade(1, True, 2) == (2, "morphometry")  # a flagged body graded on the film's pixels
+    assert reported_grade(2, True, 0) == (2, "level head")  # the morphometry sees no loss: the head's grade
+    assert reported_grade(3, True, None) == (3, "level head")  # not measurable
+    assert reported_grade(0, True, -1) == (1, "level head")  # flagged is at least grade 1
