@@ -5,7 +5,8 @@ Each option runs the network the way training does (:class:`spine_app.networks.P
 
 With ``data`` (a datalist), training batches come from the bundle's real pipeline as the main job
 runs it (``LoadStudyd`` cached once, the augmentation block in ``workers`` loader processes; only
-the studies the timed steps need are cached) and the time each step waits for its batch is reported, so a data-bound configuration shows as loader wait, not as a slow network. Without
+the studies the timed steps need are cached) and the time each step waits for its batch is
+reported, so a data-bound configuration shows as loader wait, not as a slow network. Without
 ``data`` the batches are random tensors (the network alone).
 """
 

@@ -79,10 +79,11 @@ class StudyInferer(Inferer):
     their boxes ``level_centre`` (B, L, 2) / ``level_size`` (B, L) / ``level_valid`` (B, L) in canvas
     pixels, and ``cls_levels`` (B,) the study logit pooled from them.
 
-    A film no larger than ``roi_size`` is one window: then each view runs once through the encoder
-    and decoder, and the masks, the study logits and the level head all come from that pass (the
-    same values as the separate passes, one third of the compute). A larger film (a tall whole-spine
-    film on its taller canvas) is window-stitched and the classifier and level head see it whole.
+    A film of exactly ``roi_size`` is one window: then each view runs once through the encoder and
+    decoder, and the masks, the study logits and the level head all come from that pass (the same
+    values as separate passes; 2 encoder passes per study instead of 5). A larger film (a tall
+    whole-spine film on its taller canvas) is window-stitched and the classifier and level head see
+    it whole.
 
     ``mirror_tta``: also run every film mirrored left-right and average the two passes' logits on every
     channel but the two LAT lines (those come from the canonical-facing pass only), nnU-Net's
