@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import cohen_kappa_score
 
+from spine_app.metrics.matching import nearest_matches
+
 
 def matched_levels(dataset: Path, predictions: Path) -> list[dict]:
     """(truth grade, reported grade, head grade, source) of every predicted level matched to a truth level."""
@@ -30,10 +32,12 @@ def matched_levels(dataset: Path, predictions: Path) -> list[dict]:
         truth = [lv for lv in json.loads(truth_files[0].read_text())["levels"] if lv.get("in_view_lat")]
         centres = np.array([lv["center_lat_px"] for lv in truth])
         spacing = float(np.median(np.diff(centres[:, 0]))) if len(centres) > 1 else 50.0
-        for level in result["levels"]["levels"]:
-            distance = np.linalg.norm(centres - np.array(level["centre_px"]), axis=1)
-            j = int(np.argmin(distance))
-            if distance[j] <= 0.5 * spacing:
+        levels = result["levels"]["levels"]
+        points = [level["centre_px"] for level in levels]
+        reach = 0.5 * spacing
+        matches = nearest_matches(points, centres, lambda _i, _j, reach=reach: reach, exclusive=False)
+        for level, j in zip(levels, matches):
+            if j is not None:
                 fracture = truth[j]["fracture"]
                 rows.append(
                     {
