@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from spine_app.channels import MASK_NAMES
+from spine_app.channels import MASK_NAMES, VIEW_KEYS, seg_key
 from spine_app.data.importer import DatalistEntry
 from spine_app.data.io import read_image, read_mask
 from spine_app.data.study_transforms import LoadStudyd
@@ -56,10 +56,18 @@ def split_scores(records: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def plain_forward(inputs: dict[str, torch.Tensor], network: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """One whole-film pass of ``forward_study`` (plus the level decision where the network has a level
-    head): the path every variant of ``bench compare`` shares, seed-style networks included."""
-    pred = network.forward_study(inputs["ap"], inputs["lat"], inputs["present"])
-    add_level_outputs(network, inputs["lat"], inputs["present"][:, 1], pred)
+    """One whole-film pass of each view (plus the level decision where the network has a level head):
+    the path every variant of ``bench compare`` shares, seed-style networks included. A network with
+    ``view_pass`` runs each film once for its masks, study logits and level head, as
+    ``spine-app infer`` does; others run their own ``forward_study``."""
+    if not hasattr(network, "view_pass"):
+        pred = network.forward_study(inputs["ap"], inputs["lat"], inputs["present"])
+        add_level_outputs(network, inputs["lat"], inputs["present"][:, 1], pred)
+        return pred
+    passes = {view: network.view_pass(inputs[view]) for view in VIEW_KEYS}
+    pred = network.study_logits(passes["ap"].embedding, passes["lat"].embedding, inputs["present"])
+    pred.update({seg_key(view): passes[view].seg for view in VIEW_KEYS})
+    add_level_outputs(network, inputs["lat"], inputs["present"][:, 1], pred, passes["lat"])
     return pred
 
 

@@ -68,3 +68,19 @@ def test_a_film_larger_than_the_window_is_stitched_and_classified_whole() -> Non
     assert len(calls) > 2  # windows, the whole-film classifier and the level head: separate passes
     assert out["seg_ap"].shape == (2, 8, 160, 64)
     torch.testing.assert_close(out["cls"], expected["cls"])
+
+
+def test_the_shared_evaluation_path_runs_each_film_once_with_forward_studys_values() -> None:
+    from spine_app.evaluation.runner import plain_forward
+
+    net, inputs = _net(), _inputs()
+    calls = _encoder_calls(net)
+    with torch.no_grad():
+        out = plain_forward(inputs, net)
+        assert len(calls) == 2  # bench compare's latency column counts what spine-app infer runs
+        expected = net.forward_study(inputs["ap"], inputs["lat"], inputs["present"])
+        levels = predicted_levels(out["seg_lat"], inputs["present"][:, 1], lat=inputs["lat"])
+        separate = net.level_logits(inputs["lat"], levels)
+    for key in ("cls", "cls_ap", "cls_lat", "seg_ap", "seg_lat"):
+        torch.testing.assert_close(out[key], expected[key], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(out["level_logits"], separate["level_logits"], atol=1e-5, rtol=1e-4)
