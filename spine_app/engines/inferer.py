@@ -48,6 +48,16 @@ def predicted_levels(
     return LevelBatch(stacked["level_centre"], stacked["level_axis"], stacked["level_size"], stacked["level_valid"])
 
 
+def whole_film_outputs(
+    net: SpineMultiTaskNet, passes: dict[str, ViewPass], present: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """The study logits and each view's masks (fp32) from whole-film :meth:`SpineMultiTaskNet.view_pass`
+    results: what ``forward_study`` gives, without running the films again."""
+    out = net.study_logits(passes["ap"].embedding, passes["lat"].embedding, present)
+    out.update({seg_key(view): passes[view].seg.float() for view in VIEW_KEYS})
+    return out
+
+
 def add_level_outputs(
     net: nn.Module,
     lat: torch.Tensor,
@@ -122,8 +132,7 @@ class StudyInferer(Inferer):
         with self.precision.autocast():
             passes = self._whole_film_passes(net, inputs)
             if passes is not None:
-                out = net.study_logits(passes["ap"].embedding, passes["lat"].embedding, inputs["present"])
-                out.update({seg_key(view): passes[view].seg.float() for view in VIEW_KEYS})
+                out = whole_film_outputs(net, passes, inputs["present"])
             else:
                 out = net.classify(to_input(inputs["ap"]), to_input(inputs["lat"]), inputs["present"])
                 for view in VIEW_KEYS:

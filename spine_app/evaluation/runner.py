@@ -17,12 +17,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from spine_app.channels import MASK_NAMES, VIEW_KEYS, seg_key
+from spine_app.channels import MASK_NAMES, VIEW_KEYS
 from spine_app.data.importer import DatalistEntry
 from spine_app.data.io import read_image, read_mask
 from spine_app.data.study_transforms import LoadStudyd
 from spine_app.engines.batch import prepare_study_batch
-from spine_app.engines.inferer import StudyInferer, add_level_outputs
+from spine_app.engines.inferer import StudyInferer, add_level_outputs, whole_film_outputs
 from spine_app.engines.metrics import HEADS, StudyMetrics, head_rows, segmentation_table
 from spine_app.metrics.classification import auroc
 
@@ -65,8 +65,7 @@ def plain_forward(inputs: dict[str, torch.Tensor], network: torch.nn.Module) -> 
         add_level_outputs(network, inputs["lat"], inputs["present"][:, 1], pred)
         return pred
     passes = {view: network.view_pass(inputs[view]) for view in VIEW_KEYS}
-    pred = network.study_logits(passes["ap"].embedding, passes["lat"].embedding, inputs["present"])
-    pred.update({seg_key(view): passes[view].seg for view in VIEW_KEYS})
+    pred = whole_film_outputs(network, passes, inputs["present"])
     add_level_outputs(network, inputs["lat"], inputs["present"][:, 1], pred, passes["lat"])
     return pred
 
