@@ -1,5 +1,6 @@
 """Glue between spine_app and MONAI/Ignite engines, referenced by the bundle configs."""
 
+from spine_app.data.sampling import curvature_sampler
 from spine_app.engines.batch import output_loss, prepare_study_batch
 from spine_app.engines.dataset import (
     datalist_split,
@@ -32,6 +33,7 @@ __all__ = [
     "EpochCheckpoint",
     "StudyInferer",
     "StudyMetrics",
+    "curvature_sampler",
     "datalist_split",
     "StudyPredictionWriter",
     "shard_entries",

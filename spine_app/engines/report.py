@@ -22,7 +22,13 @@ from spine_app.channels import CHANNEL_VIEW, MASK_NAMES, VIEW_KEYS, avail_key
 from spine_app.data.io import write_atomic
 from spine_app.engines.metrics import HEADS, StudyMetrics, head_rows, line_side_summary, segmentation_table
 from spine_app.metrics.classification import auroc, auroc_ci, threshold_scores, youden_threshold
-from spine_app.metrics.levels import level_markdown, level_scores, level_threshold
+from spine_app.metrics.levels import (
+    LEVEL_FLAG_RATE,
+    level_markdown,
+    level_scores,
+    level_threshold,
+    normal_level_scores,
+)
 from spine_app.viz.figures import save_figure, subplots
 from spine_app.viz.tables import markdown_table
 
@@ -94,12 +100,20 @@ def markdown(
     ]
     header = ["Classifier", "AUROC (95 % CI)", "Accuracy", "Sensitivity", "Specificity", "F1", "Threshold"]
     lines += ["", markdown_table(header + ["Confusion [[TN, FP], [FN, TP]]"], rows)]
-    if levels:
+    if levels and "levels" in levels:
+        source = levels.get("threshold_source", "truth")
         lines += [
             "",
-            "Per vertebra (level head; reference levels of the LAT films, threshold from validation):",
+            "Per vertebra (level head; reference levels of the LAT films, threshold from validation's "
+            + ("normal levels):" if source == "truth" else "Normal studies' levels, as with study labels only):"),
             "",
             level_markdown(levels, "test").strip(),
+        ]
+    elif levels:
+        lines += [
+            "",
+            f"Level threshold {levels['threshold']:.3f} (flags at most {LEVEL_FLAG_RATE:.0%} of the validation Normal "
+            "studies' levels); no per-level reference to score the test split against.",
         ]
     return "\n".join(lines) + "\n"
 
@@ -190,7 +204,22 @@ def plot_examples(examples: list[dict[str, Any]], path: Path) -> None:
     save_figure(fig, path)
 
 
-def report_metrics(val: list[dict[str, Any]], test: list[dict[str, Any]]) -> dict[str, Any]:
+def level_report(
+    val: list[dict[str, Any]], test: list[dict[str, Any]], threshold_source: str = "auto"
+) -> dict[str, Any]:
+    """Per-level scores of ``test`` at the level threshold chosen on ``val`` from the normal levels of
+    ``threshold_source`` (:func:`spine_app.metrics.levels.normal_level_scores`); without reference
+    levels in ``test``, only the threshold (what inference.yaml's ``level_threshold`` takes)."""
+    normal, source = normal_level_scores(val, threshold_source)
+    if normal.size == 0:
+        return {}
+    threshold = level_threshold(val, source=source)
+    return {**(level_scores(test, threshold) or {"threshold": threshold}), "threshold_source": source}
+
+
+def report_metrics(
+    val: list[dict[str, Any]], test: list[dict[str, Any]], level_threshold_source: str = "auto"
+) -> dict[str, Any]:
     """The metrics dictionary of metrics.json: test scores at thresholds chosen on validation."""
     return {
         "spine_app_version": __version__,
@@ -199,7 +228,7 @@ def report_metrics(val: list[dict[str, Any]], test: list[dict[str, Any]]) -> dic
         "segmentation": segmentation_table(test),
         "line_side": line_side_summary(test),
         "classification": classification_table(val, test),
-        "levels": level_scores(test, level_threshold(val)),
+        "levels": level_report(val, test, level_threshold_source),
     }
 
 
@@ -285,14 +314,16 @@ def evaluate_and_report(
     output_dir: str,
     log_dir: str | None = None,
     embedding_map: bool = True,
+    level_threshold_source: str = "auto",
 ) -> dict[str, Any]:
     """Run ``evaluator`` on validation (thresholds) then test (scores) and write the report (with the
-    test split's embedding map unless ``embedding_map`` is False)."""
+    test split's embedding map unless ``embedding_map`` is False; the level threshold from the
+    normal levels of ``level_threshold_source``, see :func:`level_report`)."""
     run_on(evaluator, val_loader)
     val = list(metric.records)
     run_on(evaluator, test_loader)
     test = list(metric.records)
-    metrics = report_metrics(val, test)
+    metrics = report_metrics(val, test, level_threshold_source)
     if embedding_map:
         Path(output_dir).mkdir(parents=True, exist_ok=True)
         threshold = metrics["classification"].get("fused", {}).get("threshold", 0.5)

@@ -9,7 +9,8 @@ Definitions (docs/design.md, "Metrics"):
 
 - a level is *flagged* when its fracture probability is at or above the level threshold (chosen on
   validation: the lowest that flags at most 3 % of the validation split's normal levels,
-  :data:`LEVEL_FLAG_RATE`); its grade is then 1 + the number of the
+  :data:`LEVEL_FLAG_RATE`; with study labels only, every level of the Normal studies counts as
+  normal, :func:`normal_level_scores`); its grade is then 1 + the number of the
   higher cumulative probabilities at or above 0.5, else 0;
 - fractured levels found = flagged fractured levels / fractured levels; normal levels flagged =
   flagged normal levels / normal levels (both over the reference levels);
@@ -81,17 +82,42 @@ LEVEL_FLAG_RATE = 0.03
 the 5 % product target: validation and test normal-level scores differ by about that much)."""
 
 
-def level_threshold(records: list[dict[str, Any]], max_flag_rate: float | None = LEVEL_FLAG_RATE) -> float:
-    """Level threshold from (validation) records: the lowest fracture probability at which at most
-    ``max_flag_rate`` of their normal reference levels are flagged (midway between the last normal
-    score let through and the next one up), or Youden's J over all their levels when
-    ``max_flag_rate`` is None; 0.5 without reference levels."""
+#: where the level threshold's normal levels come from (evaluate.yaml ``level_threshold_source``)
+LEVEL_THRESHOLD_SOURCES = ("auto", "truth", "normal_studies")
+
+
+def normal_level_scores(records: list[dict[str, Any]], source: str = "auto") -> tuple[np.ndarray, str]:
+    """Fracture probabilities of the levels taken as normal, and the source used: the normal
+    reference levels (``truth``: per-level labels), every predicted level of the Normal-labelled
+    studies (``normal_studies``: all a dataset with study labels only has), or ``auto``: the
+    reference levels where the records hold any, else the Normal studies' levels."""
+    if source not in LEVEL_THRESHOLD_SOURCES:
+        raise ValueError(f"level threshold source must be one of {LEVEL_THRESHOLD_SOURCES}, got {source!r}")
     rows = reference_levels(records)
-    if not rows:
-        return 0.5
+    if source == "truth" or (source == "auto" and rows):
+        return np.array([float(r["cumulative"][0]) for r in rows if r["grade"] == 0]), "truth"
+    scores = [
+        float(level["cumulative"][0])
+        for record in records
+        if record.get("label") == 0
+        for level in (record.get("levels") or {}).get("predicted", [])
+    ]
+    return np.array(scores), "normal_studies"
+
+
+def level_threshold(
+    records: list[dict[str, Any]], max_flag_rate: float | None = LEVEL_FLAG_RATE, source: str = "auto"
+) -> float:
+    """Level threshold from (validation) records: the lowest fracture probability at which at most
+    ``max_flag_rate`` of their normal levels (:func:`normal_level_scores` of ``source``) are flagged
+    (midway between the last normal score let through and the next one up), or Youden's J over all
+    their reference levels when ``max_flag_rate`` is None; 0.5 without normal levels."""
     if max_flag_rate is None:
+        rows = reference_levels(records)
+        if not rows:
+            return 0.5
         return youden_threshold([int(r["grade"] > 0) for r in rows], [r["cumulative"][0] for r in rows])
-    normal = np.sort([float(r["cumulative"][0]) for r in rows if r["grade"] == 0])[::-1]
+    normal = np.sort(normal_level_scores(records, source)[0])[::-1]
     if normal.size == 0:
         return 0.5
     allowed = int(np.floor(max_flag_rate * normal.size + 1e-9))

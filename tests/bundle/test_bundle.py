@@ -143,6 +143,24 @@ def test_early_stopping_follows_the_key_metric() -> None:
     assert stop.score_function(engine) == 0.75 and stop.patience == parser.get_parsed_content("early_stop_patience")
 
 
+def test_curvature_oversampling_gives_the_training_loader_a_weighted_sampler(bundle_run) -> None:
+    """train.yaml's ``curvature_oversampling``: 0 shuffles uniformly, > 0 draws through a sampler
+    weighted by each study's column bend (spine_app.data.sampling)."""
+    from monai.bundle import ConfigParser
+    from torch.utils.data import RandomSampler, WeightedRandomSampler
+
+    for strength, kind in ((0.0, RandomSampler), (2.0, WeightedRandomSampler)):
+        parser = ConfigParser()
+        parser.read_config(TRAIN)
+        parser.update(
+            {"dataset_dir": str(bundle_run["data"]), "bundle_root": str(bundle_run["root"]), **SMALL}
+            | {"curvature_oversampling": strength}
+        )
+        loader = parser.get_parsed_content("train#dataloader")
+        assert isinstance(loader.sampler, kind)
+        assert len(loader.sampler) == len(loader.dataset)
+
+
 def test_torchscript_export_matches_eager(bundle_run, tmp_path: Path) -> None:
     from monai.bundle import ckpt_export
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from spine_app.metrics.levels import graded, level_scores, level_threshold, reported_grade
+from spine_app.engines.report import level_report, markdown
+from spine_app.metrics.levels import graded, level_scores, level_threshold, normal_level_scores, reported_grade
 
 
 def study(study_id: str, label: int, truth: list[tuple[int, str, int | None]], predicted: list[list[float]]) -> dict:
@@ -73,6 +74,37 @@ def test_level_threshold_flags_at_most_the_allowed_share_of_normal_levels():
     assert level_threshold(records, max_flag_rate=0.0) > 0.99
     assert level_threshold(records, max_flag_rate=None) < 0.6
     assert level_scores([{"study_id": "x", "label": 0.0}], 0.5) == {}
+
+
+def _labels_only(record: dict) -> dict:
+    """The record as a dataset with study labels only gives it: no reference levels."""
+    return {**record, "levels": {"predicted": record["levels"]["predicted"], "truth": []}}
+
+
+def test_study_labels_only_take_the_normal_studies_levels_as_normal():
+    # a Normal study's 100 levels scored 0.00..0.99; a Damaged study's normal level at 0.995 would
+    # count as normal with per-level labels but is unknown with study labels only
+    records = [
+        study("n", 0, [(0, "none", i) for i in range(100)], [[i / 100, 0.0, 0.0] for i in range(100)]),
+        study("d", 1, [(0, "none", 0), (2, "wedge", 1)], [[0.995, 0.0, 0.0], [0.999, 0.6, 0.1]]),
+    ]
+    labels_only = [_labels_only(r) for r in records]
+    scores, source = normal_level_scores(labels_only)
+    assert source == "normal_studies" and len(scores) == 100  # auto falls back: no reference levels
+    assert normal_level_scores(records)[1] == "truth" and len(normal_level_scores(records)[0]) == 101
+    assert normal_level_scores(records, "normal_studies")[0].max() < 0.995
+    assert 0.96 < level_threshold(labels_only) <= 0.97
+    assert level_threshold(records) > 0.97  # the Damaged study's normal level moves the truth threshold
+    with pytest.raises(ValueError, match="level threshold source"):
+        normal_level_scores(records, "levels")
+
+    # the report: scores where the test split has reference levels, else only the threshold
+    scored = level_report(labels_only, records)
+    assert scored["threshold_source"] == "normal_studies" and scored["fractured_found"]["n"] == 1
+    threshold_only = level_report(labels_only, labels_only)
+    assert set(threshold_only) == {"threshold", "threshold_source"}
+    assert "no per-level reference" in markdown({}, {}, None, threshold_only)
+    assert level_report([_labels_only(records[1])], records) == {}  # no Normal study, no reference level
 
 
 def test_reported_grade_takes_the_film_morphometry_of_a_flagged_level_only():
