@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -77,16 +79,22 @@ def extra_training_datalist(dataset_dir: str, studies: int, seed: int, preset: s
 
 
 def training_entries(
-    datalist: str, limit: int | None = None, extra: str | None = None, extra_level_labels: str | None = None
+    datalist: str,
+    limit: int | None = None,
+    extra: str | None = None,
+    extra_level_labels: str | None = None,
+    extra_fields_of_view: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
     """The training split of ``datalist`` (optionally its first ``limit``) followed by the whole
     training split of the ``extra`` datalist, if any. ``extra_level_labels`` (a
     :data:`spine_app.data.levels.LEVEL_LABEL_SOURCES` value) sets where the extra studies' per-level
     labels come from, overriding the run's ``level_labels`` for them alone (``study``: their levels
-    learn from the study label only, through the multiple-instance pooling)."""
+    learn from the study label only, through the multiple-instance pooling). ``extra_fields_of_view``
+    keeps only the extra studies of those framings (their truth.json ``field_of_view``; None: all):
+    a leave-one-field-of-view-out run."""
     entries = datalist_split(datalist, "training", limit)
     if extra:
-        added = datalist_split(extra, "training")
+        added = keep_fields_of_view(datalist_split(extra, "training"), extra_fields_of_view, extra)
         if check_label_source(extra_level_labels, "extra_level_labels") is not None:
             added = [{**entry, "level_labels": extra_level_labels} for entry in added]
         logger.warning(
@@ -94,6 +102,35 @@ def training_entries(
         )
         entries = entries + added
     return entries
+
+
+def field_of_view_name(entry: dict[str, Any]) -> str | None:
+    """The framing a synthetic study was drawn with (its truth.json ``field_of_view.name``), or None."""
+    truth = entry.get("truth")
+    if not truth or not Path(truth).is_file():
+        return None
+    framing = json.loads(Path(truth).read_text()).get("field_of_view") or {}
+    return framing.get("name")
+
+
+def keep_fields_of_view(
+    entries: list[dict[str, Any]], names: Sequence[str] | None, source: str = "the extra datalist"
+) -> list[dict[str, Any]]:
+    """The ``entries`` whose field of view is one of ``names`` (all of them when ``names`` is None);
+    ValueError for an unknown framing or when none is left."""
+    if names is None:
+        return entries
+    from spine_app.synthetic.config import FIELDS_OF_VIEW
+
+    wanted = [names] if isinstance(names, str) else list(names)
+    unknown = [name for name in wanted if name not in FIELDS_OF_VIEW]
+    if unknown:
+        raise ValueError(f"extra_fields_of_view: unknown {unknown}; choose from {', '.join(FIELDS_OF_VIEW)}")
+    kept = [entry for entry in entries if field_of_view_name(entry) in wanted]
+    if not kept:
+        raise ValueError(f"{source}: no training study of the fields of view {wanted}")
+    logger.warning("kept %d of %d studies of %s (fields of view %s)", len(kept), len(entries), source, wanted)
+    return kept
 
 
 def _prepare(

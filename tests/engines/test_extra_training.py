@@ -9,7 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from spine_app.engines.dataset import datalist_split, ensure_datalist, extra_training_datalist, training_entries
+from spine_app.engines.dataset import (
+    datalist_split,
+    ensure_datalist,
+    extra_training_datalist,
+    field_of_view_name,
+    keep_fields_of_view,
+    training_entries,
+)
 from spine_app.engines.runs import default_run_name
 
 
@@ -35,6 +42,16 @@ def test_extra_studies_train_only_and_keep_the_benchmark_split(tmp_path: Path) -
     assert [e.get("level_labels") for e in marked] == [None] * len(own) + ["study"] * 3
     with pytest.raises(ValueError, match="extra_level_labels"):
         training_entries(main, None, extra, "grades")
+    framings = [t["field_of_view"]["name"] for t in truths]  # leave-one-field-of-view-out: keep some framings
+    kept = training_entries(main, None, extra, None, [framings[0]])
+    assert [field_of_view_name(e) for e in kept[len(own) :]] == [f for f in framings if f == framings[0]]
+    assert training_entries(main, None, extra, None, None) == combined  # None: every framing
+    with pytest.raises(ValueError, match="unknown"):
+        training_entries(main, None, extra, None, ["cervical"])
+    absent = [f for f in ("lumbar", "thoracolumbar", "thoracic", "whole_spine") if f not in framings]
+    if absent:  # a framing none of the studies has leaves nothing to train on: refused, not silently empty
+        with pytest.raises(ValueError, match="no training study"):
+            keep_fields_of_view(datalist_split(extra, "training"), absent[:1])
     extra_ids = {e["study_id"] for e in datalist_split(extra, "training")}
     held_out = datalist_split(main, "validation") + datalist_split(main, "test")
     assert held_out and not extra_ids & {e["study_id"] for e in held_out}  # validation/test: the main dataset's
