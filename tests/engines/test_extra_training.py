@@ -49,9 +49,9 @@ def test_extra_studies_train_only_and_keep_the_benchmark_split(tmp_path: Path) -
     with pytest.raises(ValueError, match="unknown"):
         training_entries(main, None, extra, None, ["cervical"])
     absent = [f for f in ("lumbar", "thoracolumbar", "thoracic", "whole_spine") if f not in framings]
-    if absent:  # a framing none of the studies has leaves nothing to train on: refused, not silently empty
-        with pytest.raises(ValueError, match="no training study"):
-            keep_fields_of_view(datalist_split(extra, "training"), absent[:1])
+    assert absent  # 3 studies cannot cover the 4 framings
+    with pytest.raises(ValueError, match="no training study"):  # nothing left to train on: refused, not empty
+        keep_fields_of_view(datalist_split(extra, "training"), absent[:1])
     extra_ids = {e["study_id"] for e in datalist_split(extra, "training")}
     held_out = datalist_split(main, "validation") + datalist_split(main, "test")
     assert held_out and not extra_ids & {e["study_id"] for e in held_out}  # validation/test: the main dataset's
