@@ -219,14 +219,68 @@ def film_level_boxes(
     gap_px: int = 0,
     level_map: np.ndarray | None = None,
     field_rows: tuple[int, int] | None = None,
+    plausible_only: bool = False,
 ) -> LevelBoxes:
     """:func:`body_instances` then :func:`level_boxes`: the levels of one LAT film's masks; with
     ``field_rows`` the bodies cut by the exposed field's top or bottom edge are left out
-    (:func:`drop_cut_bodies`)."""
+    (:func:`drop_cut_bodies`); with ``plausible_only`` the blobs no vertebral body could be (far too
+    large, or off the column) too (:func:`drop_implausible_bodies`)."""
     instances, n = body_instances(vertebra, disk, gap_px)
     if field_rows is not None:
         instances, n = drop_cut_bodies(instances, n, field_rows)
+    if plausible_only:
+        instances, n = drop_implausible_bodies(instances, n)
     return level_boxes(instances, n, level_map)
+
+
+#: a blob more than this many times the median body's area is not one vertebral body (the heart or
+#: mediastinum read as bone, several bodies merged); lumbar bodies are about twice a mid-thoracic one
+MAX_BODY_AREA_RATIO = 3.5
+#: a blob whose centre lies farther than this many body sides (square root of the median body area)
+#: from the line through its neighbours' centres is off the column; a kyphotic curve moves a body
+#: about a tenth of a side off that line
+MAX_COLUMN_OFFSET = 0.75
+
+
+def _offsets_from_column(centres: np.ndarray) -> np.ndarray:
+    """Distance of each centre (sorted top to bottom) from the line through its two neighbours' centres
+    (the first and last body: through the next two inward)."""
+    offsets = np.zeros(len(centres))
+    for i in range(len(centres)):
+        a, b = (i - 1, i + 1) if 0 < i < len(centres) - 1 else ((1, 2) if i == 0 else (i - 2, i - 1))
+        chord = centres[b] - centres[a]
+        norm = float(np.linalg.norm(chord))
+        diff = centres[i] - centres[a]
+        offsets[i] = abs(chord[0] * diff[1] - chord[1] * diff[0]) / norm if norm > 0 else float(np.linalg.norm(diff))
+    return offsets
+
+
+def drop_implausible_bodies(instances: np.ndarray, n: int) -> tuple[np.ndarray, int]:
+    """``instances`` without the blobs no vertebral body could be: an area above
+    :data:`MAX_BODY_AREA_RATIO` x the median blob's, or a centre more than :data:`MAX_COLUMN_OFFSET` body
+    sides off the column (the farthest removed first, then the rest measured again). With fewer than
+    four blobs nothing is removed: there is no column to measure against. Labels renumbered 1..n'."""
+    if n < 4:
+        return instances, n
+    index = np.arange(1, n + 1)
+    ones = np.ones_like(instances)
+    areas = ndimage.sum_labels(ones, instances, index=index)
+    centres = np.asarray(ndimage.center_of_mass(ones, instances, index), dtype=np.float64)
+    keep = areas <= MAX_BODY_AREA_RATIO * float(np.median(areas))
+    while keep.sum() >= 4:
+        kept = np.flatnonzero(keep)
+        kept = kept[np.argsort(centres[kept, 0])]
+        side = float(np.sqrt(np.median(areas[kept])))
+        offsets = _offsets_from_column(centres[kept])
+        worst = int(np.argmax(offsets))
+        if offsets[worst] <= MAX_COLUMN_OFFSET * side:
+            break
+        keep[kept[worst]] = False
+    if keep.all():
+        return instances, n
+    remap = np.zeros(n + 1, dtype=instances.dtype)
+    remap[index[keep]] = np.arange(1, int(keep.sum()) + 1)
+    return remap[instances], int(keep.sum())
 
 
 #: a body whose mask comes this close (pixels) to the exposed field's top or bottom row is cut by it

@@ -34,7 +34,9 @@ def predicted_levels(
     """Level boxes of each LAT film from its predicted masks (logits (B, 8, H, W)): the bodies of
     ``Lat_Vertebra`` minus the widened ``Lat_Disk_Height`` (:mod:`spine_app.data.levels`). With the
     films ``lat`` (B, 1, H, W) the bodies cut by the exposed field's top or bottom edge are left out
-    (:func:`spine_app.data.levels.drop_cut_bodies`): only part of such a body is on the film."""
+    (:func:`spine_app.data.levels.drop_cut_bodies`): only part of such a body is on the film. Blobs no
+    vertebral body could be (far larger than the others, or off the column: the heart or mediastinum
+    of a real chest film read as bone) are left out too (:func:`spine_app.data.levels.drop_implausible_bodies`)."""
     vb, disk = MASK_NAMES.index("Lat_Vertebra"), MASK_NAMES.index("Lat_Disk_Height")
     masks = (seg_lat[:, [vb, disk]].float() > 0).cpu().numpy()
     films = lat.float().cpu().numpy()[:, 0] if lat is not None else None
@@ -42,7 +44,7 @@ def predicted_levels(
     for b in range(masks.shape[0]):
         vertebra = masks[b, 0] if float(present_lat[b]) > 0 else np.zeros_like(masks[b, 0])
         field = exposed_rows(films[b]) if films is not None else None
-        boxes = film_level_boxes(vertebra, masks[b, 1], PREDICTED_DISK_GAP_PX, field_rows=field)
+        boxes = film_level_boxes(vertebra, masks[b, 1], PREDICTED_DISK_GAP_PX, field_rows=field, plausible_only=True)
         rows.append(pad_boxes(boxes, max_levels))
     stacked = {key: torch.stack([r[key] for r in rows]).to(seg_lat.device) for key in rows[0]}
     return LevelBatch(stacked["level_centre"], stacked["level_axis"], stacked["level_size"], stacked["level_valid"])

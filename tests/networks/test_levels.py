@@ -11,6 +11,7 @@ from spine_app.data.levels import (
     LevelBoxesd,
     body_instances,
     decode_level,
+    drop_implausible_bodies,
     encode_level,
     exposed_rows,
     film_level_boxes,
@@ -84,6 +85,42 @@ def test_bodies_cut_by_the_exposed_field_are_left_out():
     present = torch.ones(1)
     assert int(predicted_levels(seg, present).valid.sum()) == 5
     assert int(predicted_levels(seg, present, lat=torch.from_numpy(film)[None, None]).valid.sum()) == 3
+
+
+def test_blobs_no_body_could_be_are_not_graded():
+    """On a real chest film the predicted vertebra mask also holds the heart (one blob far larger than
+    a body, in front of the column) and stray spots beside it: the level head grades the column only."""
+    vertebra, disk = column(n=6, shape=(128, 128))  # bodies at cols 20-43, rows 10-23, 28-41, ...
+    stray = vertebra.copy()
+    stray[40:100, 70:125] = True  # the heart: 3300 px against 336 px bodies
+    stray[30:44, 60:70] = True  # a spot off the column, beside the second body
+    assert len(film_level_boxes(stray, disk)) > 6  # the heart is even split like merged bodies
+    boxes = film_level_boxes(stray, disk, plausible_only=True)
+    assert len(boxes) == 6
+    assert np.all(np.abs(boxes.centre[:, 1] - 31.5) < 1.0)  # every kept centre on the column
+    # the inferer's level search applies it
+    seg = torch.full((1, 8, 128, 128), -5.0)
+    seg[0, [MASK_NAMES.index("Lat_Vertebra"), MASK_NAMES.index("Lat_Disk_Height")]] = torch.where(
+        torch.from_numpy(np.stack([stray, disk])), 5.0, -5.0
+    )
+    assert int(predicted_levels(seg, torch.ones(1)).valid.sum()) == 6
+
+
+def test_a_curved_column_and_a_short_one_keep_every_body():
+    """A kyphotic column (centres on an arc) and lumbar bodies twice a thoracic one's area are bodies;
+    with fewer than four blobs there is no column to judge by, and nothing is removed."""
+    shape = (200, 160)
+    instances = np.zeros(shape, np.int32)
+    for i in range(9):
+        row = 10 + 20 * i
+        col = int(40 + 0.012 * (row - 100) ** 2)  # an arc bowing by 30 px over the column
+        half = 8 if i < 6 else 11  # the lowest three twice the area
+        instances[row : row + 14, col - half : col + half] = i + 1
+    kept, n = drop_implausible_bodies(instances, 9)
+    assert n == 9 and np.array_equal(kept, instances)
+    few = np.zeros((64, 64), np.int32)
+    few[5:15, 5:15], few[20:30, 5:15], few[30:60, 30:64] = 1, 2, 3
+    assert drop_implausible_bodies(few, 3)[1] == 3
 
 
 def test_level_map_labels_each_body_with_its_truth_grade():
