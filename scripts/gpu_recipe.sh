@@ -2,7 +2,9 @@
 # The larger recipe on one GPU machine, as one timed job: the README's main job at the 512 x 384 canvas
 # (everything else the default recipe), with as many epochs as fit a wall-clock budget, then the GPU
 # speed rows (`spine-app bench speed`). The best model comes back as an fp16 state dict with the run's
-# settings (run.tgz, split in 15 MB parts when OUT is a lent machine's output folder).
+# settings (run.tgz, split in 15 MB parts when OUT is a lent machine's output folder): `cat OUT/run.tgz.part-* |
+# tar xzf - -C RUN_DIR` gives model.pt (fp16; it loads into the network, `spine-app publish RUN_DIR` takes it),
+# the last checkpoint's run record without weights (checkpoint_epoch=N.pt) and the logs.
 #
 #   BUDGET=560 MAX_EPOCHS=50 OUT=gpu_out bash scripts/gpu_recipe.sh
 #
@@ -44,10 +46,10 @@ python3 -c "from spine_app import engines; engines.ensure_datalist('data/synthet
 GEN=$(( $(date +%s) - G0 ))
 if [ -z "$EPOCHS" ]; then
 P0=$(date +%s)
-if ! train probe 2 "$WORKERS" "$LOGS/probe.log"; then
+if ! VAL_INTERVAL=2 train probe 2 "$WORKERS" "$LOGS/probe.log"; then
   echo "probe failed with $WORKERS workers:"; tr '\r' '\n' < "$LOGS/probe.log" | grep -a -v "it/s" | tail -5
   WORKERS=0; P0=$(date +%s)
-  train probe 2 0 "$LOGS/probe.log" || { tr '\r' '\n' < "$LOGS/probe.log" | tail -30; exit 1; }
+  VAL_INTERVAL=2 train probe 2 0 "$LOGS/probe.log" || { tr '\r' '\n' < "$LOGS/probe.log" | tail -30; exit 1; }
 fi
 PROBE=$(( $(date +%s) - P0 ))
 # the probe's training epochs (Ignite's "SupervisedTrainer ... Epoch[N] Complete. Time taken: H:M:S"; an epoch
@@ -55,7 +57,7 @@ PROBE=$(( $(date +%s) - P0 ))
 EPOCHS_S=$(tr '\r' '\n' < "$LOGS/probe.log" | grep -a "SupervisedTrainer" | grep -a -o "Complete. Time taken: [0-9:.]*" | awk -F': ' '{split($2,t,":"); s+=t[1]*3600+t[2]*60+t[3]} END {printf "%d", s+0.5}')
 [ "${EPOCHS_S:-0}" -gt 0 ] || EPOCHS_S=$PROBE
 STARTUP=$(( PROBE - EPOCHS_S ))
-LEFT=$(( BUDGET - $(elapsed) - 80 - STARTUP ))   # 80 s: the speed rows and packing
+LEFT=$(( BUDGET - $(elapsed) - 110 - STARTUP ))   # 110 s: the speed rows and packing
 EPOCHS=$(( LEFT * 2 * 10 / (EPOCHS_S * 11) ))     # 10 % margin (the probe validates once in 2 epochs)
 [ "$EPOCHS" -gt "$MAX_EPOCHS" ] && EPOCHS=$MAX_EPOCHS
 echo "data ${GEN}s; probe ${PROBE}s (epochs ${EPOCHS_S}s, start-up ${STARTUP}s); ${LEFT}s left -> $EPOCHS epochs, $WORKERS workers" | tee "$OUT/plan.txt"
@@ -63,11 +65,11 @@ else
 echo "data ${GEN}s; $EPOCHS epochs (resumed where the run folder has a checkpoint), $WORKERS workers" | tee "$OUT/plan.txt"
 fi
 T0=$(date +%s)
-timeout $(( BUDGET - $(elapsed) - 70 )) bash -c "$(declare -f train); CANVAS='$CANVAS' VAL_INTERVAL='$VAL_INTERVAL' train '$RUN' $EPOCHS $WORKERS '$LOGS/train_full.log'"
+timeout $(( BUDGET - $(elapsed) - 100 )) bash -c "$(declare -f train); CANVAS='$CANVAS' VAL_INTERVAL='$VAL_INTERVAL' train '$RUN' $EPOCHS $WORKERS '$LOGS/train_full.log'"
 echo "training rc $? in $(( $(date +%s) - T0 ))s" | tee -a "$OUT/plan.txt"
 tr '\r' '\n' < "$LOGS/train_full.log" | grep -a -v "it/s\]" | gzip > "$LOGS/train.log.gz"; rm -f "$LOGS/train_full.log"
 timeout 45 python3 -m spine_app.cli bench speed --device cuda --canvas "[384, 288]" > "$OUT/speed.txt" 2>&1
-timeout 25 python3 -m spine_app.cli bench speed --device cuda --canvas "[512, 384]" >> "$OUT/speed.txt" 2>&1
+timeout 45 python3 -m spine_app.cli bench speed --device cuda --canvas "[512, 384]" >> "$OUT/speed.txt" 2>&1
 python3 - "$RUN" <<'PY' || cp "bundle/runs/$RUN/model.pt" /tmp/pack/model_fp32.pt
 import glob, os, sys
 import torch
