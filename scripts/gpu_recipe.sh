@@ -42,7 +42,8 @@ train() {  # train RUN_NAME EPOCHS WORKERS LOG
 }
 # the data first (all cores), then a timed 2-epoch probe (caching, 2 epochs, one validation)
 G0=$(date +%s)
-python3 -c "from spine_app import engines; engines.ensure_datalist('data/synthetic', 300, 0, 'default', 0); engines.extra_training_datalist('data/synthetic_fov', 90, 1, 'mixed_fov')" > "$LOGS/data.log" 2>&1 || { tail -5 "$LOGS/data.log"; exit 1; }
+# (train.yaml's own datalist and extra_datalist entries, so the studies are the main job's)
+python3 -c "from monai.bundle import ConfigParser; p = ConfigParser(); p.read_config('bundle/configs/train.yaml'); print(p.get_parsed_content('datalist'), p.get_parsed_content('extra_datalist'))" > "$LOGS/data.log" 2>&1 || { tail -5 "$LOGS/data.log"; exit 1; }
 GEN=$(( $(date +%s) - G0 ))
 if [ -z "$EPOCHS" ]; then
 P0=$(date +%s)

@@ -80,9 +80,15 @@ def body_instances(
     labels, n = split_merged(labels, n)
     areas = ndimage.sum_labels(np.ones_like(labels), labels, index=np.arange(1, n + 1))
     keep = np.flatnonzero((areas >= 20) & (areas >= min_fraction * np.median(areas))) + 1
-    remap = np.zeros(n + 1, dtype=np.int32)
+    return keep_labels(labels, n, keep)
+
+
+def keep_labels(instances: np.ndarray, n: int, keep: np.ndarray | list[int]) -> tuple[np.ndarray, int]:
+    """``instances`` (labels 1..n) with only the labels ``keep`` (ascending), renumbered 1..len(keep)."""
+    keep = np.asarray(keep, dtype=np.int64)
+    remap = np.zeros(n + 1, dtype=instances.dtype)
     remap[keep] = np.arange(1, keep.size + 1)
-    return remap[labels], int(keep.size)
+    return remap[instances], int(keep.size)
 
 
 def _column_axis(labels: np.ndarray) -> np.ndarray:
@@ -276,11 +282,7 @@ def drop_implausible_bodies(instances: np.ndarray, n: int) -> tuple[np.ndarray, 
         if offsets[worst] <= MAX_COLUMN_OFFSET * side:
             break
         keep[kept[worst]] = False
-    if keep.all():
-        return instances, n
-    remap = np.zeros(n + 1, dtype=instances.dtype)
-    remap[index[keep]] = np.arange(1, int(keep.sum()) + 1)
-    return remap[instances], int(keep.sum())
+    return (instances, n) if keep.all() else keep_labels(instances, n, index[keep])
 
 
 #: a body whose mask comes this close (pixels) to the exposed field's top or bottom row is cut by it
@@ -305,9 +307,7 @@ def drop_cut_bodies(instances: np.ndarray, n: int, field_rows: tuple[int, int]) 
     for label, found in enumerate(ndimage.find_objects(instances, max_label=n), start=1):
         if found is not None and found[0].start > top + FIELD_EDGE_PX and found[0].stop - 1 < bottom - FIELD_EDGE_PX:
             keep.append(label)
-    remap = np.zeros(n + 1, dtype=instances.dtype)
-    remap[keep] = np.arange(1, len(keep) + 1)
-    return remap[instances], len(keep)
+    return keep_labels(instances, n, keep)
 
 
 def pad_boxes(boxes: LevelBoxes, max_levels: int = MAX_LEVELS) -> dict[str, torch.Tensor]:
