@@ -300,8 +300,9 @@ def _read_dicom(path: str | Path, min_side: int, max_side: int) -> tuple[np.ndar
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
         if syntax is not None and (not syntax.is_encapsulated or syntax == RLELossless):
             # pydicom's own decoders (native, RLE) are complete: when they refuse, the data are damaged
-            reason = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
-            raise ImageReadError(path, f"cannot decode DICOM pixel data: {reason}") from err
+            # on one line: pydicom 3 puts each decoder's own reason on the lines after its summary
+            reason = " ".join(line.strip() for line in str(err).splitlines() if line.strip())[:300]
+            raise ImageReadError(path, f"cannot decode DICOM pixel data: {reason or type(err).__name__}") from err
         logger.info("%s: pydicom could not decode (%s); trying ITK", path, err)
         stored, _ = _read_itk(path, "dicom", min_side, max_side)
         if stored.shape[:2] != (rows, cols):

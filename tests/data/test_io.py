@@ -260,9 +260,7 @@ def test_rle_dicom_with_a_short_fragment_is_refused(tmp_path: Path) -> None:
 
 def test_file_stem_and_suffix_count_nii_gz_as_one_extension() -> None:
     from spine_app.data.io import file_stem, file_suffix
-    from spine_app.monailabel.tasks import image_id_of
 
     names = ["AP.nii.gz", "s1_LAT.NII.GZ", "case.7_AP.png", "LAT.DCM", "AP", "x/y/Lat_Vertebra.nii"]
     assert [file_stem(n) for n in names] == ["AP", "s1_LAT", "case.7_AP", "LAT", "AP", "Lat_Vertebra"]
     assert [file_suffix(n) for n in names] == [".nii.gz", ".nii.gz", ".png", ".dcm", "", ".nii"]
-    assert [image_id_of(n) for n in names] == [file_stem(n) for n in names]

@@ -20,6 +20,7 @@ from spine_app.monailabel.studies import (
     split_image_id,
 )
 from tests.helpers import write_png_study
+from tests.monailabel.conftest import _require_monailabel
 
 
 def test_bitmask_keeps_overlapping_structures() -> None:
@@ -108,3 +109,14 @@ def test_prepare_refuses_a_study_id_in_two_class_folders(tmp_path: Path) -> None
     with pytest.raises(ValueError, match="duplicate study id 's1'"):
         prepare_studies(tmp_path / "ds", tmp_path / "studies")
     assert not (tmp_path / "studies").exists()
+
+
+def test_image_ids_are_file_stems_with_nii_gz_as_one_extension() -> None:
+    """The MONAI Label image id of a film is its file stem as spine_app.data.io counts it."""
+    _require_monailabel()  # the tasks module imports the server's own packages (fastapi)
+    from spine_app.data.io import file_stem
+    from spine_app.monailabel.tasks import image_id_of
+
+    names = ["AP.nii.gz", "s1_LAT.NII.GZ", "case.7_AP.png", "LAT.DCM", "AP", "x/y/Lat_Vertebra.nii"]
+    assert [image_id_of(n) for n in names] == ["AP", "s1_LAT", "case.7_AP", "LAT", "AP", "Lat_Vertebra"]
+    assert [image_id_of(n) for n in names] == [file_stem(n) for n in names]
