@@ -71,9 +71,11 @@ def sample_rois(image: torch.Tensor, boxes: LevelBatch, roi: int, canvas: tuple[
     (B * L, C, roi, roi) patches of every box (zeros outside the map); any feature resolution works."""
     b, c = image.shape[:2]
     n = boxes.centre.shape[1]
-    grid = roi_grid(boxes, canvas[0], canvas[1], roi).to(image.dtype)
-    expanded = image[:, None].expand(b, n, c, *image.shape[2:]).reshape(b * n, c, *image.shape[2:])
-    return F.grid_sample(expanded, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    # every film's L patches are sampled from its own map in one call, the patches stacked along the
+    # grid's rows: a (B * L, C, H, W) copy of the map per level (and its gradient) is never built
+    grid = roi_grid(boxes, canvas[0], canvas[1], roi).to(image.dtype).reshape(b, n * roi, roi, 2)
+    patches = F.grid_sample(image, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return patches.reshape(b, c, n, roi, roi).transpose(1, 2).reshape(b * n, c, roi, roi)
 
 
 def mil_pool(logits: torch.Tensor, valid: torch.Tensor, method: str = "lse", temperature: float = 4.0) -> torch.Tensor:

@@ -271,3 +271,35 @@ def test_level_grad_scale_scales_only_what_the_level_loss_sends_into_the_shared_
     assert torch.equal(out_p["level_logits"], out_s["level_logits"])  # forward values do not depend on the scale
     assert torch.allclose(head_s, head_p)  # the level head itself learns in full
     assert enc_p.abs().sum() > 0 and torch.allclose(enc_s, scale * enc_p, atol=1e-7)
+
+
+def test_roi_pooling_samples_each_film_s_boxes_from_that_film_with_gradients():
+    """All boxes of a batch in one sampling call equal each box sampled alone from its own film's
+    map, in values and in the gradient that reaches the maps (two films, so a mix-up shows)."""
+    torch.manual_seed(0)
+    maps = torch.rand(2, 3, 40, 30, requires_grad=True)
+    centre = torch.tensor([[[10.0, 12.0], [25.0, 15.0], [33.0, 8.0]], [[8.0, 20.0], [20.0, 14.0], [30.0, 16.0]]])
+    angle = torch.tensor([[0.0, 0.2, -0.3], [0.1, 0.0, 0.4]])
+    axis = torch.stack([torch.cos(angle), torch.sin(angle)], dim=-1)
+    boxes = LevelBatch(centre, axis, torch.tensor([[8.0, 10.0, 6.0], [9.0, 7.0, 12.0]]), torch.ones(2, 3))
+    patches = sample_rois(maps, boxes, 5, (40, 30))
+    weights = torch.rand_like(patches)
+    (patches * weights).sum().backward()
+    batched_grad = maps.grad.clone()
+    maps.grad = None
+    alone, total = [], torch.zeros(())
+    for b in range(2):
+        for k in range(3):
+            one = LevelBatch(
+                centre[b : b + 1, k : k + 1],
+                axis[b : b + 1, k : k + 1],
+                boxes.size[b : b + 1, k : k + 1],
+                torch.ones(1, 1),
+            )
+            patch = sample_rois(maps[b : b + 1], one, 5, (40, 30))
+            alone.append(patch)
+            total = total + (patch * weights[b * 3 + k : b * 3 + k + 1]).sum()
+    total.backward()
+    torch.testing.assert_close(patches, torch.cat(alone))
+    torch.testing.assert_close(batched_grad, maps.grad)
+    assert float(batched_grad[0].abs().sum()) > 0 and float(batched_grad[1].abs().sum()) > 0
