@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-__version__ = "0.5.8"
+__version__ = "0.5.9"
 
 _SUBPACKAGES = {
     "bench",
