@@ -101,13 +101,14 @@ def training_batches(
 
 def to_device(raw: dict[str, Any], device: torch.device) -> dict[str, torch.Tensor]:
     """The tensors a training step needs (inputs and targets of ``prepare_study_batch``) on ``device``."""
+    from spine_app.data.levels import trim_levels
     from spine_app.engines.batch import INPUT_KEYS, LEVEL_INPUT_KEYS, LEVEL_TARGET_KEYS, TARGET_KEYS, plain_tensor
 
     keys = {*INPUT_KEYS, *TARGET_KEYS, *LEVEL_INPUT_KEYS, *LEVEL_TARGET_KEYS} - {
         *map(geom_key, VIEW_KEYS),
         "levels_lat",
     }
-    return {k: plain_tensor(raw[k]).to(device) for k in keys if k in raw}
+    return trim_levels({k: plain_tensor(raw[k]).to(device) for k in keys if k in raw})
 
 
 def training_speed(

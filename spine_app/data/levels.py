@@ -35,8 +35,14 @@ from spine_app.channels import MASK_NAMES, avail_key, seg_key
 FRACTURE_KINDS: tuple[str, ...] = ("none", "wedge", "biconcave", "crush")
 #: how per-level labels are obtained (see the module docstring)
 LEVEL_LABEL_SOURCES: tuple[str, ...] = ("auto", "truth", "morphometry", "study")
-#: most levels handled per film (a lateral film shows 5-12 bodies)
+#: most levels handled per film, top to bottom; bodies beyond it are dropped. A lumbar film shows 5-6
+#: bodies, a whole-spine one 18 (C7-L5): its lowest two are not graded (docs/results.md, "Bodies
+#: beyond the sixteenth": raising this grades them, and also the blobs some predicted masks draw in the
+#: pelvis below the column, which the shipped weights never learnt to dismiss). Batches carry the
+#: padding only to collate: :func:`trim_levels` cuts it to the longest film before the level head.
 MAX_LEVELS = 16
+#: the per-level keys of a padded batch ((B, L, ...) tensors; :func:`pad_boxes`)
+LEVEL_KEYS: tuple[str, ...] = ("level_centre", "level_axis", "level_size", "level_valid", "level_grade", "level_kind")
 #: grade code of a level whose grade is unknown
 UNKNOWN = -1
 
@@ -332,6 +338,21 @@ def pad_boxes(boxes: LevelBoxes, max_levels: int = MAX_LEVELS) -> dict[str, torc
         out["level_grade"][:k] = torch.from_numpy(boxes.grade[:k])
         out["level_kind"][:k] = torch.from_numpy(boxes.kind[:k])
     return out
+
+
+def trim_levels(batch: dict[str, Any]) -> dict[str, Any]:
+    """``batch`` with its per-level tensors (:data:`LEVEL_KEYS`, (B, L, ...)) cut after the last real
+    level of any film (``level_valid``; at least one level is kept): the padding to
+    :data:`MAX_LEVELS` only lets films collate, and the level head's cost grows with L. Every other
+    value is passed on as it is; a batch without ``level_valid`` is returned unchanged."""
+    valid = batch.get("level_valid")
+    if not isinstance(valid, torch.Tensor) or valid.ndim != 2:
+        return batch
+    position = torch.arange(1, valid.shape[1] + 1, device=valid.device)
+    keep = max(1, int(((valid > 0) * position).amax())) if valid.numel() else 1
+    if keep == valid.shape[1]:
+        return batch
+    return {key: value[:, :keep] if key in LEVEL_KEYS else value for key, value in batch.items()}
 
 
 def level_map_from_truth(vertebra: np.ndarray, disk: np.ndarray | None, truth: Mapping[str, Any]) -> np.ndarray:

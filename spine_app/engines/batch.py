@@ -7,6 +7,7 @@ from typing import Any, TypedDict
 import torch
 
 from spine_app.channels import VIEW_KEYS, avail_key, geom_key, seg_key
+from spine_app.data.levels import trim_levels
 
 INPUT_KEYS = (*VIEW_KEYS, "present")
 TARGET_KEYS = (*map(seg_key, VIEW_KEYS), *map(avail_key, VIEW_KEYS), "label", "present", *map(geom_key, VIEW_KEYS))
@@ -73,7 +74,8 @@ def prepare_study_batch(
     batchdata: dict[str, Any], device: str | torch.device | None = None, non_blocking: bool = False, **kwargs: Any
 ) -> tuple[StudyInputs, StudyTargets]:
     """Inputs {ap, lat, present} and targets {seg_*, avail_*, label, present, geom_*} on ``device``, as
-    plain tensors (:func:`plain_tensor`); the level keys (:data:`LEVEL_INPUT_KEYS`, :data:`LEVEL_TARGET_KEYS`) where the batch has them."""
+    plain tensors (:func:`plain_tensor`); the level keys (:data:`LEVEL_INPUT_KEYS`, :data:`LEVEL_TARGET_KEYS`) where the batch has them,
+    cut to the batch's longest film (:func:`spine_app.data.levels.trim_levels`)."""
 
     def move(key: str) -> torch.Tensor:
         return plain_tensor(batchdata[key]).to(device=device, non_blocking=non_blocking, **kwargs)
@@ -82,6 +84,7 @@ def prepare_study_batch(
     targets = {k: move(k) for k in TARGET_KEYS}
     inputs.update({k: move(k) for k in LEVEL_INPUT_KEYS if k in batchdata})
     targets.update({k: move(k) for k in LEVEL_TARGET_KEYS if k in batchdata})
+    inputs, targets = trim_levels(inputs), trim_levels(targets)  # the boxes and their grades cut alike
     targets["image_ap"], targets["image_lat"] = inputs["ap"], inputs["lat"]  # for example overlays in reports
     targets["study_id"] = list(batchdata.get("study_id", []))
     for key in ("path_ap", "path_lat", "error", "notes"):  # source files, load errors and notes, for the writer

@@ -12,7 +12,7 @@ from torch import nn
 
 from spine_app.channels import LINE_CHANNELS, MASK_NAMES, VIEW_KEYS, seg_key
 from spine_app.data.facing import lat_faces_right
-from spine_app.data.levels import MAX_LEVELS, exposed_rows, film_level_boxes, pad_boxes
+from spine_app.data.levels import MAX_LEVELS, exposed_rows, film_level_boxes, pad_boxes, trim_levels
 from spine_app.networks.levels import LevelBatch
 from spine_app.networks.multitask import SpineMultiTaskNet, StudyModel, ViewPass
 from spine_app.networks.precision import FP32, Precision
@@ -46,7 +46,7 @@ def predicted_levels(
         field = exposed_rows(films[b]) if films is not None else None
         boxes = film_level_boxes(vertebra, masks[b, 1], PREDICTED_DISK_GAP_PX, field_rows=field, plausible_only=True)
         rows.append(pad_boxes(boxes, max_levels))
-    stacked = {key: torch.stack([r[key] for r in rows]).to(seg_lat.device) for key in rows[0]}
+    stacked = trim_levels({key: torch.stack([r[key] for r in rows]).to(seg_lat.device) for key in rows[0]})
     return LevelBatch(stacked["level_centre"], stacked["level_axis"], stacked["level_size"], stacked["level_valid"])
 
 

@@ -8,6 +8,7 @@ import torch
 
 from spine_app.channels import MASK_NAMES
 from spine_app.data.levels import (
+    MAX_LEVELS,
     LevelBoxesd,
     body_instances,
     decode_level,
@@ -17,7 +18,9 @@ from spine_app.data.levels import (
     film_level_boxes,
     level_map_from_truth,
     pad_boxes,
+    trim_levels,
 )
+from spine_app.engines.batch import prepare_study_batch
 from spine_app.engines.inferer import predicted_levels
 from spine_app.losses import MultiTaskLoss
 from spine_app.losses.multitask import cumulative_targets
@@ -168,7 +171,7 @@ def test_roi_pooling_gives_one_logit_per_body_and_a_masked_body_contributes_noth
     fine = torch.rand(1, 3, *vertebra.shape)
     deep = torch.rand(1, 4, vertebra.shape[0] // 16, vertebra.shape[1] // 16)
     logits = head(fine, deep, boxes)
-    assert logits.shape == (1, 16, 3)
+    assert logits.shape == (1, MAX_LEVELS, 3)
     assert int(boxes.valid.sum()) == 2
     # changing the pixels below both boxes changes nothing; changing body 2 changes its logits
     changed = fine.clone()
@@ -177,7 +180,7 @@ def test_roi_pooling_gives_one_logit_per_body_and_a_masked_body_contributes_noth
     changed[..., 40:60, :] = 1.0 - changed[..., 40:60, :]
     assert not torch.allclose(head(changed, deep, boxes)[0, 1], logits[0, 1])
     patches = sample_rois(fine, boxes, 16, tuple(vertebra.shape))
-    assert patches.shape == (16, 3, 16, 16)
+    assert patches.shape == (MAX_LEVELS, 3, 16, 16)
     # MIL: a masked-out (padding) level never changes the study logit, whatever its value
     level = logits[..., 0].detach().clone()
     level[0, 5] = 50.0
@@ -234,7 +237,7 @@ def test_network_and_loss_train_the_level_head_from_level_labels_only_where_know
     boxes = boxes_of(vertebra, disk)
     image = torch.rand(1, 1, 128, 96)
     out = net.forward_study(image, image, torch.ones(1, 2), boxes)
-    assert out["level_logits"].shape == (1, 16, 3) and out["cls_levels"].shape == (1,)
+    assert out["level_logits"].shape == (1, MAX_LEVELS, 3) and out["cls_levels"].shape == (1,)
     target = {
         "seg_ap": torch.zeros(1, 8, 128, 96),
         "seg_lat": torch.zeros(1, 8, 128, 96),
@@ -243,7 +246,7 @@ def test_network_and_loss_train_the_level_head_from_level_labels_only_where_know
         "label": torch.tensor([-1.0]),
         "present": torch.ones(1, 2),
         "level_valid": boxes.valid,
-        "level_grade": torch.tensor([[0, -1, 3, 0] + [-1] * 12]),
+        "level_grade": torch.tensor([[0, -1, 3, 0] + [-1] * (MAX_LEVELS - 4)]),
     }
     loss = MultiTaskLoss()(out, target)
     net.zero_grad()
@@ -303,3 +306,46 @@ def test_roi_pooling_samples_each_film_s_boxes_from_that_film_with_gradients():
     torch.testing.assert_close(patches, torch.cat(alone))
     torch.testing.assert_close(batched_grad, maps.grad)
     assert float(batched_grad[0].abs().sum()) > 0 and float(batched_grad[1].abs().sum()) > 0
+
+
+def test_batches_are_cut_after_their_longest_film_s_last_body():
+    films = [pad_boxes(film_level_boxes(*column(n=3))), pad_boxes(film_level_boxes(*column(n=5)))]
+    batch = {key: torch.stack([f[key] for f in films]) for key in films[0]} | {"label": torch.ones(2)}
+    assert batch["level_valid"].shape == (2, MAX_LEVELS)
+    cut = trim_levels(batch)
+    assert cut["level_valid"].shape == (2, 5) and cut["level_grade"].shape == (2, 5)
+    assert cut["level_centre"].shape == (2, 5, 2) and cut["label"] is batch["label"]
+    assert cut["level_valid"].sum(dim=1).tolist() == [3.0, 5.0]  # no real level lost
+    assert trim_levels({"label": batch["label"]}) == {"label": batch["label"]}  # no levels: unchanged
+    none = trim_levels({"level_valid": torch.zeros(1, MAX_LEVELS)})
+    assert none["level_valid"].shape == (1, 1)  # a film without a body keeps one padding level
+
+
+def test_cutting_the_padding_changes_no_level_logit_and_the_training_batch_is_cut_alike():
+    torch.manual_seed(0)
+    net = SpineMultiTaskNet(decoder_channels=(32, 16, 16, 8, 8)).eval()
+    vertebra, disk = column(n=4, height=20, gap=6, shape=(128, 96))
+    boxes = boxes_of(vertebra, disk)
+    image = torch.rand(1, 1, 128, 96)
+    with torch.no_grad():
+        full = net.forward_study(image, image, torch.ones(1, 2), boxes)
+        cut = trim_levels(
+            {
+                "level_centre": boxes.centre,
+                "level_axis": boxes.axis,
+                "level_size": boxes.size,
+                "level_valid": boxes.valid,
+            }
+        )
+        trimmed = net.forward_study(image, image, torch.ones(1, 2), LevelBatch.from_batch(cut))
+    assert trimmed["level_logits"].shape == (1, 4, 3)
+    torch.testing.assert_close(trimmed["level_logits"], full["level_logits"][:, :4])
+    torch.testing.assert_close(trimmed["cls_levels"], full["cls_levels"])
+    # prepare_study_batch cuts the network's boxes and the loss's grades to the same levels
+    raw = {"ap": image, "lat": image, "present": torch.ones(1, 2), "label": torch.ones(1)}
+    raw |= {key: torch.zeros(1, 8, 128, 96) for key in ("seg_ap", "seg_lat")}
+    raw |= {key: torch.ones(1, 8) for key in ("avail_ap", "avail_lat")}
+    raw |= {key: torch.zeros(1, 12) for key in ("geom_ap", "geom_lat")}
+    raw |= {key: value[None] for key, value in pad_boxes(film_level_boxes(vertebra, disk)).items()}
+    inputs, targets = prepare_study_batch(raw)
+    assert inputs["level_centre"].shape == (1, 4, 2) and targets["level_grade"].shape == (1, 4)
