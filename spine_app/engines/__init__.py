@@ -18,6 +18,7 @@ from spine_app.engines.handlers import (
 )
 from spine_app.engines.inferer import StudyInferer, unwrap_network
 from spine_app.engines.metrics import StudyMetrics
+from spine_app.engines.optim import parameter_groups
 from spine_app.engines.report import evaluate_and_report
 from spine_app.engines.runs import as_flag, datalist_file_sha256, datalist_sha256, default_run_name, publish_model
 from spine_app.engines.writer import StudyPredictionWriter, shard_entries
@@ -45,6 +46,7 @@ __all__ = [
     "mask_priors",
     "tall_film_spacing",
     "output_loss",
+    "parameter_groups",
     "prepare_study_batch",
     "unwrap_network",
 ]

@@ -109,7 +109,7 @@ def test_training_writes_the_run_folder_and_leaves_the_shipped_model(trained) ->
     assert fingerprint == {"datalist_sha256": datalist_sha256(trained["data"] / "datalist.json"), "patch_size": [64, 64],
                            "backbone": "resnet18", "decoder_channels": [128, 64, 32, 16, 16], "level_labels": "auto",
                            "extra_datalist_sha256": None, "extra_level_labels": "study",
-                           "extra_fields_of_view": None}  # no extra studies here
+                           "extra_fields_of_view": None, "level_lr_scale": 1.0}  # no extra studies here
     assert checkpoint["run"]["settings"]["epochs"] == 2
     assert checkpoint["validation"]["best_epoch"] in (1, 2) and isinstance(
         checkpoint["validation"]["best_metric"], float
@@ -199,7 +199,12 @@ def test_resume_keeps_the_best_score_and_model(copy) -> None:
 
 @pytest.mark.parametrize(
     "changed",
-    [{"patch_size": [96, 64]}, {"backbone": "resnet34", "decoder_channels": [64, 32, 16, 16, 16]}, {"datalist": None}],
+    [
+        {"patch_size": [96, 64]},
+        {"backbone": "resnet34", "decoder_channels": [64, 32, 16, 16, 16]},
+        {"datalist": None},
+        {"level_lr_scale": 3.0},  # the optimizer's parameter groups differ
+    ],
 )
 def test_resume_refuses_a_checkpoint_of_another_run(copy, tmp_path: Path, changed: dict) -> None:
     run = copy["run"]

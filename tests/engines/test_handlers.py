@@ -116,3 +116,28 @@ def test_resume_accepts_the_fingerprint_an_older_version_stored_for_the_same_run
         handler.check(
             tmp_path / "c.pt", {"run": {"fingerprint": {"datalist_sha256": "file", "patch_size": [96, 64]}}}, []
         )
+
+
+def test_a_run_from_before_level_lr_scale_resumes_only_at_its_one_group() -> None:
+    """train.yaml's legacy entry: a fingerprint without level_lr_scale is a run at scale 1."""
+    from pathlib import Path
+
+    from monai.bundle import ConfigParser
+
+    from spine_app.engines import EpochCheckpoint
+    from spine_app.engines.runs import ResumeError
+
+    config = Path(__file__).resolve().parents[2] / "bundle" / "configs" / "train.yaml"
+    for scale, accepted in ((1.0, True), (3.0, False)):
+        parser = ConfigParser()
+        parser.read_config(str(config))
+        parser["level_lr_scale"] = scale
+        expected = {"level_lr_scale": parser.get_parsed_content("run_fingerprint#level_lr_scale")}
+        legacy = {"level_lr_scale": parser.get_parsed_content("run_fingerprint_legacy#level_lr_scale")}
+        handler = EpochCheckpoint("/nonexistent", {}, fingerprint=expected, also_accepted=legacy)
+        old = {"run": {"fingerprint": {"datalist_sha256": "x"}}}  # written before the key existed
+        if accepted:
+            handler.check(Path("c.pt"), old, [])
+        else:
+            with pytest.raises(ResumeError, match="level_lr_scale None in the checkpoint, 3.0 now"):
+                handler.check(Path("c.pt"), old, [])

@@ -33,6 +33,19 @@ def test_identical_masks_and_spacing() -> None:
     assert shifted.hd95_mm == pytest.approx(shifted.hd95_px * 0.5)
 
 
+def test_hd95_in_mm_matches_monai_with_square_and_other_pixels() -> None:
+    """Square pixels scale the pixel HD95; other pixels are measured with MONAI's spacing kernel."""
+    pred, truth = square((40, 40), top=5, left=8, size=12), square((40, 40), top=9, left=5, size=7)
+    for spacing in ((0.7, 0.7), (0.5, 2.0), (2.0, 0.5)):
+        assert score_masks(pred, truth, spacing_mm=spacing).hd95_mm == pytest.approx(hd95(pred, truth, spacing))
+    # shifted down: the rows' spacing is what counts, so the two anisotropic pixels disagree
+    assert score_masks(pred, truth, spacing_mm=(0.5, 2.0)).hd95_mm != pytest.approx(
+        score_masks(pred, truth, spacing_mm=(2.0, 0.5)).hd95_mm
+    )
+    empty = score_masks(np.zeros((30, 40), bool), square((30, 40)), spacing_mm=(0.5, 0.5))
+    assert empty.hd95_mm == pytest.approx(25.0)  # the diagonal in mm
+
+
 def test_empty_prediction_gets_the_worst_case_distance() -> None:
     s = score_masks(np.zeros((30, 40), bool), square((30, 40)))
     assert s.dice == 0.0 and s.tpr == 0.0 and s.empty_pred
