@@ -50,7 +50,10 @@ _VB, _DISK = MASK_NAMES.index("Lat_Vertebra"), MASK_NAMES.index("Lat_Disk_Height
 
 
 def check_label_source(value: str | None, setting: str) -> str | None:
-    """``value`` when it is None or one of :data:`LEVEL_LABEL_SOURCES`; else a ValueError naming ``setting``."""
+    """``value`` when it is None or one of :data:`LEVEL_LABEL_SOURCES`; else a ValueError naming ``setting``.
+    ``"null"`` and ``"none"`` (any case: YAML's spelling, as a command line passes it) are None."""
+    if isinstance(value, str) and value.strip().lower() in ("null", "none"):
+        return None
     if value is not None and value not in LEVEL_LABEL_SOURCES:
         raise ValueError(f"{setting} must be one of {', '.join(LEVEL_LABEL_SOURCES)} or None, got {value!r}")
     return value

@@ -11,6 +11,7 @@ from spine_app.data.levels import (
     MAX_LEVELS,
     LevelBoxesd,
     body_instances,
+    check_label_source,
     decode_level,
     drop_implausible_bodies,
     encode_level,
@@ -349,3 +350,15 @@ def test_cutting_the_padding_changes_no_level_logit_and_the_training_batch_is_cu
     raw |= {key: value[None] for key, value in pad_boxes(film_level_boxes(vertebra, disk)).items()}
     inputs, targets = prepare_study_batch(raw)
     assert inputs["level_centre"].shape == (1, 4, 2) and targets["level_grade"].shape == (1, 4)
+
+
+@pytest.mark.parametrize("value", [None, "null", "None", "NULL"])
+def test_label_source_null_spellings_are_none(value) -> None:
+    """A command line passes YAML's null as a string (--extra_level_labels null)."""
+    assert check_label_source(value, "extra_level_labels") is None
+
+
+def test_label_source_unknown_is_refused_by_name() -> None:
+    assert check_label_source("truth", "level_labels") == "truth"
+    with pytest.raises(ValueError, match="extra_level_labels must be one of"):
+        check_label_source("nul", "extra_level_labels")
