@@ -42,11 +42,12 @@ def main(
             f"error: {fov_datalist}: no such datalist (run the README's main job once, or pass --fov_datalist)"
         )
     generated = ensure_datalist(str(Path(out) / "studies"), studies, seed, "default", 0, TRAINING_ONLY, EXTRA_OVERRIDES)
-    fov, more = load_datalist(fov_datalist), load_datalist(generated)
-    merged = json.loads(Path(fov_datalist).read_text())
-    merged["root"] = "/"
-    merged["training"] = [{**entry, "level_labels": "study"} for entry in fov["training"]] + more["training"]
-    merged["sources"] = {"mixed_fov": str(Path(fov_datalist).resolve()), "default": str(Path(generated).resolve())}
+    fov, more = load_datalist(fov_datalist), load_datalist(generated)  # paths made absolute
+    merged = {
+        **fov,
+        "training": [{**entry, "level_labels": "study"} for entry in fov["training"]] + more["training"],
+        "sources": {"mixed_fov": str(Path(fov_datalist).resolve()), "default": str(Path(generated).resolve())},
+    }
     write_atomic(target, lambda tmp: tmp.write_text(json.dumps(merged, indent=1)))
     print(
         f"{target}: {len(fov['training'])} mixed_fov studies (study labels) + {len(more['training'])} default studies"

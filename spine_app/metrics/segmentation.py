@@ -82,10 +82,11 @@ def hd95(pred: np.ndarray, truth: np.ndarray, spacing: tuple[float, float] = (1.
 
 
 def _hd95_mm(pred: np.ndarray, truth: np.ndarray, spacing: tuple[float, float], hd_px: float) -> float:
-    """HD95 in mm: on square pixels every distance scales by the one spacing (so does the 95th
-    percentile), saving MONAI's second pass over the edges; otherwise measured with the spacing."""
+    """HD95 in mm: on square pixels every distance scales by the one spacing (so do the 95th
+    percentile and the empty-mask conventions, 0 and the diagonal), saving MONAI's second pass over
+    the edges; otherwise measured with the spacing."""
     row, col = (float(s) for s in spacing)
-    if np.isclose(row, col, rtol=1e-9, atol=0.0) and pred.any() and truth.any():
+    if np.isclose(row, col, rtol=1e-9, atol=0.0):
         return hd_px * row
     return hd95(pred, truth, (row, col))
 
