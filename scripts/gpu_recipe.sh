@@ -23,7 +23,7 @@ WORKERS=${WORKERS:-10}
 VAL_INTERVAL=${VAL_INTERVAL:-2}
 EPOCHS=${EPOCHS:-}
 OUT=${OUT:-gpu_out}
-RUN=${RUN:-synthetic+synthetic_fov-512x384-resnet18-gpu}
+RUN=${RUN:-synthetic+synthetic_fov+synthetic_more-512x384-resnet18-gpu}
 mkdir -p "$OUT" /tmp/pack/logs
 LOGS=/tmp/pack/logs
 export PYTHONUNBUFFERED=1
@@ -42,8 +42,8 @@ train() {  # train RUN_NAME EPOCHS WORKERS LOG
 }
 # the data first (all cores), then a timed 2-epoch probe (caching, 2 epochs, one validation)
 G0=$(date +%s)
-# (train.yaml's own datalist and extra_datalist entries, so the studies are the main job's)
-python3 -c "from monai.bundle import ConfigParser; p = ConfigParser(); p.read_config('bundle/configs/train.yaml'); print(p.get_parsed_content('datalist'), p.get_parsed_content('extra_datalist'))" > "$LOGS/data.log" 2>&1 || { tail -5 "$LOGS/data.log"; exit 1; }
+# (train.yaml's own datalist and extra datalists, so the studies are the main job's)
+python3 -c "from monai.bundle import ConfigParser; p = ConfigParser(); p.read_config('bundle/configs/train.yaml'); print(*(p.get_parsed_content(k) for k in ('datalist', 'extra_datalist', 'extra_default_datalist')))" > "$LOGS/data.log" 2>&1 || { tail -5 "$LOGS/data.log"; exit 1; }
 GEN=$(( $(date +%s) - G0 ))
 if [ -z "$EPOCHS" ]; then
 P0=$(date +%s)

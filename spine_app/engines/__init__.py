@@ -14,6 +14,7 @@ from spine_app.engines.dataset import (
 from spine_app.engines.handlers import (
     AtomicCheckpointSaver,
     EpochCheckpoint,
+    PeriodicValidation,
     ValidationState,
 )
 from spine_app.engines.inferer import StudyInferer, unwrap_network
@@ -32,6 +33,7 @@ __all__ = [
     "default_run_name",
     "publish_model",
     "EpochCheckpoint",
+    "PeriodicValidation",
     "StudyInferer",
     "StudyMetrics",
     "curvature_sampler",

@@ -84,6 +84,7 @@ def training_entries(
     extra: str | None = None,
     extra_level_labels: str | None = None,
     extra_fields_of_view: Sequence[str] | None = None,
+    extra_default: str | None = None,
 ) -> list[dict[str, Any]]:
     """The training split of ``datalist`` (optionally its first ``limit``) followed by the whole
     training split of the ``extra`` datalist, if any. ``extra_level_labels`` (a
@@ -91,7 +92,9 @@ def training_entries(
     labels come from, overriding the run's ``level_labels`` for them alone (``study``: their levels
     learn from the study label only, through the multiple-instance pooling). ``extra_fields_of_view``
     keeps only the extra studies of those framings (their truth.json ``field_of_view``; None: all):
-    a leave-one-field-of-view-out run."""
+    a leave-one-field-of-view-out run. The whole training split of the ``extra_default`` datalist, if
+    any (more studies of the main dataset's framing), comes last with its own per-level labels: none
+    of the ``extra_*`` settings apply to it."""
     entries = datalist_split(datalist, "training", limit)
     if extra:
         added = keep_fields_of_view(datalist_split(extra, "training"), extra_fields_of_view, extra)
@@ -101,6 +104,10 @@ def training_entries(
             "training on %d studies of %s and %d extra studies of %s", len(entries), datalist, len(added), extra
         )
         entries = entries + added
+    if extra_default:
+        more = datalist_split(extra_default, "training")
+        logger.warning("and %d extra studies with per-level labels of %s", len(more), extra_default)
+        entries = entries + more
     return entries
 
 

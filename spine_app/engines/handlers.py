@@ -13,7 +13,7 @@ from typing import Any
 import torch.distributed as dist
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint, DiskSaver
-from monai.handlers import CheckpointSaver
+from monai.handlers import CheckpointSaver, ValidationHandler
 
 from spine_app.data.io import write_torch
 from spine_app.engines.runs import (
@@ -288,3 +288,22 @@ class EpochCheckpoint:
         for tmp in self.ckpt_dir.glob(".*.pt.*.tmp"):
             logger.warning("removing %s, left by an interrupted save", tmp)
             tmp.unlink(missing_ok=True)
+
+
+class PeriodicValidation(ValidationHandler):
+    """MONAI's epoch-level :class:`~monai.handlers.ValidationHandler` that also validates the last
+    epoch: with ``--epochs`` not a multiple of ``interval`` the final weights would otherwise be
+    neither scored nor considered for the best model."""
+
+    def __init__(self, interval: int, validator: Any = None, exec_at_start: bool = False) -> None:
+        super().__init__(interval, validator, epoch_level=True, exec_at_start=exec_at_start)
+
+    def attach(self, engine: Engine) -> None:
+        interval = self.interval
+
+        def due(engine: Engine, epoch: int) -> bool:
+            return epoch % interval == 0 or epoch == engine.state.max_epochs
+
+        engine.add_event_handler(Events.EPOCH_COMPLETED(event_filter=due), self)
+        if self.exec_at_start:
+            engine.add_event_handler(Events.STARTED, self)

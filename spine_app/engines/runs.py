@@ -70,14 +70,13 @@ def datalist_file_sha256(datalist: str | Path) -> str:
 
 
 def default_run_name(
-    datalist: str | Path, patch_size: list[int] | tuple[int, ...], backbone: str, extra: str | Path | None = None
+    datalist: str | Path, patch_size: list[int] | tuple[int, ...], backbone: str, *extras: str | Path | None
 ) -> str:
-    """``<dataset folder>[+<extra folder>]-<rows>x<cols>-<backbone>``, e.g.
-    ``synthetic+synthetic_fov-384x288-resnet18`` for ``data/synthetic/datalist.json`` with the extra
-    training studies of ``data/synthetic_fov``: the same command always finds the same run folder."""
-    base = _dataset_name(Path(datalist))
-    if extra:
-        base += "+" + _dataset_name(Path(extra))
+    """``<dataset folder>[+<extra folder>...]-<rows>x<cols>-<backbone>``, e.g.
+    ``synthetic+synthetic_fov+synthetic_more-384x288-resnet18`` for ``data/synthetic/datalist.json``
+    with the extra training studies of ``data/synthetic_fov`` and ``data/synthetic_more`` (None
+    extras are left out): the same command always finds the same run folder."""
+    base = "+".join(_dataset_name(Path(item)) for item in (datalist, *extras) if item)
     name = f"{base}-{'x'.join(str(int(v)) for v in patch_size)}-{backbone}"
     return re.sub(r"[^A-Za-z0-9._+-]+", "_", name)
 

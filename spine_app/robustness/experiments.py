@@ -49,6 +49,7 @@ def train_bundle(datalist: str | Path, run_dir: Path, bundle: Path, **overrides:
             "ckpt_dir": str(run_dir / "models"),
             "resume": False,
             "extra_synthetic_studies": 0,  # the datalist alone (the main job's extra studies are not part of it)
+            "extra_default_studies": 0,
             **overrides,
         },
     )

@@ -60,3 +60,21 @@ def test_extra_studies_train_only_and_keep_the_benchmark_split(tmp_path: Path) -
 
     again = extra_training_datalist(str(tmp_path / "fov"), 3, 1, "mixed_fov")
     assert Path(again).read_text() == Path(extra).read_text()  # reused, not regenerated
+
+
+def test_more_default_studies_come_last_with_their_own_level_labels(tmp_path: Path) -> None:
+    main = ensure_datalist(str(tmp_path / "synthetic"), 6, 3, "easy")
+    fov = extra_training_datalist(str(tmp_path / "fov"), 2, 1, "mixed_fov")
+    more = extra_training_datalist(str(tmp_path / "more"), 2, 2, "default")
+    assert fov is not None and more is not None
+    entries = training_entries(main, None, fov, "study", None, more)
+    own, added = datalist_split(main, "training"), datalist_split(more, "training")
+    assert [e["study_id"] for e in entries[-2:]] == [e["study_id"] for e in added]
+    assert [e.get("level_labels") for e in entries] == [None] * len(own) + ["study"] * 2 + [None] * 2
+    assert training_entries(main, None, None, None, None, more)[len(own) :] == added  # without the mixed_fov ones
+    truths = [json.loads(Path(e["truth"]).read_text()) for e in added]
+    assert all(t["lat_facing"] == "left" for t in truths)
+    held_out = {e["study_id"] for e in datalist_split(main, "validation") + datalist_split(main, "test")}
+    assert held_out and not held_out & {e["study_id"] for e in added}
+    assert default_run_name(main, [384, 288], "resnet18", fov, more) == "synthetic+fov+more-384x288-resnet18"
+    assert default_run_name(main, [384, 288], "resnet18", None, more) == "synthetic+more-384x288-resnet18"

@@ -141,3 +141,21 @@ def test_a_run_from_before_level_lr_scale_resumes_only_at_its_one_group() -> Non
         else:
             with pytest.raises(ResumeError, match="level_lr_scale None in the checkpoint, 3.0 now"):
                 handler.check(Path("c.pt"), old, [])
+
+
+@pytest.mark.parametrize(("epochs", "expected"), [(5, [2, 4, 5]), (6, [2, 4, 6]), (1, [1])])
+def test_periodic_validation_also_scores_the_last_epoch(epochs: int, expected: list[int]) -> None:
+    import torch
+    from ignite.engine import Engine, Events
+    from monai.engines import SupervisedEvaluator
+
+    from spine_app.engines import PeriodicValidation
+
+    batch = {"image": torch.zeros(1, 1, 2, 2), "label": torch.zeros(1, 1, 2, 2)}
+    evaluator = SupervisedEvaluator(device=torch.device("cpu"), val_data_loader=[batch], network=torch.nn.Identity())
+    scored: list[int] = []
+    evaluator.add_event_handler(Events.COMPLETED, lambda e: scored.append(e.state.epoch))
+    trainer = Engine(lambda engine, item: None)
+    PeriodicValidation(interval=2, validator=evaluator).attach(trainer)
+    trainer.run([0, 1], max_epochs=epochs)
+    assert scored == expected
