@@ -176,7 +176,7 @@ def publish(run_dir: str, bundle: str | None = None) -> None:
     beside it (run folder, settings, datalist hash, best score and epoch, git commit, versions).
 
     Args:
-        run_dir: a training run folder, e.g. bundle/runs/synthetic+synthetic_fov-384x288-resnet18.
+        run_dir: a training run folder, e.g. bundle/runs/synthetic+synthetic_fov+synthetic_more-384x288-resnet18.
         bundle: bundle folder (default: the repository's bundle/).
     """
     from spine_app.bundle import BUNDLE_DIR

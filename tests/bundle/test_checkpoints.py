@@ -109,7 +109,8 @@ def test_training_writes_the_run_folder_and_leaves_the_shipped_model(trained) ->
     assert fingerprint == {"datalist_sha256": datalist_sha256(trained["data"] / "datalist.json"), "patch_size": [64, 64],
                            "backbone": "resnet18", "decoder_channels": [128, 64, 32, 16, 16], "level_labels": "auto",
                            "extra_datalist_sha256": None, "extra_level_labels": "study",
-                           "extra_fields_of_view": None, "level_lr_scale": 1.0}  # no extra studies here
+                           "extra_fields_of_view": None, "extra_default_datalist_sha256": None,
+                           "level_lr_scale": 1.0}  # no extra studies here
     assert checkpoint["run"]["settings"]["epochs"] == 2
     assert checkpoint["validation"]["best_epoch"] in (1, 2) and isinstance(
         checkpoint["validation"]["best_metric"], float
