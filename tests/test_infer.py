@@ -354,6 +354,8 @@ def test_shipped_model_runs_without_training(tmp_path: Path, synth_root: Path) -
     assert rows == sorted(rows)
     for lv in levels["levels"]:
         assert 0.0 <= lv["fracture_probability"] <= 1.0 and lv["grade"] in (0, 1, 2, 3)
+        body = lv["morphometry"]["body"] if lv["morphometry"] else None  # the overlay's name of the body
+        assert lv["label"] == (lv["name"] or (f"#{body}" if body else f"level {lv['number']}"))
         assert sum(lv["grade_probabilities"]) == pytest.approx(1.0, abs=1e-3)
         assert lv["flagged"] == (lv["fracture_probability"] >= levels["level_threshold"])
         assert (lv["grade"] > 0) == lv["flagged"] and (lv["grade_head"] > 0) == lv["flagged"]

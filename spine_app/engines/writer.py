@@ -743,8 +743,9 @@ def summary_row(result: dict[str, Any], study_id: str, status: str, output: str 
 def level_summary(pred: dict, b: int, geom: torch.Tensor, bodies: list, threshold: float) -> dict[str, Any]:
     """result.json's ``levels`` block of study ``b``: every body the level head scored, top to bottom.
 
-    Each level: ``number`` (1 = top of the field), ``name`` (the morphometry level name at its
-    centre, when the films are named by ``lowest_level``, else None), ``centre_px`` on the film,
+    Each level: ``number`` (the level head's count, 1 = top of the field), ``name`` (the morphometry
+    level name at its centre, when the films are named by ``lowest_level``, else None), ``label``
+    (:func:`level_label`: what the overlay and the morphometry call the body), ``centre_px`` on the film,
     ``fracture_probability`` (P(grade >= 1)), ``flagged``, ``grade`` with its ``grade_source``
     (:func:`spine_app.metrics.levels.reported_grade`: a flagged body's morphometry grade where the
     morphometry grades it, else the head's), ``grade_head`` (the head's own grade at ``threshold``,
@@ -771,6 +772,7 @@ def level_summary(pred: dict, b: int, geom: torch.Tensor, bodies: list, threshol
         entry = {
             "number": i + 1,
             "name": body.level if body is not None else None,
+            "label": level_label(i + 1, body),
             "centre_px": [round(film[0], 1), round(film[1], 1)],
             "fracture_probability": round(float(cum[0]), 4),
             "grade": grade,
@@ -801,6 +803,17 @@ def level_summary(pred: dict, b: int, geom: torch.Tensor, bodies: list, threshol
     }
 
 
+def level_label(number: int, body: Any) -> str:
+    """A level's name for people, the same as the overlay's and the morphometry's for that body:
+    its level name, else ``#k`` with k the morphometry's body number on the film (1 = top-most),
+    else ``level <number>`` where the morphometry measured no body there. The level head's
+    ``number`` can differ from the body number: where the canvas merges two bodies the film keeps
+    apart, the head scores them as one level and counts one less below it."""
+    if body is None:
+        return f"level {number}"
+    return body.level or f"#{body.index + 1}"
+
+
 def _nearest_body(bodies: list, centre: tuple[float, float]) -> Any:
     """The morphometry body whose centroid is nearest ``centre`` (film px), within half its height."""
     match = nearest_matches(
@@ -817,8 +830,8 @@ def _suspect_marks(levels_block: dict[str, Any] | None) -> list[tuple[tuple[floa
     marks = []
     for number in levels_block["drives_decision"]:
         lv = by_number[number]
-        name = lv["name"] or f"#{number}"
-        marks.append((tuple(lv["centre_px"]), f"{name} P(fracture) {lv['fracture_probability']:.2f} G{lv['grade']}"))
+        label = lv.get("label") or lv["name"] or f"level {number}"  # result.json before 0.6.0 has no label
+        marks.append((tuple(lv["centre_px"]), f"{label} P(fracture) {lv['fracture_probability']:.2f} G{lv['grade']}"))
     return marks
 
 

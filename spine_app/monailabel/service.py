@@ -78,7 +78,7 @@ def classification_json(prediction: StudyPrediction) -> dict[str, Any]:
         "views": sorted(result.get("inputs", {})),
         "view_probabilities": result.get("view_probabilities", {}),
         "suspected_levels": [
-            {key: lv[key] for key in ("number", "name", "centre_px", "fracture_probability", "grade")}
+            {key: lv.get(key) for key in ("number", "name", "label", "centre_px", "fracture_probability", "grade")}
             for lv in (result.get("levels") or {}).get("levels", [])
             if lv["number"] in (result.get("levels") or {}).get("drives_decision", [])
         ],
