@@ -811,7 +811,7 @@ def level_label(number: int, body: Any) -> str:
     apart, the head scores them as one level and counts one less below it."""
     if body is None:
         return f"level {number}"
-    return body.level or f"#{body.index + 1}"
+    return body.label
 
 
 def _nearest_body(bodies: list, centre: tuple[float, float]) -> Any:
@@ -845,7 +845,7 @@ def _explanation_views(pred: dict, b: int, overlays: list) -> dict:
         image, _ = read_image(source)
         saliency = resize_to_original(pred[f"saliency_{view.lower()}"][b], geom)[0].clamp(0, 1).cpu().numpy()
         if view == "LAT":
-            centres = {(body.level or f"#{body.index + 1}"): body.centroid_px for body in bodies}
+            centres = {body.label: body.centroid_px for body in bodies}
             lat_levels = list(centres)
         else:
             centres = ap_vertebra_centres(masks[MASK_NAMES.index("Ap_Vertebra")], lat_levels)
@@ -868,11 +868,9 @@ def _morphometry_summary(
             else "numbered from the top of the field (#1 = top-most body); set lowest_level when "
             "the films show which vertebra is the lowest"
         ),
-        "not_measurable": [
-            f"{b.level or '#' + str(b.index + 1)}: {b.not_measurable}" for b in bodies if b.not_measurable
-        ],
+        "not_measurable": [f"{b.label}: {b.not_measurable}" for b in bodies if b.not_measurable],
         "vertebrae": [b.to_json(units) for b in bodies],
         "max_grade": max((b.grade for b in bodies), default=0),
-        "fractured_levels": [f"{b.level or '#' + str(b.index + 1)}: grade {b.grade} {b.deformity}" for b in graded],
+        "fractured_levels": [f"{b.label}: grade {b.grade} {b.deformity}" for b in graded],
         "max_height_reduction": round(float(max((b.reduction for b in bodies if b.grade >= 0), default=0.0)), 3),
     }

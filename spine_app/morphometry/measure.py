@@ -85,6 +85,11 @@ class VertebralBody:
     depth_mm: float = float("nan")  # anterior-posterior extent of the body
     not_measurable: str | None = None  # why the measurement failed quality control (then not graded)
 
+    @property
+    def label(self) -> str:
+        """The body's name for people: its level name, else ``#k`` (k = 1 for the top-most body on the film)."""
+        return self.level or f"#{self.index + 1}"
+
     def to_json(self, units: str = "mm") -> dict:
         """JSON-ready dict (rounded). ``units`` "px" (a film without pixel spacing, measured with
         spacing 1): the length keys are named ``heights_px``, ``depth_px``, ``expected_posterior_px``."""

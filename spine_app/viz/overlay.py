@@ -59,7 +59,7 @@ def write_overlay(
     draw = ImageDraw.Draw(picture)
     for body in bodies:
         row, col = (v * scale for v in body.centroid_px)
-        name = body.level or f"#{body.index + 1}"
+        name = body.label
         if body.grade < 0:
             text = f"{name} not graded"
         elif body.grade == 0:
