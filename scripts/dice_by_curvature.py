@@ -78,6 +78,7 @@ def disk_figure(dataset: Path, infer: Path, rows: list[dict], out: Path, worst: 
     import matplotlib.pyplot as plt
 
     from spine_app.data.io import read_image, read_mask
+    from spine_app.viz.contact_sheet import agreement_rgb
 
     chosen = sorted(rows, key=lambda r: r["Lat_Disk_Height"])[:worst]
     fig, axes = plt.subplots(1, len(chosen), figsize=(4 * len(chosen), 7))
@@ -88,12 +89,7 @@ def disk_figure(dataset: Path, infer: Path, rows: list[dict], out: Path, worst: 
         pred = read_mask(infer / row["study_id"] / "Lat_Disk_Height.png", image.shape) > 0
         r, c = np.nonzero(truth | pred)
         r0, r1, c0, c1 = max(r.min() - 20, 0), r.max() + 20, max(c.min() - 20, 0), c.max() + 20
-        gray = (image - image.min()) / (np.ptp(image) + 1e-9)
-        rgb = np.repeat(gray[..., None] * 0.7, 3, axis=-1)
-        rgb[truth & ~pred] = (0.0, 1.0, 0.0)
-        rgb[pred & ~truth] = (1.0, 0.0, 0.0)
-        rgb[truth & pred] = (1.0, 1.0, 0.0)
-        ax.imshow(rgb[r0:r1, c0:c1])
+        ax.imshow(agreement_rgb(image, truth, pred)[r0:r1, c0:c1])
         ax.set_title(
             f"{row['study_id']}\ndisk Dice {row['Lat_Disk_Height']:.3f}, deviation {row['deviation_mm']:.1f} mm"
         )

@@ -1,7 +1,7 @@
 """The shipped model on each field of view the generator renders (issue 16, "measure generalisation").
 
     python scripts/fov_zero_shot.py --out fov_zero_shot [--n 16] [--seed 7] [--long_side_px 1300]
-        [--working_spacing_mm None] [--presets "['whole_spine']"]
+        [--working_spacing_mm None] [--presets "['whole_spine']"] [--projection divergent]
 
 Generates ``--n`` studies of each field-of-view preset (``lumbar``, ``thoracolumbar``, ``thoracic``,
 ``whole_spine``; their thorax and patient features as in the preset, films rendered at
@@ -10,6 +10,9 @@ Generates ``--n`` studies of each field-of-view preset (``lumbar``, ``thoracolum
 decision AUROC per field of view, next to the ``default`` preset's own studies made the same way.
 Tall films get the taller canvas ``spine-app infer`` gives them (inference.yaml's ``working_spacing_mm``;
 ``--working_spacing_mm None``: every film fitted into the training canvas, as evaluation does).
+``--projection divergent`` draws every set (``default`` too) through the generator's divergent beam
+(magnification, oblique endplates; each body's mask from its mid-plane section, docs/data.md) instead
+of the presets' parallel one.
 Writes ``fov_zero_shot.json`` and ``fov_zero_shot.md`` into ``--out``.
 """
 
@@ -39,6 +42,7 @@ def main(
     model: str | None = None,
     working_spacing_mm: float | None | str = "inference",
     presets: tuple[str, ...] = PRESETS,
+    projection: str | None = None,
 ) -> None:
     """Score the model on ``n`` fresh studies of every field-of-view preset (see the module docstring)."""
     root = Path(out)
@@ -49,6 +53,8 @@ def main(
     for preset in presets:
         folder = root / preset
         overrides = {} if preset == "default" else {"long_side_px": (long_side_px, long_side_px)}
+        if projection is not None:
+            overrides["projection"] = projection
         if not (folder / "datalist.json").is_file():
             generate_dataset(folder / "studies", n, seed=seed, preset=preset, workers=2, **overrides)
             import_dataset(folder / "studies", folder / "datalist.json", seed=0, fractions=(0.0, 0.0, 1.0), workers=2)

@@ -3,7 +3,10 @@ against the generator's truth.json, for the reported grade (``grade``: a flagged
 grade on the film's own pixels where it grades it, else the level head's) and the level head's own
 grade (``grade_head``). Each predicted level is matched to the nearest truth level on the LAT film
 (within half the typical level spacing); truth levels with no predicted level are not counted.
-(docs/results.md, "Grades from the film's own pixels").
+(docs/results.md, "Grades from the film's own pixels"). It then lists every fractured truth level
+the reported levels miss (not flagged, or no predicted level near it) with the nearest predicted
+level's fracture probability, and whether that level's centre lies between two truth bodies (a box
+over a pair of bodies the canvas merged) or on its own body.
 
     spine-app infer data/synthetic/datalist.json --split test --out test_out
     python scripts/level_grades.py data/synthetic test_out
@@ -50,6 +53,52 @@ def matched_levels(dataset: Path, predictions: Path) -> list[dict]:
     return rows
 
 
+def _truth_levels(dataset: Path, study_id: str) -> tuple[list[dict], np.ndarray, float] | None:
+    """(truth levels in view on the LAT film, their centres (N, 2), typical spacing) of a study, or None."""
+    truth_files = list(dataset.glob(f"*/{study_id}/truth.json"))
+    if not truth_files:
+        return None
+    truth = [lv for lv in json.loads(truth_files[0].read_text())["levels"] if lv.get("in_view_lat")]
+    centres = np.array([lv["center_lat_px"] for lv in truth], dtype=float).reshape(-1, 2)
+    spacing = float(np.median(np.diff(centres[:, 0]))) if len(centres) > 1 else 50.0
+    return truth, centres, spacing
+
+
+def missed_fractures(dataset: Path, predictions: Path) -> list[dict]:
+    """Every fractured truth level with no flagged predicted level within half a spacing: the nearest
+    predicted level's probability and distance (in spacings), and ``between_bodies``: that level's centre
+    is over 0.3 spacings from the nearest truth body and within 0.75 of the second (a merged pair)."""
+    missed = []
+    for result_file in sorted(predictions.glob("*/result.json")):
+        result = json.loads(result_file.read_text())
+        found = _truth_levels(dataset, result["study_id"])
+        if found is None or not result.get("levels"):
+            continue
+        truth, centres, spacing = found
+        levels = result["levels"]["levels"]
+        points = np.array([level["centre_px"] for level in levels], dtype=float).reshape(-1, 2)
+        for j, level in enumerate(truth):
+            if not level["fracture"]:
+                continue
+            gaps = np.hypot(*(points - centres[j]).T) / spacing if len(points) else np.zeros(0)
+            k = int(np.argmin(gaps)) if gaps.size else None
+            if k is not None and gaps[k] <= 0.5 and levels[k]["flagged"]:
+                continue
+            near = np.sort(np.hypot(*(centres - points[k]).T) / spacing) if k is not None else np.zeros(0)
+            missed.append(
+                {
+                    "study_id": result["study_id"],
+                    "level": level["name"],
+                    "grade": level["fracture"]["grade"],
+                    "kind": level["fracture"]["kind"],
+                    "probability": levels[k]["fracture_probability"] if k is not None else None,
+                    "distance": float(gaps[k]) if k is not None else None,
+                    "between_bodies": bool(len(near) > 1 and near[0] > 0.3 and near[1] < 0.75),
+                }
+            )
+    return missed
+
+
 def scores(rows: list[dict], key: str) -> str:
     truth, grade = np.array([r["truth"] for r in rows]), np.array([r[key] for r in rows])
     fractured = truth > 0
@@ -72,6 +121,21 @@ def main(argv: list[str]) -> None:
     print(f"{len(rows)} matched levels; {from_morphometry} reported grades from the morphometry")
     print(f"reported grade:      {scores(rows, 'reported')}")
     print(f"level head's grade:  {scores(rows, 'head')}")
+    missed = missed_fractures(Path(argv[0]), Path(argv[1]))
+    print(
+        f"fractured levels missed: {len(missed)}, of them under a box between two bodies: "
+        f"{sum(m['between_bodies'] for m in missed)}"
+    )
+    for m in missed:
+        where = (
+            "no predicted level"
+            if m["probability"] is None
+            else (
+                f"P(fracture) {m['probability']:.3f} at {m['distance']:.2f} spacings"
+                + (", box between two bodies" if m["between_bodies"] else "")
+            )
+        )
+        print(f"  {m['study_id']} {m['level']}: grade {m['grade']} {m['kind']}, {where}")
 
 
 if __name__ == "__main__":

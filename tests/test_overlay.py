@@ -1,4 +1,5 @@
-"""The overlay picture: a tall, narrow film keeps its whole title (wrapped, not cut at the edge)."""
+"""The overlay picture: a tall, narrow film keeps its whole title (wrapped, not cut at the edge); the
+truth-against-prediction picture paints each pixel by agreement."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFont
 
+from spine_app.viz.contact_sheet import agreement_rgb
 from spine_app.viz.overlay import wrap_text, write_overlay
 
 TITLE = "syn7_00000 LAT | prediction: Damaged (P(Damaged) 0.97, threshold 0.29) | known label: Normal"
@@ -29,3 +31,19 @@ def test_a_narrow_film_gets_a_taller_header_than_a_wide_one(tmp_path: Path) -> N
     )
     # same picture height (400 rows), same legend line: the difference is the wrapped title
     assert narrow.height > wide.height
+
+
+def test_agreement_rgb_paints_truth_only_prediction_only_and_both() -> None:
+    image = np.linspace(0, 1000, 16, dtype=float).reshape(4, 4)
+    truth = np.zeros((4, 4), bool)
+    pred = np.zeros((4, 4), bool)
+    truth[0, :2] = True
+    pred[0, 1:3] = True
+    rgb = agreement_rgb(image, truth, pred)
+    assert rgb.shape == (4, 4, 3)
+    assert tuple(rgb[0, 0]) == (0.0, 1.0, 0.0)  # truth only
+    assert tuple(rgb[0, 1]) == (1.0, 1.0, 0.0)  # both
+    assert tuple(rgb[0, 2]) == (1.0, 0.0, 0.0)  # prediction only
+    grey = rgb[1:]
+    assert np.allclose(grey[..., 0], grey[..., 1]) and grey.max() <= 0.7 + 1e-9  # the film, dimmed
+    assert grey[-1, -1, 0] > grey[0, 0, 0]  # brighter pixels stay brighter

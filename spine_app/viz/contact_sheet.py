@@ -125,3 +125,16 @@ def legend_strip(
             draw.text((x + size + 6, y), name, fill=(0, 0, 0), font=font)
             x += item_width
     return legend
+
+
+def agreement_rgb(image: np.ndarray, truth: np.ndarray, pred: np.ndarray, dim: float = 0.7) -> np.ndarray:
+    """(H, W, 3) float RGB of a film (dimmed grey) with one channel's agreement painted on it: truth
+    only green, prediction only red, both yellow."""
+    image = np.asarray(image, dtype=float)
+    gray = (image - image.min()) / (np.ptp(image) + 1e-9)
+    rgb = np.repeat(gray[..., None] * dim, 3, axis=-1)
+    truth, pred = np.asarray(truth, bool), np.asarray(pred, bool)
+    rgb[truth & ~pred] = (0.0, 1.0, 0.0)
+    rgb[pred & ~truth] = (1.0, 0.0, 0.0)
+    rgb[truth & pred] = (1.0, 1.0, 0.0)
+    return rgb

@@ -1,0 +1,57 @@
+"""Truth against prediction, one channel per panel: crops of a few studies' films with the reference
+mask only in green, the predicted mask only in red and both in yellow (what a Dice number hides:
+where the two disagree). Reads a dataset in the canonical layout and a ``spine-app infer`` output folder.
+
+    spine-app infer DATASET/datalist.json --split test --out OUT
+    python scripts/mask_agreement.py DATASET OUT --panels "['syn7_00000:Ap_Vertebra','syn7_00000:Lat_Vertebra']" \\
+        --figure agreement.png
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import fire
+import numpy as np
+
+from spine_app.channels import CHANNEL_VIEW, MASK_NAMES
+from spine_app.data.io import read_image, read_mask
+from spine_app.viz.contact_sheet import agreement_rgb
+from spine_app.viz.figures import save_figure, subplots
+
+
+def dice(truth: np.ndarray, pred: np.ndarray) -> float:
+    """Dice of two boolean masks (1.0 when both are empty)."""
+    total = int(truth.sum() + pred.sum())
+    return 2.0 * float((truth & pred).sum()) / total if total else 1.0
+
+
+def main(dataset: str, predictions: str, panels: tuple[str, ...], figure: str, margin: int = 40) -> None:
+    """Draw ``panels`` ("STUDY_ID:CHANNEL" each) side by side into ``figure`` (PNG)."""
+    dataset_dir, predictions_dir = Path(dataset), Path(predictions)
+    fig, axes = subplots(1, len(panels), figsize=(4 * len(panels), 7))
+    for ax, panel in zip(np.atleast_1d(axes), panels):
+        study, _, channel = str(panel).partition(":")
+        if channel not in MASK_NAMES:
+            raise SystemExit(f"error: panel {panel!r}: channel must be one of {', '.join(MASK_NAMES)}")
+        folders = list(dataset_dir.glob(f"*/{study}"))
+        if not folders:
+            raise SystemExit(f"error: {dataset_dir}: no study {study!r}")
+        view = CHANNEL_VIEW[MASK_NAMES.index(channel)]
+        films = sorted(folders[0].glob(f"{view}.*"))
+        if not films:
+            raise SystemExit(f"error: {folders[0]}: no {view} film")
+        image = read_image(films[0])[0]
+        truth = read_mask(folders[0] / f"{channel}.png", image.shape) > 0
+        pred = read_mask(predictions_dir / study / f"{channel}.png", image.shape) > 0
+        rows = np.nonzero(truth | pred)[0]
+        top, bottom = (max(rows.min() - margin, 0), rows.max() + margin) if rows.size else (0, image.shape[0])
+        ax.imshow(agreement_rgb(image, truth, pred)[top:bottom])
+        ax.set_title(f"{study} {channel}\nDice {dice(truth, pred):.3f}")
+        ax.axis("off")
+    save_figure(fig, figure)
+    print(f"wrote {figure}")
+
+
+if __name__ == "__main__":
+    fire.Fire(main)
