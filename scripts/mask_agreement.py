@@ -9,6 +9,7 @@ where the two disagree). Reads a dataset in the canonical layout and a ``spine-a
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import fire
@@ -26,24 +27,36 @@ def dice(truth: np.ndarray, pred: np.ndarray) -> float:
     return 2.0 * float((truth & pred).sum()) / total if total else 1.0
 
 
-def main(dataset: str, predictions: str, panels: tuple[str, ...], figure: str, margin: int = 40) -> None:
+def fail(message: str) -> None:
+    """A one-line error and exit status 2 (a bad command line)."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def main(dataset: str, predictions: str, panels: str | tuple[str, ...], figure: str, margin: int = 40) -> None:
     """Draw ``panels`` ("STUDY_ID:CHANNEL" each) side by side into ``figure`` (PNG)."""
     dataset_dir, predictions_dir = Path(dataset), Path(predictions)
-    fig, axes = subplots(1, len(panels), figsize=(4 * len(panels), 7))
-    for ax, panel in zip(np.atleast_1d(axes), panels):
+    panels = (panels,) if isinstance(panels, str) else tuple(panels)
+    sources = []
+    for panel in panels:
         study, _, channel = str(panel).partition(":")
         if channel not in MASK_NAMES:
-            raise SystemExit(f"error: panel {panel!r}: channel must be one of {', '.join(MASK_NAMES)}")
+            fail(f"panel {panel!r}: give STUDY_ID:CHANNEL, CHANNEL one of {', '.join(MASK_NAMES)}")
         folders = list(dataset_dir.glob(f"*/{study}"))
-        if not folders:
-            raise SystemExit(f"error: {dataset_dir}: no study {study!r}")
+        if not study or not folders:
+            fail(f"{dataset_dir}: no study {study!r}")
         view = CHANNEL_VIEW[MASK_NAMES.index(channel)]
         films = sorted(folders[0].glob(f"{view}.*"))
-        if not films:
-            raise SystemExit(f"error: {folders[0]}: no {view} film")
-        image = read_image(films[0])[0]
-        truth = read_mask(folders[0] / f"{channel}.png", image.shape) > 0
-        pred = read_mask(predictions_dir / study / f"{channel}.png", image.shape) > 0
+        truth_file, pred_file = folders[0] / f"{channel}.png", predictions_dir / study / f"{channel}.png"
+        for needed in ([films[0]] if films else [folders[0] / f"{view}.png"]) + [truth_file, pred_file]:
+            if not needed.is_file():
+                fail(f"{needed}: not found")
+        sources.append((study, channel, films[0], truth_file, pred_file))
+    fig, axes = subplots(1, len(sources), figsize=(4 * len(sources), 7))
+    for ax, (study, channel, film, truth_file, pred_file) in zip(np.atleast_1d(axes), sources):
+        image = read_image(film)[0]
+        truth = read_mask(truth_file, image.shape) > 0
+        pred = read_mask(pred_file, image.shape) > 0
         rows = np.nonzero(truth | pred)[0]
         top, bottom = (max(rows.min() - margin, 0), rows.max() + margin) if rows.size else (0, image.shape[0])
         ax.imshow(agreement_rgb(image, truth, pred)[top:bottom])
