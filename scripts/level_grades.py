@@ -24,17 +24,26 @@ from sklearn.metrics import cohen_kappa_score
 from spine_app.metrics.matching import nearest_matches
 
 
+def _truth_levels(dataset: Path, study_id: str) -> tuple[list[dict], np.ndarray, float] | None:
+    """(truth levels in view on the LAT film, their centres (N, 2), typical spacing) of a study, or None."""
+    truth_files = list(dataset.glob(f"*/{study_id}/truth.json"))
+    if not truth_files:
+        return None
+    truth = [lv for lv in json.loads(truth_files[0].read_text())["levels"] if lv.get("in_view_lat")]
+    centres = np.array([lv["center_lat_px"] for lv in truth], dtype=float).reshape(-1, 2)
+    spacing = float(np.median(np.diff(centres[:, 0]))) if len(centres) > 1 else 50.0
+    return truth, centres, spacing
+
+
 def matched_levels(dataset: Path, predictions: Path) -> list[dict]:
     """(truth grade, reported grade, head grade, source) of every predicted level matched to a truth level."""
     rows = []
     for result_file in sorted(predictions.glob("*/result.json")):
         result = json.loads(result_file.read_text())
-        truth_files = list(dataset.glob(f"*/{result['study_id']}/truth.json"))
-        if not truth_files or not result.get("levels"):
+        found = _truth_levels(dataset, result["study_id"])
+        if found is None or not result.get("levels"):
             continue
-        truth = [lv for lv in json.loads(truth_files[0].read_text())["levels"] if lv.get("in_view_lat")]
-        centres = np.array([lv["center_lat_px"] for lv in truth])
-        spacing = float(np.median(np.diff(centres[:, 0]))) if len(centres) > 1 else 50.0
+        truth, centres, spacing = found
         levels = result["levels"]["levels"]
         points = [level["centre_px"] for level in levels]
         reach = 0.5 * spacing
@@ -51,17 +60,6 @@ def matched_levels(dataset: Path, predictions: Path) -> list[dict]:
                     }
                 )
     return rows
-
-
-def _truth_levels(dataset: Path, study_id: str) -> tuple[list[dict], np.ndarray, float] | None:
-    """(truth levels in view on the LAT film, their centres (N, 2), typical spacing) of a study, or None."""
-    truth_files = list(dataset.glob(f"*/{study_id}/truth.json"))
-    if not truth_files:
-        return None
-    truth = [lv for lv in json.loads(truth_files[0].read_text())["levels"] if lv.get("in_view_lat")]
-    centres = np.array([lv["center_lat_px"] for lv in truth], dtype=float).reshape(-1, 2)
-    spacing = float(np.median(np.diff(centres[:, 0]))) if len(centres) > 1 else 50.0
-    return truth, centres, spacing
 
 
 def missed_fractures(dataset: Path, predictions: Path) -> list[dict]:

@@ -17,14 +17,9 @@ import numpy as np
 
 from spine_app.channels import CHANNEL_VIEW, MASK_NAMES
 from spine_app.data.io import read_image, read_mask
+from spine_app.metrics.segmentation import score_masks
 from spine_app.viz.contact_sheet import agreement_rgb
 from spine_app.viz.figures import save_figure, subplots
-
-
-def dice(truth: np.ndarray, pred: np.ndarray) -> float:
-    """Dice of two boolean masks (1.0 when both are empty)."""
-    total = int(truth.sum() + pred.sum())
-    return 2.0 * float((truth & pred).sum()) / total if total else 1.0
 
 
 def fail(message: str) -> None:
@@ -60,7 +55,7 @@ def main(dataset: str, predictions: str, panels: str | tuple[str, ...], figure: 
         rows = np.nonzero(truth | pred)[0]
         top, bottom = (max(rows.min() - margin, 0), rows.max() + margin) if rows.size else (0, image.shape[0])
         ax.imshow(agreement_rgb(image, truth, pred)[top:bottom])
-        ax.set_title(f"{study} {channel}\nDice {dice(truth, pred):.3f}")
+        ax.set_title(f"{study} {channel}\nDice {score_masks(pred, truth).dice:.3f}")
         ax.axis("off")
     save_figure(fig, figure)
     print(f"wrote {figure}")
