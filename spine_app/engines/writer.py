@@ -58,6 +58,7 @@ from spine_app.channels import CHANNEL_VIEW, MASK_NAMES, VIEWS, geom_key, seg_ke
 from spine_app.data.io import fsync_folder, image_format, read_image, write_atomic, write_nifti, write_png
 from spine_app.data.layout import CLASS_NAMES
 from spine_app.data.study_transforms import FilmGeometry, fit_geometry
+from spine_app.metrics.level_calibration import IDENTITY, LevelCalibration
 from spine_app.metrics.matching import nearest_matches
 
 logger = logging.getLogger(__name__)
@@ -341,6 +342,9 @@ class StudyPredictionWriter:
             probability) or "combined" (its noisy-OR with the morphometry probability).
         level_threshold: fracture probability at or above which a level is flagged (the
             evaluation report's validation-chosen level threshold).
+        level_calibration: the neighbour-aware calibration of the level head's probabilities
+            (:class:`spine_app.metrics.level_calibration.LevelCalibration` fields, from the
+            evaluation report); None: the head's own probabilities.
         explain: the saliency method the inferer ran (``StudyInferer(explain=...)``), or None: with
             a method, ``saliency_<VIEW>.png`` and result.json's ``explanation`` are written.
         dicom_out: for a film read from DICOM, also write ``seg_<VIEW>.dcm``, a DICOM Segmentation
@@ -366,10 +370,12 @@ class StudyPredictionWriter:
         dicom_out: bool = True,
         level_threshold: float = 0.5,
         pipeline: Mapping[str, Any] | None = None,
+        level_calibration: Mapping[str, Any] | None = None,
     ) -> None:
         if decision not in DECISIONS:
             raise ValueError(f"decision must be one of {', '.join(DECISIONS)}, got {decision!r}")
         self.level_threshold = float(level_threshold)
+        self.level_calibration = LevelCalibration.from_mapping(level_calibration)
         self.decision, self.explain, self.dicom_out = decision, explain or None, bool(dicom_out)
         self.output_dir = Path(output_dir)
         self.threshold, self.damaged_threshold = float(threshold), float(damaged_threshold)
@@ -417,6 +423,7 @@ class StudyPredictionWriter:
             "damaged_threshold": self.damaged_threshold,
             "decision": self.decision,
             "level_threshold": self.level_threshold,
+            "level_calibration": self.level_calibration.as_dict(),
             "explain": self.explain,
             "lowest_level": self.lowest_level,
             "nifti": bool(self.nifti),
@@ -674,7 +681,9 @@ class StudyPredictionWriter:
         decision = self.decision
         levels_block = None
         if "level_logits" in pred and float(target["present"][b, 1]) > 0:
-            levels_block = level_summary(pred, b, target[geom_key("lat")][b], lat_bodies, self.level_threshold)
+            levels_block = level_summary(
+                pred, b, target[geom_key("lat")][b], lat_bodies, self.level_threshold, self.level_calibration
+            )
             result["levels"] = levels_block
             result["levels_probability"] = levels_block["study_probability"]
         elif decision in ("levels", "levels_network"):
@@ -740,13 +749,22 @@ def summary_row(result: dict[str, Any], study_id: str, status: str, output: str 
     return row
 
 
-def level_summary(pred: dict, b: int, geom: torch.Tensor, bodies: list, threshold: float) -> dict[str, Any]:
+def level_summary(
+    pred: dict,
+    b: int,
+    geom: torch.Tensor,
+    bodies: list,
+    threshold: float,
+    calibration: LevelCalibration = IDENTITY,
+) -> dict[str, Any]:
     """result.json's ``levels`` block of study ``b``: every body the level head scored, top to bottom.
 
     Each level: ``number`` (the level head's count, 1 = top of the field), ``name`` (the morphometry
     level name at its centre, when the films are named by ``lowest_level``, else None), ``label``
     (:func:`level_label`: what the overlay and the morphometry call the body), ``centre_px`` on the film,
-    ``fracture_probability`` (P(grade >= 1)), ``flagged``, ``grade`` with its ``grade_source``
+    ``fracture_probability`` (P(grade >= 1), after the neighbour-aware ``calibration``,
+    :mod:`spine_app.metrics.level_calibration`), ``head_probability`` (the level head's own),
+    ``flagged`` (``fracture_probability`` at or above ``threshold``), ``grade`` with its ``grade_source``
     (:func:`spine_app.metrics.levels.reported_grade`: a flagged body's morphometry grade where the
     morphometry grades it, else the head's), ``grade_head`` (the head's own grade at ``threshold``,
     :func:`spine_app.metrics.levels.graded`), ``grade_probabilities`` (0-3, the head's), and the
@@ -761,12 +779,15 @@ def level_summary(pred: dict, b: int, geom: torch.Tensor, bodies: list, threshol
     cumulative = torch.sigmoid(logits).cpu().numpy()
     grades = grade_probabilities(logits).cpu().numpy()
     centres = pred["level_centre"][b][valid].float().cpu().numpy()
+    calibrated = calibration.probabilities(cumulative[:, 0]) if len(cumulative) else []
     placement = FilmGeometry.from_tensor(geom)
     levels = []
-    for i, (cum, probs, centre) in enumerate(zip(cumulative, grades, centres)):
+    for i, (cum, probs, centre, probability) in enumerate(zip(cumulative, grades, centres, calibrated)):
         film = placement.to_film(float(centre[0]), float(centre[1]))
         body = _nearest_body(bodies, film)
-        head_grade, flagged = graded([float(v) for v in cum], threshold), bool(cum[0] >= threshold)
+        probability = float(probability)
+        head_grade = graded([float(v) for v in cum], threshold, probability)
+        flagged = bool(probability >= threshold)
         measured = body is not None and body.not_measurable is None
         grade, source = reported_grade(head_grade, flagged, body.grade if measured else None)
         entry = {
@@ -774,7 +795,8 @@ def level_summary(pred: dict, b: int, geom: torch.Tensor, bodies: list, threshol
             "name": body.level if body is not None else None,
             "label": level_label(i + 1, body),
             "centre_px": [round(film[0], 1), round(film[1], 1)],
-            "fracture_probability": round(float(cum[0]), 4),
+            "fracture_probability": round(probability, 4),
+            "head_probability": round(float(cum[0]), 4),
             "grade": grade,
             "grade_source": source,
             "grade_head": head_grade,
@@ -796,6 +818,7 @@ def level_summary(pred: dict, b: int, geom: torch.Tensor, bodies: list, threshol
     return {
         "method": "level head of the shared network (spine_app.networks.levels), bodies from the predicted LAT masks",
         "level_threshold": threshold,
+        "calibration": calibration.as_dict(),
         "study_probability": round(float(torch.sigmoid(pred["cls_levels"][b].float())), 4),
         "numbering": "1 = top-most body of the LAT film",
         "levels": levels,

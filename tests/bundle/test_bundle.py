@@ -186,6 +186,13 @@ def test_metadata_json_is_formatted_like_the_zoo_hook() -> None:
     assert text == json.dumps(json.loads(text), indent=4) + "\n"
     meta = json.loads(text)
     assert meta["version"] in meta["changelog"]
+    # the package version follows the bundle's, in the package, its build file and the bundle's requirement
+    import tomllib
+
+    import spine_app
+
+    pyproject = tomllib.loads((CONFIGS.parents[1] / "pyproject.toml").read_text())["project"]["version"]
+    assert spine_app.__version__ == pyproject == meta["required_packages_version"]["spine-app"] == meta["version"]
     assert list(meta["network_data_format"]["outputs"]["pred"]["channel_def"].values())[6] == "Lat_Anterior_Vertebral_Line"
 
 

@@ -7,6 +7,7 @@ import torch
 
 from spine_app.data.study_transforms import FilmGeometry
 from spine_app.engines.writer import _suspect_marks, level_summary
+from spine_app.metrics.level_calibration import IDENTITY, LevelCalibration
 from spine_app.morphometry.measure import VertebralBody
 
 
@@ -25,7 +26,7 @@ def body(index: int, row: float) -> VertebralBody:
     )
 
 
-def summary(level_rows: list[float], fracture: list[float]) -> dict:
+def summary(level_rows: list[float], fracture: list[float], calibration: LevelCalibration = IDENTITY) -> dict:
     """level_summary of one study whose levels sit at ``level_rows`` (film = canvas here)."""
     n = len(level_rows)
     logits = torch.full((1, n, 3), -6.0)
@@ -38,7 +39,7 @@ def summary(level_rows: list[float], fracture: list[float]) -> dict:
     }
     geom = FilmGeometry(rows=600, cols=300, scale=1.0, top=0.0, left=0.0).to_tensor()
     bodies = [body(i, 50.0 + 60.0 * i) for i in range(5)]  # film bodies #1-#5 at rows 50, 110, ..., 290
-    return level_summary(pred, 0, geom, bodies, threshold=0.5)
+    return level_summary(pred, 0, geom, bodies, threshold=0.5, calibration=calibration)
 
 
 def test_merged_bodies_keep_the_films_numbering() -> None:
@@ -64,3 +65,14 @@ def test_result_json_without_labels_still_marks_its_levels() -> None:
     old = {"levels": [{"number": 3, "name": None, "centre_px": [1.0, 2.0], "fracture_probability": 0.7, "grade": 1}]}
     old["drives_decision"] = [3]
     assert _suspect_marks(old)[0][1] == "level 3 P(fracture) 0.70 G1"
+
+
+def test_calibrated_probabilities_flag_and_the_heads_own_are_kept() -> None:
+    # the fracture at #4 bleeds onto #3 (0.6): the neighbour-aware calibration keeps #4 and drops #3
+    calibration = LevelCalibration(scale=1.0, neighbour=-0.5, bias=0.0, lone_logit=-4.0)
+    raw, calibrated = (summary([50.0, 110.0, 170.0, 230.0], [0.05, 0.1, 0.6, 0.95], c) for c in (IDENTITY, calibration))
+    assert [lv["flagged"] for lv in raw["levels"]] == [False, False, True, True]
+    assert [lv["flagged"] for lv in calibrated["levels"]] == [False, False, False, True]
+    assert [lv["head_probability"] for lv in calibrated["levels"]] == [0.05, 0.1, 0.6, 0.95]
+    assert calibrated["levels"][2]["fracture_probability"] < 0.5 and calibrated["levels"][2]["grade"] == 0
+    assert calibrated["drives_decision"] == [4] and calibrated["calibration"]["neighbour"] == -0.5
