@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFont
 
+from spine_app.morphometry.measure import VertebralBody
 from spine_app.viz.contact_sheet import agreement_rgb
-from spine_app.viz.overlay import wrap_text, write_overlay
+from spine_app.viz.overlay import body_text, wrap_text, write_overlay
 
 TITLE = "syn7_00000 LAT | prediction: Damaged (P(Damaged) 0.97, threshold 0.29) | known label: Normal"
 
@@ -47,3 +48,28 @@ def test_agreement_rgb_paints_truth_only_prediction_only_and_both() -> None:
     grey = rgb[1:]
     assert np.allclose(grey[..., 0], grey[..., 1]) and grey.max() <= 0.7 + 1e-9  # the film, dimmed
     assert grey[-1, -1, 0] > grey[0, 0, 0]  # brighter pixels stay brighter
+
+
+def _body(index: int, grade: int, reduction: float, deformity: str = "wedge") -> VertebralBody:
+    return VertebralBody(
+        index=index,
+        level=None,
+        centroid_px=(50.0 + 40 * index, 100.0),
+        area_px=1600,
+        heights_mm={"anterior": 20.0, "middle": 24.0, "posterior": 24.0},
+        ratios={"anterior_posterior": 0.8},
+        expected_posterior_mm=24.0,
+        reduction=reduction,
+        grade=grade,
+        deformity=deformity,
+    )
+
+
+def test_a_body_reads_with_the_grade_the_study_reports_for_it() -> None:
+    measured = _body(3, 1, 0.22)  # the morphometry measures a grade-1 wedge
+    assert body_text(measured) == ("#4 G1 wedge 22%", 1)  # no level head: the morphometry's grade
+    assert body_text(measured, {3: 0}) == ("#4 G0 (wedge 22%)", 0)  # the head did not flag it
+    assert body_text(measured, {3: 2}) == ("#4 G2 wedge 22%", 2)  # flagged, graded by the film's pixels
+    assert body_text(_body(3, 0, 0.05), {3: 1}) == ("#4 G1", 1)  # flagged, the head's grade
+    assert body_text(_body(19, 3, 0.51), {3: 0}) == ("#20 not scored (wedge 51%)", -1)  # below the head's cap
+    assert body_text(_body(5, -1, 0.0), {5: 0})[0] == "#6 not graded"

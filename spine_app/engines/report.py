@@ -22,15 +22,15 @@ from spine_app.channels import CHANNEL_VIEW, MASK_NAMES, VIEW_KEYS, avail_key
 from spine_app.data.io import write_atomic
 from spine_app.engines.metrics import HEADS, StudyMetrics, head_rows, line_side_summary, segmentation_table
 from spine_app.metrics.classification import auroc, auroc_ci, threshold_scores, youden_threshold
-from spine_app.metrics.level_calibration import IDENTITY
+from spine_app.metrics.level_suppression import NO_SUPPRESSION
 from spine_app.metrics.levels import (
     LEVEL_FLAG_RATE,
-    calibrate_records,
-    fit_records_calibration,
+    fit_records_suppression,
     level_markdown,
     level_scores,
     level_threshold,
     normal_level_scores,
+    suppress_records,
 )
 from spine_app.viz.figures import save_figure, subplots
 from spine_app.viz.tables import markdown_table
@@ -112,28 +112,27 @@ def markdown(
             "",
             level_markdown(levels, "test").strip(),
         ]
-        lines += _calibration_lines(levels)
+        lines += _suppression_lines(levels)
     elif levels:
         lines += [
             "",
             f"Level threshold {levels['threshold']:.3f} (flags at most {LEVEL_FLAG_RATE:.0%} of the validation Normal "
             "studies' levels); no per-level reference to score the test split against.",
         ]
-        lines += _calibration_lines(levels)
+        lines += _suppression_lines(levels)
     return "\n".join(lines) + "\n"
 
 
-def _calibration_lines(levels: dict[str, Any]) -> list[str]:
-    """What to copy into inference.yaml for these levels: the threshold and the calibration."""
-    if "calibration" not in levels:
+def _suppression_lines(levels: dict[str, Any]) -> list[str]:
+    """What to copy into inference.yaml for these levels: the threshold and the suppression weight."""
+    if "neighbour_suppression" not in levels:
         return []
-    values = ", ".join(f"{k}: {v}" for k, v in levels["calibration"].items())
     auc = levels.get("head_level_auroc")
-    head = f" (the head's own level AUROC {auc:.3f})" if auc is not None else ""
+    head = f" (level AUROC before the suppression {auc:.3f})" if auc is not None else ""
     return [
         "",
-        f"For inference.yaml: `level_threshold: {levels['threshold']:.3f}`, `level_calibration: {{{values}}}`"
-        f" (neighbour-aware, fitted on validation's reference levels){head}.",
+        f"For inference.yaml: `level_threshold: {levels['threshold']:.3f}`, "
+        f"`level_neighbour_suppression: {levels['neighbour_suppression']}` (fitted on validation's reference levels){head}.",
     ]
 
 
@@ -227,18 +226,18 @@ def level_report(
     val: list[dict[str, Any]], test: list[dict[str, Any]], threshold_source: str = "auto"
 ) -> dict[str, Any]:
     """Per-level scores of ``test`` at the level threshold chosen on ``val`` from the normal levels of
-    ``threshold_source`` (:func:`spine_app.metrics.levels.normal_level_scores`), both with the
-    neighbour-aware calibration fitted on ``val``'s reference levels (:mod:`spine_app.metrics.level_calibration`;
-    the identity with study labels only); without reference levels in ``test``, only the threshold
-    and the calibration (what inference.yaml's ``level_threshold`` and ``level_calibration`` take)."""
+    ``threshold_source`` (:func:`spine_app.metrics.levels.normal_level_scores`; the head's own
+    probabilities), the test levels flagged after the neighbour suppression whose weight is fitted on
+    ``val``'s reference levels (:mod:`spine_app.metrics.level_suppression`; none with study labels
+    only); without reference levels in ``test``, only the threshold and the weight (what
+    inference.yaml's ``level_threshold`` and ``level_neighbour_suppression`` take)."""
     normal, source = normal_level_scores(val, threshold_source)
     if normal.size == 0:
         return {}
-    calibration = fit_records_calibration(val) if source == "truth" else IDENTITY
-    val, test = calibrate_records(val, calibration), calibrate_records(test, calibration)
+    suppression = fit_records_suppression(val) if source == "truth" else NO_SUPPRESSION
     threshold = level_threshold(val, source=source)
-    scores = level_scores(test, threshold) or {"threshold": threshold}
-    return {**scores, "threshold_source": source, "calibration": calibration.as_dict()}
+    scores = level_scores(suppress_records(test, suppression), threshold) or {"threshold": threshold}
+    return {**scores, "threshold_source": source, "neighbour_suppression": suppression.weight}
 
 
 def report_metrics(

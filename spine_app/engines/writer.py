@@ -57,8 +57,9 @@ from spine_app import __version__
 from spine_app.channels import CHANNEL_VIEW, MASK_NAMES, VIEWS, geom_key, seg_key
 from spine_app.data.io import fsync_folder, image_format, read_image, write_atomic, write_nifti, write_png
 from spine_app.data.layout import CLASS_NAMES
+from spine_app.data.levels import MAX_LEVELS
 from spine_app.data.study_transforms import FilmGeometry, fit_geometry
-from spine_app.metrics.level_calibration import IDENTITY, LevelCalibration
+from spine_app.metrics.level_suppression import NO_SUPPRESSION, NeighbourSuppression
 from spine_app.metrics.matching import nearest_matches
 
 logger = logging.getLogger(__name__)
@@ -342,9 +343,9 @@ class StudyPredictionWriter:
             probability) or "combined" (its noisy-OR with the morphometry probability).
         level_threshold: fracture probability at or above which a level is flagged (the
             evaluation report's validation-chosen level threshold).
-        level_calibration: the neighbour-aware calibration of the level head's probabilities
-            (:class:`spine_app.metrics.level_calibration.LevelCalibration` fields, from the
-            evaluation report); None: the head's own probabilities.
+        level_neighbour_suppression: the weight of the neighbour suppression of the level head's
+            probabilities (:mod:`spine_app.metrics.level_suppression`, from the evaluation report);
+            0: the head's own probabilities.
         explain: the saliency method the inferer ran (``StudyInferer(explain=...)``), or None: with
             a method, ``saliency_<VIEW>.png`` and result.json's ``explanation`` are written.
         dicom_out: for a film read from DICOM, also write ``seg_<VIEW>.dcm``, a DICOM Segmentation
@@ -370,12 +371,12 @@ class StudyPredictionWriter:
         dicom_out: bool = True,
         level_threshold: float = 0.5,
         pipeline: Mapping[str, Any] | None = None,
-        level_calibration: Mapping[str, Any] | None = None,
+        level_neighbour_suppression: float = 0.0,
     ) -> None:
         if decision not in DECISIONS:
             raise ValueError(f"decision must be one of {', '.join(DECISIONS)}, got {decision!r}")
         self.level_threshold = float(level_threshold)
-        self.level_calibration = LevelCalibration.from_mapping(level_calibration)
+        self.level_suppression = NeighbourSuppression(float(level_neighbour_suppression or 0.0))
         self.decision, self.explain, self.dicom_out = decision, explain or None, bool(dicom_out)
         self.output_dir = Path(output_dir)
         self.threshold, self.damaged_threshold = float(threshold), float(damaged_threshold)
@@ -423,7 +424,7 @@ class StudyPredictionWriter:
             "damaged_threshold": self.damaged_threshold,
             "decision": self.decision,
             "level_threshold": self.level_threshold,
-            "level_calibration": self.level_calibration.as_dict(),
+            "level_neighbour_suppression": self.level_suppression.weight,
             "explain": self.explain,
             "lowest_level": self.lowest_level,
             "nifti": bool(self.nifti),
@@ -682,10 +683,15 @@ class StudyPredictionWriter:
         levels_block = None
         if "level_logits" in pred and float(target["present"][b, 1]) > 0:
             levels_block = level_summary(
-                pred, b, target[geom_key("lat")][b], lat_bodies, self.level_threshold, self.level_calibration
+                pred, b, target[geom_key("lat")][b], lat_bodies, self.level_threshold, self.level_suppression
             )
             result["levels"] = levels_block
             result["levels_probability"] = levels_block["study_probability"]
+            if levels_block["unscored"]:
+                result["warnings"].append(
+                    f"the level head scores at most {MAX_LEVELS} bodies per LAT film, top to bottom: "
+                    f"{', '.join(levels_block['unscored'])} below them are not scored (their morphometry is in 'morphometry')"
+                )
         elif decision in ("levels", "levels_network"):
             decision = "network"
             result["warnings"].append(
@@ -726,7 +732,8 @@ class StudyPredictionWriter:
                 f"(P(Damaged) {probability:.2f}, threshold {self.damaged_threshold:.2f}){title_end}"
             )
             marks = _suspect_marks(levels_block) if view == "LAT" else ()
-            write_overlay(folder / f"overlay_{view}.png", image, masks, title, bodies, marks)
+            reported = _reported_grades(levels_block) if view == "LAT" else None
+            write_overlay(folder / f"overlay_{view}.png", image, masks, title, bodies, marks, reported=reported)
 
 
 def summary_row(result: dict[str, Any], study_id: str, status: str, output: str | None = None) -> dict[str, Any]:
@@ -755,21 +762,24 @@ def level_summary(
     geom: torch.Tensor,
     bodies: list,
     threshold: float,
-    calibration: LevelCalibration = IDENTITY,
+    suppression: NeighbourSuppression = NO_SUPPRESSION,
 ) -> dict[str, Any]:
     """result.json's ``levels`` block of study ``b``: every body the level head scored, top to bottom.
 
     Each level: ``number`` (the level head's count, 1 = top of the field), ``name`` (the morphometry
     level name at its centre, when the films are named by ``lowest_level``, else None), ``label``
     (:func:`level_label`: what the overlay and the morphometry call the body), ``centre_px`` on the film,
-    ``fracture_probability`` (P(grade >= 1), after the neighbour-aware ``calibration``,
-    :mod:`spine_app.metrics.level_calibration`), ``head_probability`` (the level head's own),
+    ``fracture_probability`` (P(grade >= 1) after the neighbour ``suppression``,
+    :mod:`spine_app.metrics.level_suppression`), ``head_probability`` (the level head's own),
     ``flagged`` (``fracture_probability`` at or above ``threshold``), ``grade`` with its ``grade_source``
     (:func:`spine_app.metrics.levels.reported_grade`: a flagged body's morphometry grade where the
     morphometry grades it, else the head's), ``grade_head`` (the head's own grade at ``threshold``,
     :func:`spine_app.metrics.levels.graded`), ``grade_probabilities`` (0-3, the head's), and the
     morphometry of the same body (heights, ratios, ``not_measurable``) where it measured one.
     ``drives_decision``: the flagged levels, or the most suspicious one when none is.
+    ``unscored``: where the film has :data:`~spine_app.data.levels.MAX_LEVELS` levels or more, the
+    labels of the measured bodies below the lowest scored one (the level head's cap; a whole-spine
+    film's L4 and L5), else empty.
     """
     from spine_app.metrics.levels import graded, reported_grade
     from spine_app.networks.levels import grade_probabilities
@@ -779,10 +789,10 @@ def level_summary(
     cumulative = torch.sigmoid(logits).cpu().numpy()
     grades = grade_probabilities(logits).cpu().numpy()
     centres = pred["level_centre"][b][valid].float().cpu().numpy()
-    calibrated = calibration.probabilities(cumulative[:, 0]) if len(cumulative) else []
+    suppressed = suppression.probabilities(cumulative[:, 0]) if len(cumulative) else []
     placement = FilmGeometry.from_tensor(geom)
     levels = []
-    for i, (cum, probs, centre, probability) in enumerate(zip(cumulative, grades, centres, calibrated)):
+    for i, (cum, probs, centre, probability) in enumerate(zip(cumulative, grades, centres, suppressed)):
         film = placement.to_film(float(centre[0]), float(centre[1]))
         body = _nearest_body(bodies, film)
         probability = float(probability)
@@ -813,16 +823,22 @@ def level_summary(
             },
         }
         levels.append(entry)
+    unscored = []
+    if len(levels) >= MAX_LEVELS:
+        lowest = max(float(c[0]) for c in (placement.to_film(float(r), float(col)) for r, col in centres))
+        scored = {id(_nearest_body(bodies, tuple(lv["centre_px"]))) for lv in levels}
+        unscored = [b.label for b in bodies if b.centroid_px[0] > lowest and id(b) not in scored]
     flagged = [lv["number"] for lv in levels if lv["flagged"]]
     top_level = max(levels, key=lambda lv: lv["fracture_probability"])["number"] if levels else None
     return {
         "method": "level head of the shared network (spine_app.networks.levels), bodies from the predicted LAT masks",
         "level_threshold": threshold,
-        "calibration": calibration.as_dict(),
+        "neighbour_suppression": suppression.weight,
         "study_probability": round(float(torch.sigmoid(pred["cls_levels"][b].float())), 4),
         "numbering": "1 = top-most body of the LAT film",
         "levels": levels,
         "drives_decision": flagged or ([top_level] if top_level is not None else []),
+        "unscored": unscored,
     }
 
 
@@ -856,6 +872,19 @@ def _suspect_marks(levels_block: dict[str, Any] | None) -> list[tuple[tuple[floa
         label = lv.get("label") or lv["name"] or f"level {number}"  # result.json before 0.6.0 has no label
         marks.append((tuple(lv["centre_px"]), f"{label} P(fracture) {lv['fracture_probability']:.2f} G{lv['grade']}"))
     return marks
+
+
+def _reported_grades(levels_block: dict[str, Any] | None) -> dict[int, int] | None:
+    """Morphometry body index -> the grade result.json's levels report for it (None without levels):
+    what the LAT overlay labels each body with."""
+    if not levels_block:
+        return None
+    grades: dict[int, int] = {}
+    for lv in levels_block["levels"]:
+        if lv.get("morphometry"):  # two levels on one body (a merged pair): the higher grade
+            index = lv["morphometry"]["body"] - 1
+            grades[index] = max(grades.get(index, 0), int(lv["grade"]))
+    return grades
 
 
 def _explanation_views(pred: dict, b: int, overlays: list) -> dict:

@@ -3,7 +3,7 @@ on the lateral view, each vertebra's level and Genant grade."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +33,30 @@ def wrap_text(text: str, font: ImageFont.FreeTypeFont, width: float) -> list[str
     return lines  # split() gives at least one word
 
 
+def body_text(body: VertebralBody, reported: Mapping[int, int] | None = None) -> tuple[str, int]:
+    """(label, grade it is coloured by, -1 grey) of one measured body on the LAT overlay.
+
+    ``reported`` (body index -> the grade result.json's levels give the body) is None without a
+    level head: the body then reads as the morphometry grades it (type and height loss). With it,
+    a body reads with its reported grade, so one the level head did not flag is G0 even where the
+    morphometry measures a loss (shown in brackets: "#4 G0 (wedge 22%)"), and a body the head did not
+    score (below its cap, or the second of a pair the canvas merged) reads "not scored", in grey.
+    """
+    name = body.label
+    measured = f"{body.deformity} {100 * body.reduction:.0f}%"
+    if body.grade < 0:
+        return f"{name} not graded", -1
+    if reported is None:
+        return (f"{name} G0", 0) if body.grade == 0 else (f"{name} G{body.grade} {measured}", body.grade)
+    grade = reported.get(body.index)
+    bracket = f" ({measured})" if body.grade > 0 else ""
+    if grade is None:
+        return f"{name} not scored{bracket}", -1
+    if grade == 0:
+        return f"{name} G0{bracket}", 0
+    return (f"{name} G{grade} {measured}" if body.grade > 0 else f"{name} G{grade}"), grade
+
+
 def write_overlay(
     path: str | Path,
     image: np.ndarray,
@@ -41,11 +65,14 @@ def write_overlay(
     bodies: Sequence[VertebralBody] = (),
     suspects: Sequence[tuple[tuple[float, float], str]] = (),
     max_height: int = 1024,
+    reported: Mapping[int, int] | None = None,
 ) -> Path:
     """Draw ``masks`` (channel index -> (H, W) bool) on ``image`` (H, W) and save a PNG atomically.
 
     The picture is scaled to at most ``max_height`` rows; a title line and the legend of the drawn
-    channels frame it; ``bodies`` (LAT morphometry) are labelled "level G<grade> <type> <loss %>";
+    channels frame it; ``bodies`` (LAT morphometry) are labelled "level G<grade> <type> <loss %>"
+    (:func:`body_text`; ``reported``: body index -> the grade the study reports for it, where the
+    level head scored the body);
     ``suspects`` ((row, col) on the film, label): the levels that drive the decision, circled in
     magenta with their label on the left.
     """
@@ -59,16 +86,8 @@ def write_overlay(
     draw = ImageDraw.Draw(picture)
     for body in bodies:
         row, col = (v * scale for v in body.centroid_px)
-        name = body.label
-        if body.grade < 0:
-            text = f"{name} not graded"
-        elif body.grade == 0:
-            text = f"{name} G0"
-        else:
-            text = f"{name} G{body.grade} {body.deformity} {100 * body.reduction:.0f}%"
-        draw.text(
-            (col + 4, row - 6), text, fill=GRADE_COLORS[body.grade], font=font, stroke_width=2, stroke_fill=(0, 0, 0)
-        )
+        text, grade = body_text(body, reported)
+        draw.text((col + 4, row - 6), text, fill=GRADE_COLORS[grade], font=font, stroke_width=2, stroke_fill=(0, 0, 0))
     radius = max(8, picture.height // 40)
     for (row, col), text in suspects:
         row, col = row * scale, col * scale

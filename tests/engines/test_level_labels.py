@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import torch
 
+from spine_app.data.levels import MAX_LEVELS
 from spine_app.data.study_transforms import FilmGeometry
 from spine_app.engines.writer import _suspect_marks, level_summary
-from spine_app.metrics.level_calibration import IDENTITY, LevelCalibration
+from spine_app.metrics.level_suppression import NO_SUPPRESSION, NeighbourSuppression
 from spine_app.morphometry.measure import VertebralBody
 
 
@@ -26,7 +27,7 @@ def body(index: int, row: float) -> VertebralBody:
     )
 
 
-def summary(level_rows: list[float], fracture: list[float], calibration: LevelCalibration = IDENTITY) -> dict:
+def summary(level_rows: list[float], fracture: list[float], suppression: NeighbourSuppression = NO_SUPPRESSION) -> dict:
     """level_summary of one study whose levels sit at ``level_rows`` (film = canvas here)."""
     n = len(level_rows)
     logits = torch.full((1, n, 3), -6.0)
@@ -39,7 +40,7 @@ def summary(level_rows: list[float], fracture: list[float], calibration: LevelCa
     }
     geom = FilmGeometry(rows=600, cols=300, scale=1.0, top=0.0, left=0.0).to_tensor()
     bodies = [body(i, 50.0 + 60.0 * i) for i in range(5)]  # film bodies #1-#5 at rows 50, 110, ..., 290
-    return level_summary(pred, 0, geom, bodies, threshold=0.5, calibration=calibration)
+    return level_summary(pred, 0, geom, bodies, threshold=0.5, suppression=suppression)
 
 
 def test_merged_bodies_keep_the_films_numbering() -> None:
@@ -67,12 +68,31 @@ def test_result_json_without_labels_still_marks_its_levels() -> None:
     assert _suspect_marks(old)[0][1] == "level 3 P(fracture) 0.70 G1"
 
 
-def test_calibrated_probabilities_flag_and_the_heads_own_are_kept() -> None:
-    # the fracture at #4 bleeds onto #3 (0.6): the neighbour-aware calibration keeps #4 and drops #3
-    calibration = LevelCalibration(scale=1.0, neighbour=-0.5, bias=0.0, lone_logit=-4.0)
-    raw, calibrated = (summary([50.0, 110.0, 170.0, 230.0], [0.05, 0.1, 0.6, 0.95], c) for c in (IDENTITY, calibration))
+def test_suppressed_probabilities_flag_and_the_heads_own_are_kept() -> None:
+    # the fracture at #4 bleeds onto #3 (0.6): the neighbour suppression keeps #4 and drops #3
+    suppression = NeighbourSuppression(0.5)
+    raw, suppressed = (
+        summary([50.0, 110.0, 170.0, 230.0], [0.05, 0.1, 0.6, 0.95], s) for s in (NO_SUPPRESSION, suppression)
+    )
     assert [lv["flagged"] for lv in raw["levels"]] == [False, False, True, True]
-    assert [lv["flagged"] for lv in calibrated["levels"]] == [False, False, False, True]
-    assert [lv["head_probability"] for lv in calibrated["levels"]] == [0.05, 0.1, 0.6, 0.95]
-    assert calibrated["levels"][2]["fracture_probability"] < 0.5 and calibrated["levels"][2]["grade"] == 0
-    assert calibrated["drives_decision"] == [4] and calibrated["calibration"]["neighbour"] == -0.5
+    assert [lv["flagged"] for lv in suppressed["levels"]] == [False, False, False, True]
+    assert [lv["head_probability"] for lv in suppressed["levels"]] == [0.05, 0.1, 0.6, 0.95]
+    assert suppressed["levels"][2]["fracture_probability"] < 0.5 and suppressed["levels"][2]["grade"] == 0
+    assert suppressed["drives_decision"] == [4] and suppressed["neighbour_suppression"] == 0.5
+
+
+def test_bodies_below_the_level_heads_cap_are_named_as_unscored() -> None:
+    def block(n_levels: int) -> dict:
+        rows = [40.0 + 30.0 * i for i in range(18)]  # a whole-spine film: 18 measured bodies
+        logits = torch.full((1, n_levels, 3), -6.0)
+        pred = {
+            "level_valid": torch.ones(1, n_levels),
+            "level_logits": logits,
+            "level_centre": torch.tensor([[[r, 100.0] for r in rows[:n_levels]]]),
+            "cls_levels": torch.tensor([-6.0]),
+        }
+        geom = FilmGeometry(rows=700, cols=300, scale=1.0, top=0.0, left=0.0).to_tensor()
+        return level_summary(pred, 0, geom, [body(i, r) for i, r in enumerate(rows)], threshold=0.5)
+
+    assert block(MAX_LEVELS)["unscored"] == ["#17", "#18"]
+    assert block(MAX_LEVELS - 1)["unscored"] == []  # under the cap every body the head found is scored
