@@ -21,7 +21,14 @@ from spine_app.engines.inferer import StudyInferer, unwrap_network
 from spine_app.engines.metrics import StudyMetrics
 from spine_app.engines.optim import parameter_groups
 from spine_app.engines.report import evaluate_and_report
-from spine_app.engines.runs import as_flag, datalist_file_sha256, datalist_sha256, default_run_name, publish_model
+from spine_app.engines.runs import (
+    as_flag,
+    datalist_file_sha256,
+    datalist_sha256,
+    default_run_name,
+    publish_model,
+    weights_sha256,
+)
 from spine_app.engines.writer import StudyPredictionWriter, shard_entries
 
 __all__ = [
@@ -32,6 +39,7 @@ __all__ = [
     "datalist_sha256",
     "default_run_name",
     "publish_model",
+    "weights_sha256",
     "EpochCheckpoint",
     "PeriodicValidation",
     "StudyInferer",

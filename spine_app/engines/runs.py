@@ -69,6 +69,12 @@ def datalist_file_sha256(datalist: str | Path) -> str:
     return sha256_of(datalist)
 
 
+def weights_sha256(path: str | Path | None) -> str | None:
+    """SHA-256 of the weights a run starts from (``init_weights``), None for a run from scratch: a
+    published model's provenance then names its starting point even after that file is replaced."""
+    return None if not path else sha256_of(path)
+
+
 def default_run_name(
     datalist: str | Path, patch_size: list[int] | tuple[int, ...], backbone: str, *extras: str | Path | None
 ) -> str:

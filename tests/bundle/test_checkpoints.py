@@ -20,7 +20,7 @@ import torch
 from ignite.engine import Events
 from monai.bundle import ConfigWorkflow
 
-from spine_app.engines import StudyMetrics, datalist_sha256
+from spine_app.engines import StudyMetrics, datalist_sha256, weights_sha256
 from spine_app.synthetic.generator import generate_dataset
 
 CONFIGS = Path(__file__).resolve().parents[2] / "bundle" / "configs"
@@ -112,9 +112,17 @@ def test_training_writes_the_run_folder_and_leaves_the_shipped_model(trained) ->
                            "extra_fields_of_view": None, "extra_default_datalist_sha256": None,
                            "level_lr_scale": 1.0}  # no extra studies here
     assert checkpoint["run"]["settings"]["epochs"] == 2
+    assert checkpoint["run"]["settings"]["init_weights_sha256"] is None  # trained from scratch
     assert checkpoint["validation"]["best_epoch"] in (1, 2) and isinstance(
         checkpoint["validation"]["best_metric"], float
     )
+
+
+def test_weights_sha256_names_what_a_run_starts_from(tmp_path: Path) -> None:
+    weights = tmp_path / "start.pt"
+    weights.write_bytes(b"weights a run starts from")
+    assert weights_sha256(weights) == hashlib.sha256(b"weights a run starts from").hexdigest()
+    assert weights_sha256(None) is None and weights_sha256("") is None
 
 
 def test_kill_during_a_checkpoint_save_then_resume_and_publish(copy, tmp_path: Path) -> None:
