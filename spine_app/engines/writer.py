@@ -792,9 +792,12 @@ def level_summary(
     suppressed = suppression.probabilities(cumulative[:, 0]) if len(cumulative) else []
     placement = FilmGeometry.from_tensor(geom)
     levels = []
+    scored, lowest = set(), -np.inf  # the bodies the levels lie on, the lowest level's row on the film
     for i, (cum, probs, centre, probability) in enumerate(zip(cumulative, grades, centres, suppressed)):
         film = placement.to_film(float(centre[0]), float(centre[1]))
         body = _nearest_body(bodies, film)
+        scored.add(id(body))
+        lowest = max(lowest, float(film[0]))
         probability = float(probability)
         head_grade = graded([float(v) for v in cum], threshold, probability)
         flagged = bool(probability >= threshold)
@@ -825,9 +828,7 @@ def level_summary(
         levels.append(entry)
     unscored = []
     if len(levels) >= MAX_LEVELS:
-        lowest = max(float(c[0]) for c in (placement.to_film(float(r), float(col)) for r, col in centres))
-        scored = {id(_nearest_body(bodies, tuple(lv["centre_px"]))) for lv in levels}
-        unscored = [b.label for b in bodies if b.centroid_px[0] > lowest and id(b) not in scored]
+        unscored = [body.label for body in bodies if body.centroid_px[0] > lowest and id(body) not in scored]
     flagged = [lv["number"] for lv in levels if lv["flagged"]]
     top_level = max(levels, key=lambda lv: lv["fracture_probability"])["number"] if levels else None
     return {

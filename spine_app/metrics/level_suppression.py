@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import special
 
 #: head probabilities are clipped to [EPS, 1 - EPS] before taking logits (|logit| <= 9.2)
 EPS = 1e-4
@@ -34,8 +35,7 @@ MIN_LEVELS_PER_CLASS = 5
 
 def logit(probability: np.ndarray | Sequence[float]) -> np.ndarray:
     """Logits of probabilities clipped to [EPS, 1 - EPS]."""
-    p = np.clip(np.asarray(probability, dtype=float), EPS, 1.0 - EPS)
-    return np.log(p / (1.0 - p))
+    return special.logit(np.clip(np.asarray(probability, dtype=float), EPS, 1.0 - EPS))
 
 
 def neighbour_excess(head_probabilities: Sequence[float]) -> np.ndarray:
@@ -65,7 +65,7 @@ class NeighbourSuppression:
         if self.weight == 0 or head.size == 0:
             return head.copy()
         z = logit(head) - self.weight * neighbour_excess(head)
-        return np.minimum(head, 1.0 / (1.0 + np.exp(-z)))
+        return np.minimum(head, special.expit(z))
 
 
 #: the head's own probabilities
