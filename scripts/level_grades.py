@@ -6,7 +6,9 @@ grade (``grade_head``). Each predicted level is matched to the nearest truth lev
 (docs/results.md, "Grades from the film's own pixels"). It then lists every fractured truth level
 the reported levels miss (not flagged, or no predicted level near it) with the nearest predicted
 level's fracture probability, and whether that level's centre lies between two truth bodies (a box
-over a pair of bodies the canvas merged) or on its own body.
+over a pair of bodies the canvas merged) or on its own body. Per fracture kind it prints the exact
+reported grade and the morphometry's height-ratio error (ratios measured on the predicted LAT mask
+minus the generator's 3-D truth), which shows what the masks can and cannot measure.
 
     spine-app infer data/synthetic/datalist.json --split test --out test_out
     python scripts/level_grades.py data/synthetic test_out
@@ -51,12 +53,19 @@ def matched_levels(dataset: Path, predictions: Path) -> list[dict]:
         for level, j in zip(levels, matches):
             if j is not None:
                 fracture = truth[j]["fracture"]
+                measured = (level.get("morphometry") or {}).get("ratios") or {}
                 rows.append(
                     {
                         "truth": fracture["grade"] if fracture else 0,
+                        "kind": fracture["kind"] if fracture else "none",
                         "reported": level["grade"],
                         "head": level.get("grade_head", level["grade"]),
                         "source": level.get("grade_source", "level head"),
+                        "ratio_errors": {
+                            key: measured[key] - value
+                            for key, value in truth[j].get("ratios", {}).items()
+                            if measured.get(key) is not None
+                        },
                     }
                 )
     return rows
@@ -109,6 +118,22 @@ def scores(rows: list[dict], key: str) -> str:
     )
 
 
+def by_kind(rows: list[dict]) -> list[str]:
+    """Per fracture kind (and normal bodies): exact reported grade, and the morphometry's height-ratio
+    error (measured on the predicted LAT mask minus the generator's 3-D truth; mean and SD)."""
+    lines = []
+    for kind in sorted({r["kind"] for r in rows}, key=lambda k: (k != "none", k)):
+        group = [r for r in rows if r["kind"] == kind]
+        exact = sum(r["reported"] == r["truth"] for r in group)
+        errors = []
+        for key in ("anterior_posterior", "middle_posterior", "posterior_expected"):
+            values = np.array([r["ratio_errors"][key] for r in group if key in r["ratio_errors"]])
+            if values.size:
+                errors.append(f"{key} {values.mean():+.3f} (SD {values.std():.3f}, n {values.size})")
+        lines.append(f"  {kind}: exact grade {exact}/{len(group)}; ratio error " + ", ".join(errors))
+    return lines
+
+
 def main(argv: list[str]) -> None:
     if len(argv) != 2:
         sys.exit(__doc__)
@@ -119,6 +144,8 @@ def main(argv: list[str]) -> None:
     print(f"{len(rows)} matched levels; {from_morphometry} reported grades from the morphometry")
     print(f"reported grade:      {scores(rows, 'reported')}")
     print(f"level head's grade:  {scores(rows, 'head')}")
+    print("by kind (morphometry ratio error: measured on the predicted LAT mask minus truth):")
+    print("\n".join(by_kind(rows)))
     missed = missed_fractures(Path(argv[0]), Path(argv[1]))
     print(
         f"fractured levels missed: {len(missed)}, of them under a box between two bodies: "
