@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-__version__ = "0.7.1"
+__version__ = "0.7.2"
 
 _SUBPACKAGES = {
     "bench",

@@ -2,15 +2,25 @@
 
 from spine_app.data.sampling import curvature_sampler
 from spine_app.engines.batch import output_loss, prepare_study_batch
+from spine_app.engines.cycles import (
+    CycleSampler,
+    SamplerEpoch,
+    TwoCycleCosine,
+    lr_schedule,
+    require_one_cycle,
+    training_sampler,
+)
 from spine_app.engines.dataset import (
     datalist_split,
     ensure_datalist,
     extra_training_datalist,
     inference_entries,
     mask_priors,
+    second_cycle_entries,
     tall_film_spacing,
     training_entries,
 )
+from spine_app.engines.distributed import end_distributed_run
 from spine_app.engines.handlers import (
     AtomicCheckpointSaver,
     EpochCheckpoint,
@@ -45,6 +55,14 @@ __all__ = [
     "StudyInferer",
     "StudyMetrics",
     "curvature_sampler",
+    "CycleSampler",
+    "SamplerEpoch",
+    "TwoCycleCosine",
+    "lr_schedule",
+    "require_one_cycle",
+    "training_sampler",
+    "second_cycle_entries",
+    "end_distributed_run",
     "datalist_split",
     "StudyPredictionWriter",
     "shard_entries",

@@ -111,6 +111,18 @@ def training_entries(
     return entries
 
 
+def second_cycle_entries(datalist: str | None, extra_level_labels: str | None = None) -> list[dict[str, Any]]:
+    """The training split of ``datalist`` (studies only a run's second cycle draws; none when None),
+    their per-level labels from ``extra_level_labels`` as for the first cycle's extra studies."""
+    if not datalist:
+        return []
+    added = datalist_split(datalist, "training")
+    if check_label_source(extra_level_labels, "extra_level_labels") is not None:
+        added = [{**entry, "level_labels": extra_level_labels} for entry in added]
+    logger.warning("and %d studies of %s in the second cycle only", len(added), datalist)
+    return added
+
+
 def field_of_view_name(entry: dict[str, Any]) -> str | None:
     """The framing a synthetic study was drawn with (its truth.json ``field_of_view.name``), or None."""
     truth = entry.get("truth")

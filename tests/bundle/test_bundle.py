@@ -161,6 +161,34 @@ def test_curvature_oversampling_gives_the_training_loader_a_weighted_sampler(bun
         assert len(loader.sampler) == len(loader.dataset)
 
 
+def test_a_second_cycle_restarts_the_learning_rate_and_draws_its_own_studies(bundle_run, tmp_path: Path) -> None:
+    """train.yaml with ``cycle2_epochs``: the learning rate follows the cosine over ``epochs``, restarts
+    at ``cycle2_learning_rate``, every epoch has the first cycle's length, only the second cycle draws the
+    studies generated for it, and the checkpoint records the cycle."""
+    root = tmp_path / "bundle"
+    workflow = ConfigWorkflow(TRAIN, META, LOGGING, workflow_type="train", dataset_dir=str(bundle_run["data"]),
+                              bundle_root=str(root), epochs=2, cycle2_epochs=2, cycle2_learning_rate=3e-4,
+                              cycle2_studies=3, cycle2_dataset_dir=str(tmp_path / "cycle2"),
+                              extra_synthetic_preset="easy", val_interval=2, run_name="two-cycles", **SMALL)
+    workflow.initialize()
+    parser = workflow.parser
+    trainer, sampler = parser.get_parsed_content("train#trainer"), parser.get_parsed_content("train#dataloader#sampler")
+    first = len(parser.get_parsed_content("first_cycle_entries"))
+    assert len(trainer.data_loader.dataset) == first + 3 and len(sampler) == first
+    seen: list[tuple[float, list[int]]] = []
+    trainer.add_event_handler(Events.EPOCH_STARTED,
+                              lambda engine: seen.append((engine.optimizer.param_groups[0]["lr"], list(sampler))))
+    workflow.run()
+    workflow.finalize()
+    lrs = [lr for lr, _ in seen]
+    assert lrs == pytest.approx([1e-3, 5e-4, 3e-4, 1.5e-4])
+    assert all(max(indices) < first for _, indices in seen[:2])
+    assert any(max(indices) >= first for _, indices in seen[2:])
+    checkpoint = torch.load(root / "runs" / "two-cycles" / "checkpoint_epoch=4.pt", map_location="cpu", weights_only=False)
+    assert checkpoint["run"]["settings"]["cycle2"]["epochs"] == 2
+    assert checkpoint["run"]["fingerprint"]["cycle2"]["first_epochs"] == 2
+
+
 def test_torchscript_export_matches_eager(bundle_run, tmp_path: Path) -> None:
     from monai.bundle import ckpt_export
 

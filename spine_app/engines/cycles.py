@@ -1,0 +1,126 @@
+"""A second training cycle in the same run: after the first ``epochs``, the cosine learning rate restarts
+at a lower peak and the epochs also draw studies that only this cycle sees (e.g. more framed films).
+
+This is the shipped 0.7.0 recipe (the main job, then a fine-tune on 240 framed films at learning rate
+3e-4) folded into one run: one command, one run folder, one resume path. Every epoch has the first
+cycle's number of studies, so Ignite's epoch length stays fixed; a second-cycle epoch draws that many
+studies without replacement from all of them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import torch
+from ignite.engine import Engine, Events
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import CosineAnnealingLR, LambdaLR, LRScheduler
+from torch.utils.data import Sampler
+
+from spine_app.data.sampling import curvature_sampler
+
+
+class TwoCycleCosine:
+    """Learning-rate factor of epoch ``e`` (0-based): cosine from 1 towards 0 over ``first_epochs``
+    (as ``CosineAnnealingLR(T_max=first_epochs)``), then cosine from ``second_scale`` towards 0 over
+    ``second_epochs``. A plain object, so ``LambdaLR.state_dict`` stores it."""
+
+    def __init__(self, first_epochs: int, second_epochs: int, second_scale: float) -> None:
+        if first_epochs < 1 or second_epochs < 0 or second_scale <= 0:
+            raise ValueError(
+                f"two-cycle schedule: need epochs >= 1, cycle2_epochs >= 0 and a positive cycle-2 learning rate, got "
+                f"{first_epochs}, {second_epochs}, scale {second_scale}"
+            )
+        self.first_epochs, self.second_epochs, self.second_scale = first_epochs, second_epochs, second_scale
+
+    def __call__(self, epoch: int) -> float:
+        if epoch < self.first_epochs:
+            return 0.5 * (1.0 + math.cos(math.pi * epoch / self.first_epochs))
+        step = min(epoch - self.first_epochs, self.second_epochs)
+        return self.second_scale * 0.5 * (1.0 + math.cos(math.pi * step / max(1, self.second_epochs)))
+
+
+def lr_schedule(
+    optimizer: Optimizer, epochs: int, cycle2_epochs: int = 0, cycle2_learning_rate: float | None = None
+) -> LRScheduler:
+    """The run's per-epoch schedule: ``CosineAnnealingLR(T_max=epochs)`` alone (as every run before
+    bundle 0.7.2, so their checkpoints resume), or with ``cycle2_epochs`` a warm restart at
+    ``cycle2_learning_rate`` (:class:`TwoCycleCosine`; the factor scales each parameter group's own
+    learning rate)."""
+    if not cycle2_epochs:
+        return CosineAnnealingLR(optimizer, T_max=epochs)
+    base = optimizer.defaults["lr"]
+    scale = float(cycle2_learning_rate if cycle2_learning_rate is not None else base) / base
+    return LambdaLR(optimizer, TwoCycleCosine(int(epochs), int(cycle2_epochs), scale))
+
+
+class CycleSampler(Sampler[int]):
+    """Indices of one epoch: ``first`` of them each time. In the first ``first_epochs`` epochs a
+    permutation of ``range(first)`` (the first cycle's studies, which come first in the dataset); after
+    them ``first`` indices drawn without replacement from ``range(total)``. Seeded by ``seed`` and the
+    epoch (:meth:`set_epoch`, called by :class:`SamplerEpoch`), so a resumed run draws the same."""
+
+    def __init__(self, first: int, total: int, first_epochs: int, seed: int = 0) -> None:
+        if not 0 < first <= total:
+            raise ValueError(f"cycle sampler: need 0 < first-cycle studies <= all studies, got {first} of {total}")
+        self.first, self.total, self.first_epochs, self.seed = first, total, first_epochs, seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def in_second_cycle(self) -> bool:
+        return self.epoch >= self.first_epochs
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        pool = self.total if self.in_second_cycle() else self.first
+        return iter(torch.randperm(pool, generator=generator)[: self.first].tolist())
+
+    def __len__(self) -> int:
+        return self.first
+
+
+class SamplerEpoch:
+    """Trainer handler: tells the data loader's sampler the epoch (0-based) when each epoch starts,
+    before Ignite asks the loader for that epoch's iterator (as MONAI does for DistributedSampler).
+    A loader without a sampler that has ``set_epoch`` is left alone."""
+
+    def __init__(self, sampler: Sampler | None) -> None:
+        self.sampler = sampler
+
+    def attach(self, engine: Engine) -> None:
+        if hasattr(self.sampler, "set_epoch"):
+            engine.add_event_handler(Events.EPOCH_STARTED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        self.sampler.set_epoch(engine.state.epoch - 1)
+
+
+def training_sampler(
+    entries: list[dict],
+    first: int,
+    epochs: int,
+    cycle2_epochs: int = 0,
+    curvature_oversampling: float = 0.0,
+    seed: int = 0,
+) -> Sampler | None:
+    """The training loader's sampler: a :class:`CycleSampler` when the run has a second cycle (its
+    ``first`` entries are the first cycle's), else the curvature-weighted sampler where
+    ``curvature_oversampling`` > 0, else None (the loader shuffles). The two do not combine yet."""
+    if cycle2_epochs and curvature_oversampling:
+        raise ValueError("cycle2_epochs and curvature_oversampling cannot be combined; set one of them to 0")
+    if cycle2_epochs:
+        return CycleSampler(first, len(entries), int(epochs), seed)
+    return curvature_sampler(entries, curvature_oversampling)
+
+
+def require_one_cycle(cycle2_epochs: int, config: str) -> None:
+    """ValueError where a run with a second cycle meets a ``config`` that cannot run it (the
+    multi-process overlay shards every study with DistributedSampler from the first epoch)."""
+    if cycle2_epochs:
+        raise ValueError(f"{config}: cycle2_epochs is not supported here yet; run the second cycle in one process")
+
+
+__all__ = ["CycleSampler", "require_one_cycle", "SamplerEpoch", "TwoCycleCosine", "lr_schedule", "training_sampler"]
