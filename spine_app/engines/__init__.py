@@ -7,7 +7,6 @@ from spine_app.engines.cycles import (
     SamplerEpoch,
     TwoCycleCosine,
     lr_schedule,
-    require_one_cycle,
     training_sampler,
 )
 from spine_app.engines.dataset import (
@@ -59,7 +58,6 @@ __all__ = [
     "SamplerEpoch",
     "TwoCycleCosine",
     "lr_schedule",
-    "require_one_cycle",
     "training_sampler",
     "second_cycle_entries",
     "end_distributed_run",

@@ -59,12 +59,21 @@ class CycleSampler(Sampler[int]):
     """Indices of one epoch: ``first`` of them each time. In the first ``first_epochs`` epochs a
     permutation of ``range(first)`` (the first cycle's studies, which come first in the dataset); after
     them ``first`` indices drawn without replacement from ``range(total)``. Seeded by ``seed`` and the
-    epoch (:meth:`set_epoch`, called by :class:`SamplerEpoch`), so a resumed run draws the same."""
+    epoch (:meth:`set_epoch`, called by :class:`SamplerEpoch`), so a resumed run draws the same.
 
-    def __init__(self, first: int, total: int, first_epochs: int, seed: int = 0) -> None:
+    Across ``num_replicas`` processes (DDP) every rank draws the same epoch list, pads it by repeating
+    its head to a multiple of ``num_replicas`` (as DistributedSampler does) and keeps every
+    ``num_replicas``-th index from ``rank``, so the ranks share each epoch without overlap."""
+
+    def __init__(
+        self, first: int, total: int, first_epochs: int, seed: int = 0, num_replicas: int = 1, rank: int = 0
+    ) -> None:
         if not 0 < first <= total:
             raise ValueError(f"cycle sampler: need 0 < first-cycle studies <= all studies, got {first} of {total}")
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"cycle sampler: rank {rank} is not one of {num_replicas} processes")
         self.first, self.total, self.first_epochs, self.seed = first, total, first_epochs, seed
+        self.num_replicas, self.rank = num_replicas, rank
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -73,25 +82,31 @@ class CycleSampler(Sampler[int]):
     def in_second_cycle(self) -> bool:
         return self.epoch >= self.first_epochs
 
-    def __iter__(self) -> Iterator[int]:
+    def epoch_indices(self) -> list[int]:
+        """This epoch's indices across all ranks (before sharding)."""
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         pool = self.total if self.in_second_cycle() else self.first
-        return iter(torch.randperm(pool, generator=generator)[: self.first].tolist())
+        return torch.randperm(pool, generator=generator)[: self.first].tolist()
+
+    def __iter__(self) -> Iterator[int]:
+        indices = self.epoch_indices()
+        indices += indices[: len(self) * self.num_replicas - len(indices)]
+        return iter(indices[self.rank :: self.num_replicas])
 
     def __len__(self) -> int:
-        return self.first
+        return math.ceil(self.first / self.num_replicas)
 
 
 class SamplerEpoch:
-    """Trainer handler: tells the data loader's sampler the epoch (0-based) when each epoch starts,
-    before Ignite asks the loader for that epoch's iterator (as MONAI does for DistributedSampler).
-    A loader without a sampler that has ``set_epoch`` is left alone."""
+    """Trainer handler: tells a :class:`CycleSampler` the epoch (0-based) when each epoch starts,
+    before Ignite asks the loader for that epoch's iterator (as MONAI's workflow does for its
+    DistributedSampler, which this leaves alone, like any other sampler or none)."""
 
     def __init__(self, sampler: Sampler | None) -> None:
         self.sampler = sampler
 
     def attach(self, engine: Engine) -> None:
-        if hasattr(self.sampler, "set_epoch"):
+        if isinstance(self.sampler, CycleSampler):
             engine.add_event_handler(Events.EPOCH_STARTED, self)
 
     def __call__(self, engine: Engine) -> None:
@@ -105,22 +120,18 @@ def training_sampler(
     cycle2_epochs: int = 0,
     curvature_oversampling: float = 0.0,
     seed: int = 0,
+    num_replicas: int = 1,
+    rank: int = 0,
 ) -> Sampler | None:
     """The training loader's sampler: a :class:`CycleSampler` when the run has a second cycle (its
     ``first`` entries are the first cycle's), else the curvature-weighted sampler where
-    ``curvature_oversampling`` > 0, else None (the loader shuffles). The two do not combine yet."""
+    ``curvature_oversampling`` > 0, else None (the loader shuffles). The two do not combine yet.
+    ``num_replicas`` / ``rank``: the second cycle's share of this process under DDP."""
     if cycle2_epochs and curvature_oversampling:
         raise ValueError("cycle2_epochs and curvature_oversampling cannot be combined; set one of them to 0")
     if cycle2_epochs:
-        return CycleSampler(first, len(entries), int(epochs), seed)
+        return CycleSampler(first, len(entries), int(epochs), seed, num_replicas, rank)
     return curvature_sampler(entries, curvature_oversampling)
 
 
-def require_one_cycle(cycle2_epochs: int, config: str) -> None:
-    """ValueError where a run with a second cycle meets a ``config`` that cannot run it (the
-    multi-process overlay shards every study with DistributedSampler from the first epoch)."""
-    if cycle2_epochs:
-        raise ValueError(f"{config}: cycle2_epochs is not supported here yet; run the second cycle in one process")
-
-
-__all__ = ["CycleSampler", "require_one_cycle", "SamplerEpoch", "TwoCycleCosine", "lr_schedule", "training_sampler"]
+__all__ = ["CycleSampler", "SamplerEpoch", "TwoCycleCosine", "lr_schedule", "training_sampler"]

@@ -244,6 +244,24 @@ def test_multi_process_training_with_gloo(tmp_path: Path) -> None:
     assert np.isfinite(np.array([float(v.float().sum()) for v in state.values()])).all()
 
 
+def test_multi_process_training_with_a_second_cycle(bundle_run, tmp_path: Path) -> None:
+    """torchrun with 2 CPU processes through multi_gpu_train.yaml with ``cycle2_epochs``: the ranks
+    share the cycle sampler's epochs and the run ends with the second cycle recorded."""
+    root = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2",
+           "-m", "monai.bundle", "run", "training", "--config_file", f"['{TRAIN}','{MULTI_GPU}']",
+           "--meta_file", META, "--logging_file", LOGGING, "--dataset_dir", str(bundle_run["data"]),
+           "--bundle_root", str(root), "--epochs", "1", "--cycle2_epochs", "1", "--cycle2_studies", "2",
+           "--cycle2_dataset_dir", str(tmp_path / "cycle2"), "--extra_synthetic_preset", "easy", "--val_interval", "1",
+           "--patch_size", "[128, 96]", "--num_workers", "0", "--batch_size", "1", "--run_name", "ddp-cycles"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    checkpoint = torch.load(root / "runs" / "ddp-cycles" / "checkpoint_epoch=2.pt", map_location="cpu", weights_only=False)
+    assert checkpoint["run"]["settings"]["cycle2"]["studies"] == 2
+    assert "in the second cycle only" in result.stderr + result.stdout
+
+
 def test_metadata_verifies_against_the_model_zoo_fields(tmp_path: Path) -> None:
     from monai.bundle import verify_metadata
 

@@ -11,7 +11,6 @@ from spine_app.engines.cycles import (
     CycleSampler,
     TwoCycleCosine,
     lr_schedule,
-    require_one_cycle,
     training_sampler,
 )
 
@@ -87,7 +86,15 @@ def test_the_training_sampler_picks_one_and_refuses_both() -> None:
         CycleSampler(first=0, total=4, first_epochs=1)
 
 
-def test_the_multi_process_overlay_refuses_a_second_cycle() -> None:
-    require_one_cycle(0, "multi_gpu_train.yaml")
-    with pytest.raises(ValueError, match="multi_gpu_train.yaml: cycle2_epochs"):
-        require_one_cycle(2, "multi_gpu_train.yaml")
+def test_under_ddp_the_ranks_share_each_epoch_without_overlap() -> None:
+    shards = [CycleSampler(first=7, total=11, first_epochs=1, seed=2, num_replicas=3, rank=r) for r in range(3)]
+    for epoch in (0, 2):  # a first-cycle and a second-cycle epoch
+        for shard in shards:
+            shard.set_epoch(epoch)
+        drawn = [list(shard) for shard in shards]
+        assert [len(d) for d in drawn] == [len(s) for s in shards] == [3, 3, 3]
+        whole = shards[0].epoch_indices()
+        assert sorted(set(sum(drawn, []))) == sorted(whole)  # every index of the epoch, padding repeats its head
+        assert sum(drawn, []).count(whole[0]) == 2 and len(sum(drawn, [])) == 9
+    with pytest.raises(ValueError, match="rank 3"):
+        CycleSampler(first=4, total=4, first_epochs=1, num_replicas=3, rank=3)
