@@ -1,8 +1,8 @@
 """A second training cycle in the same run: after the first ``epochs``, the cosine learning rate restarts
 at a lower peak and the epochs also draw studies that only this cycle sees (e.g. more framed films).
 
-This is the shipped 0.7.0 recipe (the main job, then a fine-tune on 240 framed films at learning rate
-3e-4) folded into one run: one command, one run folder, one resume path. Every epoch has the first
+It is the shape of the shipped 0.7.0 weights' recipe (a main job, then a fine-tune on 240 framed films
+at learning rate 3e-4, two runs) in one run: one command, one run folder, one resume path. Every epoch has the first
 cycle's number of studies, so Ignite's epoch length stays fixed; a second-cycle epoch draws that many
 studies without replacement from all of them.
 """

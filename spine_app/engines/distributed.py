@@ -6,10 +6,11 @@ cycles) keep the gloo process group alive after ``destroy_process_group``, so it
 only destroyed while the interpreter finalises. A worker that then drops the last reference to a tensor
 created from Python needs the GIL, which a finalising interpreter no longer grants: the rank aborts
 ("terminate called without an active exception", exit -6) after its run has finished and its files are
-written, now and then (one CI run in several dozen; pytorch/pytorch#179291 describes the mechanism).
-Once every output is flushed and closed there is nothing left for that teardown to do, so a rank
-started by torchrun ends with ``os._exit(0)``. Outside torchrun (a workflow driven from Python) the
-process is left to its caller.
+written, now and then: one CI run in several dozen, never in 31 runs in a row here, with or without
+load; the mechanism pytorch/pytorch#179291 describes fits that symptom. Once every output is flushed
+and closed there is nothing left for that teardown to do, so a rank started by torchrun ends with
+``os._exit(0)``. Outside torchrun (a workflow driven from Python) the process, and its logging, are
+left to the caller.
 """
 
 from __future__ import annotations
@@ -26,19 +27,23 @@ TORCHRUN_ENV = "TORCHELASTIC_RUN_ID"
 
 def end_distributed_run(writers: list | tuple = ()) -> None:
     """Barrier, ``destroy_process_group``, close ``writers`` (objects with ``close()``, e.g. TensorBoard
-    SummaryWriters), flush the logs and standard streams, then ``os._exit(0)`` where torchrun started
-    the process. Without an initialised process group it only closes and flushes."""
+    handlers), then, where torchrun started the process, shut logging down, flush the standard streams
+    and ``os._exit(0)``. Elsewhere it returns after flushing the streams (logging stays open). Without
+    an initialised process group it skips the barrier and the teardown."""
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
     for writer in writers:
         if writer is not None:
             writer.close()
-    logging.shutdown()
+    if not os.environ.get(TORCHRUN_ENV):
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        return
+    logging.shutdown()  # flushes and closes every handler: nothing of this process logs after it
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
-    if os.environ.get(TORCHRUN_ENV):
-        os._exit(0)
+    os._exit(0)
 
 
 __all__ = ["TORCHRUN_ENV", "end_distributed_run"]

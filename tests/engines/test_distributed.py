@@ -32,7 +32,7 @@ def _run(env_value: str | None) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != TORCHRUN_ENV}
     if env_value is not None:
         env[TORCHRUN_ENV] = env_value
-    return subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=120, env=env)
+    return subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=600, env=env)
 
 
 def test_a_torchrun_rank_ends_there_with_status_zero_and_its_output_flushed() -> None:
