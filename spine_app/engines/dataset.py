@@ -97,9 +97,9 @@ def training_entries(
     of the ``extra_*`` settings apply to it."""
     entries = datalist_split(datalist, "training", limit)
     if extra:
-        added = keep_fields_of_view(datalist_split(extra, "training"), extra_fields_of_view, extra)
-        if check_label_source(extra_level_labels, "extra_level_labels") is not None:
-            added = [{**entry, "level_labels": extra_level_labels} for entry in added]
+        added = with_extra_level_labels(
+            keep_fields_of_view(datalist_split(extra, "training"), extra_fields_of_view, extra), extra_level_labels
+        )
         logger.warning(
             "training on %d studies of %s and %d extra studies of %s", len(entries), datalist, len(added), extra
         )
@@ -111,14 +111,20 @@ def training_entries(
     return entries
 
 
+def with_extra_level_labels(entries: list[dict[str, Any]], extra_level_labels: str | None) -> list[dict[str, Any]]:
+    """``entries`` whose per-level labels come from ``extra_level_labels`` (a
+    :data:`spine_app.data.levels.LEVEL_LABEL_SOURCES` value; None: the run's ``level_labels``)."""
+    if check_label_source(extra_level_labels, "extra_level_labels") is None:
+        return entries
+    return [{**entry, "level_labels": extra_level_labels} for entry in entries]
+
+
 def second_cycle_entries(datalist: str | None, extra_level_labels: str | None = None) -> list[dict[str, Any]]:
     """The training split of ``datalist`` (studies only a run's second cycle draws; none when None),
     their per-level labels from ``extra_level_labels`` as for the first cycle's extra studies."""
     if not datalist:
         return []
-    added = datalist_split(datalist, "training")
-    if check_label_source(extra_level_labels, "extra_level_labels") is not None:
-        added = [{**entry, "level_labels": extra_level_labels} for entry in added]
+    added = with_extra_level_labels(datalist_split(datalist, "training"), extra_level_labels)
     logger.warning("and %d studies of %s in the second cycle only", len(added), datalist)
     return added
 

@@ -36,14 +36,13 @@ def end_distributed_run(writers: list | tuple = ()) -> None:
     for writer in writers:
         if writer is not None:
             writer.close()
-    if not os.environ.get(TORCHRUN_ENV):
-        for stream in (sys.stdout, sys.stderr):
-            stream.flush()
-        return
-    logging.shutdown()  # flushes and closes every handler: nothing of this process logs after it
+    leaving = bool(os.environ.get(TORCHRUN_ENV))
+    if leaving:
+        logging.shutdown()  # flushes and closes every handler: nothing of this process logs after it
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
-    os._exit(0)
+    if leaving:
+        os._exit(0)
 
 
 __all__ = ["TORCHRUN_ENV", "end_distributed_run"]
