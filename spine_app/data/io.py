@@ -500,17 +500,15 @@ def _test_pause(path: Path) -> float | None:
 
 def write_torch(path: str | Path, obj: Any) -> Path:
     """``torch.save(obj)`` to ``path`` atomically (temporary file, fsync, rename): a crash during the
-    save leaves the previous file as it was."""
+    save leaves the previous file as it was. The same ``obj`` gives the same bytes (saved through a
+    file handle, the archive is not named after the random temporary name), so equal weights have
+    equal SHA-256."""
     import torch
 
     path = Path(path)
-    with atomic_path(path) as tmp:
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         pause = _test_pause(path)
-        if pause is None:
-            torch.save(obj, tmp)
-        else:
-            with open(tmp, "wb") as fh:
-                torch.save(obj, _PausingWriter(fh, path, pause))
+        torch.save(obj, fh if pause is None else _PausingWriter(fh, path, pause))
     return path
 
 

@@ -27,6 +27,7 @@ from spine_app.engines.handlers import (
     ValidationState,
 )
 from spine_app.engines.inferer import StudyInferer, unwrap_network
+from spine_app.engines.level_refit import RefitSettings, refit_run_level_head
 from spine_app.engines.metrics import StudyMetrics
 from spine_app.engines.optim import parameter_groups
 from spine_app.engines.report import evaluate_and_report
@@ -61,6 +62,8 @@ __all__ = [
     "training_sampler",
     "second_cycle_entries",
     "end_distributed_run",
+    "RefitSettings",
+    "refit_run_level_head",
     "datalist_split",
     "StudyPredictionWriter",
     "shard_entries",

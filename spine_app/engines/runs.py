@@ -30,6 +30,8 @@ logger = logging.getLogger(__name__)
 
 CHECKPOINT_GLOB = "checkpoint_epoch=*.pt"
 BEST_MODEL = "model.pt"
+#: written beside the best model by the level-head refit (spine_app.engines.level_refit)
+REFIT_RECORD = "level_refit.json"
 PROVENANCE = "model_provenance.json"
 
 
@@ -200,6 +202,7 @@ def publish_model(run_dir: str | Path, bundle_dir: str | Path, half: bool = True
         "git": _git_commit(Path(bundle_dir).resolve()),
         "versions": library_versions(),
         "training_versions": run.get("versions"),
+        "level_refit": _refit_record(run_dir),
     }
     write_json(target.with_name(PROVENANCE), provenance)
     write_large_files(Path(bundle_dir), provenance["sha256"])
@@ -227,6 +230,15 @@ __all__ = [
 
 
 LARGE_FILES = "large_files.yml"
+
+
+def _refit_record(run_dir: Path) -> dict[str, Any] | None:
+    """The run's ``level_refit.json`` (what the level-head refit did), or None without one."""
+    path = run_dir / REFIT_RECORD
+    try:
+        return json.loads(path.read_text()) if path.is_file() else None
+    except (OSError, ValueError) as err:
+        return {"error": f"{path}: {one_line_error(err)}"}
 
 
 def write_large_files(bundle_dir: Path, sha256: str) -> Path:

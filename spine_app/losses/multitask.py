@@ -116,16 +116,19 @@ class MultiTaskLoss(nn.Module):
         total = self.seg_weight * seg + self.cls_weight * cls
         self.last = {"seg": float(seg.detach()), "cls": float(cls.detach())}
         if "level_logits" in pred:
-            level = self._level_loss(pred, target, label, known * present[:, 1])
+            level = self.level_loss(pred, target, label, known * present[:, 1])
             total = total + level
             self.last["level"] = float(level.detach())
         return total
 
-    def _level_loss(
+    def level_loss(
         self, pred: dict[str, torch.Tensor], target: dict[str, torch.Tensor], label: torch.Tensor, weight: torch.Tensor
     ) -> torch.Tensor:
-        """Per-level cumulative BCE on the known levels + the pooled study BCE (``weight``: labelled
-        studies with a LAT film)."""
+        """Per-level cumulative BCE on the known levels + the pooled study BCE: ``pred`` with
+        ``level_logits`` (B, L, 3) and ``cls_levels`` (B,), ``target`` with ``level_valid`` and
+        ``level_grade`` (B, L), ``label`` (B,) the study labels in {0, 1}, ``weight`` (B,) 1 for
+        labelled studies with a LAT film (also used alone by the level refit,
+        :mod:`spine_app.engines.level_refit`)."""
         logits = pred["level_logits"].float()
         valid = target["level_valid"].to(logits.dtype)
         grade = target["level_grade"].to(logits.device)

@@ -16,6 +16,7 @@ dataset has study labels alone.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -47,6 +48,14 @@ class LevelBatch:
         if "level_centre" not in batch:
             return None
         return cls(batch["level_centre"], batch["level_axis"], batch["level_size"], batch["level_valid"])
+
+
+class LevelRois(NamedTuple):
+    """What the level head reads of N boxes: ``patches`` (N, Cf, roi, roi) of the full-resolution
+    stack, turned along the column, and ``context`` (N, Cd) the mean deep features around each box."""
+
+    patches: torch.Tensor
+    context: torch.Tensor
 
 
 def roi_grid(boxes: LevelBatch, height: int, width: int, roi: int) -> torch.Tensor:
@@ -149,16 +158,25 @@ class LevelHead(nn.Module):
         with torch.no_grad():  # start every level at a low fracture prior (most bodies are normal)
             self.out[-1].bias.copy_(torch.tensor([-2.0, -2.5, -3.0]))
 
+    def rois(self, fine: torch.Tensor, deep: torch.Tensor, boxes: LevelBatch) -> LevelRois:
+        """What the head reads of every box (padding boxes included): fine (B, Cf, H, W) at canvas
+        resolution, deep (B, Cd, h, w) -> :class:`LevelRois` of B * L boxes."""
+        canvas = (int(fine.shape[-2]), int(fine.shape[-1]))  # the boxes are in the fine stack's pixels
+        return LevelRois(
+            patches=sample_rois(fine, boxes, self.roi, canvas),
+            context=sample_rois(deep, boxes, max(2, self.roi // 8), canvas).mean(dim=(2, 3)),
+        )
+
+    def score(self, rois: LevelRois) -> torch.Tensor:
+        """(N, 3) cumulative grade logits of N boxes' :class:`LevelRois`."""
+        fine_vec = self.fine(rois.patches)
+        fine_vec = torch.cat([fine_vec.mean(dim=(2, 3)), fine_vec.amax(dim=(2, 3))], dim=1)
+        return self.out(torch.cat([fine_vec, self.deep(rois.context)], dim=1))
+
     def forward(self, fine: torch.Tensor, deep: torch.Tensor, boxes: LevelBatch) -> torch.Tensor:
         """fine (B, Cf, H, W) at canvas resolution, deep (B, Cd, h, w) -> (B, L, 3) cumulative logits."""
         b, n = boxes.centre.shape[:2]
-        canvas = (int(fine.shape[-2]), int(fine.shape[-1]))  # the boxes are in the fine stack's pixels
-        patches = sample_rois(fine, boxes, self.roi, canvas)
-        fine_vec = self.fine(patches)
-        fine_vec = torch.cat([fine_vec.mean(dim=(2, 3)), fine_vec.amax(dim=(2, 3))], dim=1)
-        context = sample_rois(deep, boxes, max(2, self.roi // 8), canvas).mean(dim=(2, 3))
-        logits = self.out(torch.cat([fine_vec, self.deep(context)], dim=1))
-        return logits.reshape(b, n, GRADE_LOGITS)
+        return self.score(self.rois(fine, deep, boxes)).reshape(b, n, GRADE_LOGITS)
 
 
 def level_probability(cumulative: torch.Tensor) -> torch.Tensor:
@@ -179,6 +197,7 @@ __all__ = [
     "NO_LEVEL_LOGIT",
     "LevelBatch",
     "LevelHead",
+    "LevelRois",
     "grade_probabilities",
     "level_probability",
     "mil_pool",

@@ -170,17 +170,23 @@ class SpineMultiTaskNet(nn.Module):
             decoded=decoded,
         )
 
-    def levels_of(self, view: ViewPass, levels: LevelBatch) -> torch.Tensor:
-        """Level logits (B, L, 3) of the bodies ``levels`` on a LAT film's :class:`ViewPass`: from the
-        full-resolution stack [decoder features, film, vertebra and disk probabilities (not
-        back-propagated into the masks)] and the stride-16 encoder features."""
-        if self.level_head is None:
-            raise RuntimeError("this network has no level head (level_head=False)")
+    def level_features(self, view: ViewPass) -> tuple[torch.Tensor, torch.Tensor]:
+        """What the level head reads of a LAT film's :class:`ViewPass`: the full-resolution stack
+        (B, Cf, H, W) [decoder features, film, vertebra and disk probabilities (not back-propagated
+        into the masks)] and the stride-16 encoder features, both passing ``level_grad_scale`` of
+        the level loss's gradient back."""
         vb, disk = MASK_NAMES.index("Lat_Vertebra"), MASK_NAMES.index("Lat_Disk_Height")
         masks = torch.sigmoid(view.seg[:, [vb, disk]]).detach()
         decoded, context = (scale_gradient(t, self.level_grad_scale) for t in (view.decoded, view.context))
         fine = torch.cat([decoded, view.image.to(decoded.dtype), masks.to(decoded.dtype)], dim=1)
-        return self.level_head(fine, context, levels)
+        return fine, context
+
+    def levels_of(self, view: ViewPass, levels: LevelBatch) -> torch.Tensor:
+        """Level logits (B, L, 3) of the bodies ``levels`` on a LAT film's :class:`ViewPass`
+        (:meth:`level_features` through the level head)."""
+        if self.level_head is None:
+            raise RuntimeError("this network has no level head (level_head=False)")
+        return self.level_head(*self.level_features(view), levels)
 
     def level_logits(
         self, lat: torch.Tensor, levels: LevelBatch, view: ViewPass | None = None

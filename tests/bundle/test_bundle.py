@@ -189,6 +189,31 @@ def test_a_second_cycle_restarts_the_learning_rate_and_draws_its_own_studies(bun
     assert checkpoint["run"]["fingerprint"]["cycle2"]["first_epochs"] == 2
 
 
+def test_the_run_ends_with_the_level_head_refitted_on_the_fixed_network(bundle_run, tmp_path: Path) -> None:
+    """train.yaml's last phase refits the level head: model.pt is the one level_refit.json says it
+    wrote, and the refit reads only the encoder and decoder: from a copy of the model whose head is
+    scrambled, the same refit writes the same model, byte for byte."""
+    from spine_app.engines import refit_run_level_head
+    from spine_app.engines.writer import sha256_of
+
+    run = bundle_run["run"]
+    record = json.loads((run / "level_refit.json").read_text())
+    assert record["model_sha256"] == sha256_of(run / "model.pt") and len(record["input_model_sha256"]) == 64
+    assert record["bodies"] > 0 and record["settings"]["epochs"] == 15 and len(record["epoch_losses"]) == 15
+    state = torch.load(run / "model.pt", map_location="cpu", weights_only=True)
+    scrambled = {k: torch.randn_like(v) if k.startswith("level_head.") else v for k, v in state.items()}
+    torch.save(scrambled, tmp_path / "model.pt")
+    workflow = ConfigWorkflow(TRAIN, META, LOGGING, workflow_type="train", dataset_dir=str(bundle_run["data"]),
+                              bundle_root=str(bundle_run["root"]), epochs=2, **SMALL)
+    workflow.initialize()
+    parser = workflow.parser
+    parser.get_parsed_content("network")  # network_def prepared as in training (memory format)
+    refit_run_level_head(tmp_path, parser.get_parsed_content("network_def"), parser.get_parsed_content("train#dataset"),
+                         parser.get_parsed_content("precision"), parser.get_parsed_content("loss"),
+                         parser.get_parsed_content("level_refit_settings"), num_workers=0)
+    assert sha256_of(tmp_path / "model.pt") == record["model_sha256"]
+
+
 def test_torchscript_export_matches_eager(bundle_run, tmp_path: Path) -> None:
     from monai.bundle import ckpt_export
 
@@ -238,6 +263,7 @@ def test_multi_process_training_with_gloo(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     run = root / "runs" / "empty-128x96-resnet18"
     assert (run / "checkpoint_epoch=1.pt").is_file() and (run / "model.pt").is_file()
+    assert json.loads((run / "level_refit.json").read_text())["bodies"] > 0  # every rank refits, rank 0 writes
     assert json.loads((data / "synth_manifest.json").read_text())["n"] == 6 and (data / "datalist.json").is_file()
     state = torch.load(run / "model.pt", map_location="cpu", weights_only=True)
     assert not any(k.startswith("module.") for k in state)

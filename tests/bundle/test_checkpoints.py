@@ -102,7 +102,7 @@ def test_training_writes_the_run_folder_and_leaves_the_shipped_model(trained) ->
     root = trained["root"]
     assert sha(root / "models" / "model.pt") == trained["shipped_sha"]
     run = root / "runs" / RUN_NAME
-    assert sorted(p.name for p in run.iterdir()) == ["checkpoint_epoch=1.pt", "checkpoint_epoch=2.pt", "model.pt"]
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint_epoch=1.pt", "checkpoint_epoch=2.pt", "level_refit.json", "model.pt"]
     assert "unet.segmentation_head.0.weight" in load(run / "model.pt")
     checkpoint = load(run / "checkpoint_epoch=2.pt")
     fingerprint = checkpoint["run"]["fingerprint"]
@@ -142,7 +142,7 @@ def test_kill_during_a_checkpoint_save_then_resume_and_publish(copy, tmp_path: P
     output = rerun.stdout + rerun.stderr
     assert rerun.returncode == 0, output[-3000:]
     assert f"resumed from {run / 'checkpoint_epoch=2.pt'} (epoch 2)" in output
-    assert sorted(p.name for p in run.iterdir()) == ["checkpoint_epoch=2.pt", "checkpoint_epoch=3.pt", "model.pt"]
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint_epoch=2.pt", "checkpoint_epoch=3.pt", "level_refit.json", "model.pt"]
     assert load(run / "checkpoint_epoch=3.pt")["run"]["settings"]["epochs"] == 3
 
     published = root / "models" / "model.pt"  # --publish true

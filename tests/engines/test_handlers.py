@@ -46,6 +46,19 @@ def test_atomic_writes_are_fsynced_before_the_rename(tmp_path, monkeypatch) -> N
     assert torch.load(tmp_path / "model.pt", weights_only=True)["w"].sum() == 3
 
 
+def test_equal_weights_are_written_as_equal_bytes(tmp_path) -> None:
+    """Two saves of the same state give the same file (its SHA-256 names the weights), wherever the
+    temporary name fell."""
+    import torch
+
+    from spine_app.data.io import write_torch
+
+    state = {"w": torch.arange(6.0).reshape(2, 3), "b": torch.zeros(2)}
+    first, second = write_torch(tmp_path / "a.pt", state), write_torch(tmp_path / "b" / "model.pt", state)
+    assert first.read_bytes() == second.read_bytes()
+    assert torch.equal(torch.load(second, weights_only=True)["w"], state["w"])
+
+
 def test_atomic_disk_saver_removes_a_rotated_file_only_after_the_next_save(tmp_path) -> None:
     import torch
 

@@ -1,0 +1,289 @@
+"""The level head refitted on the finished network (the last phase of a training run).
+
+In the multi-task run the level head learns beside the masks, at the masks' learning rate and
+schedule, from features that move under it until the last epoch; how well it ends up depends on
+the draw (three seeds of the same recipe: validation kappa 0.61-0.80, docs/results.md). After the
+run the encoder and decoder are fixed, so the head's whole input can be computed once:
+
+1. :func:`collect_level_rois` runs the best model's LAT pass over the training studies ``passes``
+   times, each time through the training augmentation, and keeps what the head reads of every real
+   body (:class:`spine_app.networks.levels.LevelRois`) with its grade and the study's label;
+2. :func:`refit_level_head` trains a freshly initialised head of the same shape on them (the run's
+   own level loss, :meth:`spine_app.losses.MultiTaskLoss.level_loss`, one-cycle learning rate),
+   many passes over the bodies in a few minutes of CPU, the network itself untouched;
+3. :func:`refit_run_level_head` puts the new head into the run's best model (``model.pt``,
+   replaced atomically) and writes ``level_refit.json`` beside it.
+
+The refit starts from a fresh head and reads only the encoder and decoder, so running it again on
+its own output gives the same head: an interrupted run resumed by the same command simply redoes it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from monai.data import DataLoader
+from monai.utils import set_determinism
+from torch import nn
+
+from spine_app.data.io import write_torch
+from spine_app.engines.batch import prepare_study_batch
+from spine_app.engines.handlers import _is_writer
+from spine_app.engines.runs import BEST_MODEL, REFIT_RECORD
+from spine_app.engines.writer import sha256_of, write_json
+from spine_app.networks.levels import GRADE_LOGITS, LevelBatch, LevelHead, LevelRois, mil_pool
+from spine_app.networks.precision import Precision
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RefitSettings:
+    """How the level head is refitted: ``epochs`` over the collected bodies (0: no refit), ``passes``
+    through the training augmentation, peak ``learning_rate`` of the one-cycle schedule, ``seed``
+    (the augmentation, the head's initialisation and the order), ``studies_per_step``."""
+
+    epochs: int = 15
+    passes: int = 3
+    learning_rate: float = 1e-3
+    seed: int = 0
+    studies_per_step: int = 16
+
+    def __post_init__(self) -> None:
+        if self.epochs < 0 or self.passes < 1 or self.learning_rate <= 0 or self.studies_per_step < 1:
+            raise ValueError(
+                f"level refit: epochs >= 0, passes >= 1, learning_rate > 0 and studies_per_step >= 1, got {self}"
+            )
+
+
+@dataclass
+class LevelRoiSet:
+    """The level head's inputs of every real body of a set of film passes (N bodies, S films).
+
+    ``rois``: what the head reads of each body (patches stored in bf16); ``grade`` (N,): Genant grade,
+    -1 unknown; ``start``/``count`` (S,): each film's bodies; ``label`` (S,): the study label (-1
+    unknown); ``has_lat`` (S,): 1 where the study has a LAT film.
+    """
+
+    rois: LevelRois
+    grade: torch.Tensor
+    start: torch.Tensor
+    count: torch.Tensor
+    label: torch.Tensor
+    has_lat: torch.Tensor
+
+    @property
+    def films(self) -> int:
+        return int(self.start.numel())
+
+    @property
+    def bodies(self) -> int:
+        return int(self.grade.numel())
+
+    def batch(self, films: torch.Tensor) -> tuple[LevelRois, dict[str, torch.Tensor], torch.Tensor]:
+        """The bodies of ``films`` (indices): their rois (flat), the padded targets ``level_valid`` /
+        ``level_grade`` (F, L) and each body's (film row, position) as a flat index into (F, L)."""
+        count = self.count[films]
+        width = max(1, int(count.max()))
+        rows = torch.repeat_interleave(torch.arange(films.numel()), count)
+        first = torch.repeat_interleave(torch.cumsum(count, 0) - count, count)
+        position = torch.arange(int(count.sum())) - first
+        index = torch.repeat_interleave(self.start[films], count) + position
+        flat = rows * width + position
+        valid = torch.zeros(films.numel() * width)
+        valid[flat] = 1.0
+        grade = torch.full((films.numel() * width,), -1, dtype=self.grade.dtype)
+        grade[flat] = self.grade[index]
+        rois = LevelRois(self.rois.patches[index], self.rois.context[index])
+        targets = {"level_valid": valid.reshape(-1, width), "level_grade": grade.reshape(-1, width)}
+        return rois, targets, flat
+
+
+def collect_level_rois(
+    net: nn.Module,
+    dataset: Any,
+    precision: Precision,
+    passes: int,
+    seed: int = 0,
+    batch_size: int = 8,
+    num_workers: int = 1,
+    device: torch.device | str = "cpu",
+) -> LevelRoiSet:
+    """:class:`LevelRoiSet` of ``dataset`` (training items with level boxes, its random transforms
+    drawn anew on each of the ``passes``) under ``net``'s LAT pass (eval mode, no gradient)."""
+    patches, context, grades, start, count, label, has_lat = [], [], [], [], [], [], []
+    total = 0
+    was_training = net.training
+    net.eval()
+    try:
+        for k in range(passes):
+            set_determinism(seed=seed * 1000 + k)
+            loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+            for batch in loader:
+                inputs, targets = prepare_study_batch(batch, device)
+                if "level_centre" not in inputs:
+                    raise ValueError("level refit: the training items carry no level boxes (LevelBoxesd)")
+                boxes = LevelBatch.from_batch(inputs)
+                with torch.no_grad(), precision.autocast():
+                    fine, deep = net.level_features(net.view_pass(precision.to_input(inputs["lat"])))
+                    rois = net.level_head.rois(fine, deep, boxes)
+                valid = (boxes.valid > 0).reshape(-1).cpu()
+                patches.append(rois.patches.cpu()[valid].to(torch.bfloat16))
+                context.append(rois.context.cpu()[valid].float())
+                grades.append(targets["level_grade"].cpu().reshape(-1)[valid])
+                per_film = (boxes.valid > 0).sum(dim=1).cpu()
+                for film, n in enumerate(per_film.tolist()):
+                    start.append(total)
+                    count.append(n)
+                    total += n
+                    label.append(float(targets["label"][film]))
+                    has_lat.append(float(inputs["present"][film, 1]))
+    finally:
+        net.train(was_training)
+    if not start:
+        raise ValueError("level refit: the training set is empty")
+    return LevelRoiSet(
+        rois=LevelRois(torch.cat(patches), torch.cat(context)),
+        grade=torch.cat(grades).long(),
+        start=torch.tensor(start),
+        count=torch.tensor(count),
+        label=torch.tensor(label),
+        has_lat=torch.tensor(has_lat),
+    )
+
+
+def fresh_head(head: LevelHead, seed: int) -> LevelHead:
+    """A new :class:`LevelHead` of ``head``'s shape, initialised from ``seed``."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return LevelHead(
+            head.fine[0].in_channels, head.deep[0].in_features, roi=head.roi, width=head.deep[0].out_features
+        )
+
+
+def refit_level_head(
+    head: LevelHead,
+    rois: LevelRoiSet,
+    loss: Any,
+    settings: RefitSettings,
+    pooling: str = "lse",
+    precision: Precision | None = None,
+) -> tuple[LevelHead, list[float]]:
+    """A fresh head of ``head``'s shape trained on ``rois`` with ``loss.level_loss`` (the run's
+    :class:`spine_app.losses.MultiTaskLoss`) and the study logit pooled by ``pooling``; returns it
+    (eval mode) and the mean loss of each epoch. ``head`` itself is not changed."""
+    new = fresh_head(head, settings.seed).train()
+    films = rois.films
+    steps_per_epoch = math.ceil(films / settings.studies_per_step)
+    optimizer = torch.optim.AdamW(new.parameters(), lr=settings.learning_rate, weight_decay=1e-4)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=settings.learning_rate, total_steps=max(1, settings.epochs * steps_per_epoch), pct_start=0.1
+    )
+    order = torch.Generator().manual_seed(settings.seed)
+    losses = []
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(settings.seed)  # dropout
+        for _ in range(settings.epochs):
+            total = 0.0
+            for chunk in torch.randperm(films, generator=order).split(settings.studies_per_step):
+                batch_rois, targets, flat = rois.batch(chunk)
+                with precision.autocast() if precision is not None else contextlib.nullcontext():
+                    logits = new.score(LevelRois(batch_rois.patches.float(), batch_rois.context))
+                padded = logits.float().new_zeros(chunk.numel() * targets["level_valid"].shape[1], GRADE_LOGITS)
+                padded[flat] = logits.float()
+                padded = padded.reshape(chunk.numel(), -1, GRADE_LOGITS)
+                pred = {"level_logits": padded, "cls_levels": mil_pool(padded[..., 0], targets["level_valid"], pooling)}
+                label = rois.label[chunk]
+                weight = (label >= 0).float() * rois.has_lat[chunk]
+                value = loss.level_loss(pred, targets, label.clamp(min=0.0), weight)
+                optimizer.zero_grad(set_to_none=True)
+                value.backward()
+                optimizer.step()
+                schedule.step()
+                total += float(value.detach())
+            losses.append(total / steps_per_epoch)
+    return new.eval(), losses
+
+
+def refit_run_level_head(
+    ckpt_dir: str | Path,
+    net: nn.Module,
+    dataset: Any,
+    precision: Precision,
+    loss: Any,
+    settings: RefitSettings | dict[str, Any],
+    device: torch.device | str = "cpu",
+    num_workers: int = 1,
+) -> Path | None:
+    """Refit the level head of the run's best model (``ckpt_dir/model.pt``, loaded into ``net``, the
+    plain :class:`SpineMultiTaskNet`) on ``dataset`` (the run's training set) and write the model
+    back atomically with ``level_refit.json`` beside it; ``net`` ends up holding the refitted model.
+    Returns the model's path, or None when ``settings.epochs`` is 0 or the network has no level head.
+    Under DDP every rank computes the same refit and rank 0 writes."""
+    settings = settings if isinstance(settings, RefitSettings) else RefitSettings(**settings)
+    if settings.epochs == 0:
+        return None
+    if getattr(net, "level_head", None) is None:
+        logger.warning("level refit skipped: the network has no level head")
+        return None
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()  # rank 0 writes the best model; every rank reads it
+    path = Path(ckpt_dir) / BEST_MODEL
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no best model to refit the level head of (has a validation run?)")
+    began = time.time()
+    trunk_sha = sha256_of(path)
+    net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    rois = collect_level_rois(
+        net, dataset, precision, settings.passes, settings.seed, num_workers=num_workers, device=device
+    )
+    collected = time.time() - began
+    logger.warning(
+        "level refit: %d bodies of %d film passes collected in %.0f s; %d epochs",
+        rois.bodies,
+        rois.films,
+        collected,
+        settings.epochs,
+    )
+    head, losses = refit_level_head(
+        net.level_head, rois, loss, settings, getattr(net, "level_pooling", "lse"), precision
+    )
+    net.level_head.load_state_dict(head.state_dict())
+    state = {key: value.detach().cpu().clone() for key, value in net.state_dict().items()}
+    record = {
+        "settings": settings.__dict__,
+        "bodies": rois.bodies,
+        "film_passes": rois.films,
+        "fractured_bodies": int((rois.grade > 0).sum()),
+        "epoch_losses": [round(v, 5) for v in losses],
+        "collect_seconds": round(collected, 1),
+        "seconds": round(time.time() - began, 1),
+        "input_model_sha256": trunk_sha,
+    }
+    if _is_writer():
+        write_torch(path, state)
+        record["model_sha256"] = sha256_of(path)
+        write_json(Path(ckpt_dir) / REFIT_RECORD, record)
+        logger.warning(
+            "level refit: epoch losses %s; %s rewritten in %.0f s", record["epoch_losses"], path, record["seconds"]
+        )
+    return path
+
+
+__all__ = [
+    "REFIT_RECORD",
+    "LevelRoiSet",
+    "RefitSettings",
+    "collect_level_rois",
+    "fresh_head",
+    "refit_level_head",
+    "refit_run_level_head",
+]
