@@ -226,7 +226,8 @@ def refit_run_level_head(
     """Refit the level head of the run's best model (``ckpt_dir/model.pt``, loaded into ``net``, the
     plain :class:`SpineMultiTaskNet`) on ``dataset`` (the run's training set) and write the model
     back atomically with ``level_refit.json`` beside it; ``net`` ends up holding the refitted model.
-    Returns the model's path, or None when ``settings.epochs`` is 0 or the network has no level head.
+    Returns the model's path, or None (the model left as it was) when ``settings.epochs`` is 0, the network
+    has no level head or no training film shows a body with a level box.
     Under DDP every rank computes the same refit and rank 0 writes."""
     settings = settings if isinstance(settings, RefitSettings) else RefitSettings(**settings)
     if settings.epochs == 0:
@@ -246,6 +247,9 @@ def refit_run_level_head(
         net, dataset, precision, settings.passes, settings.seed, num_workers=num_workers, device=device
     )
     collected = time.time() - began
+    if rois.bodies == 0:
+        logger.warning("level refit skipped: no training film shows a vertebral body with a level box (no LAT films?)")
+        return None
     logger.warning(
         "level refit: %d bodies of %d film passes collected in %.0f s; %d epochs",
         rois.bodies,
