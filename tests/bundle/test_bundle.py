@@ -193,6 +193,7 @@ def test_the_run_ends_with_the_level_head_refitted_on_the_fixed_network(bundle_r
     """train.yaml's last phase refits the level head: model.pt is the one level_refit.json says it
     wrote, and the refit reads only the encoder and decoder: from a copy of the model whose head is
     scrambled, the same refit writes the same model, byte for byte."""
+    from spine_app.data.io import write_torch
     from spine_app.engines import refit_run_level_head
     from spine_app.engines.writer import sha256_of
 
@@ -202,7 +203,7 @@ def test_the_run_ends_with_the_level_head_refitted_on_the_fixed_network(bundle_r
     assert record["bodies"] > 0 and record["settings"]["epochs"] == 15 and len(record["epoch_losses"]) == 15
     state = torch.load(run / "model.pt", map_location="cpu", weights_only=True)
     scrambled = {k: torch.randn_like(v) if k.startswith("level_head.") else v for k, v in state.items()}
-    torch.save(scrambled, tmp_path / "model.pt")
+    write_torch(tmp_path / "model.pt", scrambled)
     workflow = ConfigWorkflow(TRAIN, META, LOGGING, workflow_type="train", dataset_dir=str(bundle_run["data"]),
                               bundle_root=str(bundle_run["root"]), epochs=2, **SMALL)
     workflow.initialize()
