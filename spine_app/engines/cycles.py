@@ -14,6 +14,7 @@ from collections.abc import Iterator
 
 import torch
 from ignite.engine import Engine, Events
+from monai.data import DistributedSampler
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import CosineAnnealingLR, LambdaLR, LRScheduler
 from torch.utils.data import Sampler
@@ -126,11 +127,18 @@ def training_sampler(
     """The training loader's sampler: a :class:`CycleSampler` when the run has a second cycle (its
     ``first`` entries are the first cycle's), else the curvature-weighted sampler where
     ``curvature_oversampling`` > 0, else None (the loader shuffles). The two do not combine yet.
-    ``num_replicas`` / ``rank``: the second cycle's share of this process under DDP."""
+
+    Under DDP (``num_replicas`` > 1) every process gets its ``rank``'s share of each epoch: the
+    cycle sampler's shard, or MONAI's shuffling :class:`monai.data.DistributedSampler` (seed 0, padded
+    to an even share); the curvature-weighted sampler has no sharded form, so it is refused there."""
     if cycle2_epochs and curvature_oversampling:
         raise ValueError("cycle2_epochs and curvature_oversampling cannot be combined; set one of them to 0")
     if cycle2_epochs:
         return CycleSampler(first, len(entries), int(epochs), seed, num_replicas, rank)
+    if num_replicas > 1:
+        if curvature_oversampling:
+            raise ValueError("curvature_oversampling has no multi-process (DDP) form; set it to 0 under torchrun")
+        return DistributedSampler(entries, even_divisible=True, num_replicas=num_replicas, rank=rank, shuffle=True)
     return curvature_sampler(entries, curvature_oversampling)
 
 

@@ -26,6 +26,20 @@ TRAINING_ONLY = (1.0, 0.0, 0.0)
 EXTRA_OVERRIDES: dict[str, Any] = {"lat_facing": "left"}
 
 
+#: the embedded default's folder (train.yaml ``dataset_dir``), relative to the working directory
+EMBEDDED_DEFAULT_DIR = "data/synthetic"
+
+
+def is_embedded_default(dataset_dir: str, datalist: str) -> bool:
+    """True when the run trains on the embedded default: ``dataset_dir`` is its folder and ``datalist``
+    that folder's own ``datalist.json``. Only then do the main job's extras apply (the extra framed
+    and default studies, the second cycle); a run given its own ``--dataset_dir`` or ``--datalist``
+    (a robustness experiment, a MONAI Label fine-tune, a user's data) trains on that alone."""
+    if Path(dataset_dir) != Path(EMBEDDED_DEFAULT_DIR):
+        return False
+    return Path(datalist).resolve() == (Path(dataset_dir) / "datalist.json").resolve()
+
+
 def ensure_datalist(
     dataset_dir: str,
     synthetic_studies: int = 300,

@@ -86,6 +86,17 @@ def test_the_training_sampler_picks_one_and_refuses_both() -> None:
         CycleSampler(first=0, total=4, first_epochs=1)
 
 
+def test_under_ddp_without_a_second_cycle_each_rank_gets_its_share_of_a_shuffle() -> None:
+    entries = [{"study_id": str(i)} for i in range(9)]
+    shards = [list(training_sampler(entries, 9, 5, num_replicas=2, rank=r)) for r in range(2)]
+    assert [len(s) for s in shards] == [5, 5]  # padded to an even share, as DistributedSampler does
+    assert set(shards[0]) | set(shards[1]) == set(range(9))
+    assert shards[0] + shards[1] != list(range(9))  # shuffled
+    with pytest.raises(ValueError, match="no multi-process"):
+        training_sampler(entries, 9, 5, curvature_oversampling=2.0, num_replicas=2, rank=0)
+    assert isinstance(training_sampler(entries, 5, 5, cycle2_epochs=2, num_replicas=2, rank=1), CycleSampler)
+
+
 def test_under_ddp_the_ranks_share_each_epoch_without_overlap() -> None:
     shards = [CycleSampler(first=7, total=11, first_epochs=1, seed=2, num_replicas=3, rank=r) for r in range(3)]
     for epoch in (0, 2):  # a first-cycle and a second-cycle epoch

@@ -78,3 +78,28 @@ def test_more_default_studies_come_last_with_their_own_level_labels(tmp_path: Pa
     assert held_out and not held_out & {e["study_id"] for e in added}
     assert default_run_name(main, [384, 288], "resnet18", fov, more) == "synthetic+fov+more-384x288-resnet18"
     assert default_run_name(main, [384, 288], "resnet18", None, more) == "synthetic+more-384x288-resnet18"
+
+
+def test_the_main_jobs_extras_are_for_the_embedded_default_only(tmp_path: Path, monkeypatch) -> None:
+    from monai.bundle import ConfigParser
+
+    from spine_app.bundle import BUNDLE_DIR
+    from spine_app.engines.dataset import is_embedded_default
+
+    assert is_embedded_default("data/synthetic", "data/synthetic/datalist.json")
+    assert is_embedded_default("data/synthetic/", "./data/synthetic/datalist.json")
+    assert not is_embedded_default("data/synthetic", str(tmp_path / "mine.json"))  # --datalist of one's own
+    assert not is_embedded_default(str(tmp_path / "mine"), str(tmp_path / "mine" / "datalist.json"))
+
+    # a run given its own datalist (a robustness experiment, a MONAI Label fine-tune) gets no extra
+    # studies and no second cycle, and nothing is generated in the working directory's data/
+    monkeypatch.chdir(tmp_path)
+    datalist = tmp_path / "mine.json"
+    datalist.write_text(json.dumps({"training": [], "validation": [], "test": []}))
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLE_DIR / "configs" / "train.yaml"))
+    parser["datalist"] = str(datalist)
+    keys = ("extra_synthetic_studies", "extra_default_studies", "cycle2_epochs", "cycle2_studies")
+    assert {key: parser.get_parsed_content(key) for key in keys} == dict.fromkeys(keys, 0)
+    assert parser.get_parsed_content("cycle2_datalist") is None
+    assert not (tmp_path / "data").exists()
