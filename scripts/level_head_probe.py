@@ -40,10 +40,12 @@ from torch import nn
 
 from spine_app.data.facing import CanonicalLatFacingd
 from spine_app.data.importer import load_datalist
+from spine_app.data.io import write_torch
 from spine_app.data.levels import LevelBoxesd
 from spine_app.data.study_transforms import LoadStudyd
 from spine_app.engines.batch import prepare_study_batch
 from spine_app.engines.level_refit import LevelRoiSet
+from spine_app.engines.writer import write_json
 from spine_app.losses import MultiTaskLoss
 from spine_app.networks import SpineMultiTaskNet
 from spine_app.networks.levels import (
@@ -70,11 +72,13 @@ class ProbeItem:
         self.load = LoadStudyd(CANVAS, level_labels="auto")
         self.load_scaled = LoadStudyd((CANVAS[0] * film_scale, CANVAS[1] * film_scale))
         self.facing = CanonicalLatFacingd(keys=("lat", "seg_lat", "levels_lat", "lat_scaled"))
-        self.boxes = LevelBoxesd()
+        self.boxes = LevelBoxesd(shift=0.0, scale=0.0, turn_deg=0.0)  # the reference boxes, not the training jitter
 
     def __call__(self, entry: dict[str, Any]) -> dict[str, Any]:
         data = self.load(entry)
-        data["lat_scaled"] = torch.as_tensor(self.load_scaled(entry)["lat"])
+        unmasked = [None] * len(entry["masks"])  # the larger canvas needs the LAT film only
+        film_only = {**entry, "image_ap": None, "masks": unmasked, "mask_present": [0] * len(unmasked)}
+        data["lat_scaled"] = torch.as_tensor(self.load_scaled(film_only)["lat"])
         return self.boxes(self.facing(data))
 
 
@@ -241,7 +245,7 @@ def main(
         cache = root / f"{name}_x{film_scale}.pt"
         if not cache.is_file():
             began = time.time()
-            torch.save(collect(net, precision, entries, film_scale), cache)
+            write_torch(cache, collect(net, precision, entries, film_scale))
             print(f"{name}: {len(entries)} studies collected in {time.time() - began:.0f} s", flush=True)
         data[name] = torch.load(cache)
     results = []
@@ -256,7 +260,7 @@ def main(
                 results.append(row)
                 brief = {k: {m: v for m, v in row[k].items() if m != "confusion"} for k in sets}
                 print(variant, n_epochs, seed, json.dumps(brief), flush=True)
-                (root / "probe.json").write_text(json.dumps(results, indent=1))
+                write_json(root / "probe.json", results)
 
 
 if __name__ == "__main__":
