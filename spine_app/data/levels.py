@@ -20,7 +20,8 @@ deformations move it with the masks (nearest-neighbour interpolation).
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
+import contextlib
+from collections.abc import Hashable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -459,3 +460,29 @@ class LevelBoxesd(MapTransform, Randomizable):
             boxes = film_level_boxes(np.zeros(seg.shape[1:], bool), None)
         out.update(pad_boxes(boxes, self.max_levels))
         return out
+
+
+def _level_box_transforms(transform: Any) -> Iterator[LevelBoxesd]:
+    """Every :class:`LevelBoxesd` in ``transform`` (a transform or a Compose, searched recursively)."""
+    if isinstance(transform, LevelBoxesd):
+        yield transform
+    for inner in getattr(transform, "transforms", ()) or ():
+        yield from _level_box_transforms(inner)
+
+
+@contextlib.contextmanager
+def scaled_box_jitter(transform: Any, factor: float) -> Iterator[int]:
+    """Within the block every :class:`LevelBoxesd` of ``transform`` jitters its boxes ``factor``
+    times as much as it was built to (0: the reference boxes, 1: unchanged); yields how many it
+    found. The settings are restored on leaving, also after an error."""
+    if factor < 0:
+        raise ValueError(f"box jitter factor must be >= 0, got {factor}")
+    found = list(_level_box_transforms(transform))
+    saved = [(t.shift, t.scale, t.turn_deg) for t in found]
+    try:
+        for t, (shift, scale, turn) in zip(found, saved, strict=True):
+            t.shift, t.scale, t.turn_deg = shift * factor, scale * factor, turn * factor
+        yield len(found)
+    finally:
+        for t, (shift, scale, turn) in zip(found, saved, strict=True):
+            t.shift, t.scale, t.turn_deg = shift, scale, turn

@@ -38,6 +38,7 @@ from spine_app.engines.runs import (
     datalist_sha256,
     default_run_name,
     publish_model,
+    refuse_published_dir,
     weights_sha256,
 )
 from spine_app.engines.writer import StudyPredictionWriter, shard_entries
@@ -50,6 +51,7 @@ __all__ = [
     "datalist_sha256",
     "default_run_name",
     "publish_model",
+    "refuse_published_dir",
     "weights_sha256",
     "EpochCheckpoint",
     "PeriodicValidation",

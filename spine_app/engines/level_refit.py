@@ -35,6 +35,7 @@ from monai.utils import set_determinism
 from torch import nn
 
 from spine_app.data.io import write_torch
+from spine_app.data.levels import scaled_box_jitter
 from spine_app.engines.batch import prepare_study_batch
 from spine_app.engines.handlers import _is_writer
 from spine_app.engines.runs import BEST_MODEL, REFIT_RECORD
@@ -49,18 +50,30 @@ logger = logging.getLogger(__name__)
 class RefitSettings:
     """How the level head is refitted: ``epochs`` over the collected bodies (0: no refit), ``passes``
     through the training augmentation, peak ``learning_rate`` of the one-cycle schedule, ``seed``
-    (the augmentation, the head's initialisation and the order), ``studies_per_step``."""
+    (the augmentation, the head's initialisation and the order), ``studies_per_step``, and
+    ``box_jitter``: how much the level boxes of the collected bodies are jittered, as a multiple of
+    the training's own :class:`spine_app.data.levels.LevelBoxesd` jitter (1: as in training; 0: the
+    reference boxes, whose head grades more levels exactly but flags more normal ones on predicted
+    boxes; docs/results.md, "The level head refitted on the reference boxes")."""
 
     epochs: int = 15
     passes: int = 3
     learning_rate: float = 1e-3
     seed: int = 0
     studies_per_step: int = 16
+    box_jitter: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.epochs < 0 or self.passes < 1 or self.learning_rate <= 0 or self.studies_per_step < 1:
+        if (
+            self.epochs < 0
+            or self.passes < 1
+            or self.learning_rate <= 0
+            or self.studies_per_step < 1
+            or self.box_jitter < 0
+        ):
             raise ValueError(
-                f"level refit: epochs >= 0, passes >= 1, learning_rate > 0 and studies_per_step >= 1, got {self}"
+                "level refit: epochs >= 0, passes >= 1, learning_rate > 0, studies_per_step >= 1 and "
+                f"box_jitter >= 0, got {self}"
             )
 
 
@@ -116,36 +129,41 @@ def collect_level_rois(
     batch_size: int = 8,
     num_workers: int = 1,
     device: torch.device | str = "cpu",
+    box_jitter: float = 1.0,
 ) -> LevelRoiSet:
     """:class:`LevelRoiSet` of ``dataset`` (training items with level boxes, its random transforms
-    drawn anew on each of the ``passes``) under ``net``'s LAT pass (eval mode, no gradient)."""
+    drawn anew on each of the ``passes``) under ``net``'s LAT pass (eval mode, no gradient), every
+    box jittered ``box_jitter`` times as much as the dataset's :class:`LevelBoxesd` does."""
     patches, context, grades, start, count, label, has_lat = [], [], [], [], [], [], []
     total = 0
     was_training = net.training
     net.eval()
     try:
-        for k in range(passes):
-            set_determinism(seed=seed * 1000 + k)
-            loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-            for batch in loader:
-                inputs, targets = prepare_study_batch(batch, device)
-                if "level_centre" not in inputs:
-                    raise ValueError("level refit: the training items carry no level boxes (LevelBoxesd)")
-                boxes = LevelBatch.from_batch(inputs)
-                with torch.no_grad(), precision.autocast():
-                    fine, deep = net.level_features(net.view_pass(precision.to_input(inputs["lat"])))
-                    rois = net.level_head.rois(fine, deep, boxes)
-                valid = (boxes.valid > 0).reshape(-1).cpu()
-                patches.append(rois.patches.cpu()[valid].to(torch.bfloat16))
-                context.append(rois.context.cpu()[valid].float())
-                grades.append(targets["level_grade"].cpu().reshape(-1)[valid])
-                per_film = (boxes.valid > 0).sum(dim=1).cpu()
-                for film, n in enumerate(per_film.tolist()):
-                    start.append(total)
-                    count.append(n)
-                    total += n
-                    label.append(float(targets["label"][film]))
-                    has_lat.append(float(inputs["present"][film, 1]))
+        with scaled_box_jitter(getattr(dataset, "transform", None), box_jitter) as found:
+            if box_jitter != 1.0 and not found:
+                raise ValueError("level refit: box_jitter is set but the training transform has no LevelBoxesd")
+            for k in range(passes):
+                set_determinism(seed=seed * 1000 + k)
+                loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+                for batch in loader:
+                    inputs, targets = prepare_study_batch(batch, device)
+                    if "level_centre" not in inputs:
+                        raise ValueError("level refit: the training items carry no level boxes (LevelBoxesd)")
+                    boxes = LevelBatch.from_batch(inputs)
+                    with torch.no_grad(), precision.autocast():
+                        fine, deep = net.level_features(net.view_pass(precision.to_input(inputs["lat"])))
+                        rois = net.level_head.rois(fine, deep, boxes)
+                    valid = (boxes.valid > 0).reshape(-1).cpu()
+                    patches.append(rois.patches.cpu()[valid].to(torch.bfloat16))
+                    context.append(rois.context.cpu()[valid].float())
+                    grades.append(targets["level_grade"].cpu().reshape(-1)[valid])
+                    per_film = (boxes.valid > 0).sum(dim=1).cpu()
+                    for film, n in enumerate(per_film.tolist()):
+                        start.append(total)
+                        count.append(n)
+                        total += n
+                        label.append(float(targets["label"][film]))
+                        has_lat.append(float(inputs["present"][film, 1]))
     finally:
         net.train(was_training)
     if not start:
@@ -244,7 +262,14 @@ def refit_run_level_head(
     trunk_sha = sha256_of(path)
     net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     rois = collect_level_rois(
-        net, dataset, precision, settings.passes, settings.seed, num_workers=num_workers, device=device
+        net,
+        dataset,
+        precision,
+        settings.passes,
+        settings.seed,
+        num_workers=num_workers,
+        device=device,
+        box_jitter=settings.box_jitter,
     )
     collected = time.time() - began
     if rois.bodies == 0:

@@ -20,7 +20,7 @@ from PIL import Image
 from spine_app.synthetic.generator import generate_dataset
 
 CONFIGS = Path(__file__).resolve().parents[2] / "bundle" / "configs"
-TRAIN, EVALUATE, INFER = (str(CONFIGS / f"{n}.yaml") for n in ("train", "evaluate", "inference"))
+TRAIN, EVALUATE, INFER, REFIT = (str(CONFIGS / f"{n}.yaml") for n in ("train", "evaluate", "inference", "refit"))
 MULTI_GPU = str(CONFIGS / "multi_gpu_train.yaml")
 META, LOGGING = str(CONFIGS / "metadata.json"), str(CONFIGS / "logging.conf")
 SMALL = {"patch_size": [128, 96], "num_workers": 0, "batch_size": 2, "cache_rate": 1.0}
@@ -192,27 +192,44 @@ def test_a_second_cycle_restarts_the_learning_rate_and_draws_its_own_studies(bun
 def test_the_run_ends_with_the_level_head_refitted_on_the_fixed_network(bundle_run, tmp_path: Path) -> None:
     """train.yaml's last phase refits the level head: model.pt is the one level_refit.json says it
     wrote, and the refit reads only the encoder and decoder: from a copy of the model whose head is
-    scrambled, the same refit writes the same model, byte for byte."""
+    scrambled, refit.yaml (the same phase on its own) writes the same model, byte for byte; with
+    ``level_refit_box_jitter 0`` (the reference boxes) it writes another head and the same trunk.
+    It refuses to rewrite the bundle's published model in place."""
     from spine_app.data.io import write_torch
-    from spine_app.engines import refit_run_level_head
     from spine_app.engines.writer import sha256_of
 
     run = bundle_run["run"]
     record = json.loads((run / "level_refit.json").read_text())
     assert record["model_sha256"] == sha256_of(run / "model.pt") and len(record["input_model_sha256"]) == 64
     assert record["bodies"] > 0 and record["settings"]["epochs"] == 15 and len(record["epoch_losses"]) == 15
+    assert record["settings"]["box_jitter"] == 1.0  # the training's jittered boxes
     state = torch.load(run / "model.pt", map_location="cpu", weights_only=True)
     scrambled = {k: torch.randn_like(v) if k.startswith("level_head.") else v for k, v in state.items()}
-    write_torch(tmp_path / "model.pt", scrambled)
-    workflow = ConfigWorkflow(TRAIN, META, LOGGING, workflow_type="train", dataset_dir=str(bundle_run["data"]),
-                              bundle_root=str(bundle_run["root"]), epochs=2, **SMALL)
+
+    def refit(folder: Path, **overrides) -> dict[str, torch.Tensor]:
+        write_torch(folder / "model.pt", scrambled)
+        workflow = ConfigWorkflow([TRAIN, REFIT], META, LOGGING, workflow_type="train", run_id="refit",
+                                  dataset_dir=str(bundle_run["data"]), bundle_root=str(bundle_run["root"]),
+                                  ckpt_dir=str(folder), epochs=2, **SMALL, **overrides)
+        workflow.initialize()
+        workflow.run()
+        workflow.finalize()
+        return torch.load(folder / "model.pt", map_location="cpu", weights_only=True)
+
+    (tmp_path / "same").mkdir()
+    refit(tmp_path / "same")
+    assert sha256_of(tmp_path / "same" / "model.pt") == record["model_sha256"]
+    (tmp_path / "exact").mkdir()
+    exact = refit(tmp_path / "exact", level_refit_box_jitter=0.0)
+    assert json.loads((tmp_path / "exact" / "level_refit.json").read_text())["settings"]["box_jitter"] == 0.0
+    assert all(torch.equal(exact[k], state[k]) for k in state if not k.startswith("level_head."))
+    assert not all(torch.equal(exact[k], state[k]) for k in state if k.startswith("level_head."))
+    workflow = ConfigWorkflow([TRAIN, REFIT], META, LOGGING, workflow_type="train", run_id="refit",
+                              dataset_dir=str(bundle_run["data"]), bundle_root=str(bundle_run["root"]),
+                              ckpt_dir=str(bundle_run["root"] / "models"), **SMALL)
     workflow.initialize()
-    parser = workflow.parser
-    parser.get_parsed_content("network")  # network_def prepared as in training (memory format)
-    refit_run_level_head(tmp_path, parser.get_parsed_content("network_def"), parser.get_parsed_content("train#dataset"),
-                         parser.get_parsed_content("precision"), parser.get_parsed_content("loss"),
-                         parser.get_parsed_content("level_refit_settings"), num_workers=0)
-    assert sha256_of(tmp_path / "model.pt") == record["model_sha256"]
+    with pytest.raises(SystemExit, match="published model is not rewritten in place"):
+        workflow.run()
 
 
 def test_torchscript_export_matches_eager(bundle_run, tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from spine_app.engines.level_refit import (
     REFIT_RECORD,
     LevelRoiSet,
     RefitSettings,
+    collect_level_rois,
     refit_level_head,
     refit_run_level_head,
 )
@@ -85,10 +86,22 @@ def test_the_refit_is_deterministic_and_starts_from_a_fresh_head() -> None:
     )
 
 
-@pytest.mark.parametrize("bad", [{"passes": 0}, {"epochs": -1}, {"learning_rate": 0.0}])
+@pytest.mark.parametrize("bad", [{"passes": 0}, {"epochs": -1}, {"learning_rate": 0.0}, {"box_jitter": -0.5}])
 def test_settings_refuse_what_cannot_run(bad: dict) -> None:
     with pytest.raises(ValueError, match="level refit"):
         RefitSettings(**bad)
+
+
+def test_box_jitter_without_level_boxes_in_the_transform_is_refused() -> None:
+    """A box jitter other than the transform's own needs a LevelBoxesd to scale: a dataset without
+    one is named rather than refitted on boxes that silently ignore the setting."""
+    from monai.data import Dataset
+
+    from spine_app.networks import SpineMultiTaskNet
+    from spine_app.networks.precision import FP32
+
+    with pytest.raises(ValueError, match="no LevelBoxesd"):
+        collect_level_rois(SpineMultiTaskNet(), Dataset([], transform=lambda x: x), FP32, 1, box_jitter=0.0)
 
 
 def test_zero_epochs_leave_the_run_alone(tmp_path: Path) -> None:

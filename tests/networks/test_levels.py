@@ -19,6 +19,7 @@ from spine_app.data.levels import (
     film_level_boxes,
     level_map_from_truth,
     pad_boxes,
+    scaled_box_jitter,
     trim_levels,
 )
 from spine_app.engines.batch import prepare_study_batch
@@ -162,6 +163,35 @@ def test_level_boxes_transform_pads_and_keeps_grades_through_jitter():
     out = transform({"seg_lat": seg, "avail_lat": avail, "levels_lat": level_map})
     assert out["level_valid"].tolist() == [1.0] * 5 + [0.0] * 3
     assert out["level_grade"][:5].tolist() == [0] * 5 and out["level_grade"][5:].tolist() == [-1] * 3
+
+
+def test_scaled_box_jitter_gives_the_reference_boxes_at_zero_and_restores_the_transform():
+    """The level refit's box_jitter: inside a Compose, factor 0 turns the training jitter off (the
+    boxes of an unjittered transform, whatever the random state), and leaving restores it."""
+    from monai.transforms import Compose
+
+    vertebra, disk = column()
+    seg = torch.zeros(8, *vertebra.shape)
+    seg[3], seg[5] = torch.from_numpy(vertebra).float(), torch.from_numpy(disk).float()
+    avail = torch.zeros(8)
+    avail[[3, 5]] = 1
+    item = {"seg_lat": seg, "avail_lat": avail}
+    exact = LevelBoxesd(max_levels=8, shift=0.0, scale=0.0, turn_deg=0.0)(item)
+    jittered = LevelBoxesd(max_levels=8)
+    pipeline = Compose([Compose([jittered])])
+    pipeline.set_random_state(0)
+    assert not torch.allclose(torch.as_tensor(pipeline(item)["level_centre"]), torch.as_tensor(exact["level_centre"]))
+    with scaled_box_jitter(pipeline, 0.0) as found:
+        assert found == 1
+        for _ in range(3):
+            out = pipeline(item)
+            for key in ("level_centre", "level_axis", "level_size"):
+                torch.testing.assert_close(torch.as_tensor(out[key]), torch.as_tensor(exact[key]))
+    assert (jittered.shift, jittered.scale, jittered.turn_deg) == (0.06, 0.12, 6.0)
+    with scaled_box_jitter(pipeline, 0.5):
+        assert (jittered.shift, jittered.scale, jittered.turn_deg) == pytest.approx((0.03, 0.06, 3.0))
+    with pytest.raises(ValueError, match="jitter"), scaled_box_jitter(pipeline, -1.0):
+        pass
 
 
 def test_roi_pooling_gives_one_logit_per_body_and_a_masked_body_contributes_nothing():
