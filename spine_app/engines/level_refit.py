@@ -6,8 +6,10 @@ the draw (three seeds of the same recipe: validation kappa 0.61-0.80, docs/resul
 run the encoder and decoder are fixed, so the head's whole input can be computed once:
 
 1. :func:`collect_level_rois` runs the best model's LAT pass over the training studies ``passes``
-   times, each time through the training augmentation, and keeps what the head reads of every real
-   body (:class:`spine_app.networks.levels.LevelRois`) with its grade and the study's label;
+   times, each time through the training augmentation (the bodies' boxes jittered
+   ``RefitSettings.box_jitter`` times as much as training jitters them), and keeps what the head
+   reads of every real body (:class:`spine_app.networks.levels.LevelRois`) with its grade and the
+   study's label;
 2. :func:`refit_level_head` trains a freshly initialised head of the same shape on them (the run's
    own level loss, :meth:`spine_app.losses.MultiTaskLoss.level_loss`, one-cycle learning rate),
    many passes over the bodies in a few minutes of CPU, the network itself untouched;
@@ -16,6 +18,7 @@ run the encoder and decoder are fixed, so the head's whole input can be computed
 
 The refit starts from a fresh head and reads only the encoder and decoder, so running it again on
 its own output gives the same head: an interrupted run resumed by the same command simply redoes it.
+``bundle/configs/refit.yaml`` runs this phase on its own on a run folder (other refit settings).
 """
 
 from __future__ import annotations
