@@ -113,11 +113,16 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return checkpoint
 
 
+class PublishedModelError(SystemExit):
+    """A job that rewrites ``model.pt`` in place was pointed at the bundle's published model;
+    ``str(err)`` is one line, printed when the command exits."""
+
+
 def refuse_published_dir(ckpt_dir: str | Path, bundle_dir: str | Path) -> None:
     """Stop (one-line error) when ``ckpt_dir`` is the bundle's ``models/`` folder: a job that rewrites
     ``model.pt`` in place works on a run folder, and only ``publish_model`` replaces the shipped one."""
     if Path(ckpt_dir).resolve() == (Path(bundle_dir) / "models").resolve():
-        raise ResumeError(
+        raise PublishedModelError(
             f"{ckpt_dir}: the bundle's published model is not rewritten in place; "
             "pass --ckpt_dir bundle/runs/<run_name> (then `spine-app publish` it)"
         )
