@@ -20,15 +20,9 @@ from typing import Any
 
 import fire
 import numpy as np
-from sklearn.metrics import cohen_kappa_score
 
-from spine_app.metrics.levels import (
-    fit_records_suppression,
-    graded,
-    level_threshold,
-    reference_levels,
-    suppress_records,
-)
+from spine_app.metrics.level_suppression import NeighbourSuppression
+from spine_app.metrics.levels import fit_records_suppression, level_scores, level_threshold, suppress_records
 
 
 def _records(folder: str) -> dict[str, list[dict[str, Any]]]:
@@ -38,31 +32,38 @@ def _records(folder: str) -> dict[str, list[dict[str, Any]]]:
     return json.loads(path.read_text())
 
 
-def _row(name: str, truth: np.ndarray, pred: np.ndarray) -> str:
-    fractured, flagged = truth > 0, pred > 0
-    kappa = cohen_kappa_score(truth, pred, weights="linear", labels=[0, 1, 2, 3])
+def with_grades_of(detector: list[dict], grader: list[dict]) -> list[dict]:
+    """Copies of the detector's records whose predicted levels take the grader's probabilities of
+    grade >= 2 and >= 3 for the same level (same study, same box centre); P(grade >= 1) stays the
+    detector's, so are its flags."""
+    out = []
+    for det, gra in zip(detector, grader, strict=True):
+        mine = (det.get("levels") or {}).get("predicted", [])
+        theirs = (gra.get("levels") or {}).get("predicted", [])
+        same = det["study_id"] == gra["study_id"] and len(mine) == len(theirs)
+        if not same or (mine and not np.allclose([p["centre"] for p in mine], [q["centre"] for q in theirs], atol=0.5)):
+            raise SystemExit(f"{det['study_id']}: the two outputs do not score the same levels (not the same trunk?)")
+        predicted = [{**p, "cumulative": [p["cumulative"][0], *q["cumulative"][1:]]} for p, q in zip(mine, theirs)]
+        out.append({**det, "levels": {**det["levels"], "predicted": predicted}} if mine else det)
+    return out
+
+
+def _line(name: str, scores: dict[str, Any]) -> str:
+    found, flagged, exact = scores["fractured_found"], scores["normal_flagged"], scores["exact_grade_fractured"]
     return (
-        f"{name:28s} found {int((flagged & fractured).sum())}/{int(fractured.sum())}, "
-        f"flagged {int((flagged & ~fractured).sum())}/{int((~fractured).sum())}, kappa {kappa:.3f}, "
-        f"exact {int(((pred == truth) & fractured).sum())}/{int(fractured.sum())}"
+        f"{name:28s} found {found['hits']}/{found['n']}, flagged {flagged['hits']}/{flagged['n']}, "
+        f"kappa {scores['kappa_linear']:.3f}, exact {exact['hits']}/{exact['n']}"
     )
 
 
-def combine(detector: list[dict], grader: list[dict], threshold: float, suppression: Any) -> list[str]:
-    """Rows for the detector alone and the detector's flags with the grader's grades."""
-    rows_a = reference_levels(suppress_records(detector, suppression))
-    rows_b = reference_levels(grader)
-    if len(rows_a) != len(rows_b) or any(a["grade"] != b["grade"] for a, b in zip(rows_a, rows_b, strict=True)):
-        raise SystemExit("the two outputs do not score the same levels (not the same trunk, or other studies)")
-    truth = np.array([a["grade"] for a in rows_a])
-    alone = np.array([graded(a["cumulative"], threshold, a["probability"]) for a in rows_a])
-    hybrid = np.array(
-        [
-            graded([a["cumulative"][0], b["cumulative"][1], b["cumulative"][2]], threshold, a["probability"])
-            for a, b in zip(rows_a, rows_b, strict=True)
-        ]
-    )
-    return [_row("detector alone", truth, alone), _row("detector flags, grader grades", truth, hybrid)]
+def combine(detector: list[dict], grader: list[dict], threshold: float, suppression: NeighbourSuppression) -> list[str]:
+    """Lines for the detector alone and the detector's flags with the grader's grades
+    (:func:`spine_app.metrics.levels.level_scores`, as the evaluate report computes them)."""
+    hybrid = with_grades_of(detector, grader)
+    return [
+        _line("detector alone", level_scores(suppress_records(detector, suppression), threshold)),
+        _line("detector flags, grader grades", level_scores(suppress_records(hybrid, suppression), threshold)),
+    ]
 
 
 def main(detector: str, grader: str, test_from: str | tuple | None = None) -> None:

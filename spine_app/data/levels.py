@@ -474,10 +474,13 @@ def _level_box_transforms(transform: Any) -> Iterator[LevelBoxesd]:
 def scaled_box_jitter(transform: Any, factor: float) -> Iterator[int]:
     """Within the block every :class:`LevelBoxesd` of ``transform`` jitters its boxes ``factor``
     times as much as it was built to (0: the reference boxes, 1: unchanged); yields how many it
-    found. The settings are restored on leaving, also after an error."""
+    found. A factor other than 1 on a transform without one is refused (it would change nothing).
+    The settings are restored on leaving, also after an error."""
     if factor < 0:
         raise ValueError(f"box jitter factor must be >= 0, got {factor}")
     found = list(_level_box_transforms(transform))
+    if factor != 1.0 and not found:
+        raise ValueError(f"box jitter factor {factor}: the transform has no LevelBoxesd to scale")
     saved = [(t.shift, t.scale, t.turn_deg) for t in found]
     try:
         for t, (shift, scale, turn) in zip(found, saved, strict=True):

@@ -142,9 +142,7 @@ def collect_level_rois(
     was_training = net.training
     net.eval()
     try:
-        with scaled_box_jitter(getattr(dataset, "transform", None), box_jitter) as found:
-            if box_jitter != 1.0 and not found:
-                raise ValueError("level refit: box_jitter is set but the training transform has no LevelBoxesd")
+        with scaled_box_jitter(getattr(dataset, "transform", None), box_jitter):
             for k in range(passes):
                 set_determinism(seed=seed * 1000 + k)
                 loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
