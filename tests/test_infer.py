@@ -360,9 +360,11 @@ def test_shipped_model_runs_without_training(tmp_path: Path, synth_root: Path) -
         assert lv["flagged"] == (lv["fracture_probability"] >= levels["level_threshold"])
         assert (lv["grade"] > 0) == lv["flagged"] and (lv["grade_head"] > 0) == lv["flagged"]
         if lv["grade_source"] == "morphometry":  # a flagged body graded on the film's own pixels
-            assert lv["flagged"] and lv["grade"] == lv["morphometry"]["genant_grade"] >= 1
+            assert lv["flagged"] and lv["grade"] == lv["morphometry"]["genant_grade"] >= max(1, lv["grade_head"])
         else:
             assert lv["grade_source"] == "level head" and lv["grade"] == max(lv["grade_head"], int(lv["flagged"]))
+            measured = lv["morphometry"] and lv["morphometry"]["not_measurable"] is None
+            assert not (lv["flagged"] and measured and lv["morphometry"]["genant_grade"] >= lv["grade"])
     assert levels["drives_decision"] and set(levels["drives_decision"]) <= {lv["number"] for lv in levels["levels"]}
     assert saved["damaged_probability"] == pytest.approx(levels["study_probability"], abs=1e-4)
 

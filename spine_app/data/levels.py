@@ -424,11 +424,19 @@ def jitter_boxes(
     return LevelBoxes(centre, axis.astype(np.float32), size, boxes.grade, boxes.kind, boxes.instance)
 
 
+#: the keys of the unjittered boxes :class:`LevelBoxesd` adds with ``keep_reference`` (box key -> its key)
+REFERENCE_BOX_KEYS = {key: f"reference_{key}" for key in ("level_centre", "level_axis", "level_size")}
+
+
 class LevelBoxesd(MapTransform, Randomizable):
     """Adds the padded level boxes of the LAT film (see :func:`pad_boxes`) from the reference masks
     ``seg_lat`` and the level map ``levels_lat`` (after augmentation, so the boxes follow the film).
     A study without a LAT vertebra mask gets no valid level. ``shift``, ``scale``, ``turn_deg``:
-    random jitter of every box (:func:`jitter_boxes`; 0 = exact boxes)."""
+    random jitter of every box (:func:`jitter_boxes`; 0 = exact boxes). With ``keep_reference``
+    (:func:`reference_boxes_kept`) the boxes before the jitter are added too, under
+    :data:`REFERENCE_BOX_KEYS` (the same bodies in the same order, the same random draws)."""
+
+    keep_reference: bool = False
 
     def __init__(
         self,
@@ -453,12 +461,15 @@ class LevelBoxesd(MapTransform, Randomizable):
         level_map = None if level_map is None else np.asarray(torch.as_tensor(level_map).detach().cpu())[0]
         if avail[_VB] > 0:
             disk = seg[_DISK] > 0.5 if avail[_DISK] > 0 else None
-            boxes = film_level_boxes(seg[_VB] > 0.5, disk, 0, level_map)
+            boxes = reference = film_level_boxes(seg[_VB] > 0.5, disk, 0, level_map)
             if self.shift or self.scale or self.turn_deg:
                 boxes = jitter_boxes(boxes, self.R, self.shift, self.scale, self.turn_deg)
         else:
-            boxes = film_level_boxes(np.zeros(seg.shape[1:], bool), None)
+            boxes = reference = film_level_boxes(np.zeros(seg.shape[1:], bool), None)
         out.update(pad_boxes(boxes, self.max_levels))
+        if self.keep_reference:
+            padded = pad_boxes(reference, self.max_levels)
+            out.update({REFERENCE_BOX_KEYS[key]: padded[key] for key in REFERENCE_BOX_KEYS})
         return out
 
 
@@ -468,6 +479,24 @@ def _level_box_transforms(transform: Any) -> Iterator[LevelBoxesd]:
         yield transform
     for inner in getattr(transform, "transforms", ()) or ():
         yield from _level_box_transforms(inner)
+
+
+@contextlib.contextmanager
+def reference_boxes_kept(transform: Any) -> Iterator[int]:
+    """Within the block every :class:`LevelBoxesd` of ``transform`` also adds its boxes before the
+    jitter (:data:`REFERENCE_BOX_KEYS`); yields how many it found, refuses a transform without one.
+    Restored on leaving, also after an error."""
+    found = list(_level_box_transforms(transform))
+    if not found:
+        raise ValueError("reference boxes: the transform has no LevelBoxesd")
+    saved = [t.keep_reference for t in found]
+    try:
+        for t in found:
+            t.keep_reference = True
+        yield len(found)
+    finally:
+        for t, keep in zip(found, saved, strict=True):
+            t.keep_reference = keep
 
 
 @contextlib.contextmanager

@@ -9,15 +9,20 @@ run the encoder and decoder are fixed, so the head's whole input can be computed
    times, each time through the training augmentation (the bodies' boxes jittered
    ``RefitSettings.box_jitter`` times as much as training jitters them), and keeps what the head
    reads of every real body (:class:`spine_app.networks.levels.LevelRois`) with its grade and the
-   study's label;
+   study's label, and, from the same film pass, what it reads of the same bodies in their
+   reference boxes (where they are exactly);
 2. :func:`refit_level_head` trains a freshly initialised head of the same shape on them (the run's
    own level loss, :meth:`spine_app.losses.MultiTaskLoss.level_loss`, one-cycle learning rate),
-   many passes over the bodies in a few minutes of CPU, the network itself untouched;
-3. :func:`refit_run_level_head` puts the new head into the run's best model (``model.pt``,
-   replaced atomically) and writes ``level_refit.json`` beside it.
+   many passes over the bodies in a few minutes of CPU, the network itself untouched: the level
+   head on the jittered boxes (it decides which bodies are fractured on boxes found on predicted
+   masks) and the grade head on the reference boxes (it grades the flagged bodies: a head fitted
+   on the reference boxes grades more levels exactly, docs/results.md "The grade head");
+3. :func:`refit_run_level_head` puts the new heads into the run's best model (``model.pt``,
+   replaced atomically; :meth:`SpineMultiTaskNet.fit_grade_head`) and writes ``level_refit.json``
+   beside it.
 
-The refit starts from a fresh head and reads only the encoder and decoder, so running it again on
-its own output gives the same head: an interrupted run resumed by the same command simply redoes it.
+The refit starts from fresh heads and reads only the encoder and decoder, so running it again on
+its own output gives the same heads: an interrupted run resumed by the same command simply redoes it.
 ``bundle/configs/refit.yaml`` runs this phase on its own on a run folder (other refit settings).
 """
 
@@ -29,7 +34,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -38,7 +43,7 @@ from monai.utils import set_determinism
 from torch import nn
 
 from spine_app.data.io import write_torch
-from spine_app.data.levels import scaled_box_jitter
+from spine_app.data.levels import REFERENCE_BOX_KEYS, reference_boxes_kept, scaled_box_jitter
 from spine_app.engines.batch import prepare_study_batch
 from spine_app.engines.handlers import _is_writer
 from spine_app.engines.runs import BEST_MODEL, REFIT_RECORD
@@ -57,7 +62,10 @@ class RefitSettings:
     ``box_jitter``: how much the level boxes of the collected bodies are jittered, as a multiple of
     the training's own :class:`spine_app.data.levels.LevelBoxesd` jitter (1: as in training; 0: the
     reference boxes, whose head grades more levels exactly but flags more normal ones on predicted
-    boxes; docs/results.md, "The level head refitted on the reference boxes")."""
+    boxes; docs/results.md, "The level head refitted on the reference boxes"). ``level_head``: refit
+    the level head (False keeps it, and so the model's flags and thresholds); ``grade_head``: fit
+    the grade head on the same passes' reference boxes (the bodies exactly where they are), where
+    the network has one."""
 
     epochs: int = 15
     passes: int = 3
@@ -65,6 +73,8 @@ class RefitSettings:
     seed: int = 0
     studies_per_step: int = 16
     box_jitter: float = 1.0
+    level_head: bool = True
+    grade_head: bool = True
 
     def __post_init__(self) -> None:
         if (
@@ -123,6 +133,14 @@ class LevelRoiSet:
         return rois, targets, flat
 
 
+class CollectedBodies(NamedTuple):
+    """The bodies of one collection: ``jittered`` what the level head reads of them in the boxes the
+    training jitters, ``reference`` the same bodies in their reference boxes (each None when not asked for)."""
+
+    jittered: LevelRoiSet | None
+    reference: LevelRoiSet | None
+
+
 def collect_level_rois(
     net: nn.Module,
     dataset: Any,
@@ -133,16 +151,28 @@ def collect_level_rois(
     num_workers: int = 1,
     device: torch.device | str = "cpu",
     box_jitter: float = 1.0,
-) -> LevelRoiSet:
-    """:class:`LevelRoiSet` of ``dataset`` (training items with level boxes, its random transforms
-    drawn anew on each of the ``passes``) under ``net``'s LAT pass (eval mode, no gradient), every
-    box jittered ``box_jitter`` times as much as the dataset's :class:`LevelBoxesd` does."""
-    patches, context, grades, start, count, label, has_lat = [], [], [], [], [], [], []
+    jittered: bool = True,
+    reference: bool = False,
+) -> CollectedBodies:
+    """:class:`CollectedBodies` of ``dataset`` (training items with level boxes, its random transforms
+    drawn anew on each of the ``passes``) under ``net``'s LAT pass (eval mode, no gradient): with
+    ``jittered`` every box jittered ``box_jitter`` times as much as the dataset's :class:`LevelBoxesd`
+    does, with ``reference`` the same bodies' unjittered boxes, both read from the one pass of each film."""
+    kinds = [kind for kind, wanted in (("jittered", jittered), ("reference", reference)) if wanted]
+    if not kinds:
+        raise ValueError("level refit: collect the jittered boxes, the reference boxes or both")
+    patches: dict[str, list[torch.Tensor]] = {kind: [] for kind in kinds}
+    context: dict[str, list[torch.Tensor]] = {kind: [] for kind in kinds}
+    grades, start, count, label, has_lat = [], [], [], [], []
     total = 0
     was_training = net.training
     net.eval()
+    transform = getattr(dataset, "transform", None)
     try:
-        with scaled_box_jitter(getattr(dataset, "transform", None), box_jitter):
+        with (
+            scaled_box_jitter(transform, box_jitter),
+            reference_boxes_kept(transform) if reference else contextlib.nullcontext(),
+        ):
             for k in range(passes):
                 set_determinism(seed=seed * 1000 + k)
                 loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
@@ -150,15 +180,18 @@ def collect_level_rois(
                     inputs, targets = prepare_study_batch(batch, device)
                     if "level_centre" not in inputs:
                         raise ValueError("level refit: the training items carry no level boxes (LevelBoxesd)")
-                    boxes = LevelBatch.from_batch(inputs)
+                    boxes = {"jittered": LevelBatch.from_batch(inputs)}
+                    if reference:
+                        boxes["reference"] = reference_batch(batch, boxes["jittered"])
+                    valid = (boxes["jittered"].valid > 0).reshape(-1).cpu()
                     with torch.no_grad(), precision.autocast():
-                        fine, deep = net.level_features(net.view_pass(precision.to_input(inputs["lat"])))
-                        rois = net.level_head.rois(fine, deep, boxes)
-                    valid = (boxes.valid > 0).reshape(-1).cpu()
-                    patches.append(rois.patches.cpu()[valid].to(torch.bfloat16))
-                    context.append(rois.context.cpu()[valid].float())
+                        features = net.level_features(net.view_pass(precision.to_input(inputs["lat"])))
+                        for kind in kinds:
+                            rois = net.level_head.rois(*features, boxes[kind])
+                            patches[kind].append(rois.patches.cpu()[valid].to(torch.bfloat16))
+                            context[kind].append(rois.context.cpu()[valid].float())
                     grades.append(targets["level_grade"].cpu().reshape(-1)[valid])
-                    per_film = (boxes.valid > 0).sum(dim=1).cpu()
+                    per_film = (boxes["jittered"].valid > 0).sum(dim=1).cpu()
                     for film, n in enumerate(per_film.tolist()):
                         start.append(total)
                         count.append(n)
@@ -169,13 +202,30 @@ def collect_level_rois(
         net.train(was_training)
     if not start:
         raise ValueError("level refit: the training set is empty")
-    return LevelRoiSet(
-        rois=LevelRois(torch.cat(patches), torch.cat(context)),
-        grade=torch.cat(grades).long(),
-        start=torch.tensor(start),
-        count=torch.tensor(count),
-        label=torch.tensor(label),
-        has_lat=torch.tensor(has_lat),
+    films = {
+        "grade": torch.cat(grades).long(),
+        "start": torch.tensor(start),
+        "count": torch.tensor(count),
+        "label": torch.tensor(label),
+        "has_lat": torch.tensor(has_lat),
+    }
+    sets = {kind: LevelRoiSet(LevelRois(torch.cat(patches[kind]), torch.cat(context[kind])), **films) for kind in kinds}
+    return CollectedBodies(sets.get("jittered"), sets.get("reference"))
+
+
+def reference_batch(batch: dict[str, Any], jittered: LevelBatch) -> LevelBatch:
+    """The unjittered boxes a :class:`LevelBoxesd` with ``keep_reference`` added to a collated
+    ``batch`` (:data:`REFERENCE_BOX_KEYS`), cut and placed like the ``jittered`` boxes the network reads."""
+    width = jittered.valid.shape[1]
+
+    def take(key: str) -> torch.Tensor:
+        return torch.as_tensor(batch[REFERENCE_BOX_KEYS[key]])[:, :width].to(jittered.centre.device)
+
+    return LevelBatch(
+        take("level_centre").to(jittered.centre.dtype),
+        take("level_axis").to(jittered.axis.dtype),
+        take("level_size").to(jittered.size.dtype),
+        jittered.valid,
     )
 
 
@@ -243,16 +293,23 @@ def refit_run_level_head(
     num_workers: int = 1,
 ) -> Path | None:
     """Refit the level head of the run's best model (``ckpt_dir/model.pt``, loaded into ``net``, the
-    plain :class:`SpineMultiTaskNet`) on ``dataset`` (the run's training set) and write the model
-    back atomically with ``level_refit.json`` beside it; ``net`` ends up holding the refitted model.
-    Returns the model's path, or None (the model left as it was) when ``settings.epochs`` is 0, the network
-    has no level head or no training film shows a body with a level box.
+    plain :class:`SpineMultiTaskNet`) and fit its grade head on ``dataset`` (the run's training set),
+    as ``settings`` asks, and write the model back atomically with ``level_refit.json`` beside it;
+    ``net`` ends up holding the refitted model. Both heads learn from one collection of the bodies.
+    Returns the model's path, or None (the model left as it was) when ``settings.epochs`` is 0, there
+    is no head to fit or no training film shows a body with a level box.
     Under DDP every rank computes the same refit and rank 0 writes."""
     settings = settings if isinstance(settings, RefitSettings) else RefitSettings(**settings)
     if settings.epochs == 0:
         return None
     if getattr(net, "level_head", None) is None:
         logger.warning("level refit skipped: the network has no level head")
+        return None
+    fit_grades = settings.grade_head and getattr(net, "grade_head", None) is not None
+    if settings.grade_head and not fit_grades:
+        logger.warning("level refit: the network has no grade head to fit (grade_head=False)")
+    if not (settings.level_head or fit_grades):
+        logger.warning("level refit skipped: neither the level head nor a grade head is to be fitted")
         return None
     if dist.is_available() and dist.is_initialized():
         dist.barrier()  # rank 0 writes the best model; every rank reads it
@@ -262,7 +319,7 @@ def refit_run_level_head(
     began = time.time()
     trunk_sha = sha256_of(path)
     net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    rois = collect_level_rois(
+    bodies = collect_level_rois(
         net,
         dataset,
         precision,
@@ -271,7 +328,10 @@ def refit_run_level_head(
         num_workers=num_workers,
         device=device,
         box_jitter=settings.box_jitter,
+        jittered=settings.level_head,
+        reference=fit_grades,
     )
+    rois = bodies.jittered if bodies.jittered is not None else bodies.reference
     collected = time.time() - began
     if rois.bodies == 0:
         logger.warning("level refit skipped: no training film shows a vertebral body with a level box (no LAT films?)")
@@ -283,37 +343,41 @@ def refit_run_level_head(
         collected,
         settings.epochs,
     )
-    head, losses = refit_level_head(
-        net.level_head, rois, loss, settings, getattr(net, "level_pooling", "lse"), precision
-    )
-    net.level_head.load_state_dict(head.state_dict())
-    state = {key: value.detach().cpu().clone() for key, value in net.state_dict().items()}
-    record = {
+    pooling = getattr(net, "level_pooling", "lse")
+    record: dict[str, Any] = {
         "settings": settings.__dict__,
         "bodies": rois.bodies,
         "film_passes": rois.films,
         "fractured_bodies": int((rois.grade > 0).sum()),
-        "epoch_losses": [round(v, 5) for v in losses],
-        "collect_seconds": round(collected, 1),
-        "seconds": round(time.time() - began, 1),
-        "input_model_sha256": trunk_sha,
     }
+    if bodies.jittered is not None:
+        head, losses = refit_level_head(net.level_head, bodies.jittered, loss, settings, pooling, precision)
+        net.level_head.load_state_dict(head.state_dict())
+        record["epoch_losses"] = [round(v, 5) for v in losses]
+    if bodies.reference is not None:
+        grader, losses = refit_level_head(net.grade_head, bodies.reference, loss, settings, pooling, precision)
+        net.fit_grade_head(grader.state_dict())
+        record["grade_head_epoch_losses"] = [round(v, 5) for v in losses]
+    state = {key: value.detach().cpu().clone() for key, value in net.state_dict().items()}
+    record.update(
+        collect_seconds=round(collected, 1), seconds=round(time.time() - began, 1), input_model_sha256=trunk_sha
+    )
     if _is_writer():
         write_torch(path, state)
         record["model_sha256"] = sha256_of(path)
         write_json(Path(ckpt_dir) / REFIT_RECORD, record)
-        logger.warning(
-            "level refit: epoch losses %s; %s rewritten in %.0f s", record["epoch_losses"], path, record["seconds"]
-        )
+        logger.warning("level refit: %s rewritten in %.0f s (%s)", path, record["seconds"], REFIT_RECORD)
     return path
 
 
 __all__ = [
     "REFIT_RECORD",
+    "CollectedBodies",
     "LevelRoiSet",
     "RefitSettings",
     "collect_level_rois",
     "fresh_head",
+    "reference_batch",
     "refit_level_head",
     "refit_run_level_head",
 ]

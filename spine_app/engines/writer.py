@@ -772,9 +772,11 @@ def level_summary(
     ``fracture_probability`` (P(grade >= 1) after the neighbour ``suppression``,
     :mod:`spine_app.metrics.level_suppression`), ``head_probability`` (the level head's own),
     ``flagged`` (``fracture_probability`` at or above ``threshold``), ``grade`` with its ``grade_source``
-    (:func:`spine_app.metrics.levels.reported_grade`: a flagged body's morphometry grade where the
-    morphometry grades it, else the head's), ``grade_head`` (the head's own grade at ``threshold``,
-    :func:`spine_app.metrics.levels.graded`), ``grade_probabilities`` (0-3, the head's), and the
+    (:func:`spine_app.metrics.levels.reported_grade`: a flagged body's higher of the morphometry's
+    grade and the head's), ``grade_head`` (the network's own grade at ``threshold``,
+    :func:`spine_app.metrics.levels.graded`: the grade head's where the model has one),
+    ``grade_probabilities`` (0-3, the network's: P(grade >= 1) from the level head, the grades from
+    the grade head where the model has one), and the
     morphometry of the same body (heights, ratios, ``not_measurable``) where it measured one.
     ``drives_decision``: the flagged levels, or the most suspicious one when none is.
     ``unscored``: where the film has :data:`~spine_app.data.levels.MAX_LEVELS` levels or more, the

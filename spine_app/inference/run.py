@@ -359,7 +359,10 @@ def _state_problem(state: dict[str, Any], bundle_dir: str, network: dict[str, st
     parser["bundle_root"] = bundle_dir
     for key, value in network.items():
         parser[key] = json.loads(value)
-    expected = parser.get_parsed_content("network_def").state_dict()
+    net = parser.get_parsed_content("network_def")
+    expected = net.state_dict()
+    upgrade = getattr(net, "upgrade_state", None)  # weights saved before the grade head load into it unfitted
+    state = upgrade(dict(state)) if upgrade is not None else state
     missing, unexpected = sorted(expected.keys() - state.keys()), sorted(state.keys() - expected.keys())
     shapes = sorted(k for k in expected.keys() & state.keys() if tuple(expected[k].shape) != tuple(state[k].shape))
     if missing or unexpected or shapes:

@@ -49,15 +49,19 @@ GRADE_FROM_MORPHOMETRY, GRADE_FROM_HEAD = "morphometry", "level head"
 
 def reported_grade(head_grade: int, flagged: bool, morphometry_grade: int | None) -> tuple[int, str]:
     """(grade, source) that inference reports for one level: the level head decides whether the body
-    is fractured (``flagged``); a flagged body's grade is the morphometry's Genant grade of the same
-    body measured on the film's own pixels where that grades it (1-3), else the head's grade (at
-    least 1). The head reads each body on the working canvas, where grades 1 and 2 differ by about a
-    pixel; chosen on the validation split (docs/results.md, "Grades from the film's own pixels")."""
+    is fractured (``flagged``); a flagged body's grade is the higher of the head's grade (at least 1;
+    the grade head's where the model has one) and the morphometry's Genant grade of the same body
+    measured on the film's own pixels (where that grades it, 1-3), the source naming which (the
+    morphometry on a tie). The morphometry on predicted masks grades low, never high, by a grade
+    (the masks fill a biconcave body's middle), where the grade head errs both ways; the higher of
+    the two was chosen on the validation split and confirmed on a fresh set (docs/results.md,
+    "The grade head")."""
     if not flagged:
         return 0, GRADE_FROM_HEAD
-    if morphometry_grade is not None and morphometry_grade >= 1:
+    head = max(1, int(head_grade))
+    if morphometry_grade is not None and morphometry_grade >= head:
         return int(morphometry_grade), GRADE_FROM_MORPHOMETRY
-    return max(1, int(head_grade)), GRADE_FROM_HEAD
+    return head, GRADE_FROM_HEAD
 
 
 def level_probability(level: dict[str, Any]) -> float:

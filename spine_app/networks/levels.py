@@ -179,6 +179,12 @@ class LevelHead(nn.Module):
         return self.score(self.rois(fine, deep, boxes)).reshape(b, n, GRADE_LOGITS)
 
 
+def with_grades(detect: torch.Tensor, grades: torch.Tensor) -> torch.Tensor:
+    """(..., 3) cumulative logits whose P(grade >= 1) is ``detect``'s (the level head: which bodies
+    are fractured) and P(grade >= 2), P(grade >= 3) are ``grades``' (the grade head: how badly)."""
+    return torch.cat([detect[..., :1], grades[..., 1:]], dim=-1)
+
+
 def level_probability(cumulative: torch.Tensor) -> torch.Tensor:
     """Fracture probability (grade >= 1) of each level from its cumulative logits (..., 3)."""
     return torch.sigmoid(cumulative[..., 0])
@@ -204,4 +210,5 @@ __all__ = [
     "predicted_grade",
     "roi_grid",
     "sample_rois",
+    "with_grades",
 ]

@@ -12,7 +12,10 @@ Shapes (B = batch, H x W = working resolution, any size; multiples of 32 avoid p
   image may be anything (zeros); it is excluded from the fused logit. With ``levels`` (the boxes of
   the LAT film's vertebral bodies, :class:`spine_app.networks.levels.LevelBatch`) also
   ``level_logits`` (B, L, 3) cumulative Genant-grade logits per body and ``cls_levels`` (B,) the
-  study logit pooled from the levels (:func:`spine_app.networks.levels.mil_pool`).
+  study logit pooled from the levels (:func:`spine_app.networks.levels.mil_pool`). Once the grade
+  head is fitted (``grade_head_fitted``, by the level refit), a body's P(grade >= 1) is still the
+  level head's and its P(grade >= 2), P(grade >= 3) are the grade head's
+  (:func:`spine_app.networks.levels.with_grades`).
 - ``level_logits(lat, levels)``: only the level outputs of LAT films (inference, where the boxes
   come from the predicted masks).
 """
@@ -29,7 +32,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from spine_app.channels import MASK_NAMES
-from spine_app.networks.levels import LevelBatch, LevelHead, mil_pool
+from spine_app.networks.levels import GRADE_LOGITS, LevelBatch, LevelHead, mil_pool, with_grades
 from spine_app.networks.precision import FP32, Precision
 
 SUPPORTED_BACKBONES = (
@@ -106,6 +109,11 @@ class SpineMultiTaskNet(nn.Module):
             level head reads (the last decoder layer, which also makes the masks, and the stride-16
             encoder features); the head's own layers always learn in full. Forward values do not
             depend on it.
+        grade_head: also build the grade head, a second head of the level head's shape that reads
+            the same box features and grades the bodies the level head flags. It is fitted only by
+            the level refit (on the reference boxes, :mod:`spine_app.engines.level_refit`): until then
+            (``grade_head_fitted`` 0, and for weights saved without one, bundle 0.8 and earlier) it
+            is frozen and unused, and the level head grades.
     """
 
     def __init__(
@@ -120,6 +128,7 @@ class SpineMultiTaskNet(nn.Module):
         level_head: bool = True,
         level_pooling: str = "lse",
         level_grad_scale: float = 1.0,
+        grade_head: bool = True,
     ) -> None:
         super().__init__()
         self.cls_grad_scale = float(cls_grad_scale)
@@ -146,6 +155,39 @@ class SpineMultiTaskNet(nn.Module):
         fine = int(decoder_channels[-1]) + in_channels + 2  # decoder features, the film, vertebra + disk
         context = int(FLEXUNET_BACKBONE.register_dict[backbone]["feature_channel"][-2])
         self.level_head = LevelHead(fine, context) if level_head else None
+        self.grade_head: LevelHead | None = None
+        if level_head and grade_head:
+            with torch.random.fork_rng(devices=[]):  # the rest of a run draws the same numbers as without it
+                self.grade_head = LevelHead(fine, context).requires_grad_(False)
+            self.register_buffer("grade_head_fitted", torch.zeros((), dtype=torch.bool))
+            self.register_load_state_dict_pre_hook(SpineMultiTaskNet._upgrade_on_load)
+
+    def upgrade_state(self, state_dict: dict[str, torch.Tensor], prefix: str = "") -> dict[str, torch.Tensor]:
+        """``state_dict`` (in place, and returned) with what weights saved before the grade head lack:
+        weights of bundle 0.8 and earlier get this network's grade head, unfitted, so the level head
+        grades as before. Weights with a grade head, or a network without one, are left as they are."""
+        if self.grade_head is None or prefix + "grade_head_fitted" in state_dict:
+            return state_dict
+        state_dict[prefix + "grade_head_fitted"] = torch.zeros((), dtype=torch.bool)
+        for key, value in self.grade_head.state_dict().items():
+            state_dict.setdefault(f"{prefix}grade_head.{key}", value)
+        return state_dict
+
+    def _upgrade_on_load(self, state_dict: dict, prefix: str, *_args: object) -> None:
+        """``load_state_dict`` pre-hook: :meth:`upgrade_state` on the weights being loaded."""
+        self.upgrade_state(state_dict, prefix)
+
+    @property
+    def grades_fitted(self) -> bool:
+        """True once the grade head has been fitted (then it grades the flagged bodies)."""
+        return self.grade_head is not None and bool(self.grade_head_fitted)
+
+    def fit_grade_head(self, state: dict[str, torch.Tensor]) -> None:
+        """Load a fitted grade head's weights (a :class:`LevelHead` state dict) and use it from now on."""
+        if self.grade_head is None:
+            raise RuntimeError("this network has no grade head (grade_head=False)")
+        self.grade_head.load_state_dict(state)
+        self.grade_head_fitted.fill_(True)
 
     def _embedding(self, deepest: torch.Tensor) -> torch.Tensor:
         """(B, C, h, w) deepest encoder features -> (B, embed_dim) view embedding."""
@@ -183,10 +225,15 @@ class SpineMultiTaskNet(nn.Module):
 
     def levels_of(self, view: ViewPass, levels: LevelBatch) -> torch.Tensor:
         """Level logits (B, L, 3) of the bodies ``levels`` on a LAT film's :class:`ViewPass`
-        (:meth:`level_features` through the level head)."""
+        (:meth:`level_features` through the level head, the grades through the grade head once fitted)."""
         if self.level_head is None:
             raise RuntimeError("this network has no level head (level_head=False)")
-        return self.level_head(*self.level_features(view), levels)
+        b, n = levels.centre.shape[:2]
+        rois = self.level_head.rois(*self.level_features(view), levels)
+        logits = self.level_head.score(rois)
+        if self.grades_fitted:
+            logits = with_grades(logits, self.grade_head.score(rois))
+        return logits.reshape(b, n, GRADE_LOGITS)
 
     def level_logits(
         self, lat: torch.Tensor, levels: LevelBatch, view: ViewPass | None = None

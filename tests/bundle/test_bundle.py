@@ -190,11 +190,13 @@ def test_a_second_cycle_restarts_the_learning_rate_and_draws_its_own_studies(bun
 
 
 def test_the_run_ends_with_the_level_head_refitted_on_the_fixed_network(bundle_run, tmp_path: Path) -> None:
-    """train.yaml's last phase refits the level head: model.pt is the one level_refit.json says it
-    wrote, and the refit reads only the encoder and decoder: from a copy of the model whose head is
-    scrambled, refit.yaml (the same phase on its own) writes the same model, byte for byte; with
-    ``level_refit_box_jitter 0`` (the reference boxes) it writes another head and the same trunk.
-    It refuses to rewrite the bundle's published model in place."""
+    """train.yaml's last phase refits the level head and fits the grade head: model.pt is the one
+    level_refit.json says it wrote, and the refit reads only the encoder and decoder: from a copy of
+    the model whose heads are scrambled, refit.yaml (the same phase on its own) writes the same
+    model, byte for byte; with ``level_refit_box_jitter 0`` (the reference boxes) it writes another
+    level head, the same grade head and the same trunk; with ``level_refit_level_head false`` it keeps
+    the level head it was given and fits the same grade head. It refuses to rewrite the bundle's
+    published model in place."""
     from spine_app.data.io import write_torch
     from spine_app.engines.writer import sha256_of
 
@@ -202,11 +204,16 @@ def test_the_run_ends_with_the_level_head_refitted_on_the_fixed_network(bundle_r
     record = json.loads((run / "level_refit.json").read_text())
     assert record["model_sha256"] == sha256_of(run / "model.pt") and len(record["input_model_sha256"]) == 64
     assert record["bodies"] > 0 and record["settings"]["epochs"] == 15 and len(record["epoch_losses"]) == 15
+    assert len(record["grade_head_epoch_losses"]) == 15 and record["epoch_losses"] != record["grade_head_epoch_losses"]
     assert record["settings"]["box_jitter"] == 1.0  # the training's jittered boxes
     state = torch.load(run / "model.pt", map_location="cpu", weights_only=True)
-    scrambled = {k: torch.randn_like(v) if k.startswith("level_head.") else v for k, v in state.items()}
+    assert bool(state["grade_head_fitted"])
+    heads = ("level_head.", "grade_head.")
+    scrambled = {k: torch.randn_like(v) if k.startswith(heads) else v for k, v in state.items()}
+    scrambled["grade_head_fitted"] = torch.tensor(False)
 
     def refit(folder: Path, **overrides) -> dict[str, torch.Tensor]:
+        folder.mkdir()
         write_torch(folder / "model.pt", scrambled)
         workflow = ConfigWorkflow([TRAIN, REFIT], META, LOGGING, workflow_type="train", run_id="refit",
                                   dataset_dir=str(bundle_run["data"]), bundle_root=str(bundle_run["root"]),
@@ -216,14 +223,18 @@ def test_the_run_ends_with_the_level_head_refitted_on_the_fixed_network(bundle_r
         workflow.finalize()
         return torch.load(folder / "model.pt", map_location="cpu", weights_only=True)
 
-    (tmp_path / "same").mkdir()
+    def same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], prefix: str) -> bool:
+        return all(torch.equal(a[k], b[k]) for k in b if k.startswith(prefix))
+
     refit(tmp_path / "same")
     assert sha256_of(tmp_path / "same" / "model.pt") == record["model_sha256"]
-    (tmp_path / "exact").mkdir()
     exact = refit(tmp_path / "exact", level_refit_box_jitter=0.0)
     assert json.loads((tmp_path / "exact" / "level_refit.json").read_text())["settings"]["box_jitter"] == 0.0
     assert all(torch.equal(exact[k], state[k]) for k in state if not k.startswith("level_head."))
-    assert not all(torch.equal(exact[k], state[k]) for k in state if k.startswith("level_head."))
+    assert not same(exact, state, "level_head.")
+    grades = refit(tmp_path / "grades", level_refit_level_head=False)
+    assert same(grades, scrambled, "level_head.") and same(grades, state, "grade_head") and same(grades, state, "unet.")
+    assert "epoch_losses" not in json.loads((tmp_path / "grades" / "level_refit.json").read_text())
     workflow = ConfigWorkflow([TRAIN, REFIT], META, LOGGING, workflow_type="train", run_id="refit",
                               dataset_dir=str(bundle_run["data"]), bundle_root=str(bundle_run["root"]),
                               ckpt_dir=str(bundle_run["root"] / "models"), **SMALL)

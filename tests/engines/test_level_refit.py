@@ -114,3 +114,15 @@ def test_a_run_without_a_best_model_is_named(tmp_path: Path) -> None:
 
     with pytest.raises(FileNotFoundError, match="model.pt"):
         refit_run_level_head(tmp_path, SpineMultiTaskNet(), [], None, None, RefitSettings(epochs=1))
+
+
+def test_a_refit_with_no_head_to_fit_leaves_the_run_alone(tmp_path: Path) -> None:
+    """Keeping the level head on a network without a grade head leaves nothing to fit: no model is
+    read or written (the run folder may not even hold one)."""
+    from spine_app.networks import SpineMultiTaskNet
+
+    net = SpineMultiTaskNet(decoder_channels=(32, 16, 16, 8, 8), grade_head=False)
+    assert refit_run_level_head(tmp_path, net, [], None, None, RefitSettings(epochs=1, level_head=False)) is None
+    assert not (tmp_path / REFIT_RECORD).exists()
+    with pytest.raises(ValueError, match="jittered boxes, the reference boxes or both"):
+        collect_level_rois(net, [], None, 1, jittered=False, reference=False)

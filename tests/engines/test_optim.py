@@ -14,9 +14,12 @@ def model() -> StudyModel:
     return StudyModel(SpineMultiTaskNet(decoder_channels=(32, 16, 16, 8, 8)))
 
 
-def test_default_is_one_group_of_every_parameter(model: StudyModel) -> None:
+def test_default_is_one_group_of_every_parameter_that_learns(model: StudyModel) -> None:
+    """Every parameter but the grade head's, which only the level refit fits (frozen in training)."""
     (group,) = parameter_groups(model, 1e-3)
-    assert [id(p) for p in group["params"]] == [id(p) for p in model.parameters()] and group["lr"] == 1e-3
+    grade_ids = {id(p) for p in model.net.grade_head.parameters()}
+    assert grade_ids and group["lr"] == 1e-3
+    assert [id(p) for p in group["params"]] == [id(p) for p in model.parameters() if id(p) not in grade_ids]
 
 
 def test_scaled_level_head_is_its_own_group(model: StudyModel) -> None:
@@ -24,7 +27,8 @@ def test_scaled_level_head_is_its_own_group(model: StudyModel) -> None:
     head_ids = {id(p) for p in model.net.level_head.parameters()}
     assert {id(p) for p in head["params"]} == head_ids and head["lr"] == pytest.approx(3e-3)
     assert not head_ids & {id(p) for p in shared["params"]} and shared["lr"] == 1e-3
-    assert len(shared["params"]) + len(head["params"]) == len(list(model.parameters()))
+    trained = [p for p in model.parameters() if p.requires_grad]
+    assert len(shared["params"]) + len(head["params"]) == len(trained) < len(list(model.parameters()))
     # the groups drive a real optimizer and a schedule scales both alike
     optimizer = torch.optim.AdamW(parameter_groups(model, 1e-3, 3.0), lr=1e-3)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=4)

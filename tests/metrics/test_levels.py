@@ -107,9 +107,11 @@ def test_study_labels_only_take_the_normal_studies_levels_as_normal():
     assert level_report([_labels_only(records[1])], records) == {}  # no Normal study, no reference level
 
 
-def test_reported_grade_takes_the_film_morphometry_of_a_flagged_level_only():
+def test_reported_grade_is_the_higher_of_head_and_film_morphometry_of_a_flagged_level_only():
     assert reported_grade(0, False, 3) == (0, "level head")  # the head decides whether a body is fractured
-    assert reported_grade(1, True, 2) == (2, "morphometry")  # a flagged body graded on the film's pixels
+    assert reported_grade(1, True, 2) == (2, "morphometry")  # the film's pixels see more loss
+    assert reported_grade(2, True, 2) == (2, "morphometry")  # a tie: the film's pixels
+    assert reported_grade(3, True, 1) == (3, "level head")  # the morphometry grades low: the head's
     assert reported_grade(2, True, 0) == (2, "level head")  # the morphometry sees no loss: the head's grade
     assert reported_grade(3, True, None) == (3, "level head")  # not measurable
     assert reported_grade(0, True, -1) == (1, "level head")  # flagged is at least grade 1

@@ -19,6 +19,7 @@ from spine_app.data.levels import (
     film_level_boxes,
     level_map_from_truth,
     pad_boxes,
+    reference_boxes_kept,
     scaled_box_jitter,
     trim_levels,
 )
@@ -34,6 +35,7 @@ from spine_app.networks.levels import (
     mil_pool,
     predicted_grade,
     sample_rois,
+    with_grades,
 )
 from tests.helpers import twin_networks
 
@@ -49,6 +51,16 @@ def column(n: int = 5, height: int = 14, gap: int = 4, top: int = 10, shape=(128
             disk[row + height : row + height + gap, 22:42] = True
         row += height + gap
     return vertebra, disk
+
+
+def column_item() -> dict[str, torch.Tensor]:
+    """A study item whose LAT reference masks are one :func:`column` (vertebra and disk channels)."""
+    vertebra, disk = column()
+    seg = torch.zeros(8, *vertebra.shape)
+    seg[3], seg[5] = torch.from_numpy(vertebra).float(), torch.from_numpy(disk).float()
+    avail = torch.zeros(8)
+    avail[[3, 5]] = 1
+    return {"seg_lat": seg, "avail_lat": avail}
 
 
 def boxes_of(vertebra: np.ndarray, disk: np.ndarray | None) -> LevelBatch:
@@ -170,12 +182,7 @@ def test_scaled_box_jitter_gives_the_reference_boxes_at_zero_and_restores_the_tr
     boxes of an unjittered transform, whatever the random state), and leaving restores it."""
     from monai.transforms import Compose
 
-    vertebra, disk = column()
-    seg = torch.zeros(8, *vertebra.shape)
-    seg[3], seg[5] = torch.from_numpy(vertebra).float(), torch.from_numpy(disk).float()
-    avail = torch.zeros(8)
-    avail[[3, 5]] = 1
-    item = {"seg_lat": seg, "avail_lat": avail}
+    item = column_item()
     exact = LevelBoxesd(max_levels=8, shift=0.0, scale=0.0, turn_deg=0.0)(item)
     jittered = LevelBoxesd(max_levels=8)
     pipeline = Compose([Compose([jittered])])
@@ -192,6 +199,67 @@ def test_scaled_box_jitter_gives_the_reference_boxes_at_zero_and_restores_the_tr
         assert (jittered.shift, jittered.scale, jittered.turn_deg) == pytest.approx((0.03, 0.06, 3.0))
     with pytest.raises(ValueError, match="jitter"), scaled_box_jitter(pipeline, -1.0):
         pass
+
+
+def test_kept_reference_boxes_are_the_unjittered_ones_and_the_jitter_draws_do_not_change():
+    """The level refit reads each film once for both heads: with the reference boxes kept, the
+    jittered boxes are those of the same random state without them, the reference boxes those of
+    an unjittered transform, and leaving the block stops adding them."""
+    from monai.transforms import Compose
+
+    item = column_item()
+    exact = LevelBoxesd(max_levels=8, shift=0.0, scale=0.0, turn_deg=0.0)(item)
+    pipeline = Compose([LevelBoxesd(max_levels=8)])
+    pipeline.set_random_state(3)
+    plain = [pipeline(item) for _ in range(2)]
+    pipeline.set_random_state(3)
+    with reference_boxes_kept(pipeline) as found:
+        kept = [pipeline(item) for _ in range(2)]
+    assert found == 1 and "reference_level_centre" not in pipeline(item)
+    for a, b in zip(plain, kept):
+        for key in ("level_centre", "level_axis", "level_size", "level_valid"):
+            torch.testing.assert_close(torch.as_tensor(a[key]), torch.as_tensor(b[key]))
+            if key != "level_valid":
+                torch.testing.assert_close(torch.as_tensor(b[f"reference_{key}"]), torch.as_tensor(exact[key]))
+    with pytest.raises(ValueError, match="no LevelBoxesd"), reference_boxes_kept(Compose([])):
+        pass
+
+
+def test_the_grade_head_grades_only_once_fitted_and_old_weights_load_without_one():
+    """A network built with a grade head behaves as one without until the refit fits it: weights of
+    bundle 0.8 (no grade head) load and give the same level logits; once fitted, P(grade >= 1) stays
+    the level head's and the two grade columns are the grade head's. In training the grade head is
+    frozen: the level loss sends it no gradient."""
+    torch.manual_seed(0)
+    old = SpineMultiTaskNet(decoder_channels=(32, 16, 16, 8, 8), grade_head=False).eval()
+    net = SpineMultiTaskNet(decoder_channels=(32, 16, 16, 8, 8)).eval()
+    net.load_state_dict(old.state_dict())  # the keys of a 0.8 model: no grade head
+    assert not net.grades_fitted
+    vertebra, disk = column(n=4, height=20, gap=6, shape=(128, 96))
+    boxes = boxes_of(vertebra, disk)
+    image = torch.rand(1, 1, 128, 96)
+    with torch.no_grad():
+        before = net.level_logits(image, boxes)["level_logits"]
+        torch.testing.assert_close(before, old.level_logits(image, boxes)["level_logits"])
+        grader = LevelHead(net.grade_head.fine[0].in_channels, net.grade_head.deep[0].in_features).eval()
+        torch.nn.init.normal_(grader.out[-1].weight)
+        net.fit_grade_head(grader.state_dict())
+        after = net.level_logits(image, boxes)["level_logits"]
+        rois = net.level_head.rois(*net.level_features(net.view_pass(image)), boxes)
+        expected = with_grades(net.level_head.score(rois), grader.score(rois)).reshape(after.shape)
+    assert net.grades_fitted and bool(net.state_dict()["grade_head_fitted"])
+    torch.testing.assert_close(after[..., 0], before[..., 0])
+    torch.testing.assert_close(after, expected)
+    assert not torch.allclose(after[..., 1:], before[..., 1:])
+    reloaded = SpineMultiTaskNet(decoder_channels=(32, 16, 16, 8, 8)).eval()
+    reloaded.load_state_dict(net.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded.level_logits(image, boxes)["level_logits"], after)
+    net.train()
+    out = net.forward_study(image, image, torch.ones(1, 2), boxes)
+    out["level_logits"].sum().backward()
+    assert all(p.grad is None for p in net.grade_head.parameters())
+    assert any(p.grad is not None for p in net.level_head.parameters())
 
 
 def test_roi_pooling_gives_one_logit_per_body_and_a_masked_body_contributes_nothing():
