@@ -482,25 +482,32 @@ def _level_box_transforms(transform: Any) -> Iterator[LevelBoxesd]:
 
 
 @contextlib.contextmanager
-def reference_boxes_kept(transform: Any) -> Iterator[int]:
+def _level_boxes_changed(found: list[LevelBoxesd], changes: list[dict[str, Any]]) -> Iterator[int]:
+    """Within the block each of ``found`` has the attributes of its entry of ``changes``; yields how
+    many there are. The previous values are restored on leaving, also after an error."""
+    saved = [{name: getattr(t, name) for name in change} for t, change in zip(found, changes, strict=True)]
+    try:
+        for t, change in zip(found, changes, strict=True):
+            for name, value in change.items():
+                setattr(t, name, value)
+        yield len(found)
+    finally:
+        for t, old in zip(found, saved, strict=True):
+            for name, value in old.items():
+                setattr(t, name, value)
+
+
+def reference_boxes_kept(transform: Any) -> contextlib.AbstractContextManager[int]:
     """Within the block every :class:`LevelBoxesd` of ``transform`` also adds its boxes before the
     jitter (:data:`REFERENCE_BOX_KEYS`); yields how many it found, refuses a transform without one.
     Restored on leaving, also after an error."""
     found = list(_level_box_transforms(transform))
     if not found:
         raise ValueError("reference boxes: the transform has no LevelBoxesd")
-    saved = [t.keep_reference for t in found]
-    try:
-        for t in found:
-            t.keep_reference = True
-        yield len(found)
-    finally:
-        for t, keep in zip(found, saved, strict=True):
-            t.keep_reference = keep
+    return _level_boxes_changed(found, [{"keep_reference": True} for _ in found])
 
 
-@contextlib.contextmanager
-def scaled_box_jitter(transform: Any, factor: float) -> Iterator[int]:
+def scaled_box_jitter(transform: Any, factor: float) -> contextlib.AbstractContextManager[int]:
     """Within the block every :class:`LevelBoxesd` of ``transform`` jitters its boxes ``factor``
     times as much as it was built to (0: the reference boxes, 1: unchanged); yields how many it
     found. A factor other than 1 on a transform without one is refused (it would change nothing).
@@ -510,11 +517,5 @@ def scaled_box_jitter(transform: Any, factor: float) -> Iterator[int]:
     found = list(_level_box_transforms(transform))
     if factor != 1.0 and not found:
         raise ValueError(f"box jitter factor {factor}: the transform has no LevelBoxesd to scale")
-    saved = [(t.shift, t.scale, t.turn_deg) for t in found]
-    try:
-        for t, (shift, scale, turn) in zip(found, saved, strict=True):
-            t.shift, t.scale, t.turn_deg = shift * factor, scale * factor, turn * factor
-        yield len(found)
-    finally:
-        for t, (shift, scale, turn) in zip(found, saved, strict=True):
-            t.shift, t.scale, t.turn_deg = shift, scale, turn
+    scaled = [{"shift": t.shift * factor, "scale": t.scale * factor, "turn_deg": t.turn_deg * factor} for t in found]
+    return _level_boxes_changed(found, scaled)

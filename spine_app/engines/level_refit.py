@@ -218,13 +218,13 @@ def reference_batch(batch: dict[str, Any], jittered: LevelBatch) -> LevelBatch:
     ``batch`` (:data:`REFERENCE_BOX_KEYS`), cut and placed like the ``jittered`` boxes the network reads."""
     width = jittered.valid.shape[1]
 
-    def take(key: str) -> torch.Tensor:
-        return torch.as_tensor(batch[REFERENCE_BOX_KEYS[key]])[:, :width].to(jittered.centre.device)
+    def take(key: str, like: torch.Tensor) -> torch.Tensor:
+        return torch.as_tensor(batch[REFERENCE_BOX_KEYS[key]])[:, :width].to(like)  # like's device and dtype
 
     return LevelBatch(
-        take("level_centre").to(jittered.centre.dtype),
-        take("level_axis").to(jittered.axis.dtype),
-        take("level_size").to(jittered.size.dtype),
+        take("level_centre", jittered.centre),
+        take("level_axis", jittered.axis),
+        take("level_size", jittered.size),
         jittered.valid,
     )
 
