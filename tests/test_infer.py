@@ -568,6 +568,21 @@ def test_rerun_skips_finished_studies_and_redoes_changed_or_incomplete_ones(
     result = json.loads((out / "a" / "result.json").read_text())
     assert result["settings"]["pipeline"]["working_spacing_mm"] is None
     assert result["settings"]["pipeline"]["patch_size"] == [128, 96]  # the small bundle's canvas
+    # the level threshold and suppression of a model of one's own, from the command line: redone, recorded
+    assert "2 studies written, 0 failed" in infer(
+        "--damaged_threshold", "0.9", "--fixed_canvas", "--level_threshold", "0.2"
+    )
+    assert "2 studies written, 0 failed" in infer(
+        "--damaged_threshold",
+        "0.9",
+        "--fixed_canvas",
+        "--level_threshold",
+        "0.2",
+        "--level_neighbour_suppression",
+        "0.4",
+    )
+    result = json.loads((out / "a" / "result.json").read_text())
+    assert (result["settings"]["level_threshold"], result["settings"]["level_neighbour_suppression"]) == (0.2, 0.4)
 
 
 def test_interrupted_run_leaves_whole_studies_and_a_summary_of_them(
@@ -694,6 +709,9 @@ def _weights(path: Path, kind: str) -> Path:
         (["--model", "nan"], "hold NaN or infinite values"),
         (["--model", "whole_model"], "not a plain state dict"),
         (["--model", "missing"], "no model weights"),
+        (["--level_threshold", "1.5"], "--level_threshold 1.5: must be a number from 0 to 1"),
+        (["--damaged_threshold", "high"], "--damaged_threshold 'high': must be a number from 0 to 1"),
+        (["--level_neighbour_suppression=-1"], "--level_neighbour_suppression -1: must be a number of 0 or more"),
     ],
 )
 def test_bad_device_or_model_is_one_line_and_exit_2(

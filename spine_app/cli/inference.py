@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
@@ -16,6 +17,8 @@ def infer(
     view: str | None = None,
     nifti: bool = False,
     damaged_threshold: float | None = None,
+    level_threshold: float | None = None,
+    level_neighbour_suppression: float | None = None,
     bundle: str | None = None,
     split: str | None = None,
     explain: bool | str = False,
@@ -40,7 +43,10 @@ def infer(
         device: "auto" (CUDA when present), "cpu", "cuda" or "cuda:N".
         view: AP or LAT, for single images whose name and tags do not say (else guessed from the image).
         nifti: also write each mask as NIfTI with the pixel spacing.
-        damaged_threshold: override the bundle's Damaged threshold.
+        damaged_threshold: override the bundle's Damaged threshold (0-1).
+        level_threshold: override the bundle's level threshold: a vertebra is flagged where its fracture
+            probability reaches it (0-1; a model of your own: its evaluation report's, docs/inference.md).
+        level_neighbour_suppression: override the bundle's neighbour suppression weight (>= 0; 0: none).
         bundle: bundle folder (default: the repository's bundle/).
         split: for datalist inputs, only this split (e.g. test).
         explain: also write saliency_AP.png / saliency_LAT.png (where the network looks for its
@@ -89,8 +95,13 @@ def infer(
         if str(explain).lower() not in METHODS:
             _refuse(f"--explain {explain!r} is not one of {', '.join(METHODS)}")
         overrides["explain"] = str(explain).lower()
-    if damaged_threshold is not None:
-        overrides["damaged_threshold"] = float(damaged_threshold)
+    for name, value, upper in (
+        ("damaged_threshold", damaged_threshold, 1.0),
+        ("level_threshold", level_threshold, 1.0),
+        ("level_neighbour_suppression", level_neighbour_suppression, math.inf),
+    ):
+        if value is not None:
+            overrides[name] = _setting_number(name, value, upper)
     try:
         device = resolve_device(device)
         check_model(bundle or BUNDLE_DIR, model, **overrides)  # before the view guesses use the model
@@ -141,6 +152,21 @@ def infer(
         )
     if result["errors"]:
         sys.exit(1)
+
+
+def _setting_number(name: str, value: object, upper: float) -> float:
+    """``value`` of the command-line setting ``--name`` as a finite number from 0 to ``upper``, or a
+    one-line refusal (exit 2)."""
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        number = math.nan
+    if not (math.isfinite(number) and 0.0 <= number <= upper):
+        bounds = "from 0 to 1" if upper == 1.0 else "of 0 or more"
+        _refuse(f"--{name} {value!r}: must be a number {bounds}")
+    return number
 
 
 def export(out: str = "export", model: str | None = None, bundle: str | None = None, onnx: bool = False) -> None:
