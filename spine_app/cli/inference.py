@@ -98,7 +98,7 @@ def infer(
     for name, value, upper in (
         ("damaged_threshold", damaged_threshold, 1.0),
         ("level_threshold", level_threshold, 1.0),
-        ("level_neighbour_suppression", level_neighbour_suppression, math.inf),
+        ("level_neighbour_suppression", level_neighbour_suppression, None),
     ):
         if value is not None:
             overrides[name] = _setting_number(name, value, upper)
@@ -154,17 +154,17 @@ def infer(
         sys.exit(1)
 
 
-def _setting_number(name: str, value: object, upper: float) -> float:
-    """``value`` of the command-line setting ``--name`` as a finite number from 0 to ``upper``, or a
-    one-line refusal (exit 2)."""
+def _setting_number(name: str, value: object, upper: float | None) -> float:
+    """``value`` of the command-line setting ``--name`` as a finite number from 0 to ``upper`` (None:
+    no upper bound), or a one-line refusal (exit 2)."""
     try:
         if isinstance(value, bool):
             raise ValueError
         number = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         number = math.nan
-    if not (math.isfinite(number) and 0.0 <= number <= upper):
-        bounds = "from 0 to 1" if upper == 1.0 else "of 0 or more"
+    if not (math.isfinite(number) and 0.0 <= number <= (math.inf if upper is None else upper)):
+        bounds = "of 0 or more" if upper is None else f"from 0 to {upper:g}"
         _refuse(f"--{name} {value!r}: must be a number {bounds}")
     return number
 
