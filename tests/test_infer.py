@@ -357,8 +357,13 @@ def test_shipped_model_runs_without_training(tmp_path: Path, synth_root: Path) -
         body = lv["morphometry"]["body"] if lv["morphometry"] else None  # the overlay's name of the body
         assert lv["label"] == (lv["name"] or (f"#{body}" if body else f"level {lv['number']}"))
         assert sum(lv["grade_probabilities"]) == pytest.approx(1.0, abs=1e-3)
+        assert lv["grade_probabilities"][0] == pytest.approx(1.0 - lv["fracture_probability"], abs=2e-4)
+        assert sum(lv["severity_probabilities"]) == pytest.approx(1.0, abs=1e-3)
         assert lv["flagged"] == (lv["fracture_probability"] >= levels["level_threshold"])
         assert (lv["grade"] > 0) == lv["flagged"] and (lv["grade_head"] > 0) == lv["flagged"]
+        if lv["flagged"]:  # the network's grade is its severity's median
+            severity = lv["severity_probabilities"]
+            assert severity[0] < 0.5 + 1e-3 if lv["grade_head"] > 1 else severity[0] >= 0.5 - 1e-3
         if lv["grade_source"] == "morphometry":  # a flagged body graded on the film's own pixels
             assert lv["flagged"] and lv["grade"] == lv["morphometry"]["genant_grade"] >= max(1, lv["grade_head"])
         else:

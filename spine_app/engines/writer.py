@@ -775,33 +775,34 @@ def level_summary(
     (:func:`spine_app.metrics.levels.reported_grade`: a flagged body's higher of the morphometry's
     grade and the head's), ``grade_head`` (the network's own grade at ``threshold``,
     :func:`spine_app.metrics.levels.graded`: the grade head's where the model has one),
-    ``grade_probabilities`` (0-3, the network's: P(grade >= 1) from the level head, the grades from
-    the grade head where the model has one), and the
+    ``grade_probabilities`` (P(grade 0-3): one minus ``fracture_probability``, then it times
+    ``severity_probabilities``) and ``severity_probabilities`` (P(grade 1-3) of a fractured body, the
+    grade head's where the model has one; ``grade_head`` is their median on a flagged level), both
+    :func:`spine_app.metrics.levels.grade_distribution`, and the
     morphometry of the same body (heights, ratios, ``not_measurable``) where it measured one.
     ``drives_decision``: the flagged levels, or the most suspicious one when none is.
     ``unscored``: where the film has :data:`~spine_app.data.levels.MAX_LEVELS` levels or more, the
     labels of the measured bodies below the lowest scored one (the level head's cap; a whole-spine
     film's L4 and L5), else empty.
     """
-    from spine_app.metrics.levels import graded, reported_grade
-    from spine_app.networks.levels import grade_probabilities
+    from spine_app.metrics.levels import grade_distribution, graded, reported_grade
 
     valid = pred["level_valid"][b] > 0
     logits = pred["level_logits"][b].float()[valid]
     cumulative = torch.sigmoid(logits).cpu().numpy()
-    grades = grade_probabilities(logits).cpu().numpy()
     centres = pred["level_centre"][b][valid].float().cpu().numpy()
     suppressed = suppression.probabilities(cumulative[:, 0]) if len(cumulative) else []
     placement = FilmGeometry.from_tensor(geom)
     levels = []
     scored, lowest = set(), -np.inf  # the bodies the levels lie on, the lowest level's row on the film
-    for i, (cum, probs, centre, probability) in enumerate(zip(cumulative, grades, centres, suppressed)):
+    for i, (cum, centre, probability) in enumerate(zip(cumulative, centres, suppressed)):
         film = placement.to_film(float(centre[0]), float(centre[1]))
         body = _nearest_body(bodies, film)
         scored.add(id(body))
         lowest = max(lowest, float(film[0]))
         probability = float(probability)
         head_grade = graded([float(v) for v in cum], threshold, probability)
+        distribution = grade_distribution([float(v) for v in cum], probability)
         flagged = bool(probability >= threshold)
         measured = body is not None and body.not_measurable is None
         grade, source = reported_grade(head_grade, flagged, body.grade if measured else None)
@@ -815,7 +816,8 @@ def level_summary(
             "grade": grade,
             "grade_source": source,
             "grade_head": head_grade,
-            "grade_probabilities": [round(float(v), 4) for v in probs],
+            "grade_probabilities": [round(v, 4) for v in distribution.grades],
+            "severity_probabilities": [round(v, 4) for v in distribution.severity],
             "flagged": flagged,
             "morphometry": None
             if body is None

@@ -26,7 +26,7 @@ Definitions (docs/design.md, "Metrics"):
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -34,13 +34,45 @@ from spine_app.metrics.classification import auroc, youden_threshold
 from spine_app.metrics.level_suppression import NeighbourSuppression, fit_neighbour_suppression
 
 
+class GradeDistribution(NamedTuple):
+    """What a scored level's grade is read from (result.json ``grade_probabilities`` and
+    ``severity_probabilities``): ``grades`` P(grade 0), ..., P(grade 3), whose P(grade 0) is one minus
+    the level's fracture probability (the one that flags it), and ``severity`` P(grade 1), P(grade 2),
+    P(grade 3) of a fractured body (the grade head's where the model has one); ``grades`` is the
+    fracture probability times ``severity`` above grade 0."""
+
+    grades: tuple[float, float, float, float]
+    severity: tuple[float, float, float]
+
+    @property
+    def median_severity(self) -> int:
+        """The median grade (1-3) of ``severity``: the grade a flagged level gets from the network."""
+        at_least_2, at_least_3 = self.severity[1] + self.severity[2], self.severity[2]
+        return 1 + int(at_least_2 >= 0.5) + int(at_least_3 >= 0.5)
+
+
+def grade_distribution(cumulative: Sequence[float], probability: float | None = None) -> GradeDistribution:
+    """:class:`GradeDistribution` of a predicted level from its cumulative probabilities P(grade >= 1),
+    P(grade >= 2), P(grade >= 3) and its fracture ``probability`` (after the neighbour suppression;
+    the head's ``cumulative[0]`` where not given). P(grade >= 3) is capped at P(grade >= 2), so the
+    grades are ordered; the severity does not depend on the fracture probability (the grade head
+    grades a body whatever the level head thinks of it)."""
+    fractured = float(cumulative[0] if probability is None else probability)
+    at_least_2 = float(cumulative[1])
+    at_least_3 = min(float(cumulative[2]), at_least_2)
+    severity = (1.0 - at_least_2, at_least_2 - at_least_3, at_least_3)
+    grades = (1.0 - fractured, fractured * severity[0], fractured * severity[1], fractured * severity[2])
+    return GradeDistribution(grades=grades, severity=severity)
+
+
 def graded(cumulative: Sequence[float], threshold: float, probability: float | None = None) -> int:
-    """Genant grade of a predicted level at the level ``threshold`` (see the module docstring); the
-    level is flagged by ``probability`` (its fracture probability after the neighbour suppression)
-    where given, else by the head's ``cumulative[0]``."""
+    """Genant grade of a predicted level at the level ``threshold`` (see the module docstring): 0
+    when not flagged, else the median of its :func:`grade_distribution` severity. The level is flagged
+    by ``probability`` (its fracture probability after the neighbour suppression) where given, else
+    by the head's ``cumulative[0]``."""
     if (cumulative[0] if probability is None else probability) < threshold:
         return 0
-    return 1 + int(cumulative[1] >= 0.5) + int(cumulative[1] >= 0.5 and cumulative[2] >= 0.5)
+    return grade_distribution(cumulative, probability).median_severity
 
 
 #: where a reported level grade comes from (result.json ``levels[].grade_source``)

@@ -113,17 +113,6 @@ def mil_pool(logits: torch.Tensor, valid: torch.Tensor, method: str = "lse", tem
     return torch.where(any_level, pooled, torch.full_like(pooled, NO_LEVEL_LOGIT))
 
 
-def grade_probabilities(cumulative: torch.Tensor) -> torch.Tensor:
-    """(..., 3) cumulative logits -> (..., 4) probabilities of grade 0, 1, 2, 3 (monotone by construction)."""
-    above = torch.sigmoid(cumulative)
-    above = torch.cummin(above, dim=-1).values  # P(>= 2) never exceeds P(>= 1)
-    ones = torch.ones_like(above[..., :1])
-    zeros = torch.zeros_like(above[..., :1])
-    upper = torch.cat([ones, above], dim=-1)
-    lower = torch.cat([above, zeros], dim=-1)
-    return (upper - lower).clamp(min=0.0)
-
-
 class LevelHead(nn.Module):
     """Per-level cumulative grade logits from the shared network's features inside each body's box.
 
@@ -204,7 +193,6 @@ __all__ = [
     "LevelBatch",
     "LevelHead",
     "LevelRois",
-    "grade_probabilities",
     "level_probability",
     "mil_pool",
     "predicted_grade",

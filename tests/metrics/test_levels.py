@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 
 from spine_app.engines.report import level_report, markdown
-from spine_app.metrics.levels import graded, level_scores, level_threshold, normal_level_scores, reported_grade
+from spine_app.metrics.levels import (
+    grade_distribution,
+    graded,
+    level_scores,
+    level_threshold,
+    normal_level_scores,
+    reported_grade,
+)
 
 
 def study(study_id: str, label: int, truth: list[tuple[int, str, int | None]], predicted: list[list[float]]) -> dict:
@@ -25,6 +32,35 @@ def test_grade_follows_the_level_threshold_then_the_higher_thresholds():
     assert graded([0.4, 0.2, 0.9], 0.3) == 1  # P(>=3) does not count without P(>=2)
     assert graded([0.9, 0.6, 0.1], 0.3) == 2
     assert graded([0.9, 0.6, 0.7], 0.3) == 3
+
+
+@pytest.mark.parametrize(
+    "cumulative, probability",
+    [([0.35, 0.9, 0.2], None), ([0.9, 0.6, 0.7], 0.4), ([0.95, 0.5, 0.5], None), ([0.8, 0.1, 0.9], 0.31)],
+)
+def test_the_grade_probabilities_are_the_ones_the_grade_is_read_from(cumulative, probability):
+    """result.json's grade_probabilities: P(grade 0) is one minus the probability that flags the level,
+    the rest its severity scaled by it; a flagged level's grade is the severity's median."""
+    dist = grade_distribution(cumulative, probability)
+    flag = cumulative[0] if probability is None else probability
+    assert sum(dist.grades) == pytest.approx(1.0) and sum(dist.severity) == pytest.approx(1.0)
+    assert min(dist.grades) >= 0 and min(dist.severity) >= 0
+    assert dist.grades[0] == pytest.approx(1.0 - flag)
+    assert dist.grades[1:] == pytest.approx(tuple(flag * p for p in dist.severity))
+    grade = graded(cumulative, 0.3, probability)
+    assert grade == dist.median_severity  # every case here is flagged at 0.3
+    at_least = [sum(dist.severity[k:]) for k in range(3)] + [0.0]  # P(grade >= 1), ..., P(>= 4) = 0
+    assert at_least[grade - 1] >= 0.5 - 1e-9 and at_least[grade] < 0.5  # the median (ties go up)
+
+
+def test_a_flagged_level_whose_grade_head_is_sure_keeps_that_severity():
+    """A level flagged at a low threshold (0.35 >= 0.3) with a grade head sure of grade 2: the
+    severity says grade 2 whatever the fracture probability (the cap P(>=2) <= P(>=1) of the
+    network's cumulative outputs would have put grade 1 at zero and grade 2 at 0.35)."""
+    dist = grade_distribution([0.35, 0.9, 0.2])
+    assert graded([0.35, 0.9, 0.2], 0.3) == 2
+    assert max(range(3), key=lambda k: dist.severity[k]) == 1  # grade 2 is the most likely severity
+    assert dist.grades[1] > 0 and dist.grades[2] == pytest.approx(0.35 * 0.7)
 
 
 def test_found_flagged_top_level_and_grade_agreement():
