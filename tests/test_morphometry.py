@@ -111,6 +111,22 @@ def test_truncated_body_is_not_graded_and_empty_mask_gives_nothing() -> None:
     assert measure_vertebrae(np.zeros((100, 100), bool)) == []
 
 
+def test_a_body_cut_by_the_exposed_field_is_not_graded() -> None:
+    """A collimator band cuts the film inside the image: the body the network draws on into the band
+    runs off the exposed field (``field_rows``) and is not graded; the others are measured as before."""
+    vert, spin = column([(50, 50), (52, 52), (54, 54)])
+    rows = np.nonzero(vert.any(axis=1))[0]
+    whole = measure_vertebrae(vert, SPACING, spin)
+    assert not any(body.truncated for body in whole)
+    banded = measure_vertebrae(vert, SPACING, spin, field_rows=(rows[0] + 20, vert.shape[0] - 1))
+    assert len(banded) == len(whole)
+    assert banded[0].truncated and banded[0].grade == -1 and "exposed field" in banded[0].not_measurable
+    for a, b in zip(whole[1:], banded[1:]):
+        assert not b.truncated and b.heights_mm == a.heights_mm and b.grade == a.grade
+    bottom = measure_vertebrae(vert, SPACING, spin, field_rows=(0, rows[-1] - 10))
+    assert bottom[-1].truncated and not bottom[0].truncated
+
+
 def test_generator_masks_agree_with_truth(synth_root: Path) -> None:
     errors, found = [], 0
     for truth_file in sorted(synth_root.glob("*/*/truth.json")):

@@ -299,10 +299,21 @@ def drop_implausible_bodies(instances: np.ndarray, n: int) -> tuple[np.ndarray, 
 FIELD_EDGE_PX = 2
 
 
+#: grey levels of a working-canvas film (0-1) within this of 0 or 1 are padding or collimator, not exposed film
+EXPOSED_GREY_MARGIN = 0.02
+#: a canvas row belongs to the exposed field when at least this share of its pixels is mid-grey
+EXPOSED_ROW_MIN_FRACTION = 0.05
+
+
 def exposed_rows(image: np.ndarray) -> tuple[int, int] | None:
-    """(first, last) row of a working-canvas film (H, W) that holds any non-zero pixel: the exposed
-    field inside the canvas padding and any collimated band the normalisation took to 0; None when blank."""
-    rows = np.flatnonzero(np.asarray(image).reshape(image.shape[0], -1).max(axis=1) > 0)
+    """(first, last) row of a working-canvas film (H, W, grey levels 0-1) that shows the patient: at
+    least :data:`EXPOSED_ROW_MIN_FRACTION` of its pixels mid-grey. The canvas padding is 0, and a band
+    under the collimator blades is uniform: white on a radiograph (no dose reached the detector there;
+    the normalisation takes it to 1) or black where a processing step blanked it. A body drawn into
+    such a band runs off the exposed field. None when no row shows anything."""
+    grey = np.asarray(image, dtype=np.float32).reshape(image.shape[0], -1)
+    mid = (grey > EXPOSED_GREY_MARGIN) & (grey < 1.0 - EXPOSED_GREY_MARGIN)
+    rows = np.flatnonzero(mid.mean(axis=1) >= EXPOSED_ROW_MIN_FRACTION)
     return (int(rows[0]), int(rows[-1])) if rows.size else None
 
 

@@ -100,6 +100,12 @@ class FilmGeometry:
         """A canvas position (row, col) on the original film."""
         return ((row - self.top) / self.scale, (col - self.left) / self.scale)
 
+    def rows_on_film(self, first: int, last: int) -> tuple[int, int]:
+        """The original film's rows that canvas rows ``first`` to ``last`` cover, within the film."""
+        top = math.floor((first - self.top) / self.scale)
+        bottom = math.ceil((last + 1 - self.top) / self.scale) - 1
+        return max(0, top), min(self.rows - 1, bottom)
+
 
 def fit_to_canvas(stack: np.ndarray, canvas: Sequence[int]) -> torch.Tensor:
     """(C, h, w) -> (C, H, W): area-resize with the aspect kept, then centre zero-padding."""

@@ -28,7 +28,7 @@ from spine_app.channels import (
     geom_key,
     seg_key,
 )
-from spine_app.data.levels import FRACTURE_KINDS, film_level_boxes
+from spine_app.data.levels import FRACTURE_KINDS, exposed_rows, film_level_boxes
 from spine_app.data.study_transforms import FilmGeometry
 from spine_app.metrics.classification import auroc
 from spine_app.metrics.matching import nearest_matches
@@ -106,16 +106,22 @@ def binary_masks(
 
 
 def study_probabilities(
-    network: float, lat_masks: np.ndarray, geom_lat: torch.Tensor, has_lat: bool
+    network: float,
+    lat_masks: np.ndarray,
+    geom_lat: torch.Tensor,
+    has_lat: bool,
+    field_rows: tuple[int, int] | None = None,
 ) -> dict[str, float | None]:
     """``prob_morphometry`` (None without LAT) and ``prob_combined`` of one study.
 
-    lat_masks: (8, H, W) predicted bool masks of the LAT view at the working resolution.
+    lat_masks: (8, H, W) predicted bool masks of the LAT view at the working resolution;
+    field_rows: the canvas film's exposed rows (:func:`spine_app.data.levels.exposed_rows`).
     """
     if not has_lat:
         return {"prob_morphometry": None, "prob_combined": network}
     spacing = FilmGeometry.from_tensor(geom_lat).working_spacing or (1.0, 1.0)
-    bodies = measure_lat_film({MASK_NAMES[c]: lat_masks[c] for c in channels_of_view("LAT")}, spacing)
+    masks = {MASK_NAMES[c]: lat_masks[c] for c in channels_of_view("LAT")}
+    bodies = measure_lat_film(masks, spacing, field_rows=field_rows)
     morph = morphometry_probability(study_fracture_score(bodies))
     return {"prob_morphometry": morph, "prob_combined": combine_probabilities(network, morph)}
 
@@ -194,9 +200,14 @@ class StudyMetrics(Metric):
             if "level_logits" in pred:
                 record["levels"] = level_records(pred, target, b)
                 record["prob_levels_fused"] = levels_and_fused(record["prob_cls_levels"], record["prob_cls"])
+            film = target.get("image_lat")
             record.update(
                 study_probabilities(
-                    record["prob_cls"], masks["lat"][0], target[geom_key("lat")][b], record["present"][1] > 0
+                    record["prob_cls"],
+                    masks["lat"][0],
+                    target[geom_key("lat")][b],
+                    record["present"][1] > 0,
+                    exposed_rows(film[b, 0].float().cpu().numpy()) if film is not None else None,
                 )
             )
             for c, (name, view) in enumerate(zip(MASK_NAMES, CHANNEL_VIEW)):

@@ -57,7 +57,7 @@ from spine_app import __version__
 from spine_app.channels import CHANNEL_VIEW, MASK_NAMES, VIEWS, geom_key, seg_key
 from spine_app.data.io import fsync_folder, image_format, read_image, write_atomic, write_nifti, write_png
 from spine_app.data.layout import CLASS_NAMES
-from spine_app.data.levels import MAX_LEVELS
+from spine_app.data.levels import MAX_LEVELS, exposed_rows
 from spine_app.data.study_transforms import FilmGeometry, fit_geometry
 from spine_app.metrics.level_suppression import NO_SUPPRESSION, NeighbourSuppression
 from spine_app.metrics.matching import nearest_matches
@@ -665,7 +665,10 @@ class StudyPredictionWriter:
         bodies = []
         if view == "LAT":
             bodies = measure_lat_film(
-                {MASK_NAMES[c]: m for c, m in masks.items()}, spacing or (1.0, 1.0), self.lowest_level
+                {MASK_NAMES[c]: m for c, m in masks.items()},
+                spacing or (1.0, 1.0),
+                self.lowest_level,
+                field_rows=exposed_film_rows(target, b, geom),
             )
             result["morphometry"] = _morphometry_summary(bodies, spacing, self.lowest_level)
             result["morphometry_probability"] = round(morphometry_probability(study_fracture_score(bodies)), 4)
@@ -845,6 +848,17 @@ def level_summary(
         "drives_decision": flagged or ([top_level] if top_level is not None else []),
         "unscored": unscored,
     }
+
+
+def exposed_film_rows(target: dict, b: int, geom: torch.Tensor) -> tuple[int, int] | None:
+    """The rows of study ``b``'s LAT film (original pixels) that show the patient: the exposed field of
+    its working-canvas film in the batch (:func:`spine_app.data.levels.exposed_rows`), placed on the
+    film by ``geom``; None without the canvas film."""
+    film = target.get("image_lat")
+    if film is None:
+        return None
+    field = exposed_rows(film[b, 0].float().cpu().numpy())
+    return None if field is None else FilmGeometry.from_tensor(geom).rows_on_film(*field)
 
 
 def level_label(number: int, body: Any) -> str:

@@ -43,6 +43,9 @@ from scipy import ndimage, stats
 
 from spine_app.metrics.matching import nearest_matches
 
+#: a body whose mask comes this close (film pixels) to the exposed field's first or last row is cut by it
+FIELD_EDGE_PX = 2
+
 #: Genant semiquantitative thresholds on the height reduction: grade = number of thresholds reached
 GENANT_THRESHOLDS: tuple[float, float, float] = (0.20, 0.25, 0.40)
 #: a split inside a run of the mask is trusted where the cross-section dips below this fraction of
@@ -221,6 +224,7 @@ def measure_lat_film(
     spacing_mm: tuple[float, float] = (1.0, 1.0),
     lowest_level: str | None = None,
     gap_mm: float = DISK_GAP_MM,
+    field_rows: tuple[int, int] | None = None,
 ) -> list[VertebralBody]:
     """Morphometry of one LAT film from its channel masks (name -> bool (H, W); any LAT channel may be
     missing except ``Lat_Vertebra``), the same way for inference, evaluation and the benchmark.
@@ -229,6 +233,8 @@ def measure_lat_film(
     vertebra mask bridges the thin disk spaces and overshoots the endplates, and the cut separates
     and trims it. Reference masks, which neither bridge nor overshoot, are measured with
     ``gap_mm=0``. The posterior hint is the spinous processes and the posterior line.
+    ``field_rows``: the (first, last) row of the film's exposed field, where a collimator band
+    cuts it (see :func:`measure_vertebrae`).
     """
     vertebra = np.asarray(masks["Lat_Vertebra"]) > 0
     disk = masks.get("Lat_Disk_Height")
@@ -238,7 +244,7 @@ def measure_lat_film(
         vertebra = vertebra & ~(ndimage.binary_dilation(disk, iterations=reach) if reach >= 1 else disk)
     hints = [np.asarray(masks[n]) > 0 for n in ("Lat_Spinous_Process", "Lat_Posterior_Vertebral_Line") if n in masks]
     posterior = np.logical_or.reduce(hints) if hints else None
-    return measure_vertebrae(vertebra, spacing_mm, posterior, lowest_level)
+    return measure_vertebrae(vertebra, spacing_mm, posterior, lowest_level, field_rows)
 
 
 @dataclass
@@ -386,6 +392,7 @@ def measure_vertebrae(
     spacing_mm: tuple[float, float] = (1.0, 1.0),
     posterior_mask: np.ndarray | None = None,
     lowest_level: str | None = None,
+    field_rows: tuple[int, int] | None = None,
 ) -> list[VertebralBody]:
     """Separate, order and measure the vertebral bodies of one LAT vertebra mask.
 
@@ -396,6 +403,9 @@ def measure_vertebrae(
             vertebral line); without it the side with more mask mass beyond the bodies' mid-depth
             is taken as posterior.
         lowest_level: name of the lowest body for level labels (None: no names).
+        field_rows: (first, last) row of the film's exposed field: a body that reaches within
+            :data:`FIELD_EDGE_PX` of either is cut by the collimator and not measured, as one that
+            touches the image border (the network draws a body on into a white collimator band).
 
     Returns:
         bodies top to bottom; an empty list when the mask holds no body.
@@ -416,6 +426,11 @@ def measure_vertebrae(
         _measure_body(column, selections, centres, i, anterior_sign, pixel_mm, unseparated[i])
         for i in range(len(selections))
     ]
+    if field_rows is not None:
+        first, last = field_rows
+        for body, sel in zip(bodies, selections):
+            rows = column.rows[sel]
+            body.truncated |= bool(rows.min() <= first + FIELD_EDGE_PX or rows.max() >= last - FIELD_EDGE_PX)
     _grade(bodies)
     _name_levels(bodies, lowest_level)
     return bodies
@@ -427,7 +442,7 @@ def _grade(bodies: list[VertebralBody]) -> None:
     median_area = float(np.median([b.area_px for b in bodies])) if bodies else 0.0
     for body in bodies:
         if body.truncated:
-            body.not_measurable = "not measurable: the body runs off the film"
+            body.not_measurable = "not measurable: the body runs off the film or its exposed field"
         elif body.unseparated:
             body.not_measurable = "not measurable: not separated from a neighbour on the mask"
         else:

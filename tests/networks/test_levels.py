@@ -103,6 +103,24 @@ def test_bodies_cut_by_the_exposed_field_are_left_out():
     assert int(predicted_levels(seg, present, lat=torch.from_numpy(film)[None, None]).valid.sum()) == 3
 
 
+@pytest.mark.parametrize("band", [1.0, 0.0])
+def test_a_collimator_band_bounds_the_exposed_field(band: float):
+    """Under the collimator blades no dose reaches the detector: the band is uniformly white on a
+    radiograph (or black where processing blanked it), and the network draws the column on into it.
+    A body that reaches into the band is cut, as one at the film's edge; mid-grey rows are the field."""
+    vertebra, disk = column(n=5, top=10)  # bodies at rows 10-23, 28-41, ..., 82-95
+    rng = np.random.default_rng(0)
+    film = rng.uniform(0.1, 0.9, vertebra.shape).astype(np.float32)  # the patient, every row
+    film[:12] = band
+    film[90:] = band
+    film[90:, :3] = 0.5  # a marker or a scatter halo in the band: a few grey pixels do not make it field
+    assert exposed_rows(film) == (12, 89)
+    boxes = film_level_boxes(vertebra, disk, field_rows=exposed_rows(film))
+    assert len(boxes) == 3 and boxes.centre[0, 0] > 28 and boxes.centre[-1, 0] < 82
+    film[:12] = rng.uniform(0.1, 0.9, (12, vertebra.shape[1]))  # no band at the top: the field starts at row 0
+    assert exposed_rows(film) == (0, 89)
+
+
 def test_blobs_no_body_could_be_are_not_graded():
     """On a real chest film the predicted vertebra mask also holds the heart (one blob far larger than
     a body, in front of the column) and stray spots beside it: the level head grades the column only."""
