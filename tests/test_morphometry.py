@@ -290,3 +290,32 @@ def test_expected_posterior_is_the_theil_sen_line_of_the_neighbours() -> None:
         for posterior in columns:
             for index in range(len(posterior)):
                 assert _expected_posterior(posterior, index) == by_hand(posterior, index), (posterior, index)
+
+
+def test_the_benchmark_measures_predicted_masks_inside_the_exposed_field(synth_root: Path, tmp_path: Path) -> None:
+    """`spine-app bench morphometry --pred` measures a model's masks as inference does: a body the
+    masks draw on into a white collimator band is not graded; the reference masks are measured whole."""
+    import shutil
+
+    from spine_app.data.importer import import_dataset
+    from spine_app.morphometry.evaluate import evaluate_morphometry
+
+    folder = next(p for p in sorted(synth_root.glob("Damaged/*")) if (p / "truth.json").is_file())
+    root = tmp_path / "data"
+    shutil.copytree(folder, root / "Damaged" / folder.name)
+    datalist = tmp_path / "datalist.json"
+    import_dataset(root, datalist, seed=0, fractions=(0.0, 0.0, 1.0), workers=1)
+    pred = tmp_path / "pred" / folder.name
+    shutil.copytree(folder, pred)  # the "model" draws the reference masks
+    before = evaluate_morphometry(datalist, "test", tmp_path / "pred")
+    reference = evaluate_morphometry(datalist, "test")
+    # the collimator's white band down to the middle of the second body in the region of interest
+    study = root / "Damaged" / folder.name
+    truth = json.loads((study / "truth.json").read_text())
+    rows = sorted(lv["center_lat_px"][0] for lv in truth["levels"] if lv["in_roi"] and lv["in_view_lat"])
+    film = np.array(Image.open(study / "LAT.png"))
+    film[: int(rows[1])] = np.iinfo(film.dtype).max
+    Image.fromarray(film).save(study / "LAT.png")
+    after = evaluate_morphometry(datalist, "test", tmp_path / "pred")
+    assert after["levels"]["graded"] <= before["levels"]["graded"] - 2  # the two cut bodies are not graded
+    assert evaluate_morphometry(datalist, "test")["levels"] == reference["levels"]  # the reference masks: whole

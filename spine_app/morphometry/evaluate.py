@@ -17,6 +17,8 @@ import numpy as np
 from spine_app.channels import MASK_NAMES, channels_of_view
 from spine_app.data.importer import load_datalist
 from spine_app.data.io import read_image, read_mask
+from spine_app.data.levels import exposed_rows
+from spine_app.data.study_transforms import normalize_intensity
 from spine_app.metrics.classification import auroc, auroc_ci
 from spine_app.morphometry.measure import DISK_GAP_MM, match_truth, measure_lat_film, study_fracture_score
 from spine_app.viz.tables import markdown_table
@@ -66,9 +68,12 @@ def evaluate_morphometry(
             skipped += 1
             continue
         truth = json.loads(Path(truth_path).read_text())
-        _, meta = read_image(entry["image_lat"])
+        film, meta = read_image(entry["image_lat"])
         spacing = meta.spacing or tuple(truth["pixel_spacing_mm"])
-        bodies = measure_lat_film(masks, spacing, gap_mm=DISK_GAP_MM if pred_dir else 0.0)  # reference masks: no cut
+        # predicted masks are measured as inference measures them: cut and bounded by the exposed field;
+        # the reference masks (each body's whole projection) are not
+        field = exposed_rows(normalize_intensity(np.asarray(film, np.float32))) if pred_dir else None
+        bodies = measure_lat_film(masks, spacing, gap_mm=DISK_GAP_MM if pred_dir else 0.0, field_rows=field)
         pairs = [(b, lv) for b, lv in match_truth(bodies, truth) if lv["in_roi"]]
         for body, level in pairs:
             for h in HEIGHTS:
