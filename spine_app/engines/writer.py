@@ -804,8 +804,9 @@ def level_summary(
         scored.add(id(body))
         lowest = max(lowest, float(film[0]))
         probability = float(probability)
-        head_grade = graded([float(v) for v in cum], threshold, probability)
-        distribution = grade_distribution([float(v) for v in cum], probability)
+        at_least = [float(v) for v in cum]  # P(grade >= 1), P(grade >= 2), P(grade >= 3)
+        head_grade = graded(at_least, threshold, probability)
+        distribution = grade_distribution(at_least, probability)
         flagged = bool(probability >= threshold)
         measured = body is not None and body.not_measurable is None
         grade, source = reported_grade(head_grade, flagged, body.grade if measured else None)
