@@ -5,7 +5,8 @@
 
 Generates ``--n`` studies of each field-of-view preset (``lumbar``, ``thoracolumbar``, ``thoracic``,
 ``whole_spine``; their thorax and patient features as in the preset, films rendered at
-``--long_side_px`` for speed), runs the bundle's model through the bundle's inferer on all of them
+``--long_side_px`` for speed), runs the bundle's model through the bundle's inferer (with inference.yaml's ``disk_exclusion`` for the
+bundle's own weights) on all of them
 (:class:`spine_app.evaluation.runner.SplitRunner`) and prints per-mask Dice, the side check and the
 decision AUROC per field of view, next to the ``default`` preset's own studies made the same way.
 Tall films get the taller canvas ``spine-app infer`` gives them (inference.yaml's ``working_spacing_mm``;
@@ -23,9 +24,10 @@ from pathlib import Path
 
 import fire
 
-from spine_app.bundle import BUNDLE_DIR, config_value, load_bundle_network
+from spine_app.bundle import BUNDLE_DIR, bundle_disk_exclusion, config_value, load_bundle_network
 from spine_app.channels import MASK_NAMES
 from spine_app.data.importer import import_dataset, load_datalist
+from spine_app.engines.inferer import StudyInferer
 from spine_app.engines.metrics import line_side_summary
 from spine_app.evaluation.runner import SplitRunner, split_scores
 from spine_app.synthetic.generator import generate_dataset
@@ -59,7 +61,10 @@ def main(
             generate_dataset(folder / "studies", n, seed=seed, preset=preset, workers=2, **overrides)
             import_dataset(folder / "studies", folder / "datalist.json", seed=0, fractions=(0.0, 0.0, 1.0), workers=2)
         entries = load_datalist(folder / "datalist.json")["test"]
-        records = SplitRunner(network, entries, list(canvas), working_spacing_mm=working_spacing_mm).run()
+        inferer = StudyInferer(roi_size=canvas, disk_exclusion=bundle_disk_exclusion(BUNDLE_DIR, model))
+        records = SplitRunner(
+            network, entries, list(canvas), inferer=inferer, working_spacing_mm=working_spacing_mm
+        ).run()
         scores = split_scores(records)
         sides = line_side_summary(records)
         results[preset] = {**scores, "side_check": f"{sides['pass']}/{sides['n']}", "studies": len(records)}

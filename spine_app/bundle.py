@@ -4,7 +4,7 @@ The one place the rest of the package asks about the bundle:
 
 - :data:`BUNDLE_DIR`: the checkout's ``bundle/`` or the installed wheel's copy (:mod:`spine_app.resources`);
 - :func:`weights_path`, :func:`bundle_version`: its weights file and ``metadata.json`` version;
-- :func:`config_value`: one plain setting of one of its configs;
+- :func:`config_value`: one plain setting of one of its configs (:func:`bundle_disk_exclusion`: one of them);
 - :func:`load_bundle_network`: the network of ``configs/inference.yaml`` with the weights loaded;
 - :func:`config_workflow`: a ``monai.bundle.ConfigWorkflow`` over its configs (with its
   ``metadata.json`` and ``logging.conf``), as ``python -m monai.bundle run`` builds it.
@@ -51,6 +51,12 @@ def config_value(config: str, key: str, default: Any = None, bundle_dir: str | P
     return (yaml.safe_load(text) or {}).get(key, default)
 
 
+def bundle_disk_exclusion(bundle_dir: str | Path | None = None, model: str | Path | None = None) -> float | None:
+    """inference.yaml's ``disk_exclusion`` for the bundle's own weights; None for another ``model``
+    (its threshold is its own evaluation report's, not the bundle's)."""
+    return None if model else config_value("inference.yaml", "disk_exclusion", None, bundle_dir)
+
+
 def load_bundle_network(bundle_dir: str | Path, model: str | Path | None = None) -> tuple[SpineMultiTaskNet, list[int]]:
     """(network in eval mode with the weights loaded, working canvas [H, W]) from the inference config."""
     from monai.bundle import ConfigParser
@@ -82,4 +88,11 @@ def config_workflow(configs: str | Sequence[str], bundle_dir: str | Path = BUNDL
     )
 
 
-__all__ = ["BUNDLE_DIR", "bundle_version", "config_workflow", "load_bundle_network", "weights_path"]
+__all__ = [
+    "BUNDLE_DIR",
+    "bundle_disk_exclusion",
+    "bundle_version",
+    "config_workflow",
+    "load_bundle_network",
+    "weights_path",
+]

@@ -577,7 +577,7 @@ def test_rerun_skips_finished_studies_and_redoes_changed_or_incomplete_ones(
     assert "2 studies written, 0 failed" in infer(
         "--damaged_threshold", "0.9", "--fixed_canvas", "--level_threshold", "0.2"
     )
-    assert "2 studies written, 0 failed" in infer(
+    own = (
         "--damaged_threshold",
         "0.9",
         "--fixed_canvas",
@@ -586,8 +586,18 @@ def test_rerun_skips_finished_studies_and_redoes_changed_or_incomplete_ones(
         "--level_neighbour_suppression",
         "0.4",
     )
+    assert "2 studies written, 0 failed" in infer(*own)
     result = json.loads((out / "a" / "result.json").read_text())
     assert (result["settings"]["level_threshold"], result["settings"]["level_neighbour_suppression"]) == (0.2, 0.4)
+    # the disk exclusion is a setting before the writer too: redone, recorded in the pipeline
+    from spine_app.bundle import config_value
+
+    assert result["settings"]["pipeline"]["disk_exclusion"] == config_value(
+        "inference.yaml", "disk_exclusion", None, small_bundle
+    )
+    assert "2 studies written, 0 failed" in infer(*own, "--disk_exclusion", "0.3")
+    result = json.loads((out / "a" / "result.json").read_text())
+    assert result["settings"]["pipeline"]["disk_exclusion"] == 0.3
 
 
 def test_interrupted_run_leaves_whole_studies_and_a_summary_of_them(
@@ -717,6 +727,8 @@ def _weights(path: Path, kind: str) -> Path:
         (["--level_threshold", "1.5"], "--level_threshold 1.5: must be a number from 0 to 1"),
         (["--damaged_threshold", "high"], "--damaged_threshold 'high': must be a number from 0 to 1"),
         (["--level_neighbour_suppression=-1"], "--level_neighbour_suppression -1: must be a number of 0 or more"),
+        (["--disk_exclusion", "1.5"], "--disk_exclusion 1.5: must be a number between 0 and 1 (exclusive) or none"),
+        (["--disk_exclusion", "some"], "--disk_exclusion 'some': must be a number between 0 and 1"),
     ],
 )
 def test_bad_device_or_model_is_one_line_and_exit_2(
@@ -790,3 +802,48 @@ def test_no_dicom_out_writes_no_dicom_files(tmp_path: Path, small_bundle: Path, 
     status, _, stderr = cli(monkeypatch, capsys, "infer", str(study), "--out", str(out), "--bundle", str(small_bundle))
     assert status == 0, stderr  # another setting: the study is redone, now with its SEGs
     assert sorted(p.name for p in (out / "d1").glob("*.dcm")) == ["report.dcm", "seg_AP.dcm", "seg_LAT.dcm"]
+
+
+def test_the_morphometry_parts_the_bodies_with_the_disk_the_network_drew(tmp_path: Path) -> None:
+    """With a disk exclusion the written disk mask is the excluded one, while the morphometry parts
+    the bodies with the disk the network drew (StudyInferer's PARTING_DISK_KEY)."""
+    from monai.data import list_data_collate
+
+    from spine_app.channels import MASK_NAMES as NAMES
+    from spine_app.data.study_transforms import LoadStudyd
+    from spine_app.engines import StudyPredictionWriter, prepare_study_batch
+    from spine_app.engines.dataset import study_entry
+    from spine_app.engines.inferer import PARTING_DISK_KEY
+
+    shape = (300, 128)
+    film = write_png(tmp_path / "LAT.png", radiograph(shape, seed=4))
+    loaded = LoadStudyd(canvas=shape, on_error="raise")(study_entry("s", {"LAT": film}))
+    _, target = prepare_study_batch(list_data_collate([loaded]))
+    seg = torch.full((1, len(NAMES), *shape), -20.0)
+    seg[0, NAMES.index("Lat_Vertebra"), 60:220, 40:90] = 20.0  # two bodies drawn as one column
+    drawn = torch.full((1, 1, *shape), -20.0)
+    drawn[0, 0, 136:144, 40:90] = 20.0  # the disk space between them, excluded from the written mask
+    bodies = {}
+    for name, extra in (("parted", {PARTING_DISK_KEY: drawn}), ("plain", {})):
+        pred = {
+            "seg_ap": seg,
+            "seg_lat": seg,
+            "cls": torch.zeros(1),
+            "cls_ap": torch.zeros(1),
+            "cls_lat": torch.zeros(1),
+        }
+        writer = StudyPredictionWriter(str(tmp_path / name))
+        writer.reset()
+        writer(
+            type("Engine", (), {"state": type("State", (), {"output": {"pred": {**pred, **extra}, "label": target}})})()
+        )
+        assert writer.errors == [], writer.errors
+        result = json.loads((tmp_path / name / "s" / "result.json").read_text())
+        bodies[name] = result["morphometry"]["vertebrae"]
+        assert result["mask_area_px"]["Lat_Disk_Height"] == 0  # the written disk: the excluded one
+
+    def across_the_disk(found: list) -> bool:
+        return any(136 <= body["centroid_px"][0] <= 144 for body in found)
+
+    assert not across_the_disk(bodies["parted"])  # a body ends above the drawn disk, the next starts below
+    assert across_the_disk(bodies["plain"])  # without it the column is cut wherever the heights fall

@@ -319,3 +319,18 @@ def test_the_benchmark_measures_predicted_masks_inside_the_exposed_field(synth_r
     after = evaluate_morphometry(datalist, "test", tmp_path / "pred")
     assert after["levels"]["graded"] <= before["levels"]["graded"] - 2  # the two cut bodies are not graded
     assert evaluate_morphometry(datalist, "test")["levels"] == reference["levels"]  # the reference masks: whole
+
+
+def test_a_height_that_could_not_be_measured_is_counted_not_averaged() -> None:
+    """A body whose wall has too few pixels has a NaN height: the height errors leave it out of the
+    bias and MAE (before, one such body made the benchmark's posterior MAE nan) and count it."""
+    from spine_app.morphometry.evaluate import height_errors
+
+    report = height_errors({"anterior": [1.0, -1.0, 2.0], "posterior": [0.5, float("nan")], "middle": []})
+    assert report["anterior"] == pytest.approx(
+        {"bias_mm": 2 / 3, "mae_mm": 4 / 3, "p95_mm": 1.9, "n": 3, "not_measured": 0}
+    )
+    assert report["posterior"]["mae_mm"] == 0.5 and report["posterior"]["n"] == 1
+    assert report["posterior"]["not_measured"] == 1
+    assert report["middle"] is None
+    assert height_errors({"anterior": [float("nan")]})["anterior"] is None

@@ -204,7 +204,9 @@ def part_morphometry(s: BenchSettings) -> PartResult:
 
     pred = s.out / f"predictions_{s.split}"
     entries, errors = resolve_inputs([s.datalist], split=s.split, model=s.model)
-    run_inference(entries, pred, s.model, s.device, errors=errors)
+    # the disk as the network draws it, which parts the bodies in inference's own morphometry
+    # (the disk exclusion shapes only the written disk mask: docs/inference.md)
+    run_inference(entries, pred, s.model, s.device, errors=errors, disk_exclusion=None)
     reports = {
         "reference": evaluate_morphometry(s.datalist, s.split),
         "model": evaluate_morphometry(s.datalist, s.split, pred),

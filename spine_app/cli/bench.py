@@ -123,6 +123,8 @@ def bench_morphometry(datalist: str, split: str = "test", pred: str | None = Non
         datalist: a datalist of synthetic studies (with truth.json).
         split: training, validation or test.
         pred: an inference output folder (masks of `spine-app infer`); default: the reference masks.
+            Its disk mask parts the bodies: for inference's own morphometry, infer with
+            `--disk_exclusion none` (the exclusion shapes only the written disk mask).
         json_out: also write the figures as JSON.
     """
     from spine_app.morphometry.evaluate import evaluate_morphometry, format_morphometry

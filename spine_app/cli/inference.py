@@ -19,6 +19,7 @@ def infer(
     damaged_threshold: float | None = None,
     level_threshold: float | None = None,
     level_neighbour_suppression: float | None = None,
+    disk_exclusion: float | str | None = None,
     bundle: str | None = None,
     split: str | None = None,
     explain: bool | str = False,
@@ -47,6 +48,10 @@ def infer(
         level_threshold: override the bundle's level threshold: a vertebra is flagged where its fracture
             probability reaches it (0-1; a model of your own: its evaluation report's, docs/inference.md).
         level_neighbour_suppression: override the bundle's neighbour suppression weight (>= 0; 0: none).
+        disk_exclusion: LAT pixels whose vertebra probability is above this (0-1, exclusive) are not
+            disk space in the written disk mask, or "none". Default: inference.yaml's, which is the
+            bundle's own weights' (a --model of yours runs with none unless given; its evaluation report
+            prints its own value, docs/inference.md).
         bundle: bundle folder (default: the repository's bundle/).
         split: for datalist inputs, only this split (e.g. test).
         explain: also write saliency_AP.png / saliency_LAT.png (where the network looks for its
@@ -102,6 +107,10 @@ def infer(
     ):
         if value is not None:
             overrides[name] = _setting_number(name, value, upper)
+    if disk_exclusion is not None:
+        overrides["disk_exclusion"] = _exclusion_setting(disk_exclusion)
+    elif model is not None:
+        overrides["disk_exclusion"] = None  # inference.yaml's value is the bundle's own weights'
     try:
         device = resolve_device(device)
         check_model(bundle or BUNDLE_DIR, model, **overrides)  # before the view guesses use the model
@@ -167,6 +176,21 @@ def _setting_number(name: str, value: object, upper: float | None) -> float:
         bounds = "of 0 or more" if upper is None else f"from 0 to {upper:g}"
         _refuse(f"--{name} {value!r}: must be a number {bounds}")
     return number
+
+
+def _exclusion_setting(value: object) -> float | None:
+    """``--disk_exclusion``: None for "none"/"null", else a vertebra probability in (0, 1); a one-line
+    refusal (exit 2) otherwise."""
+    from spine_app.metrics.disk_exclusion import check_exclusion
+
+    if isinstance(value, str) and value.strip().lower() in ("none", "null"):
+        return None
+    try:
+        if isinstance(value, bool):
+            raise ValueError(value)
+        return check_exclusion(float(value))  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        _refuse(f"--disk_exclusion {value!r}: must be a number between 0 and 1 (exclusive) or none")
 
 
 def export(out: str = "export", model: str | None = None, bundle: str | None = None, onnx: bool = False) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -13,6 +13,7 @@ from torch import nn
 from spine_app.channels import LINE_CHANNELS, MASK_NAMES, VIEW_KEYS, seg_key
 from spine_app.data.facing import lat_faces_right
 from spine_app.data.levels import MAX_LEVELS, exposed_rows, film_level_boxes, pad_boxes, trim_levels
+from spine_app.metrics.disk_exclusion import check_exclusion
 from spine_app.networks.levels import LevelBatch
 from spine_app.networks.multitask import SpineMultiTaskNet, StudyModel, ViewPass
 from spine_app.networks.precision import FP32, Precision
@@ -20,6 +21,19 @@ from spine_app.networks.precision import FP32, Precision
 #: widening (canvas pixels) of the predicted disk spaces cut out of the predicted vertebra mask
 #: when the bodies are separated for the level head (a predicted mask bridges thin disks)
 PREDICTED_DISK_GAP_PX = 1
+#: the disk logit of a pixel taken out of the disk space by the exclusion (probability about 2e-9)
+EXCLUDED_LOGIT = -20.0
+#: prediction key of the LAT disk logits (B, 1, H, W) as the network drew them, before the disk
+#: exclusion (present only with one): what parts the bodies for the level head and the morphometry
+PARTING_DISK_KEY = "lat_disk_drawn"
+
+
+def parting_disk(pred: Mapping[str, torch.Tensor], b: int) -> torch.Tensor:
+    """Study ``b``'s LAT disk logits (H, W) that part the bodies: the network's own before the disk
+    exclusion (:data:`PARTING_DISK_KEY`) where the inferer applied one, else ``seg_lat``'s."""
+    if PARTING_DISK_KEY in pred:
+        return pred[PARTING_DISK_KEY][b, 0]
+    return pred[seg_key("lat")][b, MASK_NAMES.index("Lat_Disk_Height")]
 
 
 def unwrap_network(network: nn.Module) -> SpineMultiTaskNet:
@@ -48,6 +62,20 @@ def predicted_levels(
         rows.append(pad_boxes(boxes, max_levels))
     stacked = trim_levels({key: torch.stack([r[key] for r in rows]).to(seg_lat.device) for key in rows[0]})
     return LevelBatch(stacked["level_centre"], stacked["level_axis"], stacked["level_size"], stacked["level_valid"])
+
+
+def exclude_disk(seg_lat: torch.Tensor, threshold: float | None) -> torch.Tensor:
+    """LAT logits (B, 8, H, W) whose ``Lat_Disk_Height`` is at most :data:`EXCLUDED_LOGIT` wherever the
+    ``Lat_Vertebra`` probability exceeds ``threshold`` (:mod:`spine_app.metrics.disk_exclusion`: the
+    disk space is exclusive of the bodies); ``seg_lat`` itself for None."""
+    threshold = check_exclusion(threshold)
+    if threshold is None:
+        return seg_lat
+    vb, disk = MASK_NAMES.index("Lat_Vertebra"), MASK_NAMES.index("Lat_Disk_Height")
+    bone = torch.sigmoid(seg_lat[:, vb].float()) > threshold  # the rule of metrics.disk_exclusion.exclusive_disk
+    out = seg_lat.clone()
+    out[:, disk] = torch.where(bone, out[:, disk].clamp(max=EXCLUDED_LOGIT), out[:, disk])
+    return out
 
 
 def whole_film_outputs(
@@ -101,6 +129,14 @@ class StudyInferer(Inferer):
     channel but the two LAT lines (those come from the canonical-facing pass only), nnU-Net's
     mirroring test-time augmentation; twice the segmentation cost.
 
+    ``disk_exclusion`` (a vertebra probability in (0, 1), or None): the returned LAT disk space leaves
+    out the pixels whose ``Lat_Vertebra`` probability exceeds it (:func:`exclude_disk`): the written
+    and scored disk mask. What parts the bodies stays the disk the network drew (the level head's
+    boxes, found before the exclusion, as the level refit fitted the heads; the morphometry through
+    :data:`PARTING_DISK_KEY`): taken out, a thin disk whose every pixel borders a body (vertebra
+    probability 0.2-0.5 at its edge) would no longer part two bodies. The threshold is the model's
+    own, chosen on validation by the evaluate config.
+
     ``explain`` (one of :data:`spine_app.explain.METHODS`, or None): also ``saliency_ap`` and
     ``saliency_lat`` (B, 1, H, W) in [0, 1], the map of the fused Damaged logit on each view
     (:func:`spine_app.explain.saliency_maps`; gradients are computed for it even under no_grad).
@@ -114,6 +150,7 @@ class StudyInferer(Inferer):
         precision: Precision = FP32,
         explain: str | None = None,
         mirror_tta: bool = False,
+        disk_exclusion: float | None = None,
     ) -> None:
         super().__init__()
         from spine_app.explain import METHODS
@@ -121,6 +158,7 @@ class StudyInferer(Inferer):
         if explain is not None and explain not in METHODS:
             raise ValueError(f"explain must be one of {', '.join(METHODS)} or None, got {explain!r}")
         self.precision, self.explain, self.mirror_tta = precision, explain, bool(mirror_tta)
+        self.disk_exclusion = check_exclusion(disk_exclusion)
         self.roi_size = tuple(int(s) for s in roi_size)
         self.window = SlidingWindowInferer(
             roi_size=roi_size, sw_batch_size=sw_batch_size, overlap=overlap, mode="gaussian"
@@ -147,6 +185,9 @@ class StudyInferer(Inferer):
                 out["seg_lat"][mirrored] = torch.flip(flipped, dims=[-1]).to(out["seg_lat"].dtype)
             lat_pass = passes["lat"] if passes is not None else None
             add_level_outputs(net, to_input(inputs["lat"]), inputs["present"][:, 1], out, lat_pass)
+        if self.disk_exclusion is not None:
+            out[PARTING_DISK_KEY] = out["seg_lat"][:, [MASK_NAMES.index("Lat_Disk_Height")]]
+            out["seg_lat"] = exclude_disk(out["seg_lat"], self.disk_exclusion)
         out["lat_mirrored"] = mirrored.float()
         if self.explain:
             from spine_app.explain import saliency_maps

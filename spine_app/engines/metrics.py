@@ -30,7 +30,9 @@ from spine_app.channels import (
 )
 from spine_app.data.levels import FRACTURE_KINDS, exposed_rows, film_level_boxes
 from spine_app.data.study_transforms import FilmGeometry
+from spine_app.engines.inferer import PARTING_DISK_KEY, parting_disk
 from spine_app.metrics.classification import auroc
+from spine_app.metrics.disk_exclusion import exclusion_dice
 from spine_app.metrics.matching import nearest_matches
 from spine_app.metrics.segmentation import lat_line_sides, score_masks
 from spine_app.morphometry.measure import (
@@ -103,6 +105,26 @@ def binary_masks(
     predicted = (torch.sigmoid(pred[seg_key(view)][b].float()) > 0.5).cpu().numpy()
     truth = (target[seg_key(view)][b].float() > 0.5).cpu().numpy()
     return predicted, truth
+
+
+def disk_exclusion_record(pred: dict[str, torch.Tensor], lat_truth: np.ndarray, b: int) -> dict[str, float]:
+    """Disk Dice of study ``b``'s LAT film without and with each exclusion threshold
+    (:func:`spine_app.metrics.disk_exclusion.exclusion_dice`; ``lat_truth`` its (8, H, W) true masks),
+    from the disk the network drew (before an exclusion the inferer applied)."""
+    vb, disk = MASK_NAMES.index("Lat_Vertebra"), MASK_NAMES.index("Lat_Disk_Height")
+    vertebra = torch.sigmoid(pred[seg_key("lat")][b, vb].float()).cpu().numpy()
+    drawn = torch.sigmoid(parting_disk(pred, b).float()).cpu().numpy()
+    return exclusion_dice(drawn, vertebra, lat_truth[disk])
+
+
+def parted_lat_masks(pred: dict[str, torch.Tensor], lat_masks: np.ndarray, b: int) -> np.ndarray:
+    """Study ``b``'s predicted LAT masks (8, H, W) with the disk that parts the bodies for the
+    morphometry: the network's own where the inferer excluded part of it (:func:`parting_disk`)."""
+    if PARTING_DISK_KEY not in pred:
+        return lat_masks
+    parted = lat_masks.copy()
+    parted[MASK_NAMES.index("Lat_Disk_Height")] = (parting_disk(pred, b).float() > 0).cpu().numpy()
+    return parted
 
 
 def study_probabilities(
@@ -204,7 +226,7 @@ class StudyMetrics(Metric):
             record.update(
                 study_probabilities(
                     record["prob_cls"],
-                    masks["lat"][0],
+                    parted_lat_masks(pred, masks["lat"][0], b),
                     target[geom_key("lat")][b],
                     record["present"][1] > 0,
                     exposed_rows(film[b, 0].float().cpu().numpy()) if film is not None else None,
@@ -217,6 +239,8 @@ class StudyMetrics(Metric):
                 predicted, truth = masks[key]
                 spacing = FilmGeometry.from_tensor(target[geom_key(key)][b]).working_spacing
                 record[name] = score_masks(predicted[c], truth[c], spacing, line=name in LINE_CHANNELS).to_dict()
+            if "Lat_Disk_Height" in record:
+                record["disk_exclusion"] = disk_exclusion_record(pred, masks["lat"][1], b)
             if all(name in record for name in LINE_CHANNELS):
                 predicted, truth = masks["lat"]
                 lines = [MASK_NAMES.index(name) for name in LINE_CHANNELS]

@@ -22,6 +22,7 @@ from spine_app.channels import CHANNEL_VIEW, MASK_NAMES, VIEW_KEYS, avail_key
 from spine_app.data.io import write_atomic
 from spine_app.engines.metrics import HEADS, StudyMetrics, head_rows, line_side_summary, segmentation_table
 from spine_app.metrics.classification import auroc, auroc_ci, threshold_scores, youden_threshold
+from spine_app.metrics.disk_exclusion import NO_EXCLUSION, choose_disk_exclusion, mean_exclusion_dice
 from spine_app.metrics.level_suppression import NO_SUPPRESSION
 from spine_app.metrics.levels import (
     LEVEL_FLAG_RATE,
@@ -81,9 +82,10 @@ def markdown(
     cls: dict[str, Any],
     sides: dict[str, Any] | None = None,
     levels: dict[str, Any] | None = None,
+    disk: dict[str, Any] | None = None,
 ) -> str:
     """The results as Markdown tables (one row per mask, then one row per classification head),
-    with the line side check between them."""
+    with the line side check and the disk exclusion chosen on validation between them."""
     rows = [
         [name, *(f"{e[k]:.4f}" for k in ("dice", "iou", "tpr", "precision")), f"{e['hd95_px']:.2f}"]
         + [f"{e['hd95_mm']:.2f}" if e["hd95_mm"] is not None else "-"]
@@ -95,6 +97,8 @@ def markdown(
     lines = [markdown_table(header, rows)]
     if side_line(sides):
         lines += ["", side_line(sides).strip()]
+    if disk_exclusion_line(disk):
+        lines += ["", disk_exclusion_line(disk).strip()]
     rows = [
         [head, f"{e['auroc']:.3f} ({e['auroc_ci95'][0]:.3f}-{e['auroc_ci95'][1]:.3f})"]
         + [f"{e[k]:.3f}" for k in ("accuracy", "sensitivity", "specificity", "f1", "threshold")]
@@ -240,6 +244,47 @@ def level_report(
     return {**scores, "threshold_source": source, "neighbour_suppression": suppression.weight}
 
 
+def disk_exclusion_report(val: list[dict[str, Any]], test: list[dict[str, Any]]) -> dict[str, Any]:
+    """The disk exclusion chosen on ``val`` (:func:`spine_app.metrics.disk_exclusion.choose_disk_exclusion`)
+    with ``test``'s disk Dice at it and without; validation's Dice at every threshold tried. Empty
+    without disk masks on validation. The sweep starts from the disk the network drew, whatever
+    exclusion the inferer applied (:func:`spine_app.engines.metrics.disk_exclusion_record`)."""
+    choice = choose_disk_exclusion([r["disk_exclusion"] for r in val if "disk_exclusion" in r])
+    if choice is None:
+        return {}
+    rows = [r["disk_exclusion"] for r in test if "disk_exclusion" in r]
+    key = NO_EXCLUSION if choice.threshold is None else f"{choice.threshold:g}"
+    means = mean_exclusion_dice(rows)
+    return {
+        **choice.to_dict(),
+        "test_dice": means.get(key),
+        "test_dice_without": means.get(NO_EXCLUSION),
+        "n_test": len(rows),
+        "validation_grid": mean_exclusion_dice([r["disk_exclusion"] for r in val if "disk_exclusion" in r]),
+    }
+
+
+def disk_exclusion_line(disk: dict[str, Any] | None) -> str:
+    """One sentence on the disk exclusion chosen on validation (empty without one)."""
+    if not disk:
+        return ""
+    if disk["threshold"] is None:
+        return (
+            f"Disk space exclusive of the bodies: no exclusion gains on validation (disk Dice {disk['dice_without']:.4f}); "
+            "for inference.yaml: `disk_exclusion: null`.\n"
+        )
+    test = (
+        f", test {disk['test_dice_without']:.4f} -> {disk['test_dice']:.4f}"
+        if disk.get("test_dice") is not None
+        else ""
+    )
+    return (
+        f"Disk space exclusive of the bodies (pixels with a vertebra probability above {disk['threshold']:g} are not disk): "
+        f"validation disk Dice {disk['dice_without']:.4f} -> {disk['dice']:.4f}{test}; "
+        f"for inference.yaml: `disk_exclusion: {disk['threshold']:g}`.\n"
+    )
+
+
 def report_metrics(
     val: list[dict[str, Any]], test: list[dict[str, Any]], level_threshold_source: str = "auto"
 ) -> dict[str, Any]:
@@ -250,6 +295,7 @@ def report_metrics(
         "n_test": len(test),
         "segmentation": segmentation_table(test),
         "line_side": line_side_summary(test),
+        "disk_exclusion": disk_exclusion_report(val, test),
         "classification": classification_table(val, test),
         "levels": level_report(val, test, level_threshold_source),
     }
@@ -274,7 +320,8 @@ def write_report(
         metrics["levels"],
     )
     write_atomic(out / "metrics.json", lambda tmp: tmp.write_text(json.dumps(metrics, indent=2)))
-    write_atomic(out / "results.md", lambda tmp: tmp.write_text(markdown(seg, cls, sides, levels)))
+    disk = metrics.get("disk_exclusion")
+    write_atomic(out / "results.md", lambda tmp: tmp.write_text(markdown(seg, cls, sides, levels, disk)))
     write_atomic(
         out / "records.json", lambda tmp: tmp.write_text(json.dumps({"validation": val, "test": test}, default=float))
     )
@@ -353,5 +400,13 @@ def evaluate_and_report(
         metrics["embedding_map"] = write_embedding_map(evaluator.network, test_loader, test, threshold, output_dir)
     write_report(val, test, list(metric.examples), output_dir, log_dir, metrics)
     logger.warning("evaluation report written to %s", output_dir)
-    print(markdown(metrics["segmentation"], metrics["classification"], metrics["line_side"], metrics.get("levels")))
+    print(
+        markdown(
+            metrics["segmentation"],
+            metrics["classification"],
+            metrics["line_side"],
+            metrics.get("levels"),
+            metrics.get("disk_exclusion"),
+        )
+    )
     return metrics

@@ -59,6 +59,7 @@ from spine_app.data.io import fsync_folder, image_format, read_image, write_atom
 from spine_app.data.layout import CLASS_NAMES
 from spine_app.data.levels import MAX_LEVELS, exposed_rows
 from spine_app.data.study_transforms import FilmGeometry, fit_geometry
+from spine_app.engines.inferer import PARTING_DISK_KEY, parting_disk
 from spine_app.metrics.level_suppression import NO_SUPPRESSION, NeighbourSuppression
 from spine_app.metrics.matching import nearest_matches
 
@@ -664,8 +665,12 @@ class StudyPredictionWriter:
             result.setdefault("dicom_outputs", []).append(f"seg_{view}.dcm")
         bodies = []
         if view == "LAT":
+            parted = {MASK_NAMES[c]: m for c, m in masks.items()}
+            if PARTING_DISK_KEY in pred:  # the disk the network drew parts the bodies (StudyInferer)
+                drawn = to_original(parting_disk(pred, b)[None], geom)[0] > self.threshold
+                parted["Lat_Disk_Height"] = drawn.cpu().numpy()
             bodies = measure_lat_film(
-                {MASK_NAMES[c]: m for c, m in masks.items()},
+                parted,
                 spacing or (1.0, 1.0),
                 self.lowest_level,
                 field_rows=exposed_film_rows(target, b, geom),

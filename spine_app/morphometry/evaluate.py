@@ -40,6 +40,28 @@ def _lat_masks(entry: dict[str, Any], predictions: Path | None) -> dict[str, np.
     return {n: read_mask(p) for n, p in paths.items()}
 
 
+def height_errors(errors: dict[str, list[float]]) -> dict[str, dict[str, float | int] | None]:
+    """Per height: bias, mean absolute and 95th-percentile absolute error (mm) over the bodies it was
+    measured on (``n``), and how many matched bodies it could not be measured on (``not_measured``:
+    a non-finite height, e.g. fewer than three pixels at that wall); None where none was measured."""
+    out: dict[str, dict[str, float | int] | None] = {}
+    for h, values in errors.items():
+        v = np.asarray(values, float)
+        finite = v[np.isfinite(v)]
+        out[h] = (
+            {
+                "bias_mm": float(np.mean(finite)),
+                "mae_mm": float(np.mean(np.abs(finite))),
+                "p95_mm": float(np.percentile(np.abs(finite), 95)),
+                "n": int(finite.size),
+                "not_measured": int(v.size - finite.size),
+            }
+            if finite.size
+            else None
+        )
+    return out
+
+
 def evaluate_morphometry(
     datalist: str | Path, split: str = "test", predictions: str | Path | None = None
 ) -> dict[str, Any]:
@@ -104,16 +126,7 @@ def evaluate_morphometry(
         "masks": "predicted" if pred_dir else "reference",
         "studies": len(labels),
         "skipped_studies": skipped,
-        "heights": {
-            h: {
-                "bias_mm": float(np.mean(v)),
-                "mae_mm": float(np.mean(np.abs(v))),
-                "p95_mm": float(np.percentile(np.abs(v), 95)),
-            }
-            if v
-            else None
-            for h, v in errors.items()
-        },
+        "heights": height_errors(errors),
         "levels": {
             "graded": graded,
             "grade_agreement": float(np.trace(confusion) / graded) if graded else float("nan"),

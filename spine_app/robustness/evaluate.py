@@ -71,7 +71,8 @@ def evaluate_robustness(
     """Evaluate clean and every (corruption, severity) of ``suite``; write results into ``out``.
 
     ``canvas`` is the working size (H, W) the model was trained at (default the inference config's)."""
-    from spine_app.bundle import BUNDLE_DIR, load_bundle_network
+    from spine_app.bundle import BUNDLE_DIR, bundle_disk_exclusion, load_bundle_network
+    from spine_app.engines.inferer import StudyInferer
 
     specs = load_suite(suite)
     if corruptions:
@@ -83,7 +84,9 @@ def evaluate_robustness(
     if not entries:
         raise ValueError(f"{datalist}: the {split!r} split is empty")
     network, default_canvas = load_bundle_network(bundle or BUNDLE_DIR, model)
-    runner = SplitRunner(network, entries, [int(c) for c in canvas or default_canvas], device)
+    size = [int(c) for c in canvas or default_canvas]
+    exclusion = bundle_disk_exclusion(bundle or BUNDLE_DIR, model)
+    runner = SplitRunner(network, entries, size, device, inferer=StudyInferer(roi_size=size, disk_exclusion=exclusion))
     from tqdm import tqdm
 
     distinct = sum(len(set(s.values)) for s in specs)  # a severity with the value of an earlier one is not rerun

@@ -47,6 +47,8 @@ def test_a_perfect_prediction_scores_one(batch: dict) -> None:
         assert all(record[name]["dice"] == pytest.approx(1.0) for name in scored)
         assert all(record[name]["hd95_px"] == pytest.approx(0.0) for name in scored)
         assert record["line_side_ok"] is True
+        # the reference disk is exclusive of the bodies: no exclusion threshold takes a true disk pixel away
+        assert all(value == pytest.approx(1.0) for value in record["disk_exclusion"].values())
     assert metric.summary["auroc"] == 1.0 and metric.summary["line_side_pass"] == 1.0
     assert score == pytest.approx(1.0)
 
