@@ -190,6 +190,19 @@ def test_dicom_films_get_a_dicom_segmentation_per_view(batch: dict) -> None:
     graded = [b for b in result["morphometry"]["vertebrae"] if b["grade"] >= 0]
     groups = report.ContentSequence[-1].ContentSequence  # Imaging Measurements: one group per graded body + the study
     assert len(groups) == len(graded) + 1
+    # each body's Genant grade is the one result.json's levels report for it (what the overlay shows)
+    levels = (result.get("levels") or {}).get("levels", [])
+    reported = {lv["morphometry"]["body"]: lv["grade"] for lv in levels if lv["morphometry"]}
+    expected = [
+        reported.get(k + 1, b["grade"]) for k, b in enumerate(result["morphometry"]["vertebrae"]) if b["grade"] >= 0
+    ]
+    sr_grades = [
+        int(item.ConceptCodeSequence[0].CodeValue[1:])
+        for group in groups[:-1]
+        for item in group.ContentSequence
+        if item.ValueType == "CODE" and item.ConceptNameCodeSequence[0].CodeValue == "GENANT"
+    ]
+    assert sr_grades == expected
     sequences = [
         report.get(k, []) for k in ("CurrentRequestedProcedureEvidenceSequence", "PertinentOtherEvidenceSequence")
     ]
@@ -359,13 +372,17 @@ def test_shipped_model_runs_without_training(tmp_path: Path, synth_root: Path) -
         assert sum(lv["grade_probabilities"]) == pytest.approx(1.0, abs=1e-3)
         assert lv["grade_probabilities"][0] == pytest.approx(1.0 - lv["fracture_probability"], abs=2e-4)
         assert sum(lv["severity_probabilities"]) == pytest.approx(1.0, abs=1e-3)
-        assert lv["flagged"] == (lv["fracture_probability"] >= levels["level_threshold"])
+        above = lv["fracture_probability"] >= levels["level_threshold"]  # a study called Normal holds it back
+        assert lv["flagged"] == (above and saved["label"] == "Damaged") and levels["follows_decision"] is True
+        assert lv["held_back"] == (above and saved["label"] == "Normal")
         assert (lv["grade"] > 0) == lv["flagged"] and (lv["grade_head"] > 0) == lv["flagged"]
         if lv["flagged"]:  # the network's grade is its severity's median
             severity = lv["severity_probabilities"]
             assert severity[0] < 0.5 + 1e-3 if lv["grade_head"] > 1 else severity[0] >= 0.5 - 1e-3
         if lv["grade_source"] == "morphometry":  # a flagged body graded on the film's own pixels
             assert lv["flagged"] and lv["grade"] == lv["morphometry"]["genant_grade"] >= max(1, lv["grade_head"])
+        elif lv["held_back"]:
+            assert lv["grade_source"].startswith("held back") and lv["grade"] == 0
         else:
             assert lv["grade_source"] == "level head" and lv["grade"] == max(lv["grade_head"], int(lv["flagged"]))
             measured = lv["morphometry"] and lv["morphometry"]["not_measurable"] is None
@@ -598,6 +615,11 @@ def test_rerun_skips_finished_studies_and_redoes_changed_or_incomplete_ones(
     assert "2 studies written, 0 failed" in infer(*own, "--disk_exclusion", "0.3")
     result = json.loads((out / "a" / "result.json").read_text())
     assert result["settings"]["pipeline"]["disk_exclusion"] == 0.3
+    # levels graded whatever the label: another setting of the writer, so the studies are redone
+    assert result["settings"]["levels_follow_decision"] is True
+    assert "2 studies written, 0 failed" in infer(*own, "--disk_exclusion", "0.3", "--levels_follow_decision", "false")
+    result = json.loads((out / "a" / "result.json").read_text())
+    assert result["settings"]["levels_follow_decision"] is False and result["levels"]["follows_decision"] is False
 
 
 def test_interrupted_run_leaves_whole_studies_and_a_summary_of_them(
@@ -729,6 +751,7 @@ def _weights(path: Path, kind: str) -> Path:
         (["--level_neighbour_suppression=-1"], "--level_neighbour_suppression -1: must be a number of 0 or more"),
         (["--disk_exclusion", "1.5"], "--disk_exclusion 1.5: must be a number between 0 and 1 (exclusive) or none"),
         (["--disk_exclusion", "some"], "--disk_exclusion 'some': must be a number between 0 and 1"),
+        (["--levels_follow_decision", "maybe"], "--levels_follow_decision 'maybe': must be true or false"),
     ],
 )
 def test_bad_device_or_model_is_one_line_and_exit_2(

@@ -20,6 +20,7 @@ def infer(
     level_threshold: float | None = None,
     level_neighbour_suppression: float | None = None,
     disk_exclusion: float | str | None = None,
+    levels_follow_decision: bool | str | None = None,
     bundle: str | None = None,
     split: str | None = None,
     explain: bool | str = False,
@@ -52,6 +53,10 @@ def infer(
             disk space in the written disk mask, or "none". Default: inference.yaml's, which is the
             bundle's own weights' (a --model of yours runs with none unless given; its evaluation report
             prints its own value, docs/inference.md).
+        levels_follow_decision: true (inference.yaml's default): a study labelled Normal reports no
+            flagged or graded vertebra (those above the level threshold are listed as held_back with
+            their probabilities); false: every vertebra above the level threshold is flagged and graded
+            whatever the study's label.
         bundle: bundle folder (default: the repository's bundle/).
         split: for datalist inputs, only this split (e.g. test).
         explain: also write saliency_AP.png / saliency_LAT.png (where the network looks for its
@@ -107,6 +112,8 @@ def infer(
     ):
         if value is not None:
             overrides[name] = _setting_number(name, value, upper)
+    if levels_follow_decision is not None:
+        overrides["levels_follow_decision"] = _flag_setting("levels_follow_decision", levels_follow_decision)
     if disk_exclusion is not None:
         overrides["disk_exclusion"] = _exclusion_setting(disk_exclusion)
     elif model is not None:
@@ -191,6 +198,19 @@ def _exclusion_setting(value: object) -> float | None:
         return check_exclusion(float(value))  # type: ignore[arg-type]
     except (TypeError, ValueError):
         _refuse(f"--disk_exclusion {value!r}: must be a number between 0 and 1 (exclusive) or none")
+
+
+def _flag_setting(name: str, value: object) -> bool:
+    """A true/false option (``--name`` alone, true/false, yes/no, 1/0); a one-line refusal (exit 2)
+    otherwise."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "yes", "1"):
+        return True
+    if text in ("false", "no", "0"):
+        return False
+    _refuse(f"--{name} {value!r}: must be true or false")
 
 
 def export(out: str = "export", model: str | None = None, bundle: str | None = None, onnx: bool = False) -> None:

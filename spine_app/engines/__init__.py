@@ -41,9 +41,11 @@ from spine_app.engines.runs import (
     refuse_published_dir,
     weights_sha256,
 )
+from spine_app.engines.workers import loader_worker_init
 from spine_app.engines.writer import StudyPredictionWriter, shard_entries
 
 __all__ = [
+    "loader_worker_init",
     "AtomicCheckpointSaver",
     "ValidationState",
     "as_flag",

@@ -172,7 +172,9 @@ def _local(value: str, meaning: str) -> Any:
 def _vertebra_group(body: Any, lat: Any, level: dict[str, Any] | None, length_unit: Any, ratio_unit: Any) -> Any:
     """The SR measurement group of one measured vertebra of the LAT film ``lat``: heights, ratios,
     reduction, the level head's fracture probability (``level``, where it scored the body), the
-    Genant grade and deformity type, on a circle of the body's area around its centre."""
+    Genant grade and deformity type, on a circle of the body's area around its centre. The grade is
+    the one result.json's ``levels`` reports for the body (and the overlay labels it with: 0 unless
+    flagged) where the level head scored it, else the morphometry's."""
     import highdicom as hd
     from pydicom.uid import generate_uid
 
@@ -209,6 +211,7 @@ def _vertebra_group(body: Any, lat: Any, level: dict[str, Any] | None, length_un
                 unit=_code("1", "UCUM", "no units"),
             )
         )
+    grade = body.grade if level is None else int(level["grade"])
     row, col = body.centroid_px
     radius = max(1.0, float(np.sqrt(body.area_px / np.pi)))
     region = hd.sr.ImageRegion(
@@ -224,7 +227,7 @@ def _vertebra_group(body: Any, lat: Any, level: dict[str, Any] | None, length_un
         qualitative_evaluations=[
             hd.sr.QualitativeEvaluation(
                 _local("GENANT", "Genant semiquantitative grade"),
-                _local(f"G{body.grade}", f"Genant grade {body.grade}"),
+                _local(f"G{grade}", f"Genant grade {grade}"),
             ),
             hd.sr.QualitativeEvaluation(
                 _local("DEFORMITY", "Vertebral deformity type"),

@@ -47,6 +47,7 @@ from spine_app.data.levels import REFERENCE_BOX_KEYS, reference_boxes_kept, scal
 from spine_app.engines.batch import prepare_study_batch
 from spine_app.engines.handlers import _is_writer
 from spine_app.engines.runs import BEST_MODEL, REFIT_RECORD
+from spine_app.engines.workers import loader_worker_init
 from spine_app.engines.writer import sha256_of, write_json
 from spine_app.networks.levels import GRADE_LOGITS, LevelBatch, LevelHead, LevelRois, mil_pool
 from spine_app.networks.precision import Precision
@@ -153,11 +154,13 @@ def collect_level_rois(
     box_jitter: float = 1.0,
     jittered: bool = True,
     reference: bool = False,
+    loader_niceness: int = 0,
 ) -> CollectedBodies:
     """:class:`CollectedBodies` of ``dataset`` (training items with level boxes, its random transforms
     drawn anew on each of the ``passes``) under ``net``'s LAT pass (eval mode, no gradient): with
     ``jittered`` every box jittered ``box_jitter`` times as much as the dataset's :class:`LevelBoxesd`
-    does, with ``reference`` the same bodies' unjittered boxes, both read from the one pass of each film."""
+    does, with ``reference`` the same bodies' unjittered boxes, both read from the one pass of each film.
+    ``loader_niceness``: the loader workers' niceness increment (:func:`loader_worker_init`)."""
     kinds = [kind for kind, wanted in (("jittered", jittered), ("reference", reference)) if wanted]
     if not kinds:
         raise ValueError("level refit: collect the jittered boxes, the reference boxes or both")
@@ -175,7 +178,13 @@ def collect_level_rois(
         ):
             for k in range(passes):
                 set_determinism(seed=seed * 1000 + k)
-                loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+                loader = DataLoader(
+                    dataset,
+                    batch_size=batch_size,
+                    shuffle=False,
+                    num_workers=num_workers,
+                    worker_init_fn=loader_worker_init(loader_niceness),
+                )
                 for batch in loader:
                     inputs, targets = prepare_study_batch(batch, device)
                     if "level_centre" not in inputs:
@@ -291,14 +300,15 @@ def refit_run_level_head(
     settings: RefitSettings | dict[str, Any],
     device: torch.device | str = "cpu",
     num_workers: int = 1,
+    loader_niceness: int = 0,
 ) -> Path | None:
     """Refit the level head of the run's best model (``ckpt_dir/model.pt``, loaded into ``net``, the
     plain :class:`SpineMultiTaskNet`) and fit its grade head on ``dataset`` (the run's training set),
     as ``settings`` asks, and write the model back atomically with ``level_refit.json`` beside it;
     ``net`` ends up holding the refitted model. Both heads learn from one collection of the bodies.
     Returns the model's path, or None (the model left as it was) when ``settings.epochs`` is 0, there
-    is no head to fit or no training film shows a body with a level box.
-    Under DDP every rank computes the same refit and rank 0 writes."""
+    is no head to fit or no training film shows a body with a level box. ``loader_niceness``: the
+    collection's loader workers' niceness increment (:func:`loader_worker_init`). Under DDP every rank computes the same refit and rank 0 writes."""
     settings = settings if isinstance(settings, RefitSettings) else RefitSettings(**settings)
     if settings.epochs == 0:
         return None
@@ -330,6 +340,7 @@ def refit_run_level_head(
         box_jitter=settings.box_jitter,
         jittered=settings.level_head,
         reference=fit_grades,
+        loader_niceness=loader_niceness,
     )
     rois = bodies.jittered if bodies.jittered is not None else bodies.reference
     collected = time.time() - began

@@ -61,6 +61,7 @@ from spine_app.data.levels import MAX_LEVELS, exposed_rows
 from spine_app.data.study_transforms import FilmGeometry, fit_geometry
 from spine_app.engines.inferer import PARTING_DISK_KEY, parting_disk
 from spine_app.metrics.level_suppression import NO_SUPPRESSION, NeighbourSuppression
+from spine_app.metrics.levels import GRADE_HELD_BACK
 from spine_app.metrics.matching import nearest_matches
 
 logger = logging.getLogger(__name__)
@@ -347,6 +348,10 @@ class StudyPredictionWriter:
         level_neighbour_suppression: the weight of the neighbour suppression of the level head's
             probabilities (:mod:`spine_app.metrics.level_suppression`, from the evaluation report);
             0: the head's own probabilities.
+        levels_follow_decision: in a study the decision labels Normal, no level is flagged or graded:
+            the levels above the level threshold are kept with their probabilities and marked
+            ``held_back`` (:func:`hold_back_levels`); False reports them flagged and graded whatever
+            the study's label.
         explain: the saliency method the inferer ran (``StudyInferer(explain=...)``), or None: with
             a method, ``saliency_<VIEW>.png`` and result.json's ``explanation`` are written.
         dicom_out: for a film read from DICOM, also write ``seg_<VIEW>.dcm``, a DICOM Segmentation
@@ -373,11 +378,13 @@ class StudyPredictionWriter:
         level_threshold: float = 0.5,
         pipeline: Mapping[str, Any] | None = None,
         level_neighbour_suppression: float = 0.0,
+        levels_follow_decision: bool = True,
     ) -> None:
         if decision not in DECISIONS:
             raise ValueError(f"decision must be one of {', '.join(DECISIONS)}, got {decision!r}")
         self.level_threshold = float(level_threshold)
         self.level_suppression = NeighbourSuppression(float(level_neighbour_suppression or 0.0))
+        self.levels_follow_decision = bool(levels_follow_decision)
         self.decision, self.explain, self.dicom_out = decision, explain or None, bool(dicom_out)
         self.output_dir = Path(output_dir)
         self.threshold, self.damaged_threshold = float(threshold), float(damaged_threshold)
@@ -426,6 +433,7 @@ class StudyPredictionWriter:
             "decision": self.decision,
             "level_threshold": self.level_threshold,
             "level_neighbour_suppression": self.level_suppression.weight,
+            "levels_follow_decision": self.levels_follow_decision,
             "explain": self.explain,
             "lowest_level": self.lowest_level,
             "nifti": bool(self.nifti),
@@ -715,6 +723,10 @@ class StudyPredictionWriter:
         result["combined_probability"] = round(combined, 4)
         result["damaged_probability"] = round(probability, 4)
         result["label"] = "Damaged" if probability >= self.damaged_threshold else "Normal"
+        if levels_block is not None:
+            levels_block["follows_decision"] = self.levels_follow_decision
+            if self.levels_follow_decision and result["label"] == "Normal":
+                hold_back_levels(levels_block)
         return probability, levels_block
 
     def _write_overlays(
@@ -828,6 +840,7 @@ def level_summary(
             "grade_probabilities": [round(v, 4) for v in distribution.grades],
             "severity_probabilities": [round(v, 4) for v in distribution.severity],
             "flagged": flagged,
+            "held_back": False,
             "morphometry": None
             if body is None
             else {
@@ -854,6 +867,30 @@ def level_summary(
         "drives_decision": flagged or ([top_level] if top_level is not None else []),
         "unscored": unscored,
     }
+
+
+def hold_back_levels(levels_block: dict[str, Any]) -> list[int]:
+    """Hold back the findings of a study the decision labels Normal: every flagged level of
+    ``levels_block`` (:func:`level_summary`) is unflagged, its ``grade`` and ``grade_head`` set to 0
+    (``grade_source``: :data:`GRADE_HELD_BACK`) and marked ``held_back``; its probabilities, grade
+    distribution and morphometry stay, so a reader still sees how suspicious it was. ``drives_decision``
+    becomes the most suspicious level. Returns the numbers of the levels held back.
+
+    Why: the level threshold flags a level at a lower probability than the study decision needs
+    (it is chosen to find fractured levels, the decision to separate studies), so a study called
+    Normal could list a graded fracture. Held back, the output says one thing: on the benchmark and
+    fresh sets and the other fields of view, Normal studies with a graded level fell from 13 to 2 of
+    152 while the fractured levels found and graded exactly stayed within one level per set
+    (docs/results.md, "Level grades follow the study decision")."""
+    held = []
+    for level in levels_block["levels"]:
+        if level["flagged"]:
+            level.update(flagged=False, grade=0, grade_head=0, grade_source=GRADE_HELD_BACK, held_back=True)
+            held.append(level["number"])
+    if held:
+        top = max(levels_block["levels"], key=lambda lv: lv["fracture_probability"])["number"]
+        levels_block["drives_decision"] = [top]
+    return held
 
 
 def exposed_film_rows(target: dict, b: int, geom: torch.Tensor) -> tuple[int, int] | None:

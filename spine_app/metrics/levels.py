@@ -77,6 +77,9 @@ def graded(cumulative: Sequence[float], threshold: float, probability: float | N
 
 #: where a reported level grade comes from (result.json ``levels[].grade_source``)
 GRADE_FROM_MORPHOMETRY, GRADE_FROM_HEAD = "morphometry", "level head"
+#: ``grade_source`` of a level above the level threshold in a study the decision labels Normal: no grade
+#: reported (``spine_app.engines.writer.hold_back_levels``)
+GRADE_HELD_BACK = "held back: study decided Normal"
 
 
 def reported_grade(head_grade: int, flagged: bool, morphometry_grade: int | None) -> tuple[int, str]:

@@ -3,6 +3,8 @@ morphometry's body number on the film, even where the level head counts the bodi
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from spine_app.data.levels import MAX_LEVELS
@@ -96,3 +98,82 @@ def test_bodies_below_the_level_heads_cap_are_named_as_unscored() -> None:
 
     assert block(MAX_LEVELS)["unscored"] == ["#17", "#18"]
     assert block(MAX_LEVELS - 1)["unscored"] == []  # under the cap every body the head found is scored
+
+
+def decide(damaged_threshold: float, follow: bool = True) -> dict:
+    """result.json's decision and levels of one study whose level head scores three bodies 0.05 / 0.7 /
+    0.1 (study probability 0.7), through the writer's own decision step."""
+    from spine_app.channels import geom_key
+    from spine_app.engines.writer import StudyPredictionWriter
+
+    rows, fracture = [50.0, 110.0, 170.0], [0.05, 0.7, 0.1]
+    logits = torch.full((1, 3, 3), -6.0)
+    logits[0, :, 0] = torch.logit(torch.tensor(fracture))
+    logits[0, 1, 1] = 2.0  # P(grade >= 2) high: the head would grade it 2
+    pred = {
+        "level_valid": torch.ones(1, 3),
+        "level_logits": logits,
+        "level_centre": torch.tensor([[[r, 100.0] for r in rows]]),
+        "cls_levels": torch.tensor([0.7]).logit(),
+    }
+    geom = FilmGeometry(rows=600, cols=300, scale=1.0, top=0.0, left=0.0).to_tensor()
+    target = {"present": torch.ones(1, 2), geom_key("lat"): geom[None]}
+    writer = StudyPredictionWriter(
+        "unused",
+        damaged_threshold=damaged_threshold,
+        decision="levels",
+        level_threshold=0.5,
+        levels_follow_decision=follow,
+    )
+    result = {"morphometry_probability": 0.0, "warnings": []}
+    writer._decide(result, 0.5, pred, target, 0, [body(i, r) for i, r in enumerate(rows)])
+    return result
+
+
+def test_a_study_decided_normal_reports_no_flagged_or_graded_level() -> None:
+    damaged, normal = decide(0.5), decide(0.9)
+    assert damaged["label"] == "Damaged" and normal["label"] == "Normal"
+    level = damaged["levels"]["levels"][1]
+    assert level["flagged"] and level["grade"] == 2 and not level["held_back"]
+    held = normal["levels"]["levels"][1]
+    assert not held["flagged"] and held["grade"] == 0 and held["grade_head"] == 0 and held["held_back"]
+    assert held["grade_source"].startswith("held back")
+    # what the head read stays: the same probabilities and grade distribution as in the Damaged study
+    for key in ("fracture_probability", "head_probability", "grade_probabilities", "severity_probabilities"):
+        assert held[key] == level[key]
+    assert normal["levels"]["drives_decision"] == [2] and normal["levels"]["follows_decision"] is True
+    assert not any(lv["held_back"] for i, lv in enumerate(normal["levels"]["levels"]) if i != 1)
+    assert [text.split(" P(")[0] for _, text in _suspect_marks(normal["levels"])] == ["#2"]
+
+
+def test_levels_can_be_graded_whatever_the_label() -> None:
+    result = decide(0.9, follow=False)
+    level = result["levels"]["levels"][1]
+    assert result["label"] == "Normal" and level["flagged"] and level["grade"] == 2 and not level["held_back"]
+    assert result["levels"]["follows_decision"] is False
+
+
+def test_the_sr_grades_a_body_as_its_level_is_reported() -> None:
+    """report.dcm's Genant grade of a body is result.json's reported grade of its level (0 when not
+    flagged or held back), the morphometry's only where the level head did not score the body."""
+    from pydicom.dataset import Dataset
+    from pydicom.uid import generate_uid
+
+    from spine_app.engines.dicom_out import _code, _vertebra_group
+
+    lat = Dataset()
+    lat.SOPClassUID, lat.SOPInstanceUID = "1.2.840.10008.5.1.4.1.1.1.1", generate_uid()
+    graded_by_masks = dataclasses.replace(body(0, 50.0), grade=2, deformity="wedge")
+    held = {"fracture_probability": 0.7, "grade": 0, "held_back": True}
+
+    def sr_grade(level: dict | None) -> str:
+        group = _vertebra_group(graded_by_masks, lat, level, _code("mm", "UCUM", "mm"), _code("1", "UCUM", "1"))
+        return next(
+            item.ConceptCodeSequence[0].CodeValue
+            for item in group[0].ContentSequence
+            if item.ValueType == "CODE" and item.ConceptNameCodeSequence[0].CodeValue == "GENANT"
+        )
+
+    assert sr_grade(held) == "G0"
+    assert sr_grade({"fracture_probability": 0.9, "grade": 3}) == "G3"
+    assert sr_grade(None) == "G2"
