@@ -770,10 +770,30 @@ def summary_row(result: dict[str, Any], study_id: str, status: str, output: str 
         probability_ap=views.get("AP"),
         probability_lat=views.get("LAT"),
         vertebrae=None if morphometry is None else len(morphometry.get("vertebrae") or []),
-        max_genant_grade=None if morphometry is None else morphometry.get("max_grade"),
-        graded_levels="" if morphometry is None else "; ".join(morphometry.get("fractured_levels") or []),
+        **_graded_columns(result),
     )
     return row
+
+
+def _graded_columns(result: dict[str, Any]) -> dict[str, Any]:
+    """summary.csv's ``max_genant_grade`` and ``graded_levels``: the findings of result.json's
+    ``levels`` where the level head scored the film (the flagged levels and their reported grades: none
+    in a study the decision labels Normal, as the overlay and the SR), else the morphometry's grades of
+    the predicted masks."""
+    levels = (result.get("levels") or {}).get("levels")
+    if levels:
+        flagged = [lv for lv in levels if lv.get("flagged")]
+        return {
+            "max_genant_grade": max((int(lv["grade"]) for lv in flagged), default=0),
+            "graded_levels": "; ".join(
+                f"{lv.get('label') or lv['name'] or lv['number']}: grade {lv['grade']}" for lv in flagged
+            ),
+        }
+    morphometry = result.get("morphometry")
+    return {
+        "max_genant_grade": None if morphometry is None else morphometry.get("max_grade"),
+        "graded_levels": "" if morphometry is None else "; ".join(morphometry.get("fractured_levels") or []),
+    }
 
 
 def level_summary(

@@ -177,3 +177,16 @@ def test_the_sr_grades_a_body_as_its_level_is_reported() -> None:
     assert sr_grade(held) == "G0"
     assert sr_grade({"fracture_probability": 0.9, "grade": 3}) == "G3"
     assert sr_grade(None) == "G2"
+
+
+def test_summary_lists_the_findings_of_the_levels() -> None:
+    """summary.csv's graded levels are the flagged levels' reported grades: none in a study labelled
+    Normal; the morphometry's grades only where the level head scored nothing."""
+    from spine_app.engines.writer import summary_row
+
+    damaged, normal = summary_row(decide(0.5), "d", "written"), summary_row(decide(0.9), "n", "written")
+    assert (damaged["max_genant_grade"], damaged["graded_levels"]) == (2, "#2: grade 2")
+    assert (normal["max_genant_grade"], normal["graded_levels"]) == (0, "")
+    morphometry = {"max_grade": 1, "fractured_levels": ["#4: grade 1 wedge"], "vertebrae": [{}] * 5}
+    alone = summary_row({"morphometry": morphometry}, "m", "written")
+    assert (alone["max_genant_grade"], alone["graded_levels"], alone["vertebrae"]) == (1, "#4: grade 1 wedge", 5)
