@@ -19,6 +19,7 @@ import numpy as np
 
 from spine_app import __version__
 from spine_app.channels import CHANNEL_VIEW, MASK_NAMES
+from spine_app.metrics.levels import level_per_body
 
 #: local coding scheme for concepts without a standard code (declared in every SEG that uses it)
 LOCAL_SCHEME = "99SPINEAPP"
@@ -309,9 +310,7 @@ def write_sr(
     ratio_unit = _code("{ratio}", "UCUM", "ratio")
     groups: list[Any] = []
     lat = datasets.get("LAT")
-    level_of_body = {
-        lv["morphometry"]["body"]: lv for lv in (result.get("levels") or {}).get("levels", []) if lv.get("morphometry")
-    }
+    level_of_body = level_per_body((result.get("levels") or {}).get("levels", []))
     for body in bodies if lat is not None else []:
         if body.grade < 0:  # not measurable / not graded: listed in result.json with the reason
             continue

@@ -61,7 +61,7 @@ from spine_app.data.levels import MAX_LEVELS, exposed_rows
 from spine_app.data.study_transforms import FilmGeometry, fit_geometry
 from spine_app.engines.inferer import PARTING_DISK_KEY, parting_disk
 from spine_app.metrics.level_suppression import NO_SUPPRESSION, NeighbourSuppression
-from spine_app.metrics.levels import GRADE_HELD_BACK
+from spine_app.metrics.levels import GRADE_HELD_BACK, level_per_body
 from spine_app.metrics.matching import nearest_matches
 
 logger = logging.getLogger(__name__)
@@ -785,9 +785,7 @@ def _graded_columns(result: dict[str, Any]) -> dict[str, Any]:
         flagged = [lv for lv in levels if lv.get("flagged")]
         return {
             "max_genant_grade": max((int(lv["grade"]) for lv in flagged), default=0),
-            "graded_levels": "; ".join(
-                f"{lv.get('label') or lv['name'] or lv['number']}: grade {lv['grade']}" for lv in flagged
-            ),
+            "graded_levels": "; ".join(f"{_level_text(lv)}: grade {lv['grade']}" for lv in flagged),
         }
     morphometry = result.get("morphometry")
     return {
@@ -944,6 +942,12 @@ def _nearest_body(bodies: list, centre: tuple[float, float]) -> Any:
     return None if match is None else bodies[match]
 
 
+def _level_text(level: dict[str, Any]) -> str:
+    """A result.json level's name in the overlay, ``summary.csv`` and the marks: its ``label``, else its
+    ``name``, else ``level <number>`` (result.json before 0.6.0 has no label)."""
+    return level.get("label") or level["name"] or f"level {level['number']}"
+
+
 def _suspect_marks(levels_block: dict[str, Any] | None) -> list[tuple[tuple[float, float], str]]:
     """Overlay marks of the levels that drive the decision: (centre on the film, label)."""
     if not levels_block:
@@ -952,22 +956,17 @@ def _suspect_marks(levels_block: dict[str, Any] | None) -> list[tuple[tuple[floa
     marks = []
     for number in levels_block["drives_decision"]:
         lv = by_number[number]
-        label = lv.get("label") or lv["name"] or f"level {number}"  # result.json before 0.6.0 has no label
+        label = _level_text(lv)
         marks.append((tuple(lv["centre_px"]), f"{label} P(fracture) {lv['fracture_probability']:.2f} G{lv['grade']}"))
     return marks
 
 
 def _reported_grades(levels_block: dict[str, Any] | None) -> dict[int, int] | None:
     """Morphometry body index -> the grade result.json's levels report for it (None without levels):
-    what the LAT overlay labels each body with."""
+    what the LAT overlay labels each body with (:func:`spine_app.metrics.levels.level_per_body`)."""
     if not levels_block:
         return None
-    grades: dict[int, int] = {}
-    for lv in levels_block["levels"]:
-        if lv.get("morphometry"):  # two levels on one body (a merged pair): the higher grade
-            index = lv["morphometry"]["body"] - 1
-            grades[index] = max(grades.get(index, 0), int(lv["grade"]))
-    return grades
+    return {body - 1: int(level["grade"]) for body, level in level_per_body(levels_block["levels"]).items()}
 
 
 def _explanation_views(pred: dict, b: int, overlays: list) -> dict:

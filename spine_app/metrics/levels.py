@@ -99,6 +99,19 @@ def reported_grade(head_grade: int, flagged: bool, morphometry_grade: int | None
     return head, GRADE_FROM_HEAD
 
 
+def level_per_body(levels: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
+    """Morphometry body number (1 = top-most) -> the level of result.json's ``levels`` reported on that
+    body; where two levels lie on one body (a pair the canvas merged), the one with the higher
+    ``grade`` (the first on a tie). What the overlay labels each body with and the DICOM SR grades it by."""
+    per_body: dict[int, dict[str, Any]] = {}
+    for level in levels:
+        if level.get("morphometry"):
+            body = level["morphometry"]["body"]
+            if body not in per_body or int(level["grade"]) > int(per_body[body]["grade"]):
+                per_body[body] = level
+    return per_body
+
+
 def level_probability(level: dict[str, Any]) -> float:
     """A predicted level's fracture probability in a record: its ``probability`` after the neighbour
     suppression (:func:`suppress_records`) where set, else the head's P(grade >= 1)."""

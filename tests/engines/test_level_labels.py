@@ -190,3 +190,17 @@ def test_summary_lists_the_findings_of_the_levels() -> None:
     morphometry = {"max_grade": 1, "fractured_levels": ["#4: grade 1 wedge"], "vertebrae": [{}] * 5}
     alone = summary_row({"morphometry": morphometry}, "m", "written")
     assert (alone["max_genant_grade"], alone["graded_levels"], alone["vertebrae"]) == (1, "#4: grade 1 wedge", 5)
+
+
+def test_a_body_under_two_levels_is_reported_by_the_higher_grade() -> None:
+    """The canvas merged two film bodies' levels onto body #3: the overlay and the SR both take the
+    higher of the two grades for it (metrics.levels.level_per_body)."""
+    from spine_app.engines.writer import _reported_grades
+    from spine_app.metrics.levels import level_per_body
+
+    def level(number: int, body_number: int | None, grade: int) -> dict:
+        return {"number": number, "grade": grade, "morphometry": None if body_number is None else {"body": body_number}}
+
+    levels = [level(1, 1, 0), level(2, 3, 2), level(3, 3, 0), level(4, None, 3)]
+    assert {body: lv["number"] for body, lv in level_per_body(levels).items()} == {1: 1, 3: 2}
+    assert _reported_grades({"levels": levels}) == {0: 0, 2: 2}
