@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import torch.distributed as dist
+from monai.data import CacheDataset, Dataset
+from torch.utils.data import Dataset as TorchDataset
 
 from spine_app.channels import MASK_NAMES, VIEW_KEYS, avail_key, seg_key
 from spine_app.data.importer import import_dataset, load_datalist, truth_spacing
@@ -131,6 +133,84 @@ def with_extra_level_labels(entries: list[dict[str, Any]], extra_level_labels: s
     if check_label_source(extra_level_labels, "extra_level_labels") is None:
         return entries
     return [{**entry, "level_labels": extra_level_labels} for entry in entries]
+
+
+class RelabelledStudies(TorchDataset):
+    """``dataset`` (the run's training set, a MONAI ``Dataset``/``CacheDataset``) with the per-level
+    labels of the studies that name their own source (an entry's ``level_labels``: the main job's
+    extra studies, which train through their study label) read from ``source`` instead, e.g.
+    ``truth``; with ``fields_of_view``, only those of these framings (their truth.json
+    ``field_of_view``). Every other study is ``dataset``'s own item. The relabelled studies go through
+    the same ``transform`` (cached like ``dataset``'s when it caches), so the level refit can read
+    their per-level grades while training never sees them (``RefitSettings.extra_labels``). Seeding a
+    loader worker seeds that one transform, as it would for ``dataset``."""
+
+    def __init__(
+        self, dataset: Any, source: str, fields_of_view: Sequence[str] | None = None, cache_workers: int | None = None
+    ) -> None:
+        check_label_source(source, "level_refit_extra_labels")
+        self.base, self.transform = dataset, dataset.transform
+        entries = list(dataset.data)
+        names = relabelled_fields_of_view(fields_of_view)
+        changed = [
+            i
+            for i, entry in enumerate(entries)
+            if entry.get("level_labels") not in (None, source) and (names is None or field_of_view_name(entry) in names)
+        ]
+        self.position = {index: k for k, index in enumerate(changed)}
+        self.data = [
+            {**entry, "level_labels": source} if i in self.position else entry for i, entry in enumerate(entries)
+        ]
+        picked = [self.data[i] for i in changed]
+        if isinstance(dataset, CacheDataset):
+            self.relabelled: Any = CacheDataset(
+                picked, dataset.transform, cache_rate=1.0, num_workers=cache_workers, progress=False
+            )
+        else:
+            self.relabelled = Dataset(picked, dataset.transform)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, index: int) -> Any:
+        k = self.position.get(int(index))
+        return self.base[index] if k is None else self.relabelled[k]
+
+    def set_random_state(self, seed: int | None = None, state: Any = None) -> RelabelledStudies:
+        """Seed the one shared transform (MONAI's worker seeding calls this instead of walking the attributes)."""
+        self.transform.set_random_state(seed=seed, state=state)
+        return self
+
+
+def relabelled_fields_of_view(names: Sequence[str] | str | None) -> tuple[str, ...] | None:
+    """``level_refit_extra_fields_of_view`` as a tuple of framing names (None: every framing);
+    ValueError naming the setting for an unknown framing."""
+    if names is None or (isinstance(names, str) and names.strip().lower() in ("null", "none")):
+        return None
+    from spine_app.synthetic.config import FIELDS_OF_VIEW
+
+    wanted = (names,) if isinstance(names, str) else tuple(names)
+    unknown = [name for name in wanted if name not in FIELDS_OF_VIEW]
+    if unknown or not wanted:
+        raise ValueError(
+            f"level_refit_extra_fields_of_view: unknown {unknown or 'empty list'}; choose from {', '.join(FIELDS_OF_VIEW)}"
+        )
+    return wanted
+
+
+def refit_studies(
+    dataset: Any, source: str | None, fields_of_view: Sequence[str] | None = None, cache_workers: int | None = None
+) -> Any:
+    """The level refit's studies: ``dataset`` itself, or a :class:`RelabelledStudies` view of it whose
+    studies that name their own per-level label source (of ``fields_of_view``, None: any) read
+    ``source`` instead (None: as trained)."""
+    if check_label_source(source, "level_refit_extra_labels") is None:
+        return dataset
+    view = RelabelledStudies(dataset, source, fields_of_view, cache_workers)
+    if not view.position:
+        return dataset
+    logger.warning("level refit: the per-level labels of %d extra studies read from %s", len(view.position), source)
+    return view
 
 
 def second_cycle_entries(datalist: str | None, extra_level_labels: str | None = None) -> list[dict[str, Any]]:

@@ -43,8 +43,9 @@ from monai.utils import set_determinism
 from torch import nn
 
 from spine_app.data.io import write_torch
-from spine_app.data.levels import REFERENCE_BOX_KEYS, reference_boxes_kept, scaled_box_jitter
+from spine_app.data.levels import REFERENCE_BOX_KEYS, check_label_source, reference_boxes_kept, scaled_box_jitter
 from spine_app.engines.batch import prepare_study_batch
+from spine_app.engines.dataset import refit_studies, relabelled_fields_of_view
 from spine_app.engines.handlers import _is_writer
 from spine_app.engines.runs import BEST_MODEL, REFIT_RECORD
 from spine_app.engines.workers import loader_worker_init
@@ -66,7 +67,10 @@ class RefitSettings:
     boxes; docs/results.md, "The level head refitted on the reference boxes"). ``level_head``: refit
     the level head (False keeps it, and so the model's flags and thresholds); ``grade_head``: fit
     the grade head on the same passes' reference boxes (the bodies exactly where they are), where
-    the network has one."""
+    the network has one. ``extra_labels``: where the refit reads the per-level labels of the training
+    studies that name their own source (the main job's extra studies, which train through their
+    study label only), e.g. ``truth``; None: as in training (:class:`spine_app.engines.dataset.RelabelledStudies`);
+    ``extra_fields_of_view``: only the extra studies of these framings (None: all)."""
 
     epochs: int = 15
     passes: int = 3
@@ -76,6 +80,8 @@ class RefitSettings:
     box_jitter: float = 1.0
     level_head: bool = True
     grade_head: bool = True
+    extra_labels: str | None = None
+    extra_fields_of_view: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if (
@@ -89,6 +95,8 @@ class RefitSettings:
                 "level refit: epochs >= 0, passes >= 1, learning_rate > 0, studies_per_step >= 1 and "
                 f"box_jitter >= 0, got {self}"
             )
+        object.__setattr__(self, "extra_labels", check_label_source(self.extra_labels, "level_refit_extra_labels"))
+        object.__setattr__(self, "extra_fields_of_view", relabelled_fields_of_view(self.extra_fields_of_view))
 
 
 @dataclass
@@ -331,7 +339,7 @@ def refit_run_level_head(
     net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     bodies = collect_level_rois(
         net,
-        dataset,
+        refit_studies(dataset, settings.extra_labels, settings.extra_fields_of_view),
         precision,
         settings.passes,
         settings.seed,
