@@ -184,17 +184,24 @@ class RelabelledStudies(TorchDataset):
 
 def relabelled_fields_of_view(names: Sequence[str] | str | None) -> tuple[str, ...] | None:
     """``level_refit_extra_fields_of_view`` as a tuple of framing names (None: every framing);
-    ValueError naming the setting for an unknown framing."""
+    ValueError naming the setting for an unknown framing or an empty list."""
     if names is None or (isinstance(names, str) and names.strip().lower() in ("null", "none")):
         return None
+    wanted = framing_names(names, "level_refit_extra_fields_of_view")
+    if not wanted:
+        raise ValueError("level_refit_extra_fields_of_view: an empty list names no framing (null: all of them)")
+    return wanted
+
+
+def framing_names(names: Sequence[str] | str, setting: str) -> tuple[str, ...]:
+    """``names`` (one framing or several) as a tuple, each one of the generator's fields of view;
+    ValueError naming ``setting`` for an unknown one."""
     from spine_app.synthetic.config import FIELDS_OF_VIEW
 
     wanted = (names,) if isinstance(names, str) else tuple(names)
     unknown = [name for name in wanted if name not in FIELDS_OF_VIEW]
-    if unknown or not wanted:
-        raise ValueError(
-            f"level_refit_extra_fields_of_view: unknown {unknown or 'empty list'}; choose from {', '.join(FIELDS_OF_VIEW)}"
-        )
+    if unknown:
+        raise ValueError(f"{setting}: unknown {unknown}; choose from {', '.join(FIELDS_OF_VIEW)}")
     return wanted
 
 
@@ -239,12 +246,7 @@ def keep_fields_of_view(
     ValueError for an unknown framing or when none is left."""
     if names is None:
         return entries
-    from spine_app.synthetic.config import FIELDS_OF_VIEW
-
-    wanted = [names] if isinstance(names, str) else list(names)
-    unknown = [name for name in wanted if name not in FIELDS_OF_VIEW]
-    if unknown:
-        raise ValueError(f"extra_fields_of_view: unknown {unknown}; choose from {', '.join(FIELDS_OF_VIEW)}")
+    wanted = list(framing_names(names, "extra_fields_of_view"))
     kept = [entry for entry in entries if field_of_view_name(entry) in wanted]
     if not kept:
         raise ValueError(f"{source}: no training study of the fields of view {wanted}")
