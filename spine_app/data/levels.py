@@ -36,16 +36,22 @@ from spine_app.channels import MASK_NAMES, avail_key, seg_key
 FRACTURE_KINDS: tuple[str, ...] = ("none", "wedge", "biconcave", "crush")
 #: how per-level labels are obtained (see the module docstring)
 LEVEL_LABEL_SOURCES: tuple[str, ...] = ("auto", "truth", "morphometry", "study")
-#: most levels handled per film, top to bottom; bodies beyond it are dropped. A lumbar film shows 5-6
-#: bodies, a whole-spine one 18 (C7-L5): its lowest two are not graded (docs/results.md, "Bodies
-#: beyond the sixteenth": raising this grades them, and also the blobs some predicted masks draw in the
-#: pelvis below the column, which the shipped weights never learnt to dismiss). Batches carry the
-#: padding only to collate: :func:`trim_levels` cuts it to the longest film before the level head.
+#: most levels handled per film in training, top to bottom; bodies beyond it are dropped. A lumbar
+#: film shows 5-6 bodies, a whole-spine one 18 (C7-L5): its lowest two are not trained on. Batches
+#: carry the padding only to collate: :func:`trim_levels` cuts it to the longest film before the level head.
 MAX_LEVELS = 16
+#: most levels scored per film at inference: every body of a whole-spine film (C1-S1 is 25), with room
+#: to spare (docs/results.md, "Bodies measured against their neighbours")
+INFERENCE_MAX_LEVELS = 32
 #: the per-level keys of a padded batch ((B, L, ...) tensors; :func:`pad_boxes`)
 LEVEL_KEYS: tuple[str, ...] = ("level_centre", "level_axis", "level_size", "level_valid", "level_grade", "level_kind")
 #: grade code of a level whose grade is unknown
 UNKNOWN = -1
+#: blobs below this many pixels, or below this share of the median blob's area, are fragments, not bodies
+MIN_BODY_PX = 20
+MIN_BODY_FRACTION = 0.25
+#: a blob's typical body length is the median of this many real bodies on each side of it along the column
+TYPICAL_NEIGHBOURS = 2
 
 _VB, _DISK = MASK_NAMES.index("Lat_Vertebra"), MASK_NAMES.index("Lat_Disk_Height")
 
@@ -74,10 +80,18 @@ def decode_level(value: int) -> tuple[int, str]:
 
 
 def body_instances(
-    vertebra: np.ndarray, disk: np.ndarray | None = None, gap_px: int = 0, min_fraction: float = 0.25
+    vertebra: np.ndarray,
+    disk: np.ndarray | None = None,
+    gap_px: int = 0,
+    min_fraction: float = MIN_BODY_FRACTION,
+    local: bool = False,
 ) -> tuple[np.ndarray, int]:
     """Labelled bodies (H, W) int (0 background, 1..n) and n: ``vertebra`` minus ``disk`` widened by
-    ``gap_px``, connected components, fragments below ``min_fraction`` of the median body dropped."""
+    ``gap_px``, connected components, merged bodies split (:func:`split_merged`), fragments below
+    ``min_fraction`` of the median blob dropped (:func:`fragments`). ``local``: each blob's typical
+    body length is its neighbours' and fragments count in no median (the rule for predicted masks);
+    False: the film-wide rule the shipped weights were trained with (docs/results.md, "Bodies
+    measured against their neighbours")."""
     body = np.asarray(vertebra) > 0
     if disk is not None and np.any(disk):
         cut = np.asarray(disk) > 0
@@ -87,9 +101,9 @@ def body_instances(
     labels, n = ndimage.label(body)
     if n == 0:
         return labels, 0
-    labels, n = split_merged(labels, n)
+    labels, n = split_merged(labels, n, local)
     areas = ndimage.sum_labels(np.ones_like(labels), labels, index=np.arange(1, n + 1))
-    keep = np.flatnonzero((areas >= 20) & (areas >= min_fraction * np.median(areas))) + 1
+    keep = np.flatnonzero(~fragments(areas, min_fraction, local)) + 1
     return keep_labels(labels, n, keep)
 
 
@@ -121,26 +135,111 @@ def _axis_extent(rows: np.ndarray, cols: np.ndarray, axis: np.ndarray) -> tuple[
     return u, float(np.ptp(u) + 1), float(np.median(widths))
 
 
-def split_merged(labels: np.ndarray, n: int) -> tuple[np.ndarray, int]:
+def fragments(areas: np.ndarray, min_fraction: float = MIN_BODY_FRACTION, robust: bool = True) -> np.ndarray:
+    """True for the blobs too small to be a body: under :data:`MIN_BODY_PX` pixels or ``min_fraction``
+    of the median blob's area. ``robust``: the median of the blobs of at least :data:`MIN_BODY_PX`
+    pixels (a predicted mask's specks do not pull it down); False: of every blob."""
+    large = areas >= MIN_BODY_PX
+    pool = areas[large] if robust and large.any() else areas
+    return ~large | (areas < min_fraction * float(np.median(pool)))
+
+
+def single_body_sized(areas: np.ndarray) -> np.ndarray:
+    """True for the blobs sized like one body: not :func:`fragments`, and at most
+    :data:`MAX_BODY_AREA_RATIO` x the median of those (the heart of a chest film, or a chain of merged
+    bodies, is no body to measure a neighbour against)."""
+    real = ~fragments(areas)
+    if real.any():
+        real &= areas <= MAX_BODY_AREA_RATIO * float(np.median(areas[real]))
+    return real
+
+
+def _neighbours(order: np.ndarray, position: np.ndarray, i: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The (up to) ``k`` blobs of ``order`` (indices sorted by ``position``) nearest above blob ``i``
+    and below it, ``i`` itself left out."""
+    others = order[order != i]
+    return others[position[others] < position[i]][-k:], others[position[others] >= position[i]][:k]
+
+
+def typical_sizes(
+    position: np.ndarray, lengths: np.ndarray, widths: np.ndarray, real: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(length, width) a single body would have where each blob lies (``position`` along the column).
+
+    With ``real`` (the blobs :func:`single_body_sized`): the median length and width of the
+    :data:`TYPICAL_NEIGHBOURS` nearest real blobs above and below it (itself left out), the length
+    capped at 1.28 x that width (a body is never much taller than wide). Bodies grow down the column, a
+    whole-spine film's L5 about twice as tall as its T1, so a film-wide median takes lumbar bodies for
+    two merged ones; with fewer than two real neighbours: 0.8 x and 1 x the real blobs' median width.
+    Without ``real``, the film-wide rule: the median length of every blob (0.8 x the median width
+    with fewer than three), capped at 1.28 x the median width."""
+    if real is None:
+        width = float(np.median(widths))
+        typical = float(np.median(lengths)) if len(lengths) >= 3 else 0.8 * width
+        return np.full(len(lengths), min(typical, 0.8 * width * 1.6)), np.full(len(lengths), width)
+    order = np.flatnonzero(real)[np.argsort(position[real])]
+    width = float(np.median(widths[real] if real.any() else widths))
+    length_out, width_out = np.full(len(lengths), 0.8 * width), np.full(len(lengths), width)
+    for i in range(len(lengths)):
+        near = np.concatenate(_neighbours(order, position, i, TYPICAL_NEIGHBOURS))
+        if near.size >= 2:
+            width_out[i] = float(np.median(widths[near]))
+            length_out[i] = min(float(np.median(lengths[near])), 0.8 * width_out[i] * 1.6)
+    return length_out, width_out
+
+
+def _local_axes(centres: np.ndarray, position: np.ndarray, real: np.ndarray, axis: np.ndarray) -> np.ndarray:
+    """Unit vector (row, col) along the column at each blob: from the nearest real blob above it to the
+    nearest below (itself left out; itself where one side has none), ``axis`` where that is undefined."""
+    order = np.flatnonzero(real)[np.argsort(position[real])]
+    out = np.tile(axis, (len(centres), 1)).astype(float)
+    for i in range(len(centres)):
+        above, below = _neighbours(order, position, i, 1)
+        chord = (centres[below[0]] if below.size else centres[i]) - (centres[above[0]] if above.size else centres[i])
+        norm = float(np.linalg.norm(chord))
+        if norm > 0:
+            out[i] = chord / norm if chord @ axis >= 0 else -chord / norm
+    return out
+
+
+#: with the rule for predicted masks a blob more than this many times as wide as its neighbours is not
+#: split: merged bodies are a body wide, the heart of a chest film read as bone is far wider
+MAX_SPLIT_WIDTH_RATIO = 1.5
+
+
+def split_merged(labels: np.ndarray, n: int, local: bool = False) -> tuple[np.ndarray, int]:
     """Split blobs that hold several bodies (no disk between them on the mask, e.g. levels whose
     disk is not annotated, or a predicted mask that bridges a disk) at the narrowest cross-sections
-    near where a typical body would end, measured along the column's principal axis. The typical body length is the median length of the
-    blobs, or 0.8 x the column's width when fewer than three blobs give no reliable median."""
+    near where a typical body would end, measured along the column's principal axis: a blob at least
+    1.5 typical bodies long becomes round(length / typical) pieces. :func:`typical_sizes` gives the
+    typical length, with ``local`` from each blob's neighbours sized like one body (and measured
+    along the column where each blob lies, :func:`_local_axes`), else film-wide; with ``local`` a
+    blob over :data:`MAX_SPLIT_WIDTH_RATIO` x its neighbours' width stays whole."""
+    if n == 0:
+        return labels, 0
     blobs = []
     axis = _column_axis(labels)
     for label in range(1, n + 1):
         rows, cols = np.nonzero(labels == label)
         u, length, width = _axis_extent(rows, cols, axis)
         blobs.append((rows, cols, u, length, width))
+    areas = np.array([b[0].size for b in blobs], dtype=float)
+    position = np.array([float(b[2].mean()) for b in blobs])
+    real = single_body_sized(areas) if local else None
+    if real is not None:  # measure along the column where each blob lies: a curved column bends off the film-wide axis
+        centres = np.array([(b[0].mean(), b[1].mean()) for b in blobs])
+        for i, axis_i in enumerate(_local_axes(centres, position, real, axis)):
+            rows, cols = blobs[i][:2]
+            blobs[i] = (rows, cols, *_axis_extent(rows, cols, axis_i))
     lengths = np.array([b[3] for b in blobs])
     widths = np.array([b[4] for b in blobs])
-    typical = float(np.median(lengths)) if n >= 3 else 0.8 * float(np.median(widths))
-    typical = min(typical, 0.8 * float(np.median(widths)) * 1.6)  # a body is never much taller than wide
+    typical, typical_width = typical_sizes(position, lengths, widths, real)
+    too_wide = widths > MAX_SPLIT_WIDTH_RATIO * typical_width if local else np.zeros(n, bool)
     out = np.zeros_like(labels)
     count = 0
-    for rows, cols, u, length, _ in blobs:
-        pieces = int(round(length / typical)) if typical > 0 else 1
-        if pieces <= 1 or length < 1.5 * typical:
+    for (rows, cols, u, length, _), expected, wide in zip(blobs, typical, too_wide):
+        pieces = int(round(length / expected)) if expected > 0 else 1
+        if pieces <= 1 or length < 1.5 * expected or wide:
             count += 1
             out[rows, cols] = count
             continue
@@ -150,7 +249,7 @@ def split_merged(labels: np.ndarray, n: int) -> tuple[np.ndarray, int]:
         cuts = []
         for k in range(1, pieces):
             centre = k * len(profile) / pieces
-            lo, hi = int(max(1, centre - 0.25 * typical)), int(min(len(profile) - 1, centre + 0.25 * typical))
+            lo, hi = int(max(1, centre - 0.25 * expected)), int(min(len(profile) - 1, centre + 0.25 * expected))
             cuts.append(lo + int(np.argmin(profile[lo:hi])) if hi > lo else int(centre))
         piece = np.searchsorted(np.asarray(cuts) + start, u, side="right")
         for k in range(pieces):
@@ -236,12 +335,13 @@ def film_level_boxes(
     level_map: np.ndarray | None = None,
     field_rows: tuple[int, int] | None = None,
     plausible_only: bool = False,
+    local: bool = False,
 ) -> LevelBoxes:
-    """:func:`body_instances` then :func:`level_boxes`: the levels of one LAT film's masks; with
-    ``field_rows`` the bodies cut by the exposed field's top or bottom edge are left out
-    (:func:`drop_cut_bodies`); with ``plausible_only`` the blobs no vertebral body could be (far too
-    large, or off the column) too (:func:`drop_implausible_bodies`)."""
-    instances, n = body_instances(vertebra, disk, gap_px)
+    """:func:`body_instances` (``local`` passed on) then :func:`level_boxes`: the levels of one LAT
+    film's masks; with ``field_rows`` the bodies cut by the exposed field's top or bottom edge are
+    left out (:func:`drop_cut_bodies`); with ``plausible_only`` the blobs no vertebral body could be
+    (far too large, or off the column) too (:func:`drop_implausible_bodies`)."""
+    instances, n = body_instances(vertebra, disk, gap_px, local=local)
     if field_rows is not None:
         instances, n = drop_cut_bodies(instances, n, field_rows)
     if plausible_only:
@@ -256,6 +356,11 @@ MAX_BODY_AREA_RATIO = 3.5
 #: from the line through its neighbours' centres is off the column; a kyphotic curve moves a body
 #: about a tenth of a side off that line
 MAX_COLUMN_OFFSET = 0.75
+#: a step between neighbouring blobs more than this many times the steps around it breaks the column:
+#: two bodies missing in a row make a step of 3, the blobs predicted in the pelvis lie 4 or more below
+#: L5 (the largest step inside the column over 346 films of every framing: 2.06; docs/results.md,
+#: "Bodies measured against their neighbours")
+MAX_COLUMN_GAP = 3.5
 
 
 def _offsets_from_column(centres: np.ndarray) -> np.ndarray:
@@ -271,11 +376,27 @@ def _offsets_from_column(centres: np.ndarray) -> np.ndarray:
     return offsets
 
 
+def _column_run(centres: np.ndarray, areas: np.ndarray) -> np.ndarray:
+    """Indices (into ``centres``, sorted top to bottom) of the longest unbroken stretch of the column:
+    the blobs are cut into runs wherever the step to the next centre exceeds :data:`MAX_COLUMN_GAP`
+    times the median of the (up to three) steps on either side of it; the run with the most area is kept."""
+    steps = np.linalg.norm(np.diff(centres, axis=0), axis=1)
+    breaks = []
+    for i, step in enumerate(steps):
+        around = np.concatenate([steps[max(0, i - 3) : i], steps[i + 1 : i + 4]])
+        if around.size and step > MAX_COLUMN_GAP * float(np.median(around)):
+            breaks.append(i + 1)
+    runs = np.split(np.arange(len(centres)), breaks)
+    return max(runs, key=lambda run: float(areas[run].sum()))
+
+
 def drop_implausible_bodies(instances: np.ndarray, n: int) -> tuple[np.ndarray, int]:
     """``instances`` without the blobs no vertebral body could be: an area above
-    :data:`MAX_BODY_AREA_RATIO` x the median blob's, or a centre more than :data:`MAX_COLUMN_OFFSET` body
-    sides off the column (the farthest removed first, then the rest measured again). With fewer than
-    four blobs nothing is removed: there is no column to measure against. Labels renumbered 1..n'."""
+    :data:`MAX_BODY_AREA_RATIO` x the median blob's, a centre more than :data:`MAX_COLUMN_OFFSET` body
+    sides off the column (the farthest removed first, then the rest measured again), or a place beyond
+    a gap of more than :data:`MAX_COLUMN_GAP` spacings from the column's main stretch (the blobs some
+    predicted masks draw in the pelvis below L5; :func:`_column_run`). With fewer than four blobs
+    nothing is removed: there is no column to measure against. Labels renumbered 1..n'."""
     if n < 4:
         return instances, n
     index = np.arange(1, n + 1)
@@ -292,6 +413,11 @@ def drop_implausible_bodies(instances: np.ndarray, n: int) -> tuple[np.ndarray, 
         if offsets[worst] <= MAX_COLUMN_OFFSET * side:
             break
         keep[kept[worst]] = False
+    if keep.sum() >= 4:
+        kept = np.flatnonzero(keep)
+        kept = kept[np.argsort(centres[kept, 0])]
+        keep[:] = False
+        keep[kept[_column_run(centres[kept], areas[kept])]] = True
     return (instances, n) if keep.all() else keep_labels(instances, n, index[keep])
 
 

@@ -12,7 +12,7 @@ from torch import nn
 
 from spine_app.channels import LINE_CHANNELS, MASK_NAMES, VIEW_KEYS, seg_key
 from spine_app.data.facing import lat_faces_right
-from spine_app.data.levels import MAX_LEVELS, exposed_rows, film_level_boxes, pad_boxes, trim_levels
+from spine_app.data.levels import INFERENCE_MAX_LEVELS, exposed_rows, film_level_boxes, pad_boxes, trim_levels
 from spine_app.metrics.disk_exclusion import check_exclusion
 from spine_app.networks.levels import LevelBatch
 from spine_app.networks.multitask import SpineMultiTaskNet, StudyModel, ViewPass
@@ -43,7 +43,10 @@ def unwrap_network(network: nn.Module) -> SpineMultiTaskNet:
 
 
 def predicted_levels(
-    seg_lat: torch.Tensor, present_lat: torch.Tensor, max_levels: int = MAX_LEVELS, lat: torch.Tensor | None = None
+    seg_lat: torch.Tensor,
+    present_lat: torch.Tensor,
+    max_levels: int = INFERENCE_MAX_LEVELS,
+    lat: torch.Tensor | None = None,
 ) -> LevelBatch:
     """Level boxes of each LAT film from its predicted masks (logits (B, 8, H, W)): the bodies of
     ``Lat_Vertebra`` minus the widened ``Lat_Disk_Height`` (:mod:`spine_app.data.levels`). With the
@@ -58,7 +61,9 @@ def predicted_levels(
     for b in range(masks.shape[0]):
         vertebra = masks[b, 0] if float(present_lat[b]) > 0 else np.zeros_like(masks[b, 0])
         field = exposed_rows(films[b]) if films is not None else None
-        boxes = film_level_boxes(vertebra, masks[b, 1], PREDICTED_DISK_GAP_PX, field_rows=field, plausible_only=True)
+        boxes = film_level_boxes(
+            vertebra, masks[b, 1], PREDICTED_DISK_GAP_PX, field_rows=field, plausible_only=True, local=True
+        )
         rows.append(pad_boxes(boxes, max_levels))
     stacked = trim_levels({key: torch.stack([r[key] for r in rows]).to(seg_lat.device) for key in rows[0]})
     return LevelBatch(stacked["level_centre"], stacked["level_axis"], stacked["level_size"], stacked["level_valid"])

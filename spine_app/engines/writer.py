@@ -57,7 +57,7 @@ from spine_app import __version__
 from spine_app.channels import CHANNEL_VIEW, MASK_NAMES, VIEWS, geom_key, seg_key
 from spine_app.data.io import fsync_folder, image_format, read_image, write_atomic, write_nifti, write_png
 from spine_app.data.layout import CLASS_NAMES
-from spine_app.data.levels import MAX_LEVELS, exposed_rows
+from spine_app.data.levels import INFERENCE_MAX_LEVELS, exposed_rows
 from spine_app.data.study_transforms import FilmGeometry, fit_geometry
 from spine_app.engines.inferer import PARTING_DISK_KEY, parting_disk
 from spine_app.metrics.level_suppression import NO_SUPPRESSION, NeighbourSuppression
@@ -705,7 +705,7 @@ class StudyPredictionWriter:
             result["levels_probability"] = levels_block["study_probability"]
             if levels_block["unscored"]:
                 result["warnings"].append(
-                    f"the level head scores at most {MAX_LEVELS} bodies per LAT film, top to bottom: "
+                    f"the level head scores at most {INFERENCE_MAX_LEVELS} bodies per LAT film, top to bottom: "
                     f"{', '.join(levels_block['unscored'])} below them are not scored (their morphometry is in 'morphometry')"
                 )
         elif decision in ("levels", "levels_network"):
@@ -819,9 +819,8 @@ def level_summary(
     :func:`spine_app.metrics.levels.grade_distribution`, and the
     morphometry of the same body (heights, ratios, ``not_measurable``) where it measured one.
     ``drives_decision``: the flagged levels, or the most suspicious one when none is.
-    ``unscored``: where the film has :data:`~spine_app.data.levels.MAX_LEVELS` levels or more, the
-    labels of the measured bodies below the lowest scored one (the level head's cap; a whole-spine
-    film's L4 and L5), else empty.
+    ``unscored``: where the film has :data:`~spine_app.data.levels.INFERENCE_MAX_LEVELS` levels or more,
+    the labels of the measured bodies below the lowest scored one (the level head's cap), else empty.
     """
     from spine_app.metrics.levels import grade_distribution, graded, reported_grade
 
@@ -871,7 +870,7 @@ def level_summary(
         }
         levels.append(entry)
     unscored = []
-    if len(levels) >= MAX_LEVELS:
+    if len(levels) >= INFERENCE_MAX_LEVELS:
         unscored = [body.label for body in bodies if body.centroid_px[0] > lowest and id(body) not in scored]
     flagged = [lv["number"] for lv in levels if lv["flagged"]]
     top_level = max(levels, key=lambda lv: lv["fracture_probability"])["number"] if levels else None

@@ -7,7 +7,7 @@ import dataclasses
 
 import torch
 
-from spine_app.data.levels import MAX_LEVELS
+from spine_app.data.levels import INFERENCE_MAX_LEVELS
 from spine_app.data.study_transforms import FilmGeometry
 from spine_app.engines.writer import _suspect_marks, level_summary
 from spine_app.metrics.level_suppression import NO_SUPPRESSION, NeighbourSuppression
@@ -85,7 +85,7 @@ def test_suppressed_probabilities_flag_and_the_heads_own_are_kept() -> None:
 
 def test_bodies_below_the_level_heads_cap_are_named_as_unscored() -> None:
     def block(n_levels: int) -> dict:
-        rows = [40.0 + 30.0 * i for i in range(18)]  # a whole-spine film: 18 measured bodies
+        rows = [40.0 + 30.0 * i for i in range(INFERENCE_MAX_LEVELS + 2)]  # more bodies than the head scores
         logits = torch.full((1, n_levels, 3), -6.0)
         pred = {
             "level_valid": torch.ones(1, n_levels),
@@ -93,11 +93,12 @@ def test_bodies_below_the_level_heads_cap_are_named_as_unscored() -> None:
             "level_centre": torch.tensor([[[r, 100.0] for r in rows[:n_levels]]]),
             "cls_levels": torch.tensor([-6.0]),
         }
-        geom = FilmGeometry(rows=700, cols=300, scale=1.0, top=0.0, left=0.0).to_tensor()
+        geom = FilmGeometry(rows=40 + 30 * len(rows), cols=300, scale=1.0, top=0.0, left=0.0).to_tensor()
         return level_summary(pred, 0, geom, [body(i, r) for i, r in enumerate(rows)], threshold=0.5)
 
-    assert block(MAX_LEVELS)["unscored"] == ["#17", "#18"]
-    assert block(MAX_LEVELS - 1)["unscored"] == []  # under the cap every body the head found is scored
+    last = INFERENCE_MAX_LEVELS
+    assert block(INFERENCE_MAX_LEVELS)["unscored"] == [f"#{last + 1}", f"#{last + 2}"]
+    assert block(INFERENCE_MAX_LEVELS - 1)["unscored"] == []  # under the cap every body the head found is scored
 
 
 def decide(damaged_threshold: float, follow: bool = True) -> dict:

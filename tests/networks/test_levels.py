@@ -8,6 +8,7 @@ import torch
 
 from spine_app.channels import MASK_NAMES
 from spine_app.data.levels import (
+    INFERENCE_MAX_LEVELS,
     MAX_LEVELS,
     LevelBoxesd,
     body_instances,
@@ -155,6 +156,104 @@ def test_a_curved_column_and_a_short_one_keep_every_body():
     few = np.zeros((64, 64), np.int32)
     few[5:15, 5:15], few[20:30, 5:15], few[30:60, 30:64] = 1, 2, 3
     assert drop_implausible_bodies(few, 3)[1] == 3
+
+
+def growing_column(
+    heights: list[int], gap: int = 4, width=lambda h: 2 * h, top: int = 6, cols: int = 160, below: int = 6
+):
+    """A straight column whose bodies are ``heights`` tall (and ``width(h)`` wide), disks of ``gap`` rows
+    between them, ``below`` empty rows under it: (vertebra, disk, the bodies' centre rows)."""
+    rows = top + sum(heights) + gap * len(heights) + below
+    vertebra, disk = np.zeros((rows, cols), bool), np.zeros((rows, cols), bool)
+    row, centres = top, []
+    for h in heights:
+        half = width(h) // 2
+        vertebra[row : row + h, 80 - half : 80 + half] = True
+        disk[row + h : row + h + gap, 80 - half + 2 : 80 + half - 2] = True
+        centres.append(row + h / 2)
+        row += h + gap
+    return vertebra, disk, centres
+
+
+def test_predicted_bodies_are_measured_against_their_neighbours_not_the_whole_film():
+    """A whole-spine film: bodies grow from 10 rows (upper thoracic) to 22 (lumbar). The film-wide
+    median (the training rule) takes the lowest lumbar bodies for two merged ones and halves them; the
+    rule for predicted masks measures each blob against its neighbours and keeps them whole, and still
+    splits two small bodies whose disk the network did not draw."""
+    heights = [10, 10, 11, 11, 12, 12, 13, 14, 15, 16, 18, 20, 22, 23, 24, 25, 26]
+    vertebra, disk, centres = growing_column(heights)
+    assert len(film_level_boxes(vertebra, disk, local=True)) == len(heights)
+    assert len(film_level_boxes(vertebra, disk)) > len(heights)  # the film-wide rule splits the lumbar bodies
+    bridged = disk.copy()
+    bridged[int(centres[2]) : int(centres[3])] = False  # no disk drawn between the third and fourth body
+    boxes = film_level_boxes(vertebra | (disk & ~bridged), bridged, local=True)
+    assert len(boxes) == len(heights)
+    np.testing.assert_allclose(boxes.centre[:, 0], centres, atol=2.0)
+
+
+def test_specks_of_a_predicted_mask_do_not_shrink_the_typical_body():
+    """Sixteen specks beside a column of 12 bodies: the film-wide median blob would be a speck and every
+    body would look like several merged ones. They neither shrink the typical body nor stay as bodies."""
+    vertebra, disk, centres = growing_column([16] * 12, width=lambda h: 30)
+    specky = vertebra.copy()
+    for k in range(16):
+        specky[10 + 15 * k : 13 + 15 * k, 30:33] = True
+    boxes = film_level_boxes(specky, disk, local=True)
+    assert len(boxes) == 12
+    np.testing.assert_allclose(boxes.centre[:, 0], centres, atol=1.0)
+
+
+def test_a_curved_chain_of_merged_bodies_is_split_along_the_column_where_it_lies():
+    """The upper thoracic column of a whole-spine film bends away from the film-wide axis and its bodies
+    tilt with it: a chain of four merged bodies there is measured along its own stretch of column and
+    split in four, each piece on its own body."""
+    shape = (280, 220)
+    rr, cc = np.mgrid[: shape[0], : shape[1]]
+    vertebra, disk, centres = np.zeros(shape, bool), np.zeros(shape, bool), []
+    for i in range(12):
+        row, col = 14 + 20 * i, 60 + 0.002 * (14 + 20 * i - 250) ** 2  # a kyphotic curve
+        along = np.array([1.0, 0.004 * (row - 250)]) / np.hypot(1.0, 0.004 * (row - 250))
+        u = (rr - row) * along[0] + (cc - col) * along[1]  # along the column here
+        v = (cc - col) * along[0] - (rr - row) * along[1]  # across it
+        vertebra |= (np.abs(u) <= 7.5) & (np.abs(v) <= 12)
+        space = (u > 7.5) & (u <= 12.5) & (np.abs(v) <= 10)
+        if i in (1, 2, 3):  # bodies 2-5 merged: the network drew no disk between them
+            vertebra |= space
+        elif i < 11:
+            disk |= space
+        centres.append(row)
+    boxes = film_level_boxes(vertebra, disk & ~vertebra, local=True)
+    assert len(boxes) == 12
+    np.testing.assert_allclose(boxes.centre[:, 0], centres, atol=2.5)
+
+
+def test_blobs_beyond_a_gap_in_the_column_are_not_graded_but_missing_bodies_are_no_gap():
+    """Some predicted masks draw a chain of blobs in the pelvis, in line with the column but well below
+    L5: beyond a gap of more than MAX_COLUMN_GAP spacings they are left out. Two bodies the mask missed
+    inside the column (a step of three spacings) break nothing."""
+    vertebra, disk, centres = growing_column([16] * 10, width=lambda h: 30, below=180)
+    pelvis = vertebra.copy()
+    bottom = int(centres[-1]) + 5 * 20  # five spacings below the last body
+    for k in range(3):
+        pelvis[bottom + 18 * k : bottom + 18 * k + 12, 70:90] = True
+    boxes = film_level_boxes(pelvis, disk, plausible_only=True, local=True)
+    assert len(boxes) == 10 and boxes.centre[-1, 0] < bottom
+    missing = vertebra.copy()
+    missing[int(centres[4]) - 8 : int(centres[5]) + 9] = False  # bodies 5 and 6 not drawn
+    boxes = film_level_boxes(missing, disk, plausible_only=True, local=True)
+    assert len(boxes) == 8 and boxes.centre[0, 0] < centres[1] and boxes.centre[-1, 0] > centres[-2]
+
+
+def test_the_inferer_scores_every_body_of_a_whole_spine_film():
+    """Training caps a film at MAX_LEVELS bodies; at inference every body of a whole-spine film is scored."""
+    heights = [10, 10, 11, 11, 12, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 22, 22, 22]
+    vertebra, disk, _ = growing_column(heights)
+    assert len(heights) > MAX_LEVELS
+    logits = torch.where(torch.from_numpy(np.stack([vertebra, disk])), 5.0, -5.0)
+    seg = torch.full((1, 8, *vertebra.shape), -5.0)
+    seg[0, [MASK_NAMES.index("Lat_Vertebra"), MASK_NAMES.index("Lat_Disk_Height")]] = logits
+    levels = predicted_levels(seg, torch.ones(1))
+    assert int(levels.valid.sum()) == len(heights) <= INFERENCE_MAX_LEVELS
 
 
 def test_level_map_labels_each_body_with_its_truth_grade():
