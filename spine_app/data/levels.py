@@ -377,9 +377,9 @@ def _offsets_from_column(centres: np.ndarray) -> np.ndarray:
 
 
 def _column_run(centres: np.ndarray, areas: np.ndarray) -> np.ndarray:
-    """Indices (into ``centres``, sorted top to bottom) of the longest unbroken stretch of the column:
-    the blobs are cut into runs wherever the step to the next centre exceeds :data:`MAX_COLUMN_GAP`
-    times the median of the (up to three) steps on either side of it; the run with the most area is kept."""
+    """Indices (into ``centres``, sorted top to bottom) of the column's main stretch: the blobs are cut
+    into runs wherever the step to the next centre exceeds :data:`MAX_COLUMN_GAP` times the median of
+    the (up to three) steps on either side of it, and the run with the most area is kept."""
     steps = np.linalg.norm(np.diff(centres, axis=0), axis=1)
     breaks = []
     for i, step in enumerate(steps):
