@@ -61,7 +61,8 @@ def audit(dataset: Path, predictions: Path) -> tuple[dict[str, int], list[str]]:
 
 def main(argv: list[str]) -> int:
     args = [a for a in argv if not a.startswith("--")]
-    if len(args) != 2:
+    unknown = [a for a in argv if a.startswith("--") and a != "--studies"]
+    if len(args) != 2 or unknown:
         print("usage: python scripts/level_boxes.py DATASET PREDICTIONS [--studies]", file=sys.stderr)
         return 2
     dataset, predictions = Path(args[0]), Path(args[1])

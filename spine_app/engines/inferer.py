@@ -52,8 +52,11 @@ def predicted_levels(
     ``Lat_Vertebra`` minus the widened ``Lat_Disk_Height`` (:mod:`spine_app.data.levels`). With the
     films ``lat`` (B, 1, H, W) the bodies cut by the exposed field's top or bottom edge are left out
     (:func:`spine_app.data.levels.drop_cut_bodies`): only part of such a body is on the film. Blobs no
-    vertebral body could be (far larger than the others, or off the column: the heart or mediastinum
-    of a real chest film read as bone) are left out too (:func:`spine_app.data.levels.drop_implausible_bodies`)."""
+    vertebral body could be (far larger than the others, off the column: the heart or mediastinum
+    of a real chest film read as bone, or beyond a gap in it: blobs in the pelvis) are left out too
+    (:func:`spine_app.data.levels.drop_implausible_bodies`). Merged blobs are split against their
+    neighbours' size (``local=True``, not the training's film-wide rule), and up to ``max_levels``
+    bodies a film are kept: every body of a whole-spine film."""
     vb, disk = MASK_NAMES.index("Lat_Vertebra"), MASK_NAMES.index("Lat_Disk_Height")
     masks = (seg_lat[:, [vb, disk]].float() > 0).cpu().numpy()
     films = lat.float().cpu().numpy()[:, 0] if lat is not None else None
