@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from spine_app.metrics.matching import nearest_matches
+
 
 def audit(dataset: Path, predictions: Path) -> tuple[dict[str, int], list[str]]:
     """(totals, one line per study with a missed, split or spurious level) of a ``spine-app infer`` output."""
@@ -32,16 +34,13 @@ def audit(dataset: Path, predictions: Path) -> tuple[dict[str, int], list[str]]:
         centres = np.array([lv["center_lat_px"] for lv in truth], dtype=float).reshape(-1, 2)
         spacing = float(np.median(np.diff(centres[:, 0]))) if len(centres) > 1 else 50.0
         levels = result["levels"]["levels"]
-        hits = np.zeros(len(centres), int)
-        spurious = flagged = 0
-        for level in levels:
-            distance = np.linalg.norm(centres - np.asarray(level["centre_px"], dtype=float), axis=1)
-            nearest = int(np.argmin(distance)) if distance.size else -1
-            if nearest >= 0 and distance[nearest] <= 0.5 * spacing:
-                hits[nearest] += 1
-            else:
-                spurious += 1
-                flagged += int(bool(level.get("flagged")))
+        reach = 0.5 * spacing
+        matches = nearest_matches(
+            [level["centre_px"] for level in levels], centres, lambda _i, _j, reach=reach: reach, exclusive=False
+        )
+        hits = np.bincount([j for j in matches if j is not None], minlength=len(centres))
+        unmatched = [level for level, j in zip(levels, matches) if j is None]
+        spurious, flagged = len(unmatched), sum(bool(level.get("flagged")) for level in unmatched)
         missed, split = np.flatnonzero(hits == 0), np.flatnonzero(hits >= 2)
         totals["studies"] += 1
         totals["truth_levels"] += len(centres)

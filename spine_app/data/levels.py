@@ -217,20 +217,17 @@ def split_merged(labels: np.ndarray, n: int, local: bool = False) -> tuple[np.nd
     blob over :data:`MAX_SPLIT_WIDTH_RATIO` x its neighbours' width stays whole."""
     if n == 0:
         return labels, 0
-    blobs = []
     axis = _column_axis(labels)
-    for label in range(1, n + 1):
-        rows, cols = np.nonzero(labels == label)
-        u, length, width = _axis_extent(rows, cols, axis)
-        blobs.append((rows, cols, u, length, width))
-    areas = np.array([b[0].size for b in blobs], dtype=float)
-    position = np.array([float(b[2].mean()) for b in blobs])
-    real = single_body_sized(areas) if local else None
-    if real is not None:  # measure along the column where each blob lies: a curved column bends off the film-wide axis
-        centres = np.array([(b[0].mean(), b[1].mean()) for b in blobs])
-        for i, axis_i in enumerate(_local_axes(centres, position, real, axis)):
-            rows, cols = blobs[i][:2]
-            blobs[i] = (rows, cols, *_axis_extent(rows, cols, axis_i))
+    pixels = [np.nonzero(labels == label) for label in range(1, n + 1)]
+    axes = np.tile(axis, (n, 1))
+    position = np.zeros(n)
+    real = None
+    if local:  # measure along the column where each blob lies: a curved column bends off the film-wide axis
+        position = np.array([float((np.stack(p, axis=1).astype(float) @ axis).mean()) for p in pixels])
+        real = single_body_sized(np.array([p[0].size for p in pixels], dtype=float))
+        centres = np.array([(rows.mean(), cols.mean()) for rows, cols in pixels])
+        axes = _local_axes(centres, position, real, axis)
+    blobs = [(rows, cols, *_axis_extent(rows, cols, a)) for (rows, cols), a in zip(pixels, axes)]
     lengths = np.array([b[3] for b in blobs])
     widths = np.array([b[4] for b in blobs])
     typical, typical_width = typical_sizes(position, lengths, widths, real)
