@@ -25,13 +25,9 @@ from pathlib import Path
 import fire
 
 from spine_app.bundle import BUNDLE_DIR, bundle_disk_exclusion, config_value, load_bundle_network
-from spine_app.channels import MASK_NAMES
 from spine_app.data.importer import import_dataset, load_datalist
-from spine_app.engines.inferer import StudyInferer
-from spine_app.engines.metrics import line_side_summary
-from spine_app.evaluation.runner import SplitRunner, split_scores
+from spine_app.evaluation.zero_shot import dice_table, score_set
 from spine_app.synthetic.generator import generate_dataset
-from spine_app.viz.tables import markdown_table
 
 PRESETS = ("default", "lumbar", "thoracolumbar", "thoracic", "whole_spine")
 
@@ -61,32 +57,12 @@ def main(
             generate_dataset(folder / "studies", n, seed=seed, preset=preset, workers=2, **overrides)
             import_dataset(folder / "studies", folder / "datalist.json", seed=0, fractions=(0.0, 0.0, 1.0), workers=2)
         entries = load_datalist(folder / "datalist.json")["test"]
-        inferer = StudyInferer(roi_size=canvas, disk_exclusion=bundle_disk_exclusion(BUNDLE_DIR, model))
-        records = SplitRunner(
-            network, entries, list(canvas), inferer=inferer, working_spacing_mm=working_spacing_mm
-        ).run()
-        scores = split_scores(records)
-        sides = line_side_summary(records)
-        results[preset] = {**scores, "side_check": f"{sides['pass']}/{sides['n']}", "studies": len(records)}
+        results[preset] = score_set(
+            network, canvas, entries, bundle_disk_exclusion(BUNDLE_DIR, model), working_spacing_mm
+        )
+        scores = results[preset]
         print(preset, {k: round(v, 3) for k, v in scores["dice"].items()}, round(scores["auroc"]["decision"], 3))
-    header = [
-        "field of view",
-        "studies",
-        *[name.replace("_", " ") for name in MASK_NAMES],
-        "side check",
-        "decision AUROC",
-    ]
-    rows = [
-        [
-            preset,
-            r["studies"],
-            *[f"{r['dice'].get(name, float('nan')):.3f}" for name in MASK_NAMES],
-            r["side_check"],
-            f"{r['auroc']['decision']:.3f}",
-        ]
-        for preset, r in results.items()
-    ]
-    table = markdown_table(header, rows)
+    table = dice_table(results, "field of view")
     (root / "fov_zero_shot.json").write_text(json.dumps(results, indent=2, default=float))
     (root / "fov_zero_shot.md").write_text(table)
     print(table)
