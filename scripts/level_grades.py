@@ -8,7 +8,9 @@ the reported levels miss (not flagged, or no predicted level near it) with the n
 level's fracture probability, and whether that level's centre lies between two truth bodies (a box
 over a pair of bodies the canvas merged) or on its own body. Per fracture kind it prints the exact
 reported grade and the morphometry's height-ratio error (ratios measured on the predicted LAT mask
-minus the generator's 3-D truth), which shows what the masks can and cannot measure.
+minus the generator's 3-D truth), which shows what the masks can and cannot measure. First it prints
+the study decisions: Damaged studies found, Normal studies kept, and Normal studies with a graded
+vertebra (the study's class is its folder under DATASET).
 
     spine-app infer data/synthetic/datalist.json --split test --out test_out
     python scripts/level_grades.py data/synthetic test_out
@@ -134,12 +136,39 @@ def by_kind(rows: list[dict]) -> list[str]:
     return lines
 
 
+def study_decisions(dataset: Path, predictions: Path) -> dict[str, int]:
+    """The study decisions of ``predictions`` (result.json ``label``) against each study's class folder
+    under ``dataset`` (``<class>/<study_id>/``): Damaged studies found, Normal studies kept, and Normal
+    studies with a flagged, graded vertebra (a report that names a fracture in a Normal spine)."""
+    counts = dict.fromkeys(("damaged", "damaged_found", "normal", "normal_kept", "normal_graded"), 0)
+    for result_file in sorted(predictions.glob("*/result.json")):
+        result = json.loads(result_file.read_text())
+        folders = [path for path in dataset.glob(f"*/{result['study_id']}") if path.is_dir()]
+        if not folders or folders[0].parent.name not in ("Normal", "Damaged"):
+            continue
+        levels = (result.get("levels") or {}).get("levels", [])
+        if folders[0].parent.name == "Damaged":
+            counts["damaged"] += 1
+            counts["damaged_found"] += result.get("label") == "Damaged"
+        else:
+            counts["normal"] += 1
+            counts["normal_kept"] += result.get("label") == "Normal"
+            counts["normal_graded"] += any(level.get("flagged") and level.get("grade", 0) > 0 for level in levels)
+    return counts
+
+
 def main(argv: list[str]) -> None:
     if len(argv) != 2:
         sys.exit(__doc__)
     rows = matched_levels(Path(argv[0]), Path(argv[1]))
     if not rows:
         sys.exit(f"error: {argv[1]}: no result.json with levels matched to truth.json under {argv[0]}")
+    studies = study_decisions(Path(argv[0]), Path(argv[1]))
+    print(
+        f"studies: Damaged found {studies['damaged_found']}/{studies['damaged']}, "
+        f"Normal kept {studies['normal_kept']}/{studies['normal']}, "
+        f"Normal with a graded vertebra {studies['normal_graded']}/{studies['normal']}"
+    )
     from_morphometry = sum(r["source"] == "morphometry" for r in rows)
     print(f"{len(rows)} matched levels; {from_morphometry} reported grades from the morphometry")
     print(f"reported grade:      {scores(rows, 'reported')}")

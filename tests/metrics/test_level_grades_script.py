@@ -1,0 +1,38 @@
+"""scripts/level_grades.py: the study decisions of ``spine-app infer`` against the studies' class folders."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "level_grades.py"
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("level_grades", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def write(dataset: Path, predictions: Path, cls: str | None, study: str, label: str, levels: list[dict]) -> None:
+    if cls is not None:
+        (dataset / cls / study).mkdir(parents=True)
+    (predictions / study).mkdir(parents=True)
+    result = {"study_id": study, "label": label, "levels": {"levels": levels}}
+    (predictions / study / "result.json").write_text(json.dumps(result))
+
+
+def test_study_decisions_count_found_kept_and_graded_normal_studies(tmp_path: Path):
+    dataset, predictions = tmp_path / "studies", tmp_path / "out"
+    flagged = {"flagged": True, "grade": 2}
+    held_back = {"flagged": False, "held_back": True, "grade": 0}
+    write(dataset, predictions, "Damaged", "a", "Damaged", [flagged])
+    write(dataset, predictions, "Damaged", "b", "Normal", [held_back])
+    write(dataset, predictions, "Normal", "c", "Normal", [held_back])  # held back: kept, no graded vertebra
+    write(dataset, predictions, "Normal", "d", "Damaged", [flagged])  # called Damaged and graded
+    write(dataset, predictions, "Normal", "e", "Damaged", [{"flagged": True, "grade": 0}])  # flagged, not graded
+    write(dataset, predictions, None, "f", "Damaged", [flagged])  # no study folder: not counted
+    counts = load_script().study_decisions(dataset, predictions)
+    assert counts == {"damaged": 2, "damaged_found": 1, "normal": 3, "normal_kept": 1, "normal_graded": 1}
