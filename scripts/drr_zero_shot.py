@@ -35,6 +35,7 @@ import fire
 
 from spine_app.bundle import BUNDLE_DIR, bundle_disk_exclusion, config_value, load_bundle_network
 from spine_app.data.importer import import_dataset, load_datalist
+from spine_app.data.io import write_atomic
 from spine_app.drr.run import generate
 from spine_app.drr.study import DrrSettings
 from spine_app.evaluation.zero_shot import dice_table, score_set
@@ -94,7 +95,8 @@ def main(
             }
             settings["seconds_per_study"] = render_set(folder, preset, n, seed, voxel_mm, pixel_mm, beam, ct_film)
             import_dataset(folder / "studies", folder / "datalist.json", seed=0, fractions=(0.0, 0.0, 1.0), workers=1)
-            (folder / RENDERED).write_text(json.dumps(settings, indent=2))
+            record = json.dumps(settings, indent=2)
+            write_atomic(folder / RENDERED, lambda tmp, text=record: tmp.write_text(text))
         rendered = json.loads((folder / RENDERED).read_text()) if (folder / RENDERED).is_file() else {}
         entries = load_datalist(folder / "datalist.json")["test"]
         scores = score_set(network, canvas, entries, bundle_disk_exclusion(BUNDLE_DIR, model), working_spacing_mm)
@@ -102,8 +104,9 @@ def main(
         print(preset, {k: round(v, 3) for k, v in scores["dice"].items()}, round(scores["auroc"]["decision"], 3))
     table = dice_table(results, "preset")
     root.mkdir(parents=True, exist_ok=True)
-    (root / "drr_zero_shot.json").write_text(json.dumps(results, indent=2, default=float))
-    (root / "drr_zero_shot.md").write_text(table)
+    report = json.dumps(results, indent=2, default=float)
+    write_atomic(root / "drr_zero_shot.json", lambda tmp: tmp.write_text(report))
+    write_atomic(root / "drr_zero_shot.md", lambda tmp: tmp.write_text(table))
     print(table)
 
 

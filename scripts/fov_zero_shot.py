@@ -26,6 +26,7 @@ import fire
 
 from spine_app.bundle import BUNDLE_DIR, bundle_disk_exclusion, config_value, load_bundle_network
 from spine_app.data.importer import import_dataset, load_datalist
+from spine_app.data.io import write_atomic
 from spine_app.evaluation.zero_shot import dice_table, score_set
 from spine_app.synthetic.generator import generate_dataset
 
@@ -63,8 +64,9 @@ def main(
         scores = results[preset]
         print(preset, {k: round(v, 3) for k, v in scores["dice"].items()}, round(scores["auroc"]["decision"], 3))
     table = dice_table(results, "field of view")
-    (root / "fov_zero_shot.json").write_text(json.dumps(results, indent=2, default=float))
-    (root / "fov_zero_shot.md").write_text(table)
+    report = json.dumps(results, indent=2, default=float)
+    write_atomic(root / "fov_zero_shot.json", lambda tmp: tmp.write_text(report))
+    write_atomic(root / "fov_zero_shot.md", lambda tmp: tmp.write_text(table))
     print(table)
 
 
