@@ -157,12 +157,18 @@ def study_decisions(dataset: Path, predictions: Path) -> dict[str, int]:
     return counts
 
 
-def main(argv: list[str]) -> None:
-    if len(argv) != 2:
-        sys.exit(__doc__)
+def main(argv: list[str]) -> int:
+    if len(argv) != 2 or any(arg.startswith("--") for arg in argv):
+        print("usage: python scripts/level_grades.py DATASET PREDICTIONS", file=sys.stderr)
+        return 2
+    for path in map(Path, argv):
+        if not path.is_dir():
+            print(f"{path}: not a folder", file=sys.stderr)
+            return 2
     rows = matched_levels(Path(argv[0]), Path(argv[1]))
     if not rows:
-        sys.exit(f"error: {argv[1]}: no result.json with levels matched to truth.json under {argv[0]}")
+        print(f"{argv[1]}: no result.json with levels matched to truth.json under {argv[0]}", file=sys.stderr)
+        return 1
     studies = study_decisions(Path(argv[0]), Path(argv[1]))
     print(
         f"studies: Damaged found {studies['damaged_found']}/{studies['damaged']}, "
@@ -190,7 +196,8 @@ def main(argv: list[str]) -> None:
             )
         )
         print(f"  {m['study_id']} {m['level']}: grade {m['grade']} {m['kind']}, {where}")
+    return 0
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(main(sys.argv[1:]))

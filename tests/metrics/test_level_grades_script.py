@@ -36,3 +36,13 @@ def test_study_decisions_count_found_kept_and_graded_normal_studies(tmp_path: Pa
     write(dataset, predictions, None, "f", "Damaged", [flagged])  # no study folder: not counted
     counts = load_script().study_decisions(dataset, predictions)
     assert counts == {"damaged": 2, "damaged_found": 1, "normal": 3, "normal_kept": 1, "normal_graded": 1}
+
+
+def test_bad_command_lines_exit_2_with_one_line(tmp_path: Path, capsys):
+    script = load_script()
+    assert script.main([]) == 2
+    assert script.main([str(tmp_path), str(tmp_path), "--studies"]) == 2
+    assert script.main([str(tmp_path / "missing"), str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == f"{tmp_path / 'missing'}: not a folder"
+    assert script.main([str(tmp_path), str(tmp_path)]) == 1  # nothing to score: an error, not a usage one
