@@ -38,7 +38,7 @@ from spine_app.data.importer import import_dataset, load_datalist
 from spine_app.data.io import write_atomic
 from spine_app.drr.run import generate
 from spine_app.drr.study import DrrSettings
-from spine_app.evaluation.zero_shot import dice_table, score_set
+from spine_app.evaluation.zero_shot import score_set, write_report
 from spine_app.synthetic.config import load_preset
 from spine_app.synthetic.ct import write_ct
 
@@ -102,11 +102,7 @@ def main(
         scores = score_set(network, canvas, entries, bundle_disk_exclusion(BUNDLE_DIR, model), working_spacing_mm)
         results[preset] = {**scores, "rendered": rendered}
         print(preset, {k: round(v, 3) for k, v in scores["dice"].items()}, round(scores["auroc"]["decision"], 3))
-    table = dice_table(results, "preset")
-    root.mkdir(parents=True, exist_ok=True)
-    report = json.dumps(results, indent=2, default=float)
-    write_atomic(root / "drr_zero_shot.json", lambda tmp: tmp.write_text(report))
-    write_atomic(root / "drr_zero_shot.md", lambda tmp: tmp.write_text(table))
+    table = write_report(root, "drr_zero_shot", results, "preset")
     print(table)
 
 

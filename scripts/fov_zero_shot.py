@@ -19,15 +19,13 @@ Writes ``fov_zero_shot.json`` and ``fov_zero_shot.md`` into ``--out``.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import fire
 
 from spine_app.bundle import BUNDLE_DIR, bundle_disk_exclusion, config_value, load_bundle_network
 from spine_app.data.importer import import_dataset, load_datalist
-from spine_app.data.io import write_atomic
-from spine_app.evaluation.zero_shot import dice_table, score_set
+from spine_app.evaluation.zero_shot import score_set, write_report
 from spine_app.synthetic.generator import generate_dataset
 
 PRESETS = ("default", "lumbar", "thoracolumbar", "thoracic", "whole_spine")
@@ -63,10 +61,7 @@ def main(
         )
         scores = results[preset]
         print(preset, {k: round(v, 3) for k, v in scores["dice"].items()}, round(scores["auroc"]["decision"], 3))
-    table = dice_table(results, "field of view")
-    report = json.dumps(results, indent=2, default=float)
-    write_atomic(root / "fov_zero_shot.json", lambda tmp: tmp.write_text(report))
-    write_atomic(root / "fov_zero_shot.md", lambda tmp: tmp.write_text(table))
+    table = write_report(root, "fov_zero_shot", results, "field of view")
     print(table)
 
 

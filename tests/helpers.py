@@ -1,14 +1,27 @@
-"""Small builders of study folders for tests (real files written with PIL / pydicom / nibabel)."""
+"""Small builders of study folders for tests (real files written with PIL / pydicom / nibabel), and the
+project's scripts loaded as modules."""
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 
 from spine_app.channels import MASK_NAMES
 from spine_app.data.io import write_png
 from spine_app.networks import SpineMultiTaskNet
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+def load_script(name: str) -> ModuleType:
+    """``scripts/<name>.py`` imported as a module (the project's scripts are not a package)."""
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def radiograph(shape: tuple[int, int] = (96, 80), seed: int = 0) -> np.ndarray:

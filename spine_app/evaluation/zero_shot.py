@@ -4,13 +4,16 @@ DRR films of CT volumes)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from spine_app.channels import MASK_NAMES
 from spine_app.data.importer import DatalistEntry
+from spine_app.data.io import write_atomic
 from spine_app.engines.inferer import StudyInferer
 from spine_app.engines.metrics import line_side_summary
 from spine_app.evaluation.runner import SplitRunner, split_scores
@@ -50,4 +53,16 @@ def dice_table(results: Mapping[str, Mapping[str, Any]], first_column: str) -> s
     return markdown_table(header, rows)
 
 
-__all__ = ["dice_table", "score_set"]
+def write_report(root: str | Path, stem: str, results: Mapping[str, Mapping[str, Any]], first_column: str) -> str:
+    """``root/<stem>.json`` (``results``) and ``root/<stem>.md`` (their :func:`dice_table`), each written
+    to a temporary name and renamed; returns the table."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    table = dice_table(results, first_column)
+    report = json.dumps(results, indent=2, default=float)
+    write_atomic(root / f"{stem}.json", lambda tmp: tmp.write_text(report))
+    write_atomic(root / f"{stem}.md", lambda tmp: tmp.write_text(table))
+    return table
+
+
+__all__ = ["dice_table", "score_set", "write_report"]

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
+from tests.helpers import SCRIPTS
 
 
 def run(script: str, *args: str) -> subprocess.CompletedProcess:

@@ -2,20 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "level_boxes.py"
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("level_boxes", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.helpers import load_script
 
 
 def write_study(
@@ -39,7 +31,7 @@ def write_study(
 
 
 def test_missed_split_and_spurious_bodies_are_counted(tmp_path: Path) -> None:
-    script = load_script()
+    script = load_script("level_boxes")
     dataset, predictions = tmp_path / "data", tmp_path / "out"
     rows = [100.0, 140.0, 180.0, 220.0, 260.0]  # spacing 40: a body counts within 20 px of its level
     # T1 found, T2 cut in two (both halves within reach), T3 missed, T4 and T5 found, one blob far below
@@ -66,10 +58,10 @@ def test_missed_split_and_spurious_bodies_are_counted(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("argv", [["only-one"], ["a", "b", "--unknown"]])
 def test_a_bad_command_line_exits_2(tmp_path: Path, argv: list[str], capsys) -> None:
-    assert load_script().main(argv) == 2
+    assert load_script("level_boxes").main(argv) == 2
     assert "usage" in capsys.readouterr().err
 
 
 def test_a_missing_folder_is_named(tmp_path: Path, capsys) -> None:
-    assert load_script().main([str(tmp_path / "nope"), str(tmp_path)]) == 2
+    assert load_script("level_boxes").main([str(tmp_path / "nope"), str(tmp_path)]) == 2
     assert "nope: not a folder" in capsys.readouterr().err

@@ -2,18 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "level_grades.py"
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("level_grades", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.helpers import load_script
 
 
 def write(dataset: Path, predictions: Path, cls: str | None, study: str, label: str, levels: list[dict]) -> None:
@@ -34,12 +26,12 @@ def test_study_decisions_count_found_kept_and_graded_normal_studies(tmp_path: Pa
     write(dataset, predictions, "Normal", "d", "Damaged", [flagged])  # called Damaged and graded
     write(dataset, predictions, "Normal", "e", "Damaged", [{"flagged": True, "grade": 0}])  # flagged, not graded
     write(dataset, predictions, None, "f", "Damaged", [flagged])  # no study folder: not counted
-    counts = load_script().study_decisions(dataset, predictions)
+    counts = load_script("level_grades").study_decisions(dataset, predictions)
     assert counts == {"damaged": 2, "damaged_found": 1, "normal": 3, "normal_kept": 1, "normal_graded": 1}
 
 
 def test_bad_command_lines_exit_2_with_one_line(tmp_path: Path, capsys):
-    script = load_script()
+    script = load_script("level_grades")
     assert script.main([]) == 2
     assert script.main([str(tmp_path), str(tmp_path), "--studies"]) == 2
     assert script.main([str(tmp_path / "missing"), str(tmp_path)]) == 2
