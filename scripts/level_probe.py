@@ -1,0 +1,67 @@
+"""The level head on the reference bodies of a datalist split: is it the head or the body finding?
+
+    python scripts/level_probe.py DATALIST [--split test] [--model PATH] [--threshold T] [--out FILE.json]
+
+``spine-app infer`` scores the bodies it finds on the predicted LAT masks; a Normal study called
+Damaged may come from a head that flags a normal body or from a body cut or merged by the mask. This
+script takes the body finding out: every body the study's ``truth.json`` grades is read in its
+reference box (the reference masks' bodies, no jitter, no augmentation, fp32), as the level refit
+collects them (``spine_app.evaluation.level_probe``). It prints, for the normal bodies of Normal
+studies, the normal bodies of Damaged studies and the fractured bodies, how many, the median, 90th
+percentile and maximum of P(grade >= 1) and the share at or above ``--threshold`` (default:
+inference.yaml's ``level_threshold``), then the study AUROC of each study's highest body.
+``--out`` also writes them as JSON (temporary name, then renamed). A bad command line exits 2.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import fire
+
+from spine_app.bundle import BUNDLE_DIR, config_value, load_bundle_network
+from spine_app.data.io import write_atomic
+from spine_app.engines import datalist_split
+from spine_app.evaluation.level_probe import GROUPS, probe_levels
+from spine_app.viz.tables import markdown_table
+
+
+def main(
+    datalist: str,
+    split: str = "test",
+    model: str | None = None,
+    threshold: float | None = None,
+    out: str | None = None,
+) -> None:
+    """Probe the level head on the reference bodies of ``datalist``'s ``split`` (module docstring)."""
+    path = Path(datalist)
+    if not path.is_file():
+        print(f"{path}: no such datalist", file=sys.stderr)
+        sys.exit(2)
+    if split not in ("training", "validation", "test"):
+        print(f"--split {split}: choose training, validation or test", file=sys.stderr)
+        sys.exit(2)
+    try:
+        entries = datalist_split(str(path), split)
+    except (ValueError, KeyError, OSError) as err:  # not a datalist, or an empty split
+        print(f"{path}: {err}", file=sys.stderr)
+        sys.exit(2)
+    level_threshold = float(config_value("inference.yaml", "level_threshold") if threshold is None else threshold)
+    network, canvas = load_bundle_network(BUNDLE_DIR, model)
+    probe = probe_levels(network, entries, canvas, level_threshold)
+    rows = [
+        [name.replace("_", " "), g.bodies, f"{g.median:.3f}", f"{g.p90:.3f}", f"{g.maximum:.3f}", f"{g.flagged:.3f}"]
+        for name, g in ((name, probe.groups[name]) for name in GROUPS)
+    ]
+    header = ["reference bodies", "n", "median", "90th percentile", "maximum", f">= {level_threshold:g}"]
+    print(markdown_table(header, rows))
+    print(f"study AUROC from the highest body: {probe.study_auroc:.3f} ({probe.studies} studies)")
+    if out:
+        report = json.dumps({"datalist": str(path), "split": split, "model": model, **probe.as_dict()}, indent=2)
+        write_atomic(Path(out), lambda tmp: tmp.write_text(report))
+
+
+if __name__ == "__main__":
+    fire.Fire(main)
