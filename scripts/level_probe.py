@@ -10,7 +10,9 @@ collects them (``spine_app.evaluation.level_probe``). It prints, for the normal 
 studies, the normal bodies of Damaged studies and the fractured bodies, how many, the median, 90th
 percentile and maximum of P(grade >= 1) and the share at or above ``--threshold`` (default:
 inference.yaml's ``level_threshold``), then the study AUROC of each study's highest body.
-``--out`` also writes them as JSON (temporary name, then renamed). A bad command line exits 2.
+``--out`` also writes them as JSON (temporary name, then renamed). Studies without a truth.json
+(or without per-level grades in it) have no body in a group; the script says so, and the AUROC then
+reads every body of the reference masks. A bad command line exits 2.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ def main(
     try:
         entries = datalist_split(str(path), split)
     except (ValueError, KeyError, OSError) as err:  # not a datalist, or an empty split
-        print(f"{path}: {err}", file=sys.stderr)
+        print(str(err) if str(path) in str(err) else f"{path}: {err}", file=sys.stderr)
         sys.exit(2)
     level_threshold = float(config_value("inference.yaml", "level_threshold") if threshold is None else threshold)
     network, canvas = load_bundle_network(BUNDLE_DIR, model)
@@ -58,6 +60,8 @@ def main(
     header = ["reference bodies", "n", "median", "90th percentile", "maximum", f">= {level_threshold:g}"]
     print(markdown_table(header, rows))
     print(f"study AUROC from the highest body: {probe.study_auroc:.3f} ({probe.studies} studies)")
+    if not any(group.bodies for group in probe.groups.values()):
+        print("no body of the split has a grade in a truth.json: the groups are empty (the AUROC reads every body)")
     if out:
         report = json.dumps({"datalist": str(path), "split": split, "model": model, **probe.as_dict()}, indent=2)
         write_atomic(Path(out), lambda tmp: tmp.write_text(report))

@@ -4,6 +4,7 @@ thresholds counted as flags, and the script's report and its bad command lines."
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -85,3 +86,14 @@ def test_the_script_reports_and_refuses_bad_command_lines(
         assert exit_info.value.code == 2
         assert reason in capsys.readouterr().err
     assert (SCRIPTS / "level_probe.py").is_file()
+
+
+def test_without_truth_grades_the_script_says_its_groups_are_empty(
+    synth_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    studies = tmp_path / "studies"
+    shutil.copytree(synth_root, studies, ignore=shutil.ignore_patterns("truth.json", "datalist.json"))
+    import_dataset(studies, studies / "datalist.json", seed=0, fractions=(0.0, 0.0, 1.0))
+    load_script("level_probe").main(str(studies / "datalist.json"))
+    printed = capsys.readouterr().out
+    assert "no body of the split has a grade in a truth.json" in printed
