@@ -57,8 +57,9 @@ class BodyGroup:
 
 @dataclass(frozen=True)
 class LevelProbe:
-    """The reference bodies of a set: each group's :class:`BodyGroup`, the study AUROC of each
-    study's highest body (studies with a LAT film and a body), the studies scored and the threshold."""
+    """The reference bodies of a set: each group's :class:`BodyGroup` (bodies the truth grades), the
+    study AUROC of each study's highest body (every reference body, graded or not; studies with a LAT
+    film and a body), the studies scored and the threshold."""
 
     groups: dict[str, BodyGroup]
     study_auroc: float
