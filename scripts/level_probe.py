@@ -5,7 +5,7 @@
 ``spine-app infer`` scores the bodies it finds on the predicted LAT masks; a Normal study called
 Damaged may come from a head that flags a normal body or from a body cut or merged by the mask. This
 script takes the body finding out: every body the study's ``truth.json`` grades is read in its
-reference box (the reference masks' bodies, no jitter, no augmentation, fp32), as the level refit
+reference box (the reference masks' bodies, no jitter, no augmentation, the network in fp32), as the level refit
 collects them (``spine_app.evaluation.level_probe``). It prints, for the normal bodies of Normal
 studies, the normal bodies of Damaged studies and the fractured bodies, how many, the median, 90th
 percentile and maximum of P(grade >= 1) and the share at or above ``--threshold`` (default:

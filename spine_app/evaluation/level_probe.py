@@ -100,15 +100,21 @@ def probe_levels(
     threshold: float,
     device: str | torch.device = "cpu",
 ) -> LevelProbe:
-    """:class:`LevelProbe` of ``network``'s level head (fp32, eval mode) on ``entries`` (datalist
-    entries with ``truth.json``); bodies whose grade the truth does not give are left out."""
+    """:class:`LevelProbe` of ``network``'s level head on ``entries`` (datalist entries with
+    ``truth.json``): the network in fp32 and eval mode (its mode restored after), each body's patch
+    stored in bf16 as the refit stores it; bodies whose grade the truth does not give are left out."""
     precision = resolve_precision("off", device, False)
-    bodies = collect_level_rois(
-        network, _Studies(entries, reference_transform(canvas)), precision, passes=1, num_workers=0, device=device
-    ).jittered
-    with torch.no_grad():
-        rois = type(bodies.rois)(bodies.rois.patches.float().to(device), bodies.rois.context.to(device))
-        probability = torch.sigmoid(network.level_head.score(rois)[:, 0].float()).cpu().numpy()
+    was_training = network.training
+    network.eval()
+    try:
+        bodies = collect_level_rois(
+            network, _Studies(entries, reference_transform(canvas)), precision, passes=1, num_workers=0, device=device
+        ).jittered
+        with torch.no_grad():
+            rois = type(bodies.rois)(bodies.rois.patches.float().to(device), bodies.rois.context.to(device))
+            probability = torch.sigmoid(network.level_head.score(rois)[:, 0].float()).cpu().numpy()
+    finally:
+        network.train(was_training)
     grade = bodies.grade.numpy()
     study = np.repeat(bodies.label.numpy(), bodies.count.numpy())
     masks = {

@@ -52,8 +52,10 @@ def test_every_truth_body_is_read_in_its_group(synth_root: Path, test_datalist: 
     assert probe.groups["normal_in_normal"].bodies == truth["normal_in_normal"]
     assert probe.groups["fractured"].bodies >= 1 and probe.groups["normal_in_damaged"].bodies >= 1
     assert 0.0 <= probe.study_auroc <= 1.0
-    again = probe_levels(net, entries, CANVAS, threshold=0.5)
-    assert again.as_dict() == probe.as_dict()  # no jitter, no augmentation: the same bodies again
+    again = probe_levels(net.train(), entries, CANVAS, threshold=0.5)
+    # no jitter, no augmentation, eval mode whatever the caller's: the same figures again
+    assert again.as_dict() == probe.as_dict()
+    assert net.training  # the caller's mode is given back
     json.dumps(probe.as_dict())
 
 
