@@ -75,13 +75,6 @@ class LevelProbe:
         }
 
 
-class _Studies(Dataset):
-    """A MONAI ``Dataset`` whose one transform the collection's worker seeding can reach."""
-
-    def set_random_state(self, seed: int | None = None, state: Any = None) -> _Studies:
-        return self
-
-
 def reference_transform(canvas: Sequence[int]) -> Compose:
     """The evaluation preprocessing with the truth's per-level grades and the reference level boxes."""
     return Compose(
@@ -108,7 +101,7 @@ def probe_levels(
     network.eval()
     try:
         bodies = collect_level_rois(
-            network, _Studies(entries, reference_transform(canvas)), precision, passes=1, num_workers=0, device=device
+            network, Dataset(entries, reference_transform(canvas)), precision, passes=1, num_workers=0, device=device
         ).jittered
         with torch.no_grad():
             rois = type(bodies.rois)(bodies.rois.patches.float().to(device), bodies.rois.context.to(device))
