@@ -12,14 +12,23 @@ films facing the canonical way only (anterior to the left, as the generator draw
 :class:`spine_app.engines.StudyInferer` mirrors a film facing the other way before it draws the
 lines. Supervising the lines on mirrored films taught the first shipped model to draw the anterior
 line on the posterior wall (docs/results.md, "Lines on the right wall").
+
+:class:`RandExposureRegiond` pushes a band of the film toward white: the abdomen below the
+diaphragm on a film framed on the thorax, where the whole body's thickness puts the bodies near the
+top of the grey range with little contrast (docs/results.md, "Bodies near the top of the grey range").
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator, Sequence
+from typing import Any
 
+import torch
 from monai.transforms import (
     Compose,
+    MapTransform,
     Rand2DElasticd,
     RandAdjustContrastd,
     RandAffined,
@@ -34,6 +43,7 @@ from monai.transforms import (
 from monai.utils import convert_to_dst_type
 
 from spine_app.channels import LINE_CHANNELS, MASK_NAMES, VIEW_KEYS, seg_key
+from spine_app.data.compose import transforms_of
 
 
 def study_augmentation(
@@ -123,6 +133,91 @@ class RandFlipLatd(RandomizableTransform):
                 avail[MASK_NAMES.index(name)] = 0
             out[self.avail_key] = avail
         return out
+
+
+class RandExposureRegiond(RandomizableTransform, MapTransform):
+    """A band of the film, from its top or bottom edge, pushed toward white: ``I + s * w * (1 - I)``
+    on the film's own grey range, ``w`` a soft step along the rows (1 inside the band), so the band's
+    contrast shrinks by ``1 - s``. Near-black pixels (the canvas padding, air) are left as they are.
+
+    Args:
+        keys: the image keys (each view drawn on its own).
+        prob: probability per view.
+        strength: range of ``s`` (0: nothing, 1: the band white).
+        extent: range of the band's share of the film's height.
+        softness: range of the step's width, as a share of the height.
+        dark: grey (share of the range) under which pixels are left alone, with a linear ramp to 2 x it.
+    """
+
+    def __init__(
+        self,
+        keys: Sequence[str] = VIEW_KEYS,
+        prob: float = 0.0,
+        strength: Sequence[float] = (0.5, 0.95),
+        extent: Sequence[float] = (0.2, 0.6),
+        softness: Sequence[float] = (0.02, 0.12),
+        dark: float = 0.05,
+    ) -> None:
+        RandomizableTransform.__init__(self, prob=prob)
+        MapTransform.__init__(self, keys, allow_missing_keys=True)
+        for name, bounds in (("strength", strength), ("extent", extent), ("softness", softness)):
+            if len(bounds) != 2 or not 0.0 <= bounds[0] <= bounds[1] <= 1.0:
+                raise ValueError(f"RandExposureRegiond: {name} must be (low, high) within [0, 1], got {bounds}")
+        if softness[0] <= 0 or not 0 <= dark < 0.5:
+            raise ValueError(f"RandExposureRegiond: softness > 0 and 0 <= dark < 0.5, got {softness}, {dark}")
+        self.strength, self.extent, self.softness, self.dark = tuple(strength), tuple(extent), tuple(softness), dark
+
+    def __call__(self, data: dict) -> dict:
+        out = dict(data)
+        for key in self.key_iterator(out):
+            self.randomize(None)
+            strength = self.R.uniform(*self.strength)
+            extent = self.R.uniform(*self.extent)
+            softness = self.R.uniform(*self.softness)
+            from_bottom = bool(self.R.rand() < 0.5)
+            if self._do_transform:
+                out[key] = exposure_band(out[key], strength, extent, softness, from_bottom, self.dark)
+        return out
+
+
+def exposure_band(
+    image: Any, strength: float, extent: float, softness: float = 0.05, from_bottom: bool = True, dark: float = 0.05
+) -> Any:
+    """``image`` (..., H, W) with the band of ``extent`` of its height at the bottom (or top) pushed
+    toward its own white by ``strength`` (:class:`RandExposureRegiond`); same type as ``image``."""
+    tensor = torch.as_tensor(image)
+    low, high = float(tensor.min()), float(tensor.max())
+    if high <= low or strength <= 0:
+        return image
+    rows = int(tensor.shape[-2])
+    position = (torch.arange(rows, dtype=torch.float32) + 0.5) / rows
+    inside = position - (1.0 - extent) if from_bottom else extent - position
+    band = torch.sigmoid(inside / (softness / 4.0))[:, None]
+    grey = (tensor.float() - low) / (high - low)
+    lit = torch.clamp((grey - dark) / dark, 0.0, 1.0) if dark > 0 else torch.ones_like(grey)
+    grey = grey + strength * band * lit * (1.0 - grey)
+    return convert_to_dst_type(grey * (high - low) + low, image, dtype=tensor.dtype)[0]
+
+
+@contextlib.contextmanager
+def exposure_region_prob(transform: Any, prob: float | None) -> Iterator[int]:
+    """Within the block every :class:`RandExposureRegiond` of ``transform`` fires with ``prob`` (None:
+    as built); yields how many it found. A probability above 0 for a transform without one is refused
+    (it would change nothing). Restored on leaving, also after an error."""
+    found = list(transforms_of(transform, RandExposureRegiond))
+    if prob is not None and not 0.0 <= prob <= 1.0:
+        raise ValueError(f"exposure region probability must be within [0, 1], got {prob}")
+    if prob and not found:
+        raise ValueError(f"exposure region probability {prob}: the transform has no RandExposureRegiond")
+    saved = [t.prob for t in found]
+    try:
+        if prob is not None:
+            for t in found:
+                t.prob = prob
+        yield len(found)
+    finally:
+        for t, old in zip(found, saved, strict=True):
+            t.prob = old
 
 
 class RandCorruptiond(RandomizableTransform):

@@ -31,6 +31,7 @@ from monai.transforms import MapTransform, Randomizable
 from scipy import ndimage
 
 from spine_app.channels import MASK_NAMES, avail_key, seg_key
+from spine_app.data.compose import transforms_of
 
 #: fracture types, in level-map code order (0 = no fracture)
 FRACTURE_KINDS: tuple[str, ...] = ("none", "wedge", "biconcave", "crush")
@@ -609,10 +610,7 @@ class LevelBoxesd(MapTransform, Randomizable):
 
 def _level_box_transforms(transform: Any) -> Iterator[LevelBoxesd]:
     """Every :class:`LevelBoxesd` in ``transform`` (a transform or a Compose, searched recursively)."""
-    if isinstance(transform, LevelBoxesd):
-        yield transform
-    for inner in getattr(transform, "transforms", ()) or ():
-        yield from _level_box_transforms(inner)
+    return transforms_of(transform, LevelBoxesd)
 
 
 @contextlib.contextmanager

@@ -42,6 +42,7 @@ from monai.data import DataLoader
 from monai.utils import set_determinism
 from torch import nn
 
+from spine_app.data.augment import exposure_region_prob
 from spine_app.data.io import write_torch
 from spine_app.data.levels import REFERENCE_BOX_KEYS, check_label_source, reference_boxes_kept, scaled_box_jitter
 from spine_app.engines.batch import prepare_study_batch
@@ -70,7 +71,11 @@ class RefitSettings:
     the network has one. ``extra_labels``: where the refit reads the per-level labels of the training
     studies that name their own source (the main job's extra studies, which train through their
     study label only), e.g. ``truth``; None: as in training (:class:`spine_app.engines.dataset.RelabelledStudies`);
-    ``extra_fields_of_view``: only the extra studies of these framings (None: all)."""
+    ``extra_fields_of_view``: only the extra studies of these framings (None: all).
+    ``exposure_region_prob``: how often the collection pushes a band of a film toward white
+    (:class:`spine_app.data.augment.RandExposureRegiond` in the training transform; None: as the
+    training drew it), so the heads learn that a body near the top of the grey range is not a
+    crushed one (docs/results.md, "Bodies near the top of the grey range")."""
 
     epochs: int = 15
     passes: int = 3
@@ -82,6 +87,7 @@ class RefitSettings:
     grade_head: bool = True
     extra_labels: str | None = None
     extra_fields_of_view: tuple[str, ...] | None = None
+    exposure_region_prob: float | None = None
 
     def __post_init__(self) -> None:
         if (
@@ -90,10 +96,11 @@ class RefitSettings:
             or self.learning_rate <= 0
             or self.studies_per_step < 1
             or self.box_jitter < 0
+            or (self.exposure_region_prob is not None and not 0.0 <= self.exposure_region_prob <= 1.0)
         ):
             raise ValueError(
-                "level refit: epochs >= 0, passes >= 1, learning_rate > 0, studies_per_step >= 1 and "
-                f"box_jitter >= 0, got {self}"
+                "level refit: epochs >= 0, passes >= 1, learning_rate > 0, studies_per_step >= 1, "
+                f"box_jitter >= 0 and exposure_region_prob within [0, 1], got {self}"
             )
         object.__setattr__(self, "extra_labels", check_label_source(self.extra_labels, "level_refit_extra_labels"))
         object.__setattr__(self, "extra_fields_of_view", relabelled_fields_of_view(self.extra_fields_of_view))
@@ -163,12 +170,15 @@ def collect_level_rois(
     jittered: bool = True,
     reference: bool = False,
     loader_niceness: int = 0,
+    exposure_region: float | None = None,
 ) -> CollectedBodies:
     """:class:`CollectedBodies` of ``dataset`` (training items with level boxes, its random transforms
     drawn anew on each of the ``passes``) under ``net``'s LAT pass (eval mode, no gradient): with
     ``jittered`` every box jittered ``box_jitter`` times as much as the dataset's :class:`LevelBoxesd`
     does, with ``reference`` the same bodies' unjittered boxes, both read from the one pass of each film.
-    ``loader_niceness``: the loader workers' niceness increment (:func:`loader_worker_init`)."""
+    ``loader_niceness``: the loader workers' niceness increment (:func:`loader_worker_init`);
+    ``exposure_region``: the probability of the transform's :class:`RandExposureRegiond` during the
+    collection (None: as built)."""
     kinds = [kind for kind, wanted in (("jittered", jittered), ("reference", reference)) if wanted]
     if not kinds:
         raise ValueError("level refit: collect the jittered boxes, the reference boxes or both")
@@ -182,6 +192,7 @@ def collect_level_rois(
     try:
         with (
             scaled_box_jitter(transform, box_jitter),
+            exposure_region_prob(transform, exposure_region),
             reference_boxes_kept(transform) if reference else contextlib.nullcontext(),
         ):
             for k in range(passes):
@@ -349,6 +360,7 @@ def refit_run_level_head(
         jittered=settings.level_head,
         reference=fit_grades,
         loader_niceness=loader_niceness,
+        exposure_region=settings.exposure_region_prob,
     )
     rois = bodies.jittered if bodies.jittered is not None else bodies.reference
     collected = time.time() - began

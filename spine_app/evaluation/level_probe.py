@@ -13,13 +13,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
 import torch
 from monai.data import Dataset
-from monai.transforms import Compose
+from monai.transforms import Compose, Lambdad
 
+from spine_app.data.augment import exposure_band
 from spine_app.data.facing import CanonicalLatFacingd
 from spine_app.data.levels import LevelBoxesd
 from spine_app.data.study_transforms import LoadStudyd
@@ -75,15 +77,26 @@ class LevelProbe:
         }
 
 
-def reference_transform(canvas: Sequence[int]) -> Compose:
-    """The evaluation preprocessing with the truth's per-level grades and the reference level boxes."""
-    return Compose(
-        [
-            LoadStudyd(canvas=tuple(int(v) for v in canvas), level_labels="truth"),
-            CanonicalLatFacingd(),
-            LevelBoxesd(shift=0.0, scale=0.0, turn_deg=0.0),
-        ]
-    )
+@dataclass(frozen=True)
+class ExposureBand:
+    """The lower ``extent`` of every LAT film pushed toward white by ``strength``
+    (:func:`spine_app.data.augment.exposure_band`): the abdomen of a film framed on the thorax."""
+
+    strength: float
+    extent: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not (0.0 <= self.strength <= 1.0 and 0.0 < self.extent <= 1.0):
+            raise ValueError(f"exposure band: strength within [0, 1] and extent within (0, 1], got {self}")
+
+
+def reference_transform(canvas: Sequence[int], band: ExposureBand | None = None) -> Compose:
+    """The evaluation preprocessing with the truth's per-level grades and the reference level boxes
+    (with ``band``, the LAT film's lower part pushed toward white before the boxes are cut)."""
+    steps: list[Any] = [LoadStudyd(canvas=tuple(int(v) for v in canvas), level_labels="truth"), CanonicalLatFacingd()]
+    if band is not None:
+        steps.append(Lambdad("lat", partial(exposure_band, strength=band.strength, extent=band.extent)))
+    return Compose([*steps, LevelBoxesd(shift=0.0, scale=0.0, turn_deg=0.0)])
 
 
 def probe_levels(
@@ -92,16 +105,23 @@ def probe_levels(
     canvas: Sequence[int],
     threshold: float,
     device: str | torch.device = "cpu",
+    band: ExposureBand | None = None,
 ) -> LevelProbe:
     """:class:`LevelProbe` of ``network``'s level head on ``entries`` (datalist entries with
     ``truth.json``): the network in fp32 and eval mode (its mode restored after), each body's patch
-    stored in bf16 as the refit stores it; bodies whose grade the truth does not give are left out."""
+    stored in bf16 as the refit stores it; bodies whose grade the truth does not give are left out.
+    ``band``: the LAT films' lower part pushed toward white first (:class:`ExposureBand`)."""
     precision = resolve_precision("off", device, False)
     was_training = network.training
     network.eval()
     try:
         bodies = collect_level_rois(
-            network, Dataset(entries, reference_transform(canvas)), precision, passes=1, num_workers=0, device=device
+            network,
+            Dataset(entries, reference_transform(canvas, band)),
+            precision,
+            passes=1,
+            num_workers=0,
+            device=device,
         ).jittered
         with torch.no_grad():
             rois = type(bodies.rois)(bodies.rois.patches.float().to(device), bodies.rois.context.to(device))
@@ -127,4 +147,4 @@ def probe_levels(
     return LevelProbe(groups, float(study_auroc), len(highest), float(threshold))
 
 
-__all__ = ["GROUPS", "BodyGroup", "LevelProbe", "probe_levels", "reference_transform"]
+__all__ = ["GROUPS", "BodyGroup", "ExposureBand", "LevelProbe", "probe_levels", "reference_transform"]

@@ -86,7 +86,9 @@ def test_the_refit_is_deterministic_and_starts_from_a_fresh_head() -> None:
     )
 
 
-@pytest.mark.parametrize("bad", [{"passes": 0}, {"epochs": -1}, {"learning_rate": 0.0}, {"box_jitter": -0.5}])
+@pytest.mark.parametrize(
+    "bad", [{"passes": 0}, {"epochs": -1}, {"learning_rate": 0.0}, {"box_jitter": -0.5}, {"exposure_region_prob": 1.5}]
+)
 def test_settings_refuse_what_cannot_run(bad: dict) -> None:
     with pytest.raises(ValueError, match="level refit"):
         RefitSettings(**bad)

@@ -12,7 +12,7 @@ import torch
 
 from spine_app.data.importer import import_dataset
 from spine_app.engines import datalist_split
-from spine_app.evaluation.level_probe import GROUPS, BodyGroup, probe_levels
+from spine_app.evaluation.level_probe import GROUPS, BodyGroup, ExposureBand, probe_levels
 from spine_app.networks import SpineMultiTaskNet
 from tests.helpers import SCRIPTS, load_script
 
@@ -59,6 +59,21 @@ def test_every_truth_body_is_read_in_its_group(synth_root: Path, test_datalist: 
     json.dumps(probe.as_dict())
 
 
+def test_an_exposure_band_reads_the_same_bodies_on_a_brighter_film(synth_root: Path, test_datalist: Path) -> None:
+    """The band changes what the head reads, not which bodies it reads (the boxes come from the masks)."""
+    torch.manual_seed(0)
+    net = SpineMultiTaskNet(decoder_channels=(32, 16, 16, 8, 8)).eval()
+    entries = datalist_split(str(test_datalist), "test")
+    plain = probe_levels(net, entries, CANVAS, threshold=0.5)
+    banded = probe_levels(net, entries, CANVAS, threshold=0.5, band=ExposureBand(0.9, 0.5))
+    for name in GROUPS:
+        assert banded.groups[name].bodies == plain.groups[name].bodies
+    assert banded.as_dict() != plain.as_dict()
+    assert probe_levels(net, entries, CANVAS, 0.5, band=ExposureBand(0.0)).as_dict() == plain.as_dict()
+    with pytest.raises(ValueError, match="exposure band"):
+        ExposureBand(1.5)
+
+
 def test_a_group_counts_its_flags_at_the_threshold() -> None:
     group = BodyGroup.of(torch.tensor([0.1, 0.2, 0.3, 0.9]).numpy(), threshold=0.3)
     assert group.bodies == 4 and group.flagged == pytest.approx(0.5)  # 0.3 and 0.9: at or above
@@ -82,6 +97,7 @@ def test_the_script_reports_and_refuses_bad_command_lines(
         ((str(tmp_path / "missing.json"),), "no such datalist"),
         ((str(test_datalist), "validation"), "split is empty"),
         ((str(test_datalist), "train"), "choose training, validation or test"),
+        ((str(test_datalist), "test", None, None, None, 2.0), "--exposure_band 2.0"),
     ):
         with pytest.raises(SystemExit) as exit_info:
             script.main(*argv)
