@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -43,7 +43,7 @@ from monai.transforms import (
 from monai.utils import convert_to_dst_type
 
 from spine_app.channels import LINE_CHANNELS, MASK_NAMES, VIEW_KEYS, seg_key
-from spine_app.data.compose import transforms_of
+from spine_app.data.compose import transforms_changed, transforms_of
 
 
 def study_augmentation(
@@ -199,8 +199,7 @@ def exposure_band(
     return convert_to_dst_type(grey * (high - low) + low, image, dtype=tensor.dtype)[0]
 
 
-@contextlib.contextmanager
-def exposure_region_prob(transform: Any, prob: float | None) -> Iterator[int]:
+def exposure_region_prob(transform: Any, prob: float | None) -> contextlib.AbstractContextManager[int]:
     """Within the block every :class:`RandExposureRegiond` of ``transform`` fires with ``prob`` (None:
     as built); yields how many it found. A probability above 0 for a transform without one is refused
     (it would change nothing). Restored on leaving, also after an error."""
@@ -209,15 +208,7 @@ def exposure_region_prob(transform: Any, prob: float | None) -> Iterator[int]:
         raise ValueError(f"exposure region probability must be within [0, 1], got {prob}")
     if prob and not found:
         raise ValueError(f"exposure region probability {prob}: the transform has no RandExposureRegiond")
-    saved = [t.prob for t in found]
-    try:
-        if prob is not None:
-            for t in found:
-                t.prob = prob
-        yield len(found)
-    finally:
-        for t, old in zip(found, saved, strict=True):
-            t.prob = old
+    return transforms_changed(found, [{} if prob is None else {"prob": prob} for _ in found])
 
 
 class RandCorruptiond(RandomizableTransform):

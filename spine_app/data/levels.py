@@ -21,7 +21,7 @@ deformations move it with the masks (nearest-neighbour interpolation).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Hashable, Iterator, Mapping
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +31,7 @@ from monai.transforms import MapTransform, Randomizable
 from scipy import ndimage
 
 from spine_app.channels import MASK_NAMES, avail_key, seg_key
-from spine_app.data.compose import transforms_of
+from spine_app.data.compose import transforms_changed, transforms_of
 
 #: fracture types, in level-map code order (0 = no fracture)
 FRACTURE_KINDS: tuple[str, ...] = ("none", "wedge", "biconcave", "crush")
@@ -608,35 +608,14 @@ class LevelBoxesd(MapTransform, Randomizable):
         return out
 
 
-def _level_box_transforms(transform: Any) -> Iterator[LevelBoxesd]:
-    """Every :class:`LevelBoxesd` in ``transform`` (a transform or a Compose, searched recursively)."""
-    return transforms_of(transform, LevelBoxesd)
-
-
-@contextlib.contextmanager
-def _level_boxes_changed(found: list[LevelBoxesd], changes: list[dict[str, Any]]) -> Iterator[int]:
-    """Within the block each of ``found`` has the attributes of its entry of ``changes``; yields how
-    many there are. The previous values are restored on leaving, also after an error."""
-    saved = [{name: getattr(t, name) for name in change} for t, change in zip(found, changes, strict=True)]
-    try:
-        for t, change in zip(found, changes, strict=True):
-            for name, value in change.items():
-                setattr(t, name, value)
-        yield len(found)
-    finally:
-        for t, old in zip(found, saved, strict=True):
-            for name, value in old.items():
-                setattr(t, name, value)
-
-
 def reference_boxes_kept(transform: Any) -> contextlib.AbstractContextManager[int]:
     """Within the block every :class:`LevelBoxesd` of ``transform`` also adds its boxes before the
     jitter (:data:`REFERENCE_BOX_KEYS`); yields how many it found, refuses a transform without one.
     Restored on leaving, also after an error."""
-    found = list(_level_box_transforms(transform))
+    found = list(transforms_of(transform, LevelBoxesd))
     if not found:
         raise ValueError("reference boxes: the transform has no LevelBoxesd")
-    return _level_boxes_changed(found, [{"keep_reference": True} for _ in found])
+    return transforms_changed(found, [{"keep_reference": True} for _ in found])
 
 
 def scaled_box_jitter(transform: Any, factor: float) -> contextlib.AbstractContextManager[int]:
@@ -646,8 +625,8 @@ def scaled_box_jitter(transform: Any, factor: float) -> contextlib.AbstractConte
     The settings are restored on leaving, also after an error."""
     if factor < 0:
         raise ValueError(f"box jitter factor must be >= 0, got {factor}")
-    found = list(_level_box_transforms(transform))
+    found = list(transforms_of(transform, LevelBoxesd))
     if factor != 1.0 and not found:
         raise ValueError(f"box jitter factor {factor}: the transform has no LevelBoxesd to scale")
     scaled = [{"shift": t.shift * factor, "scale": t.scale * factor, "turn_deg": t.turn_deg * factor} for t in found]
-    return _level_boxes_changed(found, scaled)
+    return transforms_changed(found, scaled)
