@@ -14,42 +14,28 @@ presets are gathered in ``OUT/studies`` and imported as one training-only datali
 
 from __future__ import annotations
 
-import shutil
-import sys
 from pathlib import Path
 
 import fire
 
-from spine_app.data.importer import import_dataset
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from drr_zero_shot import render_set  # noqa: E402  (a sibling script)
+from spine_app.data.importer import load_datalist
+from spine_app.drr.scenes import TRAINING_PLAN, SceneRender, render_training_set
 
 
 def main(
     out: str,
-    thoracic: int = 40,
-    thoracolumbar: int = 24,
-    whole_spine: int = 16,
-    lumbar: int = 16,
+    thoracic: int = TRAINING_PLAN["thoracic"],
+    thoracolumbar: int = TRAINING_PLAN["thoracolumbar"],
+    whole_spine: int = TRAINING_PLAN["whole_spine"],
+    lumbar: int = TRAINING_PLAN["lumbar"],
     seed: int = 21,
     voxel_mm: float = 2.0,
     pixel_mm: float = 1.0,
 ) -> None:
     """Render the DRR training set into ``out`` (see the module docstring)."""
-    root = Path(out)
     plan = {"thoracic": thoracic, "thoracolumbar": thoracolumbar, "whole_spine": whole_spine, "lumbar": lumbar}
-    gathered = root / "studies"
-    for k, (preset, n) in enumerate(plan.items()):
-        if n <= 0:
-            continue
-        render_set(root / preset, preset, n, seed + k, voxel_mm, pixel_mm, "divergent", False)
-        for study in sorted((root / preset / "studies").glob("*/*")):
-            target = gathered / study.parent.name / study.name
-            if study.is_dir() and not target.exists():
-                shutil.copytree(study, target)
-    summary = import_dataset(gathered, gathered / "datalist.json", seed=0, fractions=(1.0, 0.0, 0.0), workers=1)
-    print(f"{summary['summary']['imported']} DRR training studies -> {gathered / 'datalist.json'}")
+    datalist = render_training_set(Path(out), plan, seed, SceneRender(voxel_mm, pixel_mm, "divergent", False))
+    print(f"{len(load_datalist(datalist)['training'])} DRR training studies -> {datalist}")
 
 
 if __name__ == "__main__":

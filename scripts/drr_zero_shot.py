@@ -28,7 +28,6 @@ with (``OUT/<preset>/rendered.json``), whatever the command line says.
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import fire
@@ -36,34 +35,12 @@ import fire
 from spine_app.bundle import BUNDLE_DIR, bundle_disk_exclusion, config_value, load_bundle_network
 from spine_app.data.importer import import_dataset, load_datalist
 from spine_app.data.io import write_atomic
-from spine_app.drr.run import generate
-from spine_app.drr.study import DrrSettings
+from spine_app.drr.scenes import SceneRender, render_scenes
 from spine_app.evaluation.zero_shot import score_set, write_report
-from spine_app.synthetic.config import load_preset
-from spine_app.synthetic.ct import write_ct
 
 PRESETS = ("thoracic",)
 #: how a preset's studies were rendered (the settings, seconds per study), beside its datalist
 RENDERED = "rendered.json"
-
-
-def render_set(
-    folder: Path, preset: str, n: int, seed: int, voxel_mm: float, pixel_mm: float, beam: str, ct_film: bool
-) -> float:
-    """Voxelise ``n`` scenes of ``preset`` and render one DRR study of each into ``folder/studies``;
-    returns the seconds spent per study (CT and DRR)."""
-    cfg = load_preset(preset)
-    began = time.perf_counter()
-    for index in range(n):
-        ct = folder / "ct" / f"{index:03d}"
-        if not (ct / "ct_labels.nii.gz").is_file():
-            write_ct(cfg, seed, index, ct, voxel_mm)
-        settings = DrrSettings(
-            seed=seed * 1000 + index, beam=beam, pixel_mm=pixel_mm, use_ct_film=ct_film, preset=preset
-        )
-        generate(ct / "ct.nii.gz", ct / "ct_labels.nii.gz", folder / "studies", settings)
-        print(f"{preset} {index + 1}/{n} rendered ({time.perf_counter() - began:.0f} s)", flush=True)
-    return (time.perf_counter() - began) / max(1, n)
 
 
 def main(
@@ -93,7 +70,9 @@ def main(
                 "beam": beam,
                 "ct_film": ct_film,
             }
-            settings["seconds_per_study"] = render_set(folder, preset, n, seed, voxel_mm, pixel_mm, beam, ct_film)
+            settings["seconds_per_study"] = render_scenes(
+                folder, preset, n, seed, SceneRender(voxel_mm, pixel_mm, beam, ct_film)
+            )
             import_dataset(folder / "studies", folder / "datalist.json", seed=0, fractions=(0.0, 0.0, 1.0), workers=1)
             record = json.dumps(settings, indent=2)
             write_atomic(folder / RENDERED, lambda tmp, text=record: tmp.write_text(text))

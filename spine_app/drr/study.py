@@ -18,7 +18,7 @@ from spine_app.drr import masks as parts_mod
 from spine_app.drr.fracture import SimulatedFracture, compress, grade_for_loss, sample_fracture
 from spine_app.drr.labels import SACRUM, convention
 from spine_app.drr.project import Beam, Geometry, apply, cast, index_to_world, rigid, world_to_index
-from spine_app.synthetic.config import SynthConfig, json_ready, load_preset
+from spine_app.synthetic.config import SynthConfig, closest_field_of_view, json_ready, load_preset
 from spine_app.synthetic.ct import hu_to_mu
 from spine_app.synthetic.generator import SyntheticStudy
 from spine_app.synthetic.imaging import ExposureParams, chord_mask, expose, lat_column_masks, quantize
@@ -204,6 +204,7 @@ def render_study(
         entry["in_roi"] = entry["in_view_ap"] and entry["in_view_lat"]
         entry["lat_points_px"] = lat[lv.name]
         truth_levels.append(entry)
+    in_view = [e["name"] for e in truth_levels if e["in_view_lat"] or e["in_view_ap"]]
     truth = json_ready(
         {
             "generator": GENERATOR,
@@ -230,13 +231,22 @@ def render_study(
                 "mask_threshold_mm": threshold,
             },
             "levels": truth_levels,
-            "levels_in_view": [e["name"] for e in truth_levels if e["in_view_lat"] or e["in_view_ap"]],
+            "levels_in_view": in_view,
+            "field_of_view": _field_of_view(in_view),
             "fractures": [{"level": e["name"], **e["fracture"]} for e in truth_levels if e["fracture"]],
             "simulated_fracture": asdict(fracture) if fracture is not None else None,
             "exposure": exposure,
         }
     )
     return SyntheticStudy(study_id, label, images, masks, truth, ps)
+
+
+def _field_of_view(in_view: list[str]) -> dict[str, Any]:
+    """truth.json's ``field_of_view`` of a DRR film: the generator's framing closest to the labelled
+    levels in view (``name`` "levels" when none is), so that ``--extra_fields_of_view`` and the level
+    refit's framed grades (``level_refit_extra_fields_of_view``) treat DRR studies as the generator's."""
+    fov = closest_field_of_view(in_view)
+    return {"name": fov.name if fov else "levels", "levels": list(in_view), "from": "levels in view"}
 
 
 def prepare(vol: Volume, s: DrrSettings) -> tuple[Volume, np.ndarray, list[parts_mod.Level], SimulatedFracture | None]:

@@ -48,6 +48,22 @@ FIELDS_OF_VIEW: dict[str, FieldOfView] = {
     "whole_spine": FieldOfView("whole_spine", ("C7", "S1"), (800.0, 900.0), (300.0, 350.0), (300.0, 350.0)),
 }
 
+
+def closest_field_of_view(levels: list[str] | tuple[str, ...]) -> FieldOfView | None:
+    """The framing of :data:`FIELDS_OF_VIEW` whose levels overlap ``levels`` (names of
+    :data:`FRAME_LEVELS`, e.g. a film's levels in view) the most (intersection over union; the
+    narrower framing on a tie), or None when no framing shares a level with them: how a film that
+    was not drawn from a framing (a DRR of a CT volume) is filed with the generator's framings."""
+    shown = {name for name in levels if name in FRAME_LEVELS}
+    best, best_score = None, 0.0
+    for fov in sorted(FIELDS_OF_VIEW.values(), key=lambda f: len(f.level_names())):
+        framed = set(fov.level_names())
+        score = len(shown & framed) / len(shown | framed) if shown else 0.0
+        if score > best_score:
+            best, best_score = fov, score
+    return best
+
+
 PRESET_DIR = config_dir("synthetic")  # the checkout's configs/synthetic or the wheel's copy
 
 

@@ -99,6 +99,9 @@ def test_drr_masks_match_the_generators_masks(cts: dict[int, Path], tmp_path: Pa
     assert np.median(errors) < 1.5, errors  # mm, body corners measured on 2 mm voxels
     assert truth["label"] == study.label and truth["image_shapes"] == study.truth["image_shapes"]
     assert {f["level"] for f in truth["fractures"]} == {f["level"] for f in study.truth["fractures"]}
+    # filed with the generator's framings (a lumbar scene), so --extra_fields_of_view and the refit read it
+    assert truth["field_of_view"]["name"] in {"lumbar", "thoracolumbar"}
+    assert truth["field_of_view"]["levels"] == truth["levels_in_view"]
 
 
 def test_divergent_beam_magnifies_as_sid_over_sid_minus_d() -> None:

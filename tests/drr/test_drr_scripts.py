@@ -33,6 +33,7 @@ def test_training_set_is_a_training_only_datalist_of_drr_studies(tmp_path: Path)
         assert entry["meta_lat"]["spacing"] == [2.0, 2.0]  # framed on the bodies at --pixel_mm
         assert truth["source"]["generator_ct"]["generator"] == "spine_app.synthetic.ct"  # of a generator scene
         assert any(level["in_view_lat"] for level in truth["levels"])
+        assert truth["field_of_view"]["name"] in {"lumbar", "thoracolumbar"}  # filed with the generator's framings
 
 
 def test_zero_shot_scores_every_mask_and_the_decision(tmp_path: Path):

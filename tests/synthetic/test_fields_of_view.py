@@ -8,12 +8,28 @@ import dataclasses
 import numpy as np
 import pytest
 
-from spine_app.synthetic.config import FIELDS_OF_VIEW, load_preset
+from spine_app.synthetic.config import ALL_LEVELS, FIELDS_OF_VIEW, closest_field_of_view, load_preset
 from spine_app.synthetic.generator import generate_study, render_study
 from spine_app.synthetic.render import Projections
 from spine_app.synthetic.thorax import add_soft_organs
 
 SMALL = {"long_side_px": (320, 320), "render_voxel_mm": 1.2}
+
+
+@pytest.mark.parametrize("name", ["lumbar", "thoracolumbar", "thoracic", "whole_spine"])
+def test_a_framings_own_levels_and_a_wider_film_of_them_file_under_it(name: str) -> None:
+    framed = FIELDS_OF_VIEW[name].level_names()
+    assert closest_field_of_view(framed).name == name
+    first = ALL_LEVELS.index(framed[0]) if framed[0] in ALL_LEVELS else 0
+    wider = list(ALL_LEVELS[max(0, first - 1) : first]) + framed  # one level of context above
+    assert closest_field_of_view(wider).name == name
+
+
+def test_films_outside_every_framing_file_under_none_and_a_chest_ct_under_thoracic() -> None:
+    assert closest_field_of_view([]) is None and closest_field_of_view(["C3", "C4"]) is None
+    chest = ["C7", *(f"T{i}" for i in range(1, 13)), "L1", "L2"]  # a chest CT's labelled bodies
+    assert closest_field_of_view(chest).name == "thoracic"
+    assert closest_field_of_view(["T11", "T12", "L1", "L2", "L3"]).name == "thoracolumbar"
 
 
 @pytest.mark.parametrize("name", ["lumbar", "thoracolumbar", "thoracic", "whole_spine"])

@@ -1,0 +1,76 @@
+"""DRR studies of the generator's own scenes: each scene voxelised into a CT and its vertebra label
+map (``spine-app synth --ct``) and rendered by ``spine-app drr``'s ray caster.
+
+What ``scripts/drr_zero_shot.py`` (test sets: the shipped model on DRR films) and
+``scripts/drr_training_set.py`` (a training-only set of every framing) render; see docs/drr.md and
+docs/results.md "DRR films of CT volumes".
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from spine_app.data.importer import import_dataset
+from spine_app.drr.run import generate
+from spine_app.drr.study import DrrSettings
+from spine_app.synthetic.config import load_preset
+from spine_app.synthetic.ct import write_ct
+
+#: the framings of a DRR training set and how many scenes of each (``scripts/drr_training_set.py``)
+TRAINING_PLAN: Mapping[str, int] = {"thoracic": 40, "thoracolumbar": 24, "whole_spine": 16, "lumbar": 16}
+
+
+@dataclass(frozen=True)
+class SceneRender:
+    """How scenes become films: CT voxel size, film pixel size (both mm), the beam (``divergent`` |
+    ``parallel``) and ``ct_film`` (the generator's own film frame instead of one framed on the
+    labelled bodies, as a real CT without a generator film is framed)."""
+
+    voxel_mm: float = 1.0
+    pixel_mm: float = 1.0
+    beam: str = "divergent"
+    ct_film: bool = False
+
+
+def render_scenes(folder: Path, preset: str, n: int, seed: int, render: SceneRender) -> float:
+    """Voxelise ``n`` scenes of ``preset`` (seed ``seed``) into ``folder/ct/<index>`` and render one DRR
+    study of each into ``folder/studies`` (a pose drawn per study); a CT already written is reused.
+    Returns the seconds spent per study (CT and DRR)."""
+    cfg = load_preset(preset)
+    began = time.perf_counter()
+    for index in range(n):
+        ct = folder / "ct" / f"{index:03d}"
+        if not (ct / "ct_labels.nii.gz").is_file():
+            write_ct(cfg, seed, index, ct, render.voxel_mm)
+        settings = DrrSettings(
+            seed=seed * 1000 + index,
+            beam=render.beam,
+            pixel_mm=render.pixel_mm,
+            use_ct_film=render.ct_film,
+            preset=preset,
+        )
+        generate(ct / "ct.nii.gz", ct / "ct_labels.nii.gz", folder / "studies", settings)
+        print(f"{preset} {index + 1}/{n} rendered ({time.perf_counter() - began:.0f} s)", flush=True)
+    return (time.perf_counter() - began) / max(1, n)
+
+
+def render_training_set(root: Path, plan: Mapping[str, int], seed: int, render: SceneRender) -> Path:
+    """A training-only set of DRR studies: ``plan[preset]`` scenes of each preset (seed ``seed`` + the
+    preset's position in ``plan``) rendered into ``root/<preset>``, gathered in ``root/studies`` and
+    imported there as one datalist whose every study is in the ``training`` split; returns its path."""
+    gathered = root / "studies"
+    for k, (preset, n) in enumerate(plan.items()):
+        if n <= 0:
+            continue
+        render_scenes(root / preset, preset, n, seed + k, render)
+        for study in sorted((root / preset / "studies").glob("*/*")):
+            target = gathered / study.parent.name / study.name
+            if study.is_dir() and not target.exists():
+                shutil.copytree(study, target)
+    datalist = gathered / "datalist.json"
+    import_dataset(gathered, datalist, seed=0, fractions=(1.0, 0.0, 0.0), workers=1)
+    return datalist
