@@ -58,19 +58,41 @@ def render_scenes(folder: Path, preset: str, n: int, seed: int, render: SceneRen
     return (time.perf_counter() - began) / max(1, n)
 
 
-def render_training_set(root: Path, plan: Mapping[str, int], seed: int, render: SceneRender) -> Path:
-    """A training-only set of DRR studies: ``plan[preset]`` scenes of each preset (seed ``seed`` + the
-    preset's position in ``plan``) rendered into ``root/<preset>``, gathered in ``root/studies`` and
-    imported there as one datalist whose every study is in the ``training`` split; returns its path."""
-    gathered = root / "studies"
+def scaled_plan(studies: int, plan: Mapping[str, int] = TRAINING_PLAN) -> dict[str, int]:
+    """``plan`` scaled to ``studies`` scenes in all, in its proportions (largest remainders; the first
+    framings first on a tie): 96 gives :data:`TRAINING_PLAN` itself, 10 gives 4 / 2 / 2 / 2."""
+    total = sum(plan.values())
+    if studies < 0 or total <= 0:
+        raise ValueError(f"scaled_plan: {studies} studies of a plan of {total}")
+    exact = {name: studies * n / total for name, n in plan.items()}
+    counts = {name: int(value) for name, value in exact.items()}
+    by_remainder = sorted(plan, key=lambda name: counts[name] - exact[name])  # stable: plan order on ties
+    for name in by_remainder[: studies - sum(counts.values())]:
+        counts[name] += 1
+    return counts
+
+
+def render_scene_studies(root: Path, plan: Mapping[str, int], seed: int, render: SceneRender, gathered: Path) -> None:
+    """``plan[preset]`` scenes of each preset (seed ``seed`` + the preset's position in ``plan``)
+    rendered into ``root/<preset>`` (:func:`render_scenes`), then, once all are rendered, their study
+    folders copied into ``gathered`` (class folders), a study already there kept: an interrupted
+    rendering leaves ``gathered`` as it was (the CT volumes written so far are reused next time)."""
+    rendered = [preset for preset, n in plan.items() if n > 0]
     for k, (preset, n) in enumerate(plan.items()):
-        if n <= 0:
-            continue
-        render_scenes(root / preset, preset, n, seed + k, render)
+        if n > 0:
+            render_scenes(root / preset, preset, n, seed + k, render)
+    for preset in rendered:
         for study in sorted((root / preset / "studies").glob("*/*")):
             target = gathered / study.parent.name / study.name
             if study.is_dir() and not target.exists():
                 shutil.copytree(study, target)
+
+
+def render_training_set(root: Path, plan: Mapping[str, int], seed: int, render: SceneRender) -> Path:
+    """A training-only set of DRR studies: :func:`render_scene_studies` gathered in ``root/studies``
+    and imported there as one datalist whose every study is in the ``training`` split; returns its path."""
+    gathered = root / "studies"
+    render_scene_studies(root, plan, seed, render, gathered)
     datalist = gathered / "datalist.json"
     import_dataset(gathered, datalist, seed=0, fractions=(1.0, 0.0, 0.0), workers=1)
     return datalist

@@ -28,6 +28,11 @@ TRAINING_ONLY = (1.0, 0.0, 0.0)
 EXTRA_OVERRIDES: dict[str, Any] = {"lat_facing": "left"}
 
 
+#: the ``preset`` of an extra training dataset that renders DRR studies of the generator's CT volumes
+#: (``spine-app drr``'s ray caster, :func:`spine_app.drr.scenes.render_training_set`) instead of drawing films
+DRR_PRESET = "drr"
+
+
 #: the embedded default's folder (train.yaml ``dataset_dir``), relative to the working directory
 EMBEDDED_DEFAULT_DIR = "data/synthetic"
 
@@ -268,7 +273,9 @@ def _prepare(
     if datalist.is_file():
         return
     has_studies = root.is_dir() and any(study.images for study in find_studies(root))
-    if not has_studies:
+    if not has_studies and preset == DRR_PRESET:
+        _render_drr_studies(root, synthetic_studies, seed)
+    elif not has_studies:
         from spine_app.synthetic.generator import generate_dataset
 
         logger.warning(
@@ -284,6 +291,22 @@ def _prepare(
     logger.warning(
         "imported %d studies from %s (%d skipped) -> %s", summary["imported"], root, summary["skipped"], datalist
     )
+
+
+def _render_drr_studies(root: Path, studies: int, seed: int) -> None:
+    """``studies`` DRR studies of the generator's scenes in ``root`` (every framing in the proportions
+    of :data:`spine_app.drr.scenes.TRAINING_PLAN`, 2 mm voxels, 1 mm pixels, divergent beam); the CT
+    volumes and each framing's renders stay in ``root/.scenes`` (hidden from the import)."""
+    from spine_app.drr.scenes import SceneRender, render_scene_studies, scaled_plan
+
+    plan = scaled_plan(studies)
+    logger.warning(
+        "no studies in %s: rendering DRR studies of the generator's scenes there (%s, seed %d; about 5 s a study)",
+        root,
+        ", ".join(f"{n} {name}" for name, n in plan.items()),
+        seed,
+    )
+    render_scene_studies(root / ".scenes", plan, seed, SceneRender(voxel_mm=2.0, pixel_mm=1.0), root)
 
 
 def datalist_split(datalist: str, split: str, limit: int | None = None) -> list[dict[str, Any]]:

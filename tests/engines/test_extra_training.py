@@ -103,3 +103,19 @@ def test_the_main_jobs_extras_are_for_the_embedded_default_only(tmp_path: Path, 
     assert {key: parser.get_parsed_content(key) for key in keys} == dict.fromkeys(keys, 0)
     assert parser.get_parsed_content("cycle2_datalist") is None
     assert not (tmp_path / "data").exists()
+
+
+def test_the_drr_preset_renders_ray_cast_studies_of_every_framing_once(tmp_path: Path) -> None:
+    folder = tmp_path / "drr"
+    extra = extra_training_datalist(str(folder), 2, 5, "drr")  # 1 thoracic + 1 thoracolumbar scene
+    entries = datalist_split(extra, "training")
+    listed = json.loads(Path(extra).read_text())
+    assert len(entries) == 2 and not listed["validation"] and not listed["test"]
+    truths = [json.loads(Path(e["truth"]).read_text()) for e in entries]
+    assert all(t["generator"] == "spine_app.drr" and t["geometry"]["beam"] == "divergent" for t in truths)
+    assert all(e["meta_lat"]["spacing"] == [1.0, 1.0] for e in entries)  # framed on the bodies at 1 mm
+    assert {field_of_view_name(e) for e in entries} <= {"thoracic", "thoracolumbar", "whole_spine"}
+    assert sorted(p.name for p in (folder / ".scenes").iterdir()) == ["thoracic", "thoracolumbar"]  # CTs kept, hidden
+    before = Path(extra).stat().st_mtime_ns
+    assert extra_training_datalist(str(folder), 2, 5, "drr") == extra  # a second run reuses them
+    assert Path(extra).stat().st_mtime_ns == before
