@@ -29,7 +29,7 @@ EXTRA_OVERRIDES: dict[str, Any] = {"lat_facing": "left"}
 
 
 #: the ``preset`` of an extra training dataset that renders DRR studies of the generator's CT volumes
-#: (``spine-app drr``'s ray caster, :func:`spine_app.drr.scenes.render_training_set`) instead of drawing films
+#: (``spine-app drr``'s ray caster, :func:`spine_app.drr.scenes.render_scene_studies`) instead of drawing films
 DRR_PRESET = "drr"
 
 
