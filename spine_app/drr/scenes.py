@@ -77,11 +77,10 @@ def render_scene_studies(root: Path, plan: Mapping[str, int], seed: int, render:
     rendered into ``root/<preset>`` (:func:`render_scenes`), then, once all are rendered, their study
     folders copied into ``gathered`` (class folders), a study already there kept: an interrupted
     rendering leaves ``gathered`` as it was (the CT volumes written so far are reused next time)."""
-    rendered = [preset for preset, n in plan.items() if n > 0]
-    for k, (preset, n) in enumerate(plan.items()):
-        if n > 0:
-            render_scenes(root / preset, preset, n, seed + k, render)
-    for preset in rendered:
+    seeds = {preset: seed + k for k, (preset, n) in enumerate(plan.items()) if n > 0}
+    for preset, preset_seed in seeds.items():
+        render_scenes(root / preset, preset, plan[preset], preset_seed, render)
+    for preset in seeds:
         for study in sorted((root / preset / "studies").glob("*/*")):
             target = gathered / study.parent.name / study.name
             if study.is_dir() and not target.exists():
