@@ -1,5 +1,5 @@
 """Classification metrics for Normal (0) vs Damaged (1): AUROC with a bootstrap CI, a threshold
-chosen on validation (Youden's J), and the threshold-dependent scores."""
+chosen on validation (Youden's J, midway in its widest gap), and the threshold-dependent scores."""
 
 from __future__ import annotations
 
@@ -39,18 +39,26 @@ def auroc_ci(
 
 
 def youden_threshold(labels: Sequence[int], probabilities: Sequence[float]) -> float:
-    """Probability threshold maximising sensitivity + specificity - 1 (0.5 if undefined)."""
+    """Probability threshold maximising Youden's J (sensitivity + specificity - 1), placed midway in
+    the widest gap between consecutive scores that gives the best J (0.5 if undefined).
+
+    Every threshold in the gap below a study's score makes the same calls, so a threshold on the
+    score itself sits on a validation study and calls the nearest held-out study either way by a
+    hair; the middle of the gap keeps the validation calls with the most margin on both sides. Of
+    several gaps with the same best J the widest wins (ties: the lowest). Below the lowest score
+    (every study called Damaged) the threshold is that score.
+    """
     y = np.asarray(labels, dtype=bool)
     p = np.asarray(probabilities, dtype=float)
     if y.all() or not y.any():
         return 0.5
-    best, best_j = 0.5, -1.0
-    for t in np.unique(p):
-        pred = p >= t
-        j = (pred & y).sum() / y.sum() + (~pred & ~y).sum() / (~y).sum() - 1
-        if j > best_j:
-            best, best_j = float(t), j
-    return best
+    values = np.unique(p)
+    called = p[None, :] >= values[:, None]
+    j = (called & y).sum(1) / y.sum() + (~called & ~y).sum(1) / (~y).sum() - 1
+    best = np.flatnonzero(j >= j.max() - 1e-9)
+    gaps = np.where(best > 0, values[best] - values[np.maximum(best - 1, 0)], 0.0)
+    i = int(best[np.argmax(gaps)])
+    return float(values[0]) if i == 0 else float((values[i - 1] + values[i]) / 2)
 
 
 def threshold_scores(

@@ -83,7 +83,15 @@ def test_threshold_choice_and_scores() -> None:
     labels = [0, 0, 0, 1, 1, 1]
     probs = [0.1, 0.2, 0.6, 0.55, 0.7, 0.9]
     t = youden_threshold(labels, probs)
-    assert t == pytest.approx(0.55)  # ties (J = 2/3 at 0.55 and 0.7) keep the lower threshold
+    # J = 2/3 both in (0.2, 0.55] and in (0.6, 0.7]: the wider gap wins, at its middle
+    assert t == pytest.approx(0.375)
+    scores = threshold_scores(labels, probs, t)
+    assert scores["sensitivity"] == 1.0 and scores["specificity"] == pytest.approx(2 / 3)
+    # a separable validation set: midway between its highest Normal and lowest Damaged score, not on
+    # the Damaged study (a held-out Normal study just above it would be called Damaged)
+    assert youden_threshold([0, 0, 1, 1], [0.05, 0.1, 0.3, 0.9]) == pytest.approx(0.2)
+    assert youden_threshold([1, 1, 0], [0.2, 0.4, 0.6]) == pytest.approx(0.2)  # all Damaged is best
+    assert youden_threshold([1, 1], [0.2, 0.4]) == 0.5
     scores = threshold_scores(labels, probs, 0.65)
     assert scores["confusion_matrix"] == [[3, 0], [1, 2]]
     assert scores["sensitivity"] == pytest.approx(2 / 3) and scores["specificity"] == 1.0
