@@ -10,6 +10,7 @@ from spine_app.engines.cycles import (
     training_sampler,
 )
 from spine_app.engines.dataset import (
+    DRR_PRESET,
     datalist_split,
     ensure_datalist,
     extra_training_datalist,
@@ -45,6 +46,7 @@ from spine_app.engines.workers import loader_worker_init
 from spine_app.engines.writer import StudyPredictionWriter, shard_entries
 
 __all__ = [
+    "DRR_PRESET",
     "loader_worker_init",
     "AtomicCheckpointSaver",
     "ValidationState",

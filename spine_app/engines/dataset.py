@@ -102,13 +102,14 @@ def extra_training_datalist(dataset_dir: str, studies: int, seed: int, preset: s
 def training_entries(
     datalist: str,
     limit: int | None = None,
-    extra: str | None = None,
+    extra: str | Sequence[str | None] | None = None,
     extra_level_labels: str | None = None,
     extra_fields_of_view: Sequence[str] | None = None,
     extra_default: str | None = None,
 ) -> list[dict[str, Any]]:
     """The training split of ``datalist`` (optionally its first ``limit``) followed by the whole
-    training split of the ``extra`` datalist, if any. ``extra_level_labels`` (a
+    training split of the ``extra`` datalist, if any, or of each of several (None ones skipped: the
+    main job's framed studies and its DRR studies, ``extra_drr_studies``). ``extra_level_labels`` (a
     :data:`spine_app.data.levels.LEVEL_LABEL_SOURCES` value) sets where the extra studies' per-level
     labels come from, overriding the run's ``level_labels`` for them alone (``study``: their levels
     learn from the study label only, through the multiple-instance pooling). ``extra_fields_of_view``
@@ -117,13 +118,15 @@ def training_entries(
     any (more studies of the main dataset's framing), comes last with its own per-level labels: none
     of the ``extra_*`` settings apply to it."""
     entries = datalist_split(datalist, "training", limit)
-    if extra:
+    own = len(entries)
+    for source in [extra] if isinstance(extra, str) else [e for e in extra or () if e]:
         added = with_extra_level_labels(
-            keep_fields_of_view(datalist_split(extra, "training"), extra_fields_of_view, extra), extra_level_labels
+            keep_fields_of_view(datalist_split(source, "training"), extra_fields_of_view, source), extra_level_labels
         )
-        logger.warning(
-            "training on %d studies of %s and %d extra studies of %s", len(entries), datalist, len(added), extra
-        )
+        if len(entries) == own:
+            logger.warning("training on %d studies of %s and %d extra studies of %s", own, datalist, len(added), source)
+        else:
+            logger.warning("and %d extra studies of %s", len(added), source)
         entries = entries + added
     if extra_default:
         more = datalist_split(extra_default, "training")

@@ -72,6 +72,13 @@ def test_more_default_studies_come_last_with_their_own_level_labels(tmp_path: Pa
     assert [e["study_id"] for e in entries[-2:]] == [e["study_id"] for e in added]
     assert [e.get("level_labels") for e in entries] == [None] * len(own) + ["study"] * 2 + [None] * 2
     assert training_entries(main, None, None, None, None, more)[len(own) :] == added  # without the mixed_fov ones
+    # several extra datalists (the framed studies and the DRR ones, extra_drr_studies), None skipped
+    several = training_entries(main, None, [fov, None, more], "study")
+    assert [e["study_id"] for e in several[len(own) :]] == [
+        e["study_id"] for e in datalist_split(fov, "training") + added
+    ]
+    assert [e.get("level_labels") for e in several] == [None] * len(own) + ["study"] * 4
+    assert training_entries(main, None, [None, None]) == own
     truths = [json.loads(Path(e["truth"]).read_text()) for e in added]
     assert all(t["lat_facing"] == "left" for t in truths)
     held_out = {e["study_id"] for e in datalist_split(main, "validation") + datalist_split(main, "test")}
@@ -99,9 +106,11 @@ def test_the_main_jobs_extras_are_for_the_embedded_default_only(tmp_path: Path, 
     parser = ConfigParser()
     parser.read_config(str(BUNDLE_DIR / "configs" / "train.yaml"))
     parser["datalist"] = str(datalist)
-    keys = ("extra_synthetic_studies", "extra_default_studies", "cycle2_epochs", "cycle2_studies")
+    keys = ("extra_synthetic_studies", "extra_default_studies", "extra_drr_studies", "cycle2_epochs", "cycle2_studies")
     assert {key: parser.get_parsed_content(key) for key in keys} == dict.fromkeys(keys, 0)
-    assert parser.get_parsed_content("cycle2_datalist") is None
+    assert (
+        parser.get_parsed_content("cycle2_datalist") is None and parser.get_parsed_content("extra_drr_datalist") is None
+    )
     assert not (tmp_path / "data").exists()
 
 
