@@ -52,9 +52,11 @@ def youden_threshold(labels: Sequence[int], probabilities: Sequence[float]) -> f
     p = np.asarray(probabilities, dtype=float)
     if y.all() or not y.any():
         return 0.5
-    values = np.unique(p)
-    called = p[None, :] >= values[:, None]
-    j = (called & y).sum(1) / y.sum() + (~called & ~y).sum(1) / (~y).sum() - 1
+    values = np.unique(p)  # candidate thresholds: a study is called Damaged at p >= threshold
+    positives, negatives = np.sort(p[y]), np.sort(p[~y])
+    sensitivity = 1 - np.searchsorted(positives, values, "left") / positives.size
+    specificity = np.searchsorted(negatives, values, "left") / negatives.size
+    j = sensitivity + specificity - 1
     best = np.flatnonzero(j >= j.max() - 1e-9)
     gaps = np.where(best > 0, values[best] - values[np.maximum(best - 1, 0)], 0.0)
     i = int(best[np.argmax(gaps)])
