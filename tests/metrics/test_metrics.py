@@ -98,6 +98,22 @@ def test_threshold_choice_and_scores() -> None:
     assert scores["accuracy"] == pytest.approx(5 / 6) and scores["f1"] == pytest.approx(0.8)
 
 
+def test_youden_threshold_reaches_the_best_j_of_any_threshold() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        labels = rng.integers(0, 2, 20)
+        labels[:2] = [0, 1]
+        probs = np.round(rng.random(20), 2)  # ties between scores too
+
+        def j(threshold: float) -> float:
+            scores = threshold_scores(labels, probs, threshold)
+            return scores["sensitivity"] + scores["specificity"] - 1
+
+        threshold = youden_threshold(labels, probs)
+        assert j(threshold) == pytest.approx(max(j(t) for t in np.unique(probs)))
+        assert threshold == probs.min() or threshold not in probs  # between two scores, never on one
+
+
 def _wall_masks(shape=(80, 60), anterior_x=15, posterior_x=40):
     """Hand-made lateral lines: two vertical walls (anterior on the left, posterior on the right)."""
     anterior, posterior = np.zeros(shape, bool), np.zeros(shape, bool)
