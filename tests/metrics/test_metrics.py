@@ -98,19 +98,20 @@ def test_threshold_choice_and_scores() -> None:
     assert scores["accuracy"] == pytest.approx(5 / 6) and scores["f1"] == pytest.approx(0.8)
 
 
+def _youden_j(labels: np.ndarray, probs: np.ndarray, threshold: float) -> float:
+    scores = threshold_scores(labels, probs, threshold)
+    return scores["sensitivity"] + scores["specificity"] - 1
+
+
 def test_youden_threshold_reaches_the_best_j_of_any_threshold() -> None:
     rng = np.random.default_rng(0)
     for _ in range(100):
         labels = rng.integers(0, 2, 20)
         labels[:2] = [0, 1]
         probs = np.round(rng.random(20), 2)  # ties between scores too
-
-        def j(threshold: float) -> float:
-            scores = threshold_scores(labels, probs, threshold)
-            return scores["sensitivity"] + scores["specificity"] - 1
-
         threshold = youden_threshold(labels, probs)
-        assert j(threshold) == pytest.approx(max(j(t) for t in np.unique(probs)))
+        best = max(_youden_j(labels, probs, t) for t in np.unique(probs))
+        assert _youden_j(labels, probs, threshold) == pytest.approx(best)
         assert threshold == probs.min() or threshold not in probs  # between two scores, never on one
 
 
