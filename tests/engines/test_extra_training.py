@@ -85,6 +85,7 @@ def test_more_default_studies_come_last_with_their_own_level_labels(tmp_path: Pa
     assert held_out and not held_out & {e["study_id"] for e in added}
     assert default_run_name(main, [384, 288], "resnet18", fov, more) == "synthetic+fov+more-384x288-resnet18"
     assert default_run_name(main, [384, 288], "resnet18", None, more) == "synthetic+more-384x288-resnet18"
+    assert default_run_name(main, [384, 288], "resnet18", fov, None, more) == "synthetic+fov+more-384x288-resnet18"
 
 
 def test_the_main_jobs_extras_are_for_the_embedded_default_only(tmp_path: Path, monkeypatch) -> None:
