@@ -110,6 +110,7 @@ def test_training_writes_the_run_folder_and_leaves_the_shipped_model(trained) ->
                            "backbone": "resnet18", "decoder_channels": [128, 64, 32, 16, 16], "level_labels": "auto",
                            "extra_datalist_sha256": None, "extra_level_labels": "study",
                            "extra_fields_of_view": None, "extra_default_datalist_sha256": None,
+                           "extra_drr_datalist_sha256": None,
                            "level_lr_scale": 1.0, "cycle2": None}  # no extra studies, one cycle
     assert checkpoint["run"]["settings"]["epochs"] == 2
     assert checkpoint["run"]["settings"]["init_weights_sha256"] is None  # trained from scratch

@@ -156,6 +156,26 @@ def test_a_run_from_before_level_lr_scale_resumes_only_at_its_one_group() -> Non
                 handler.check(Path("c.pt"), old, [])
 
 
+def test_a_run_from_before_extra_drr_studies_resumes_without_them() -> None:
+    """A checkpoint written before ``extra_drr_studies`` existed (no such fingerprint key) is a run
+    without DRR studies: the default (0) resumes it."""
+    from pathlib import Path
+
+    from monai.bundle import ConfigParser
+
+    from spine_app.engines import EpochCheckpoint
+
+    config = Path(__file__).resolve().parents[2] / "bundle" / "configs" / "train.yaml"
+    parser = ConfigParser()
+    parser.read_config(str(config))
+    key = "extra_drr_datalist_sha256"
+    expected = {key: parser.get_parsed_content(f"run_fingerprint#{key}")}
+    assert expected == {key: None}
+    EpochCheckpoint("/nonexistent", {}, fingerprint=expected).check(
+        Path("c.pt"), {"run": {"fingerprint": {"datalist_sha256": "x"}}}, []
+    )
+
+
 @pytest.mark.parametrize(("epochs", "expected"), [(5, [2, 4, 5]), (6, [2, 4, 6]), (1, [1])])
 def test_periodic_validation_also_scores_the_last_epoch(epochs: int, expected: list[int]) -> None:
     import torch
