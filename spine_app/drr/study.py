@@ -72,8 +72,18 @@ class Volume:
     meta: dict[str, Any] | None = None  # the spine_app NIfTI extension, when present
 
 
-def film_from_levels(levels: list[parts_mod.Level], s: DrrSettings) -> tuple[Film, np.ndarray]:
-    """A film frame centred on the labelled bodies (as the generator frames its films) and its isocentre."""
+def film_from_levels(
+    levels: list[parts_mod.Level], s: DrrSettings, extent: tuple[np.ndarray, np.ndarray] | None = None
+) -> tuple[Film, np.ndarray]:
+    """A film frame centred on the labelled bodies (as the generator frames its films) and its isocentre.
+
+    With ``extent`` (the CT's world bounding box, :func:`volume_extent`) the frame is kept inside the
+    volume: a film row or column whose rays would leave the CT (past its first or last slice, or its
+    side) would show a blank band no radiograph has, beside bodies cut by the scan's end. The frame is
+    trimmed so that every ray stays in the box at any depth (the divergent beam fans out towards the
+    detector) whatever shift is drawn (``max_shift_mm``); the film's edge then cuts the column near the
+    scan's end, as a collimator would.
+    """
     bodies = [lv for lv in levels if lv.name != SACRUM and lv.body_center is not None] or levels
     centers = np.array([lv.body_center if lv.body_center is not None else lv.centroid for lv in bodies])
     tops = [max(p[2] for p in lv.corners.values()) for lv in bodies if lv.corners] or [centers[:, 2].max()]
@@ -81,21 +91,55 @@ def film_from_levels(levels: list[parts_mod.Level], s: DrrSettings) -> tuple[Fil
     factor = max(1, int(round(0.6 / s.pixel_mm)))
     step = s.pixel_mm * factor
     height = min(max(max(tops) - min(bottoms) + 60.0, 150.0), s.film_height_mm)
-    rows = int(round(height / step))
-    cols = int(round(s.film_width_mm / step))
     iso = centers.mean(axis=0)
     center_z = 0.5 * (max(tops) + min(bottoms))
+    z = (center_z - height / 2.0, center_z + height / 2.0)
+    x = (iso[0] - s.film_width_mm / 2.0, iso[0] + s.film_width_mm / 2.0)
+    y = (iso[1] + 25.0 - s.film_width_mm / 2.0, iso[1] + 25.0 + s.film_width_mm / 2.0)
+    if extent is not None:
+        lo, hi = (np.asarray(v, float) for v in extent)
+        # a drawn pose shifts the volume by up to max_shift_mm (its few degrees of rotation sweep only
+        # the box's far corners, which the film's edge rays cross for a few millimetres at most)
+        pose = s.max_shift_mm
+        # the divergent beam spreads by (sod + depth) / sod at the volume's detector side: posterior for
+        # the AP view (source anterior), the +x side for the LAT view (source on the -x side)
+        depth_ap, depth_lat = max(hi[1] - iso[1], 0.0), max(hi[0] - iso[0], 0.0)
+        fan_ap, fan_lat = ((s.sod_mm / (s.sod_mm + d) if s.beam == "divergent" else 1.0) for d in (depth_ap, depth_lat))
+        z = _inside(z, lo[2] + pose, hi[2] - pose, min(fan_ap, fan_lat))
+        x = _inside(x, lo[0] + pose, hi[0] - pose, fan_ap)
+        y = _inside(y, lo[1] + pose, hi[1] - pose, fan_lat)
+    rows, ap_cols, lat_cols = (max(1, int(round((b - a) / step))) for a, b in (z, x, y))
     film = Film(
         step=step,
         upsample=factor,
-        z_top=center_z + rows * step / 2.0,
+        z_top=0.5 * (z[0] + z[1]) + rows * step / 2.0,
         rows=rows,
-        ap_x0=iso[0] - cols * step / 2.0,
-        ap_cols=cols,
-        lat_y0=iso[1] + 25.0 - cols * step / 2.0,
-        lat_cols=cols,
+        ap_x0=0.5 * (x[0] + x[1]) - ap_cols * step / 2.0,
+        ap_cols=ap_cols,
+        lat_y0=0.5 * (y[0] + y[1]) - lat_cols * step / 2.0,
+        lat_cols=lat_cols,
     )
     return film, iso
+
+
+def _inside(span: tuple[float, float], low: float, high: float, fan: float) -> tuple[float, float]:
+    """``span`` (film coordinates at the isocentre plane) trimmed so that, spread by ``1 / fan`` about
+    its own middle (the central ray), it stays within ``[low, high]``; unchanged when it already does."""
+    a, b = span
+    for _ in range(3):  # the middle moves as the span is trimmed: settle it
+        mid = 0.5 * (a + b)
+        a = max(a, mid - max(mid - low, 0.0) * fan)
+        b = min(b, mid + max(high - mid, 0.0) * fan)
+    return (a, b) if b > a else (0.5 * (low + high),) * 2
+
+
+def volume_extent(shape: tuple[int, ...], i2w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The world bounding box (low, high corners, mm) of a volume of ``shape`` with index->world ``i2w``."""
+    corners = np.array(
+        [[i, j, k, 1.0] for i in (0, shape[0] - 1) for j in (0, shape[1] - 1) for k in (0, shape[2] - 1)]
+    )
+    world = (i2w @ corners.T).T[:, :3]
+    return world.min(axis=0), world.max(axis=0)
 
 
 def _parts_volume(parts: np.ndarray, w2i: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -138,7 +182,7 @@ def render_study(
         film = Film(**meta["film"])
         iso = np.asarray(meta.get("isocenter"), float)
     else:
-        film, iso = film_from_levels(levels, s)
+        film, iso = film_from_levels(levels, s, volume_extent(vol.hu.shape, i2w))
     geometry = Geometry(film=film, isocenter=iso, beam=Beam(s.beam, s.sid_mm, s.sod_mm))
     rotation = tuple(float(a) for a in rng.uniform(-s.max_rotation_deg, s.max_rotation_deg, size=3))
     shift = tuple(float(t) for t in rng.uniform(-s.max_shift_mm, s.max_shift_mm, size=3))

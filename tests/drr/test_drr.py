@@ -304,3 +304,40 @@ def test_a_ct_without_a_film_frame_is_framed_on_its_labelled_bodies(cts: dict[in
     for lv in lumbar:  # each body's centre lies on its mask
         r, c = (int(round(v)) for v in lv["center_ap_px"])
         assert ap[r, c], lv["name"]
+
+
+def test_a_scan_that_ends_in_a_body_frames_no_film_beyond_it(cts: dict[int, Path], tmp_path: Path) -> None:
+    """A CT cut through its lowest labelled body (a chest CT ending mid-lumbar): the film stops inside
+    the scan, so no row shows the blank band past its last slice (framed on the bodies alone, the film
+    would reach 30 mm past it), and its edge cuts through the column as a collimator would."""
+    import nibabel as nib
+
+    ct, labels = (nib.load(str(cts[0] / f"{name}.nii.gz")) for name in ("ct", "ct_labels"))
+    values = np.asarray(labels.dataobj)
+    axis = int(np.argmax(np.abs(labels.affine[2, :3])))  # the slice axis (world z)
+    lowest = np.flatnonzero(np.moveaxis(values == VERSE_VALUE["L4"], axis, 0).any(axis=(1, 2)))
+    cut = int(lowest.mean())  # through the middle of L4's body
+    keep = slice(cut, None) if labels.affine[2, axis] > 0 else slice(None, cut + 1)
+    first = np.zeros(3)
+    first[axis] = keep.start or 0
+    affine = labels.affine.copy()
+    affine[:3, 3] = labels.affine[:3, :3] @ first + labels.affine[:3, 3]
+    for name, image in (("ct", ct), ("ct_labels", labels)):
+        data = np.take(np.asarray(image.dataobj), np.arange(values.shape[axis])[keep], axis=axis)
+        write_nifti(tmp_path / f"cut_{name}.nii.gz", nifti(data, affine))
+    kept = np.take(values, np.arange(values.shape[axis])[keep], axis=axis)
+    slices = np.array([0, kept.shape[axis] - 1])
+    ends = affine[2, axis] * slices + affine[2, 3]  # world z of the first and last slice
+
+    summary = generate(
+        tmp_path / "cut_ct.nii.gz", tmp_path / "cut_ct_labels.nii.gz", tmp_path / "out", DrrSettings(pixel_mm=0.8)
+    )
+    folder = Path(summary["studies"][0])
+    truth = json.loads((folder / "truth.json").read_text())
+    film = truth["geometry"]["film"]
+    bottom, top = film["z_top"] - film["rows"] * film["step"], film["z_top"]
+    assert ends.min() <= bottom and top <= ends.max()  # every row inside the scan (the beam's fan and the pose too)
+    assert bottom - ends.min() < 25.0  # ... and reaching down to it, less the shift's and the fan's margins
+    lat = _mask(folder, "Lat_Vertebra")
+    assert lat[-3:].any()  # the film's lower edge cuts through the column, as a collimator would
+    assert truth["levels_in_view"][-1] in ("L3", "L4")  # L4, half in the scan, may fall in the margins
