@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from spine_app.data.layout import CLASS_NAMES
-from spine_app.drr.study import GENERATOR, DrrSettings, Volume, prepare, render_study, study_stem
+from spine_app.drr.study import GENERATOR, DrrSettings, FrameError, Volume, prepare, render_study, study_stem
 from spine_app.synthetic.ct import read_metadata
 from spine_app.synthetic.generator import write_study
 
@@ -130,7 +130,10 @@ def generate(
         foreign = [p for p in existing if not _made_by_us(p)]
         if foreign and not overwrite:
             raise BadInput(f"{foreign[0]}: study folder exists and was not written by spine-app drr; pass --overwrite")
-        study = render_study(vol, parts, levels, s, pose, study_id, source, fracture)
+        try:
+            study = render_study(vol, parts, levels, s, pose, study_id, source, fracture)
+        except FrameError as err:
+            raise BadInput(f"{ct_path}: {err}") from None
         final = write_study(study, out, ".png", overwrite=True)
         for old in existing:  # the same study moved class (e.g. --fracture added): keep one copy
             if old != final and _made_by_us(old):

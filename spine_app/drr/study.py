@@ -122,6 +122,10 @@ def film_from_levels(
     return film, iso
 
 
+class FrameError(ValueError):
+    """The CT leaves no room for a film inside it (a scan thinner than the pose's and the fan's margins)."""
+
+
 def _inside(span: tuple[float, float], low: float, high: float, fan: float) -> tuple[float, float]:
     """``span`` (film coordinates at the isocentre plane) trimmed so that, spread by ``1 / fan`` about
     its own middle (the central ray), it stays within ``[low, high]``; unchanged when it already does."""
@@ -130,7 +134,11 @@ def _inside(span: tuple[float, float], low: float, high: float, fan: float) -> t
         mid = 0.5 * (a + b)
         a = max(a, mid - max(mid - low, 0.0) * fan)
         b = min(b, mid + max(high - mid, 0.0) * fan)
-    return (a, b) if b > a else (0.5 * (low + high),) * 2
+    if b - a < 1.0:
+        raise FrameError(
+            f"the scan leaves no film inside it ({high - low:.0f} mm across, less the pose's and the beam's margins)"
+        )
+    return a, b
 
 
 def volume_extent(shape: tuple[int, ...], i2w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -17,7 +17,7 @@ from scipy import ndimage
 from spine_app.cli import main
 from spine_app.drr.labels import CONVENTIONS, convention
 from spine_app.drr.project import Beam, Geometry, cast
-from spine_app.drr.run import generate
+from spine_app.drr.run import BadInput, generate
 from spine_app.drr.study import DrrSettings
 from spine_app.synthetic.config import load_preset
 from spine_app.synthetic.ct import VERSE_VALUE, nifti, write_ct, write_nifti
@@ -341,3 +341,9 @@ def test_a_scan_that_ends_in_a_body_frames_no_film_beyond_it(cts: dict[int, Path
     lat = _mask(folder, "Lat_Vertebra")
     assert lat[-3:].any()  # the film's lower edge cuts through the column, as a collimator would
     assert truth["levels_in_view"][-1] in ("L3", "L4")  # L4, half in the scan, may fall in the margins
+
+    thin = np.take(np.asarray(ct.dataobj), np.arange(values.shape[axis])[cut : cut + 4], axis=axis)
+    write_nifti(tmp_path / "thin_ct.nii.gz", nifti(thin, affine))  # 4 slices: no room for a film
+    write_nifti(tmp_path / "thin_ct_labels.nii.gz", nifti(np.take(values, range(cut, cut + 4), axis=axis), affine))
+    with pytest.raises(BadInput, match="thin_ct.nii.gz: the scan leaves no film inside it"):
+        generate(tmp_path / "thin_ct.nii.gz", tmp_path / "thin_ct_labels.nii.gz", tmp_path / "thin", DrrSettings())
