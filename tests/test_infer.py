@@ -620,6 +620,12 @@ def test_rerun_skips_finished_studies_and_redoes_changed_or_incomplete_ones(
     assert "2 studies written, 0 failed" in infer(*own, "--disk_exclusion", "0.3", "--levels_follow_decision", "false")
     result = json.loads((out / "a" / "result.json").read_text())
     assert result["settings"]["levels_follow_decision"] is False and result["levels"]["follows_decision"] is False
+    # the shape check of the levels: on by default, off on request, a writer setting too
+    assert result["settings"]["level_shape_check"] is True and result["levels"]["shape_check"] is True
+    assert "2 studies written, 0 failed" in infer(*own, "--disk_exclusion", "0.3", "--level_shape_check", "false")
+    result = json.loads((out / "a" / "result.json").read_text())
+    assert result["settings"]["level_shape_check"] is False and result["levels"]["shape_check"] is False
+    assert not any(level["left_out"] for level in result["levels"]["levels"])
 
 
 def test_interrupted_run_leaves_whole_studies_and_a_summary_of_them(
@@ -752,6 +758,7 @@ def _weights(path: Path, kind: str) -> Path:
         (["--disk_exclusion", "1.5"], "--disk_exclusion 1.5: must be a number between 0 and 1 (exclusive) or none"),
         (["--disk_exclusion", "some"], "--disk_exclusion 'some': must be a number between 0 and 1"),
         (["--levels_follow_decision", "maybe"], "--levels_follow_decision 'maybe': must be true or false"),
+        (["--level_shape_check", "perhaps"], "--level_shape_check 'perhaps': must be true or false"),
     ],
 )
 def test_bad_device_or_model_is_one_line_and_exit_2(

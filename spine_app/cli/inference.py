@@ -21,6 +21,7 @@ def infer(
     level_neighbour_suppression: float | None = None,
     disk_exclusion: float | str | None = None,
     levels_follow_decision: bool | str | None = None,
+    level_shape_check: bool | str | None = None,
     bundle: str | None = None,
     split: str | None = None,
     explain: bool | str = False,
@@ -57,6 +58,10 @@ def infer(
             flagged or graded vertebra (those above the level threshold are listed as held_back with
             their probabilities); false: every vertebra above the level threshold is flagged and graded
             whatever the study's label.
+        level_shape_check: true (inference.yaml's default): a vertebra whose predicted mask has heights no
+            vertebral body has (a fragment, a blob merged with something beside the column) is listed
+            as left_out: not flagged, not graded, not in the study's probability; false: every vertebra
+            counts.
         bundle: bundle folder (default: the repository's bundle/).
         split: for datalist inputs, only this split (e.g. test).
         explain: also write saliency_AP.png / saliency_LAT.png (where the network looks for its
@@ -114,6 +119,8 @@ def infer(
             overrides[name] = _setting_number(name, value, upper)
     if levels_follow_decision is not None:
         overrides["levels_follow_decision"] = _flag_setting("levels_follow_decision", levels_follow_decision)
+    if level_shape_check is not None:
+        overrides["level_shape_check"] = _flag_setting("level_shape_check", level_shape_check)
     if disk_exclusion is not None:
         overrides["disk_exclusion"] = _exclusion_setting(disk_exclusion)
     elif model is not None:

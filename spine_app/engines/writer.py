@@ -61,7 +61,7 @@ from spine_app.data.levels import INFERENCE_MAX_LEVELS, exposed_rows
 from spine_app.data.study_transforms import FilmGeometry, fit_geometry
 from spine_app.engines.inferer import PARTING_DISK_KEY, parting_disk
 from spine_app.metrics.level_suppression import NO_SUPPRESSION, NeighbourSuppression
-from spine_app.metrics.levels import GRADE_HELD_BACK, level_per_body
+from spine_app.metrics.levels import GRADE_HELD_BACK, GRADE_LEFT_OUT, level_per_body
 from spine_app.metrics.matching import nearest_matches
 
 logger = logging.getLogger(__name__)
@@ -357,6 +357,12 @@ class StudyPredictionWriter:
         dicom_out: for a film read from DICOM, also write ``seg_<VIEW>.dcm``, a DICOM Segmentation
             of its structures, and for the study ``report.dcm``, a DICOM Structured Report (TID 1500)
             of the measurements and the decision (:mod:`spine_app.engines.dicom_out`).
+        level_shape_check: a level whose body's predicted mask has heights no vertebral body has
+            (:func:`spine_app.morphometry.measure.shape_implausible`, on the film's own morphometry)
+            is left out of the study decision and never flagged or graded (:func:`level_summary`).
+        level_pooling: the network's pooling of the level logits into the study logit
+            (:data:`spine_app.networks.levels.MIL_POOLING`; inference.yaml passes the network's own),
+            used where a level is left out.
         pipeline: the inference settings before the writer that change its outputs (inference.yaml:
             canvas, tall-film spacing, mirroring TTA), recorded in result.json's ``settings`` so a
             re-run with other ones redoes the study.
@@ -379,12 +385,19 @@ class StudyPredictionWriter:
         pipeline: Mapping[str, Any] | None = None,
         level_neighbour_suppression: float = 0.0,
         levels_follow_decision: bool = True,
+        level_shape_check: bool = True,
+        level_pooling: str = "lse",
     ) -> None:
+        from spine_app.networks.levels import MIL_POOLING
+
         if decision not in DECISIONS:
             raise ValueError(f"decision must be one of {', '.join(DECISIONS)}, got {decision!r}")
         self.level_threshold = float(level_threshold)
         self.level_suppression = NeighbourSuppression(float(level_neighbour_suppression or 0.0))
         self.levels_follow_decision = bool(levels_follow_decision)
+        if level_pooling not in MIL_POOLING:
+            raise ValueError(f"level_pooling must be one of {', '.join(MIL_POOLING)}, got {level_pooling!r}")
+        self.level_shape_check, self.level_pooling = bool(level_shape_check), level_pooling
         self.decision, self.explain, self.dicom_out = decision, explain or None, bool(dicom_out)
         self.output_dir = Path(output_dir)
         self.threshold, self.damaged_threshold = float(threshold), float(damaged_threshold)
@@ -434,6 +447,7 @@ class StudyPredictionWriter:
             "level_threshold": self.level_threshold,
             "level_neighbour_suppression": self.level_suppression.weight,
             "levels_follow_decision": self.levels_follow_decision,
+            "level_shape_check": self.level_shape_check,
             "explain": self.explain,
             "lowest_level": self.lowest_level,
             "nifti": bool(self.nifti),
@@ -699,7 +713,14 @@ class StudyPredictionWriter:
         levels_block = None
         if "level_logits" in pred and float(target["present"][b, 1]) > 0:
             levels_block = level_summary(
-                pred, b, target[geom_key("lat")][b], lat_bodies, self.level_threshold, self.level_suppression
+                pred,
+                b,
+                target[geom_key("lat")][b],
+                lat_bodies,
+                self.level_threshold,
+                self.level_suppression,
+                self.level_shape_check,
+                self.level_pooling,
             )
             result["levels"] = levels_block
             result["levels_probability"] = levels_block["study_probability"]
@@ -801,6 +822,8 @@ def level_summary(
     bodies: list,
     threshold: float,
     suppression: NeighbourSuppression = NO_SUPPRESSION,
+    shape_check: bool = False,
+    pooling: str = "lse",
 ) -> dict[str, Any]:
     """result.json's ``levels`` block of study ``b``: every body the level head scored, top to bottom.
 
@@ -809,7 +832,12 @@ def level_summary(
     (:func:`level_label`: what the overlay and the morphometry call the body), ``centre_px`` on the film,
     ``fracture_probability`` (P(grade >= 1) after the neighbour ``suppression``,
     :mod:`spine_app.metrics.level_suppression`), ``head_probability`` (the level head's own),
-    ``flagged`` (``fracture_probability`` at or above ``threshold``), ``grade`` with its ``grade_source``
+    ``flagged`` (``fracture_probability`` at or above ``threshold``), ``left_out`` (with ``shape_check``:
+    the level lies on a body whose predicted mask has heights no vertebral body has,
+    :func:`spine_app.morphometry.measure.shape_implausible` on the film's own morphometry: a fragment,
+    a blob merged with something beside the column; it is never flagged or graded, ``grade_source``
+    :data:`~spine_app.metrics.levels.GRADE_LEFT_OUT`, and ``study_probability`` is the network's level
+    logits pooled by ``pooling`` without it; where every level would be left out, none is), ``grade`` with its ``grade_source
     (:func:`spine_app.metrics.levels.reported_grade`: a flagged body's higher of the morphometry's
     grade and the head's), ``grade_head`` (the network's own grade at ``threshold``,
     :func:`spine_app.metrics.levels.graded`: the grade head's where the model has one),
@@ -823,6 +851,8 @@ def level_summary(
     the labels of the measured bodies below the lowest scored one (the level head's cap), else empty.
     """
     from spine_app.metrics.levels import grade_distribution, graded, reported_grade
+    from spine_app.morphometry.measure import shape_implausible
+    from spine_app.networks.levels import mil_pool
 
     valid = pred["level_valid"][b] > 0
     logits = pred["level_logits"][b].float()[valid]
@@ -830,20 +860,28 @@ def level_summary(
     centres = pred["level_centre"][b][valid].float().cpu().numpy()
     suppressed = suppression.probabilities(cumulative[:, 0]) if len(cumulative) else []
     placement = FilmGeometry.from_tensor(geom)
+    on_film = [placement.to_film(float(c[0]), float(c[1])) for c in centres]
+    on_bodies = [_nearest_body(bodies, film) for film in on_film]
+    left_out = [shape_check and body is not None and shape_implausible(body) for body in on_bodies]
+    if all(left_out):  # nothing would be left to decide on: every level counts
+        left_out = [False] * len(left_out)
+    study_logit = pred["cls_levels"][b].float()
+    if any(left_out):
+        kept = torch.tensor([not out for out in left_out], dtype=logits.dtype)[None]
+        study_logit = mil_pool(logits[None, :, 0].float(), kept, pooling)[0]
     levels = []
     scored, lowest = set(), -np.inf  # the bodies the levels lie on, the lowest level's row on the film
-    for i, (cum, centre, probability) in enumerate(zip(cumulative, centres, suppressed)):
-        film = placement.to_film(float(centre[0]), float(centre[1]))
-        body = _nearest_body(bodies, film)
+    for i, (cum, film, body, probability, out) in enumerate(zip(cumulative, on_film, on_bodies, suppressed, left_out)):
         scored.add(id(body))
         lowest = max(lowest, float(film[0]))
         probability = float(probability)
         at_least = [float(v) for v in cum]  # P(grade >= 1), P(grade >= 2), P(grade >= 3)
-        head_grade = graded(at_least, threshold, probability)
+        head_grade = 0 if out else graded(at_least, threshold, probability)
         distribution = grade_distribution(at_least, probability)
-        flagged = bool(probability >= threshold)
+        flagged = bool(probability >= threshold) and not out
         measured = body is not None and body.not_measurable is None
         grade, source = reported_grade(head_grade, flagged, body.grade if measured else None)
+        source = GRADE_LEFT_OUT if out else source
         entry = {
             "number": i + 1,
             "name": body.level if body is not None else None,
@@ -858,6 +896,7 @@ def level_summary(
             "severity_probabilities": [round(v, 4) for v in distribution.severity],
             "flagged": flagged,
             "held_back": False,
+            "left_out": bool(out),
             "morphometry": None
             if body is None
             else {
@@ -873,12 +912,14 @@ def level_summary(
     if len(levels) >= INFERENCE_MAX_LEVELS:
         unscored = [body.label for body in bodies if body.centroid_px[0] > lowest and id(body) not in scored]
     flagged = [lv["number"] for lv in levels if lv["flagged"]]
-    top_level = max(levels, key=lambda lv: lv["fracture_probability"])["number"] if levels else None
+    counted = [lv for lv in levels if not lv["left_out"]] or levels
+    top_level = max(counted, key=lambda lv: lv["fracture_probability"])["number"] if counted else None
     return {
         "method": "level head of the shared network (spine_app.networks.levels), bodies from the predicted LAT masks",
         "level_threshold": threshold,
         "neighbour_suppression": suppression.weight,
-        "study_probability": round(float(torch.sigmoid(pred["cls_levels"][b].float())), 4),
+        "study_probability": round(float(torch.sigmoid(study_logit)), 4),
+        "shape_check": shape_check,
         "numbering": "1 = top-most body of the LAT film",
         "levels": levels,
         "drives_decision": flagged or ([top_level] if top_level is not None else []),
@@ -906,7 +947,8 @@ def hold_back_levels(levels_block: dict[str, Any]) -> list[int]:
             level.update(flagged=False, grade=0, grade_head=0, grade_source=GRADE_HELD_BACK, held_back=True)
             held.append(level["number"])
     if held:
-        top = max(levels_block["levels"], key=lambda lv: lv["fracture_probability"])["number"]
+        counted = [lv for lv in levels_block["levels"] if not lv.get("left_out")] or levels_block["levels"]
+        top = max(counted, key=lambda lv: lv["fracture_probability"])["number"]
         levels_block["drives_decision"] = [top]
     return held
 

@@ -109,13 +109,9 @@ class VertebralBody:
         return out
 
 
-def plausibility_problem(body: VertebralBody, median_area: float) -> str | None:
-    """Why ``body``'s measurement is not plausible (quality control), or None when it passes.
-
-    Heights must be positive finite numbers; Ha/Hp and Hm/Hp within :data:`RATIO_RANGE`; the area
-    within :data:`AREA_RANGE` of the film's median body; posterior height over depth within
-    :data:`SHAPE_RANGE`.
-    """
+def height_problem(body: VertebralBody) -> str | None:
+    """Why ``body``'s three heights are no vertebral body's (a height missing or not positive, Ha/Hp or
+    Hm/Hp outside :data:`RATIO_RANGE`), or None: the first checks of :func:`plausibility_problem`."""
     heights = [body.heights_mm.get(k, float("nan")) for k in ("anterior", "middle", "posterior")]
     if not all(np.isfinite(h) and h > 0 for h in heights):
         return "not measurable: a height is missing or not positive"
@@ -124,6 +120,20 @@ def plausibility_problem(body: VertebralBody, median_area: float) -> str | None:
     for name, ratio in (("anterior/posterior", ha / hp), ("middle/posterior", hm / hp)):
         if not low <= ratio <= high:
             return f"not measurable: {name} height ratio {ratio:.2f} is outside {low}-{high}"
+    return None
+
+
+def plausibility_problem(body: VertebralBody, median_area: float) -> str | None:
+    """Why ``body``'s measurement is not plausible (quality control), or None when it passes.
+
+    Heights must be positive finite numbers; Ha/Hp and Hm/Hp within :data:`RATIO_RANGE`; the area
+    within :data:`AREA_RANGE` of the film's median body; posterior height over depth within
+    :data:`SHAPE_RANGE`.
+    """
+    problem = height_problem(body)
+    if problem is not None:
+        return problem
+    hp = body.heights_mm["posterior"]
     if median_area > 0 and not AREA_RANGE[0] <= body.area_px / median_area <= AREA_RANGE[1]:
         return f"not measurable: body area {body.area_px / median_area:.2f} x the film's median body"
     if np.isfinite(body.depth_mm) and body.depth_mm > 0:
@@ -131,6 +141,14 @@ def plausibility_problem(body: VertebralBody, median_area: float) -> str | None:
         if not SHAPE_RANGE[0] <= shape <= SHAPE_RANGE[1]:
             return f"not measurable: height/depth {shape:.2f} is not a vertebral body's"
     return None
+
+
+def shape_implausible(body: VertebralBody) -> bool:
+    """True where ``body``'s heights are no vertebral body's (:func:`height_problem`): a fragment, a
+    merger with something beside the column, a blob the network drew on no bone. A body cut by the
+    film's edge or not separated from a neighbour is not counted (its shape is cut, not wrong), nor
+    one only far smaller or larger than the film's median body (a whole-spine film's T1 beside its L5)."""
+    return not body.truncated and not body.unseparated and height_problem(body) is not None
 
 
 def genant_grade(reduction: float) -> int:
