@@ -837,8 +837,8 @@ def level_summary(
     :func:`spine_app.morphometry.measure.shape_implausible` on the film's own morphometry: a fragment,
     a blob merged with something beside the column; it is never flagged or graded, ``grade_source``
     :data:`~spine_app.metrics.levels.GRADE_LEFT_OUT`, and ``study_probability`` is the network's level
-    logits pooled by ``pooling`` without it; where every level would be left out, none is), ``grade`` with its ``grade_source
-    (:func:`spine_app.metrics.levels.reported_grade`: a flagged body's higher of the morphometry's
+    logits pooled by ``pooling`` without it; where every level would be left out, none is), ``grade`` with its
+    ``grade_source`` (:func:`spine_app.metrics.levels.reported_grade`: a flagged body's higher of the morphometry's
     grade and the head's), ``grade_head`` (the network's own grade at ``threshold``,
     :func:`spine_app.metrics.levels.graded`: the grade head's where the model has one),
     ``grade_probabilities`` (P(grade 0-3): one minus ``fracture_probability``, then it times
