@@ -58,10 +58,10 @@ def infer(
             flagged or graded vertebra (those above the level threshold are listed as held_back with
             their probabilities); false: every vertebra above the level threshold is flagged and graded
             whatever the study's label.
-        level_shape_check: true (inference.yaml's default): a vertebra whose predicted mask has heights no
-            vertebral body has (a fragment, a blob merged with something beside the column) is listed
-            as left_out: not flagged, not graded, not in the study's probability; false: every vertebra
-            counts.
+        level_shape_check: true (inference.yaml's default): a vertebra whose predicted mask cannot be a
+            vertebral body's (a fragment, a blob merged with something beside the column) is listed
+            as left_out, not in the study's probability: it cannot make a study Damaged on its own;
+            false: every vertebra counts.
         bundle: bundle folder (default: the repository's bundle/).
         split: for datalist inputs, only this split (e.g. test).
         explain: also write saliency_AP.png / saliency_LAT.png (where the network looks for its

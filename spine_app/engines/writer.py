@@ -61,7 +61,7 @@ from spine_app.data.levels import INFERENCE_MAX_LEVELS, exposed_rows
 from spine_app.data.study_transforms import FilmGeometry, fit_geometry
 from spine_app.engines.inferer import PARTING_DISK_KEY, parting_disk
 from spine_app.metrics.level_suppression import NO_SUPPRESSION, NeighbourSuppression
-from spine_app.metrics.levels import GRADE_HELD_BACK, GRADE_LEFT_OUT, level_per_body
+from spine_app.metrics.levels import GRADE_HELD_BACK, level_per_body
 from spine_app.metrics.matching import nearest_matches
 
 logger = logging.getLogger(__name__)
@@ -357,9 +357,10 @@ class StudyPredictionWriter:
         dicom_out: for a film read from DICOM, also write ``seg_<VIEW>.dcm``, a DICOM Segmentation
             of its structures, and for the study ``report.dcm``, a DICOM Structured Report (TID 1500)
             of the measurements and the decision (:mod:`spine_app.engines.dicom_out`).
-        level_shape_check: a level whose body's predicted mask has heights no vertebral body has
-            (:func:`spine_app.morphometry.measure.shape_implausible`, on the film's own morphometry)
-            is left out of the study decision and never flagged or graded (:func:`level_summary`).
+        level_shape_check: a level whose body's predicted mask cannot be a vertebral body's, fractured
+            or not (:func:`spine_app.morphometry.measure.shape_implausible`, on the film's own morphometry)
+            is left out of the study probability: it cannot make a study Damaged on its own
+            (:func:`level_summary`).
         level_pooling: the network's pooling of the level logits into the study logit
             (:data:`spine_app.networks.levels.MIL_POOLING`; inference.yaml passes the network's own),
             used where a level is left out.
@@ -833,11 +834,12 @@ def level_summary(
     ``fracture_probability`` (P(grade >= 1) after the neighbour ``suppression``,
     :mod:`spine_app.metrics.level_suppression`), ``head_probability`` (the level head's own),
     ``flagged`` (``fracture_probability`` at or above ``threshold``), ``left_out`` (with ``shape_check``:
-    the level lies on a body whose predicted mask has heights no vertebral body has,
+    the level lies on a body whose predicted mask cannot be a vertebral body's, fractured or not,
     :func:`spine_app.morphometry.measure.shape_implausible` on the film's own morphometry: a fragment,
-    a blob merged with something beside the column; it is never flagged or graded, ``grade_source``
-    :data:`~spine_app.metrics.levels.GRADE_LEFT_OUT`, and ``study_probability`` is the network's level
-    logits pooled by ``pooling`` without it; where every level would be left out, none is), ``grade`` with its
+    a blob merged with something beside the column; ``study_probability`` is the network's level
+    logits pooled by ``pooling`` without it, so it cannot decide the study on its own: a study the other
+    levels leave Normal holds it back with them (:func:`hold_back_levels`), one they make Damaged lists
+    it flagged and graded as any other; where every level would be left out, none is), ``grade`` with its
     ``grade_source`` (:func:`spine_app.metrics.levels.reported_grade`: a flagged body's higher of the morphometry's
     grade and the head's), ``grade_head`` (the network's own grade at ``threshold``,
     :func:`spine_app.metrics.levels.graded`: the grade head's where the model has one),
@@ -876,12 +878,11 @@ def level_summary(
         lowest = max(lowest, float(film[0]))
         probability = float(probability)
         at_least = [float(v) for v in cum]  # P(grade >= 1), P(grade >= 2), P(grade >= 3)
-        head_grade = 0 if out else graded(at_least, threshold, probability)
+        head_grade = graded(at_least, threshold, probability)
         distribution = grade_distribution(at_least, probability)
-        flagged = bool(probability >= threshold) and not out
+        flagged = bool(probability >= threshold)
         measured = body is not None and body.not_measurable is None
         grade, source = reported_grade(head_grade, flagged, body.grade if measured else None)
-        source = GRADE_LEFT_OUT if out else source
         entry = {
             "number": i + 1,
             "name": body.level if body is not None else None,

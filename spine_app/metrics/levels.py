@@ -80,9 +80,6 @@ GRADE_FROM_MORPHOMETRY, GRADE_FROM_HEAD = "morphometry", "level head"
 #: ``grade_source`` of a level above the level threshold in a study the decision labels Normal: no grade
 #: reported (``spine_app.engines.writer.hold_back_levels``)
 GRADE_HELD_BACK = "held back: study decided Normal"
-#: ``grade_source`` of a level left out of the study decision: the heights of its body's predicted mask
-#: are no vertebral body's (``spine_app.morphometry.measure.shape_implausible``); scored, never graded
-GRADE_LEFT_OUT = "left out: its body's predicted mask has heights no vertebral body has"
 
 
 def reported_grade(head_grade: int, flagged: bool, morphometry_grade: int | None) -> tuple[int, str]:

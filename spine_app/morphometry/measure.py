@@ -109,9 +109,13 @@ class VertebralBody:
         return out
 
 
-def height_problem(body: VertebralBody) -> str | None:
-    """Why ``body``'s three heights are no vertebral body's (a height missing or not positive, Ha/Hp or
-    Hm/Hp outside :data:`RATIO_RANGE`), or None: the first checks of :func:`plausibility_problem`."""
+def plausibility_problem(body: VertebralBody, median_area: float) -> str | None:
+    """Why ``body``'s measurement is not plausible (quality control), or None when it passes.
+
+    Heights must be positive finite numbers; Ha/Hp and Hm/Hp within :data:`RATIO_RANGE`; the area
+    within :data:`AREA_RANGE` of the film's median body; posterior height over depth within
+    :data:`SHAPE_RANGE`.
+    """
     heights = [body.heights_mm.get(k, float("nan")) for k in ("anterior", "middle", "posterior")]
     if not all(np.isfinite(h) and h > 0 for h in heights):
         return "not measurable: a height is missing or not positive"
@@ -120,20 +124,6 @@ def height_problem(body: VertebralBody) -> str | None:
     for name, ratio in (("anterior/posterior", ha / hp), ("middle/posterior", hm / hp)):
         if not low <= ratio <= high:
             return f"not measurable: {name} height ratio {ratio:.2f} is outside {low}-{high}"
-    return None
-
-
-def plausibility_problem(body: VertebralBody, median_area: float) -> str | None:
-    """Why ``body``'s measurement is not plausible (quality control), or None when it passes.
-
-    Heights must be positive finite numbers; Ha/Hp and Hm/Hp within :data:`RATIO_RANGE`; the area
-    within :data:`AREA_RANGE` of the film's median body; posterior height over depth within
-    :data:`SHAPE_RANGE`.
-    """
-    problem = height_problem(body)
-    if problem is not None:
-        return problem
-    hp = body.heights_mm["posterior"]
     if median_area > 0 and not AREA_RANGE[0] <= body.area_px / median_area <= AREA_RANGE[1]:
         return f"not measurable: body area {body.area_px / median_area:.2f} x the film's median body"
     if np.isfinite(body.depth_mm) and body.depth_mm > 0:
@@ -144,11 +134,21 @@ def plausibility_problem(body: VertebralBody, median_area: float) -> str | None:
 
 
 def shape_implausible(body: VertebralBody) -> bool:
-    """True where ``body``'s heights are no vertebral body's (:func:`height_problem`): a fragment, a
-    merger with something beside the column, a blob the network drew on no bone. A body cut by the
-    film's edge or not separated from a neighbour is not counted (its shape is cut, not wrong), nor
-    one only far smaller or larger than the film's median body (a whole-spine film's T1 beside its L5)."""
-    return not body.truncated and not body.unseparated and height_problem(body) is not None
+    """True where ``body``'s mask cannot be a vertebral body's, fractured or not: a height missing or
+    not positive, or the front (Ha) more than :data:`RATIO_RANGE`'s upper bound (1.5) times the back
+    (Hp): a fragment left of a body split across, or a blob that took in something in front of or
+    behind the column. A compression fracture lowers the front (wedge), the middle (biconcave) or the
+    whole body (crush), so the other out-of-range ratios (Ha/Hp under 0.3, Hm/Hp over 1.5) can be a
+    fractured body on a poor mask and are not counted (on thoracic DRR films 4 of 19 fractured bodies
+    measured so; docs/results.md). Nor is a body cut by the film's edge or not separated from a
+    neighbour (its shape is cut, not wrong), or one only far smaller or larger than the film's median
+    body (a whole-spine film's T1 beside its L5)."""
+    if body.truncated or body.unseparated:
+        return False
+    heights = [body.heights_mm.get(k, float("nan")) for k in ("anterior", "middle", "posterior")]
+    if not all(np.isfinite(h) and h > 0 for h in heights):
+        return True
+    return heights[0] / heights[2] > RATIO_RANGE[1]
 
 
 def genant_grade(reduction: float) -> int:

@@ -1,6 +1,7 @@
-"""A level whose body's predicted mask has heights no vertebral body has (a fragment left where the
-network drew a disk at a collimator edge, a blob merged with something beside the column) is scored
-but left out of the study decision and never graded."""
+"""A level whose body's predicted mask cannot be a vertebral body's, fractured or not (a fragment left
+where the network drew a disk at a collimator edge, a blob merged with something beside the column:
+its front half again as tall as its back, or a height missing) is scored but does not decide the study
+on its own."""
 
 from __future__ import annotations
 
@@ -12,8 +13,7 @@ import torch
 
 from spine_app.channels import geom_key
 from spine_app.data.study_transforms import FilmGeometry
-from spine_app.engines.writer import StudyPredictionWriter, level_summary
-from spine_app.metrics.levels import GRADE_LEFT_OUT
+from spine_app.engines.writer import StudyPredictionWriter, hold_back_levels, level_summary
 from spine_app.morphometry.measure import measure_vertebrae, shape_implausible
 from spine_app.networks.levels import mil_pool
 from tests.engines.test_level_labels import body
@@ -42,6 +42,16 @@ def pred_of(fracture: list[float]) -> dict[str, torch.Tensor]:
 
 def test_heights_no_body_has_fail_the_check_and_a_cut_body_does_not() -> None:
     assert shape_implausible(wedge(0, 50.0)) and not shape_implausible(body(0, 50.0))
+    missing = dataclasses.replace(
+        body(0, 50.0), heights_mm={"anterior": 20.0, "middle": float("nan"), "posterior": 20.0}
+    )
+    assert shape_implausible(missing)
+    # out of the quality range but what a fractured body on a poor mask measures: kept
+    for heights in (
+        {"anterior": 5.0, "middle": 14.0, "posterior": 20.0},
+        {"anterior": 11.0, "middle": 20.0, "posterior": 11.0},
+    ):
+        assert not shape_implausible(dataclasses.replace(body(0, 50.0), heights_mm=heights))
     assert not shape_implausible(dataclasses.replace(wedge(0, 50.0), truncated=True))  # cut, not wrong
     small = dataclasses.replace(body(0, 50.0), area_px=100, not_measurable="not measurable: body area 0.06 x")
     assert not shape_implausible(small)  # only far smaller than the film's median: a T1 beside an L5
@@ -57,21 +67,34 @@ def test_heights_no_body_has_fail_the_check_and_a_cut_body_does_not() -> None:
     assert [shape_implausible(b) for b in measured] == [False, True, False]
 
 
-def test_the_left_out_level_is_reported_but_neither_flagged_nor_graded() -> None:
+def test_the_left_out_level_does_not_decide_the_study_on_its_own() -> None:
     bodies = [body(0, 50.0), wedge(1, 110.0), body(2, 170.0)]
     pred = pred_of([0.05, 0.98, 0.1])
     block = level_summary(pred, 0, GEOM, bodies, threshold=0.5, shape_check=True)
     first, out, last = block["levels"]
-    assert out["left_out"] and not out["flagged"] and out["grade"] == 0 and out["grade_head"] == 0
-    assert out["grade_source"] == GRADE_LEFT_OUT and out["fracture_probability"] == 0.98  # what the head read stays
+    assert out["left_out"] and out["fracture_probability"] == 0.98  # what the head read stays
     assert not first["left_out"] and not last["left_out"]
     kept = torch.tensor([[1.0, 0.0, 1.0]])
     expected = torch.sigmoid(mil_pool(pred["level_logits"][..., 0], kept, "lse"))[0]
     assert block["study_probability"] == pytest.approx(float(expected), abs=1e-4) and block["study_probability"] < 0.2
-    assert block["drives_decision"] == [3]  # the most suspicious level that counts
     unchecked = level_summary(pred, 0, GEOM, bodies, threshold=0.5)
-    assert unchecked["levels"][1]["flagged"] and not unchecked["levels"][1]["left_out"]
+    assert not unchecked["levels"][1]["left_out"]
     assert unchecked["study_probability"] == pytest.approx(float(torch.sigmoid(pred["cls_levels"][0])), abs=1e-4)
+    # a study the decision calls Normal holds the level back with the others; the overlay circles the
+    # most suspicious level that counts
+    held = hold_back_levels(block)
+    assert held == [2] and not out["flagged"] and out["grade"] == 0 and out["held_back"]
+    assert block["drives_decision"] == [3]
+
+
+def test_a_left_out_level_in_a_study_other_levels_make_damaged_is_flagged_and_graded() -> None:
+    """The check keeps a blob from deciding the study; it removes no finding from a Damaged study (on
+    thoracic DRR films fractured bodies' masks also measure so)."""
+    bodies = [body(0, 50.0), wedge(1, 110.0), body(2, 170.0)]
+    block = level_summary(pred_of([0.05, 0.98, 0.97]), 0, GEOM, bodies, threshold=0.5, shape_check=True)
+    out = block["levels"][1]
+    assert out["left_out"] and out["flagged"] and out["grade"] >= 1
+    assert block["study_probability"] > 0.9 and block["drives_decision"] == [2, 3]
 
 
 def test_a_film_whose_every_level_fails_keeps_them_all() -> None:
