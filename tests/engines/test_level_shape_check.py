@@ -40,7 +40,7 @@ def pred_of(fracture: list[float]) -> dict[str, torch.Tensor]:
     }
 
 
-def test_heights_no_body_has_fail_the_check_and_a_cut_body_does_not() -> None:
+def test_a_missing_height_or_a_front_over_1_5_times_the_back_fails_and_a_fracture_shape_does_not() -> None:
     assert shape_implausible(wedge(0, 50.0)) and not shape_implausible(body(0, 50.0))
     missing = dataclasses.replace(
         body(0, 50.0), heights_mm={"anterior": 20.0, "middle": float("nan"), "posterior": 20.0}
