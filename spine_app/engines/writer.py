@@ -870,7 +870,7 @@ def level_summary(
     study_logit = pred["cls_levels"][b].float()
     if any(left_out):
         kept = torch.tensor([not out for out in left_out], dtype=logits.dtype)[None]
-        study_logit = mil_pool(logits[None, :, 0].float(), kept, pooling)[0]
+        study_logit = mil_pool(logits[None, :, 0], kept, pooling)[0]
     levels = []
     scored, lowest = set(), -np.inf  # the bodies the levels lie on, the lowest level's row on the film
     for i, (cum, film, body, probability, out) in enumerate(zip(cumulative, on_film, on_bodies, suppressed, left_out)):
@@ -913,8 +913,7 @@ def level_summary(
     if len(levels) >= INFERENCE_MAX_LEVELS:
         unscored = [body.label for body in bodies if body.centroid_px[0] > lowest and id(body) not in scored]
     flagged = [lv["number"] for lv in levels if lv["flagged"]]
-    counted = [lv for lv in levels if not lv["left_out"]] or levels
-    top_level = max(counted, key=lambda lv: lv["fracture_probability"])["number"] if counted else None
+    top_level = _most_suspicious(levels)
     return {
         "method": "level head of the shared network (spine_app.networks.levels), bodies from the predicted LAT masks",
         "level_threshold": threshold,
@@ -948,10 +947,15 @@ def hold_back_levels(levels_block: dict[str, Any]) -> list[int]:
             level.update(flagged=False, grade=0, grade_head=0, grade_source=GRADE_HELD_BACK, held_back=True)
             held.append(level["number"])
     if held:
-        counted = [lv for lv in levels_block["levels"] if not lv.get("left_out")] or levels_block["levels"]
-        top = max(counted, key=lambda lv: lv["fracture_probability"])["number"]
-        levels_block["drives_decision"] = [top]
+        levels_block["drives_decision"] = [_most_suspicious(levels_block["levels"])]
     return held
+
+
+def _most_suspicious(levels: list[dict[str, Any]]) -> int | None:
+    """The number of the level with the highest fracture probability among those the study decision
+    counts (not ``left_out``; all of them where every one is), None without levels."""
+    counted = [lv for lv in levels if not lv.get("left_out")] or levels
+    return max(counted, key=lambda lv: lv["fracture_probability"])["number"] if counted else None
 
 
 def exposed_film_rows(target: dict, b: int, geom: torch.Tensor) -> tuple[int, int] | None:

@@ -109,6 +109,12 @@ class VertebralBody:
         return out
 
 
+def _positive_heights(body: VertebralBody) -> list[float] | None:
+    """``body``'s anterior, middle and posterior heights, or None where one is missing or not positive."""
+    heights = [body.heights_mm.get(k, float("nan")) for k in ("anterior", "middle", "posterior")]
+    return heights if all(np.isfinite(h) and h > 0 for h in heights) else None
+
+
 def plausibility_problem(body: VertebralBody, median_area: float) -> str | None:
     """Why ``body``'s measurement is not plausible (quality control), or None when it passes.
 
@@ -116,8 +122,8 @@ def plausibility_problem(body: VertebralBody, median_area: float) -> str | None:
     within :data:`AREA_RANGE` of the film's median body; posterior height over depth within
     :data:`SHAPE_RANGE`.
     """
-    heights = [body.heights_mm.get(k, float("nan")) for k in ("anterior", "middle", "posterior")]
-    if not all(np.isfinite(h) and h > 0 for h in heights):
+    heights = _positive_heights(body)
+    if heights is None:
         return "not measurable: a height is missing or not positive"
     ha, hm, hp = heights
     low, high = RATIO_RANGE
@@ -145,10 +151,8 @@ def shape_implausible(body: VertebralBody) -> bool:
     body (a whole-spine film's T1 beside its L5)."""
     if body.truncated or body.unseparated:
         return False
-    heights = [body.heights_mm.get(k, float("nan")) for k in ("anterior", "middle", "posterior")]
-    if not all(np.isfinite(h) and h > 0 for h in heights):
-        return True
-    return heights[0] / heights[2] > RATIO_RANGE[1]
+    heights = _positive_heights(body)
+    return heights is None or heights[0] / heights[2] > RATIO_RANGE[1]
 
 
 def genant_grade(reduction: float) -> int:
