@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -39,16 +40,22 @@ def _truth_levels(dataset: Path, study_id: str) -> tuple[list[dict], np.ndarray,
     return truth, centres, spacing
 
 
-def matched_levels(dataset: Path, predictions: Path) -> list[dict]:
-    """(truth grade, reported grade, head grade, source) of every predicted level matched to a truth level."""
-    rows = []
+def _scored_studies(
+    dataset: Path, predictions: Path
+) -> Iterator[tuple[dict, list[dict], np.ndarray, float, list[dict]]]:
+    """(result.json, truth levels, their centres, typical spacing, predicted levels) of every prediction
+    with levels whose study has a truth.json under ``dataset``."""
     for result_file in sorted(predictions.glob("*/result.json")):
         result = json.loads(result_file.read_text())
         found = _truth_levels(dataset, result["study_id"])
-        if found is None or not result.get("levels"):
-            continue
-        truth, centres, spacing = found
-        levels = result["levels"]["levels"]
+        if found is not None and result.get("levels"):
+            yield (result, *found, result["levels"]["levels"])
+
+
+def matched_levels(dataset: Path, predictions: Path) -> list[dict]:
+    """(truth grade, reported grade, head grade, source) of every predicted level matched to a truth level."""
+    rows = []
+    for _result, truth, centres, spacing, levels in _scored_studies(dataset, predictions):
         points = [level["centre_px"] for level in levels]
         reach = 0.5 * spacing
         matches = nearest_matches(points, centres, lambda _i, _j, reach=reach: reach, exclusive=False)
@@ -78,13 +85,7 @@ def missed_fractures(dataset: Path, predictions: Path) -> list[dict]:
     predicted level's probability and distance (in spacings), and ``between_bodies``: that level's centre
     is over 0.3 spacings from the nearest truth body and within 0.75 of the second (a merged pair)."""
     missed = []
-    for result_file in sorted(predictions.glob("*/result.json")):
-        result = json.loads(result_file.read_text())
-        found = _truth_levels(dataset, result["study_id"])
-        if found is None or not result.get("levels"):
-            continue
-        truth, centres, spacing = found
-        levels = result["levels"]["levels"]
+    for result, truth, centres, spacing, levels in _scored_studies(dataset, predictions):
         points = np.array([level["centre_px"] for level in levels], dtype=float).reshape(-1, 2)
         for j, level in enumerate(truth):
             if not level["fracture"]:
