@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,6 +70,32 @@ def scaled_plan(studies: int, plan: Mapping[str, int] = TRAINING_PLAN) -> dict[s
     for name in by_remainder[: studies - sum(counts.values())]:
         counts[name] += 1
     return counts
+
+
+#: the framing named on the DRR films of each scene preset (truth.json ``field_of_view``: a film is
+#: framed on its labelled bodies, so the lumbar scenes' films, T11-L5, are thoracolumbar ones)
+FILM_FRAMING: Mapping[str, str] = {
+    "thoracic": "thoracic",
+    "thoracolumbar": "thoracolumbar",
+    "whole_spine": "whole_spine",
+    "lumbar": "thoracolumbar",
+}
+
+
+def framing_plan(fields_of_view: Sequence[str] | str | None, plan: Mapping[str, int] = TRAINING_PLAN) -> dict[str, int]:
+    """``plan`` with every scene preset whose films are not of ``fields_of_view`` (:data:`FILM_FRAMING`)
+    set to 0 scenes (None: ``plan`` as it is). The presets keep their places, so each one's scenes
+    (their seeds) are those of the whole plan; ValueError for a framing no preset of the plan draws."""
+    if fields_of_view is None:
+        return dict(plan)
+    wanted = [fields_of_view] if isinstance(fields_of_view, str) else list(fields_of_view)
+    drawn = {FILM_FRAMING.get(preset, preset) for preset, n in plan.items() if n > 0}
+    unknown = [name for name in wanted if name not in drawn]
+    if unknown or not wanted:
+        raise ValueError(
+            f"DRR fields of view: no scene of the plan draws {unknown or 'nothing'}; choose from {', '.join(sorted(drawn))}"
+        )
+    return {preset: n if FILM_FRAMING.get(preset, preset) in wanted else 0 for preset, n in plan.items()}
 
 
 def render_scene_studies(root: Path, plan: Mapping[str, int], seed: int, render: SceneRender, gathered: Path) -> None:

@@ -11,9 +11,11 @@ from spine_app.engines.cycles import (
 )
 from spine_app.engines.dataset import (
     DRR_PRESET,
+    ExtraStudies,
     datalist_split,
     ensure_datalist,
     extra_training_datalist,
+    fields_of_view_setting,
     inference_entries,
     is_embedded_default,
     mask_priors,
@@ -77,6 +79,8 @@ __all__ = [
     "ensure_datalist",
     "is_embedded_default",
     "extra_training_datalist",
+    "ExtraStudies",
+    "fields_of_view_setting",
     "training_entries",
     "evaluate_and_report",
     "inference_entries",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -55,13 +56,15 @@ def ensure_datalist(
     split_seed: int = 0,
     fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
     overrides: dict[str, Any] | None = None,
+    drr_fields_of_view: Sequence[str] | None = None,
 ) -> str:
     """Path of ``dataset_dir/datalist.json``, importing the studies there first if needed.
 
     If ``dataset_dir`` holds no study, the embedded default is generated there first:
     ``synthetic_studies`` synthetic studies of ``preset`` with ``seed`` and generator ``overrides``
-    (this is logged), split by ``fractions``. An existing datalist is reused as it is: after adding
-    studies, delete it or run ``spine-app import`` again.
+    (this is logged), split by ``fractions``; preset :data:`DRR_PRESET` renders DRR studies of the
+    framings ``drr_fields_of_view`` (None: all) instead. An existing datalist is reused as it is:
+    after adding studies, delete it or run ``spine-app import`` again.
     """
     root = Path(dataset_dir)
     datalist = root / "datalist.json"
@@ -75,6 +78,7 @@ def ensure_datalist(
         split_seed=split_seed,
         fractions=tuple(fractions),
         overrides=overrides or {},
+        drr_fields_of_view=drr_fields_of_view,
     )
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         # under DDP, rank 0 generates/imports while the other ranks wait at the barrier
@@ -86,30 +90,50 @@ def ensure_datalist(
     return str(datalist)
 
 
-def extra_training_datalist(dataset_dir: str, studies: int, seed: int, preset: str) -> str | None:
+def extra_training_datalist(
+    dataset_dir: str, studies: int, seed: int, preset: str, fields_of_view: Sequence[str] | None = None
+) -> str | None:
     """The datalist of the extra training studies (all in its ``training`` split), generating
     ``studies`` synthetic studies of ``preset`` there first if the folder holds none; None when
-    ``studies`` is 0 (train on the main dataset alone).
+    ``studies`` is 0 (train on the main dataset alone). ``fields_of_view`` (preset :data:`DRR_PRESET`
+    only): render only these framings of the DRR plan, in its proportions (None: every framing).
 
     This is how the main job widens the generator (other fields of view, the thorax, implants:
     preset ``mixed_fov``) without touching the benchmark split of the main dataset.
     """
     if not studies:
         return None
-    return ensure_datalist(dataset_dir, studies, seed, preset, 0, TRAINING_ONLY, EXTRA_OVERRIDES)
+    if fields_of_view is not None and preset != DRR_PRESET:
+        raise ValueError(
+            f"{dataset_dir}: fields of view are chosen before rendering for the drr preset only, not {preset}"
+        )
+    return ensure_datalist(
+        dataset_dir, studies, seed, preset, 0, TRAINING_ONLY, EXTRA_OVERRIDES, drr_fields_of_view=fields_of_view
+    )
+
+
+@dataclass(frozen=True)
+class ExtraStudies:
+    """An extra training datalist (None: none) and the framings kept of it (truth.json
+    ``field_of_view``; None: all), on top of the run's ``extra_fields_of_view``."""
+
+    datalist: str | None
+    fields_of_view: Sequence[str] | None = None
+    setting: str = "fields_of_view"  # the setting that chose them, named in errors
 
 
 def training_entries(
     datalist: str,
     limit: int | None = None,
-    extra: str | Sequence[str | None] | None = None,
+    extra: str | ExtraStudies | Sequence[str | ExtraStudies | None] | None = None,
     extra_level_labels: str | None = None,
     extra_fields_of_view: Sequence[str] | None = None,
     extra_default: str | None = None,
 ) -> list[dict[str, Any]]:
     """The training split of ``datalist`` (optionally its first ``limit``) followed by the whole
     training split of the ``extra`` datalist, if any, or of each of several (None ones skipped: the
-    main job's framed studies and its DRR studies, ``extra_drr_studies``). ``extra_level_labels`` (a
+    main job's framed studies and its DRR studies, ``extra_drr_studies``; an :class:`ExtraStudies`
+    keeps only its own framings of its datalist). ``extra_level_labels`` (a
     :data:`spine_app.data.levels.LEVEL_LABEL_SOURCES` value) sets where the extra studies' per-level
     labels come from, overriding the run's ``level_labels`` for them alone (``study``: their levels
     learn from the study label only, through the multiple-instance pooling). ``extra_fields_of_view``
@@ -119,10 +143,15 @@ def training_entries(
     of the ``extra_*`` settings apply to it."""
     entries = datalist_split(datalist, "training", limit)
     own = len(entries)
-    for source in [extra] if isinstance(extra, str) else [e for e in extra or () if e]:
-        added = with_extra_level_labels(
-            keep_fields_of_view(datalist_split(source, "training"), extra_fields_of_view, source), extra_level_labels
-        )
+    sources = [extra] if isinstance(extra, (str, ExtraStudies)) else list(extra or ())
+    for item in sources:
+        item = item if isinstance(item, ExtraStudies) else ExtraStudies(item)
+        if not item.datalist:
+            continue
+        source = item.datalist
+        kept = keep_fields_of_view(datalist_split(source, "training"), extra_fields_of_view, source)
+        kept = keep_fields_of_view(kept, item.fields_of_view, source, item.setting)
+        added = with_extra_level_labels(kept, extra_level_labels)
         if len(entries) == own:
             logger.warning("training on %d studies of %s and %d extra studies of %s", own, datalist, len(added), source)
         else:
@@ -191,13 +220,18 @@ class RelabelledStudies(TorchDataset):
 
 
 def relabelled_fields_of_view(names: Sequence[str] | str | None) -> tuple[str, ...] | None:
-    """``level_refit_extra_fields_of_view`` as a tuple of framing names (None: every framing);
-    ValueError naming the setting for an unknown framing or an empty list."""
+    """``level_refit_extra_fields_of_view`` as a tuple of framing names (None: every framing)."""
+    return fields_of_view_setting(names, "level_refit_extra_fields_of_view")
+
+
+def fields_of_view_setting(names: Sequence[str] | str | None, setting: str) -> tuple[str, ...] | None:
+    """A setting that names framings (one, a list, or null) as a tuple of framing names (None: every
+    framing); ValueError naming ``setting`` for an unknown framing or an empty list."""
     if names is None or (isinstance(names, str) and names.strip().lower() in ("null", "none")):
         return None
-    wanted = framing_names(names, "level_refit_extra_fields_of_view")
+    wanted = framing_names(names, setting)
     if not wanted:
-        raise ValueError("level_refit_extra_fields_of_view: an empty list names no framing (null: all of them)")
+        raise ValueError(f"{setting}: an empty list names no framing (null: all of them)")
     return wanted
 
 
@@ -248,13 +282,16 @@ def field_of_view_name(entry: dict[str, Any]) -> str | None:
 
 
 def keep_fields_of_view(
-    entries: list[dict[str, Any]], names: Sequence[str] | None, source: str = "the extra datalist"
+    entries: list[dict[str, Any]],
+    names: Sequence[str] | None,
+    source: str = "the extra datalist",
+    setting: str = "extra_fields_of_view",
 ) -> list[dict[str, Any]]:
     """The ``entries`` whose field of view is one of ``names`` (all of them when ``names`` is None);
-    ValueError for an unknown framing or when none is left."""
+    ValueError naming ``setting`` for an unknown framing, or ``source`` when none is left."""
     if names is None:
         return entries
-    wanted = list(framing_names(names, "extra_fields_of_view"))
+    wanted = list(framing_names(names, setting))
     kept = [entry for entry in entries if field_of_view_name(entry) in wanted]
     if not kept:
         raise ValueError(f"{source}: no training study of the fields of view {wanted}")
@@ -271,13 +308,14 @@ def _prepare(
     split_seed: int,
     fractions: tuple[float, float, float],
     overrides: dict[str, Any],
+    drr_fields_of_view: Sequence[str] | None = None,
 ) -> None:
     """Generate the synthetic default if ``root`` holds no study, then import it, unless a datalist exists."""
     if datalist.is_file():
         return
     has_studies = root.is_dir() and any(study.images for study in find_studies(root))
     if not has_studies and preset == DRR_PRESET:
-        _render_drr_studies(root, synthetic_studies, seed)
+        _render_drr_studies(root, synthetic_studies, seed, drr_fields_of_view)
     elif not has_studies:
         from spine_app.synthetic.generator import generate_dataset
 
@@ -296,13 +334,14 @@ def _prepare(
     )
 
 
-def _render_drr_studies(root: Path, studies: int, seed: int) -> None:
-    """``studies`` DRR studies of the generator's scenes in ``root`` (every framing in the proportions
-    of :data:`spine_app.drr.scenes.TRAINING_PLAN`, 2 mm voxels, 1 mm pixels, divergent beam); the CT
-    volumes and each framing's renders stay in ``root/.scenes`` (hidden from the import)."""
-    from spine_app.drr.scenes import SceneRender, render_scene_studies, scaled_plan
+def _render_drr_studies(root: Path, studies: int, seed: int, fields_of_view: Sequence[str] | None = None) -> None:
+    """``studies`` DRR studies of the generator's scenes in ``root`` (the framings ``fields_of_view``,
+    None: all, in the proportions of :data:`spine_app.drr.scenes.TRAINING_PLAN`, 2 mm voxels, 1 mm
+    pixels, divergent beam); the CT volumes and each framing's renders stay in ``root/.scenes``
+    (hidden from the import)."""
+    from spine_app.drr.scenes import SceneRender, framing_plan, render_scene_studies, scaled_plan
 
-    plan = scaled_plan(studies)
+    plan = scaled_plan(studies, framing_plan(fields_of_view))
     logger.warning(
         "no studies in %s: rendering DRR studies of the generator's scenes there (%s, seed %d; about 5 s a study)",
         root,

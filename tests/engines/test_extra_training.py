@@ -9,11 +9,14 @@ from pathlib import Path
 
 import pytest
 
+from spine_app.drr.scenes import TRAINING_PLAN, framing_plan, scaled_plan
 from spine_app.engines.dataset import (
+    ExtraStudies,
     datalist_split,
     ensure_datalist,
     extra_training_datalist,
     field_of_view_name,
+    fields_of_view_setting,
     keep_fields_of_view,
     training_entries,
 )
@@ -52,6 +55,13 @@ def test_extra_studies_train_only_and_keep_the_benchmark_split(tmp_path: Path) -
     assert absent  # 3 studies cannot cover the 4 framings
     with pytest.raises(ValueError, match="no training study"):  # nothing left to train on: refused, not empty
         keep_fields_of_view(datalist_split(extra, "training"), absent[:1])
+    # one source's own framings (the DRR studies' extra_drr_fields_of_view), on top of the run's
+    own_framing = training_entries(main, None, [None, ExtraStudies(extra, (framings[0],))])
+    assert own_framing == kept and training_entries(main, None, ExtraStudies(extra)) == combined
+    with pytest.raises(ValueError, match="extra_drr_fields_of_view: unknown"):
+        training_entries(main, None, ExtraStudies(extra, ("cervical",), "extra_drr_fields_of_view"))
+    with pytest.raises(ValueError, match="no training study"):  # both filters: nothing in common, refused
+        training_entries(main, None, ExtraStudies(extra, absent[:1]), None, [framings[0]])
     extra_ids = {e["study_id"] for e in datalist_split(extra, "training")}
     held_out = datalist_split(main, "validation") + datalist_split(main, "test")
     assert held_out and not extra_ids & {e["study_id"] for e in held_out}  # validation/test: the main dataset's
@@ -113,6 +123,10 @@ def test_the_main_jobs_extras_are_for_the_embedded_default_only(tmp_path: Path, 
         parser.get_parsed_content("cycle2_datalist") is None and parser.get_parsed_content("extra_drr_datalist") is None
     )
     assert not (tmp_path / "data").exists()
+    assert parser.get_parsed_content("extra_drr_framings") is None  # default: every framing
+    parser["extra_drr_fields_of_view"] = ["thoracic", "thoracolumbar"]  # as the command line's fire parses it
+    parser.parse()
+    assert parser.get_parsed_content("extra_drr_framings") == ("thoracic", "thoracolumbar")
 
 
 def test_the_drr_preset_renders_ray_cast_studies_of_every_framing_once(tmp_path: Path) -> None:
@@ -129,3 +143,28 @@ def test_the_drr_preset_renders_ray_cast_studies_of_every_framing_once(tmp_path:
     before = Path(extra).stat().st_mtime_ns
     assert extra_training_datalist(str(folder), 2, 5, "drr") == extra  # a second run reuses them
     assert Path(extra).stat().st_mtime_ns == before
+    # chosen framings only, each scene preset with its place's seed (whole_spine: the third, seed 5 + 2)
+    tall = extra_training_datalist(str(tmp_path / "tall"), 1, 5, "drr", ("whole_spine",))
+    assert [field_of_view_name(e) for e in datalist_split(tall, "training")] == ["whole_spine"]
+    assert [p.name for p in (tmp_path / "tall" / ".scenes").iterdir()] == ["whole_spine"]
+    assert datalist_split(tall, "training")[0]["study_id"].startswith("syn7_")
+
+
+def test_drr_framings_are_chosen_before_rendering_and_keep_their_seeds() -> None:
+    plan = framing_plan(["thoracic", "thoracolumbar"])  # film framings: the lumbar scenes draw thoracolumbar films
+    assert list(plan) == list(TRAINING_PLAN)  # every preset keeps its place (its seed: seed + place)
+    assert plan == {**TRAINING_PLAN, "whole_spine": 0}
+    # 80 studies of the two framings are those of the whole 96-study plan without its whole-spine ones
+    assert scaled_plan(80, plan) == {**scaled_plan(96), "whole_spine": 0}
+    assert sum(scaled_plan(7, plan).values()) == 7 and scaled_plan(7, plan)["whole_spine"] == 0
+    assert framing_plan(None) == dict(TRAINING_PLAN)
+    assert framing_plan("whole_spine") == {name: n if name == "whole_spine" else 0 for name, n in TRAINING_PLAN.items()}
+    for wrong in (["cervical"], ["lumbar"], []):  # no DRR scene is framed as a lumbar film
+        with pytest.raises(ValueError, match="no scene of the plan draws"):
+            framing_plan(wrong)
+    assert fields_of_view_setting("null", "x") is None and fields_of_view_setting(None, "x") is None
+    assert fields_of_view_setting(["thoracic"], "x") == ("thoracic",)
+    with pytest.raises(ValueError, match="extra_drr_fields_of_view: an empty list"):
+        fields_of_view_setting([], "extra_drr_fields_of_view")
+    with pytest.raises(ValueError, match="for the drr preset only"):  # other presets draw every framing
+        extra_training_datalist("unused", 3, 1, "mixed_fov", ("thoracic",))
