@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-__version__ = "0.12.5"
+__version__ = "0.12.6"
 
 _SUBPACKAGES = {
     "bench",
